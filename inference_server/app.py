@@ -1,0 +1,102 @@
+"""Composition root and lifecycle: config -> models -> service -> gRPC server; SIGTERM drains."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Sequence
+
+from .config import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, load_config
+from .errors import ConfigError, ModelLoadError
+from .grpc.server import build_server, set_serving
+from .registry import ModelRegistry, load_model
+from .repository import scan_repository
+from .service import InferenceService
+
+log = logging.getLogger(__name__)
+
+
+def model_configs(cfg: ServerConfig) -> list[ModelConfig]:
+    """The models the config names; with none named, the embedded default repository."""
+    models = list(cfg.models)
+    if cfg.model_repository is not None:
+        models += scan_repository(cfg.model_repository, cfg)
+    if not models:
+        models = scan_repository(DEFAULT_REPOSITORY, cfg)
+    names = [(m.name, m.version) for m in models]
+    for key in set(names):
+        if names.count(key) > 1:
+            raise ConfigError("models", f"model '{key[0]}' version {key[1]} is configured more than once")
+    return models
+
+
+class App:
+    """The running server. `start()` returns the bound port; `stop()` drains and shuts down."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.registry = ModelRegistry()
+        self.service = InferenceService(self.registry)
+        self.port = 0
+        self._server = None
+        self._health = None
+
+    async def start(self) -> int:
+        try:
+            for model_cfg in model_configs(self.cfg):
+                self.registry.add(load_model(model_cfg))
+            self._server, self._health, self.port = build_server(self.service, self.cfg)
+            await self._server.start()
+        except BaseException:
+            await self.registry.close(0)
+            raise
+        await set_serving(self._health, True)
+        log.info("serving %d model(s) on %s:%d", len(self.registry.models()), self.cfg.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        """Health goes NOT_SERVING, new requests get UNAVAILABLE, in-flight ones finish, then stop."""
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        await self.service.drain(self.cfg.drain_grace_s)
+        if self._server is not None:
+            await self._server.stop(grace=2.0)  # answers already computed still get sent
+        log.info("stopped")
+
+
+async def serve(cfg: ServerConfig) -> int:
+    app = App(cfg)
+    try:
+        await app.start()
+    except (ConfigError, ModelLoadError, OSError) as e:
+        log.error("cannot start: %s", e)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutdown signal received; draining for up to %.1fs", cfg.drain_grace_s)
+    await app.stop()
+    return 0
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    configure_logging("INFO")
+    try:
+        cfg = load_config(argv, os.environ)
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    logging.getLogger().setLevel(cfg.log_level)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(cfg))
+    return uvloop.run(serve(cfg))

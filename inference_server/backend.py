@@ -1,0 +1,189 @@
+"""Model execution: the ModelInstance protocol the batcher drives, and its ONNX Runtime implementation.
+
+One ONNX Runtime session per model instance, each with its own executor thread: `session.run` releases
+the GIL, so the event loop keeps accepting and batching requests while a batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import importlib.metadata
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+INSTALL_HINT = (
+    "ONNX Runtime is not installed. Install exactly one of the extras: "
+    "pip install -e '.[cpu]' on CPU machines, or pip install -e '.[gpu]' on CUDA nodes."
+)
+
+# ONNX Runtime's type strings -> v2 datatypes.
+ORT_TYPES = {
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(string)": "BYTES", "tensor(bfloat16)": "BF16",
+}
+_BF16_ELEMENT_TYPE = 16  # onnx.TensorProto.BFLOAT16
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # the model's full shape; -1 where a dimension is variable
+
+
+class ModelInstance(Protocol):
+    async def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def import_onnxruntime() -> ModuleType:
+    """Import ONNX Runtime, or fail with the extra to install; warn when both wheels are present."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModelLoadError(INSTALL_HINT) from None
+    installed = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            importlib.metadata.version(dist)
+            installed.append(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if len(installed) > 1:
+        log.warning("both onnxruntime and onnxruntime-gpu are installed; they overwrite each other's "
+                    "files. Keep one: the [cpu] or the [gpu] extra, never both.")
+    return onnxruntime
+
+
+def choose_providers(ort: ModuleType, device: str, model: str) -> list[str]:
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise ModelLoadError(
+            f"model '{model}': device 'cuda' is required but this ONNX Runtime build has no {CUDA} "
+            f"(available: {', '.join(available)}). Install the [gpu] extra (onnxruntime-gpu), not [cpu]."
+        )
+    return [CPU]
+
+
+def check_providers(session_providers: Sequence[str], wanted: Sequence[str], device: str, model: str) -> str:
+    """ONNX Runtime falls back to CPU silently when CUDA cannot start; refuse that when CUDA is required."""
+    if CUDA in session_providers:
+        return "cuda"
+    if device == "cuda":
+        raise ModelLoadError(
+            f"model '{model}': device 'cuda' is required but ONNX Runtime could not start {CUDA} "
+            f"(session providers: {', '.join(session_providers)}). Check the GPU driver and the "
+            "CUDA/cuDNN libraries this onnxruntime-gpu build needs."
+        )
+    if CUDA in wanted:
+        log.warning("model '%s': %s is listed but did not start; running on CPU", model, CUDA)
+    return "cpu"
+
+
+def tensor_spec(node: Any, model: str) -> TensorSpec:
+    datatype = ORT_TYPES.get(node.type)
+    if datatype is None:
+        raise ModelLoadError(f"model '{model}': tensor '{node.name}' has unsupported type {node.type}")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (node.shape or ()))
+    return TensorSpec(node.name, datatype, shape)
+
+
+class OnnxInstance:
+    """One session and the thread that runs it."""
+
+    def __init__(self, session: Any, executor: ThreadPoolExecutor, outputs: Sequence[TensorSpec],
+                 ort: ModuleType) -> None:
+        self._session = session
+        self._executor = executor
+        self._output_names = [o.name for o in outputs]
+        self._ort = ort
+        self._bf16_inputs = {i.name for i in session.get_inputs() if i.type == "tensor(bfloat16)"}
+        self._bf16 = bool(self._bf16_inputs) or any(o.datatype == "BF16" for o in outputs)
+
+    async def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run_sync, inputs)
+
+    def run_sync(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._bf16:
+            return self._run_ort_values(inputs)
+        return dict(zip(self._output_names, self._session.run(self._output_names, dict(inputs))))
+
+    def _run_ort_values(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """BF16 has no numpy dtype: its uint16 bits go in and come out through OrtValues."""
+        feeds = {}
+        for name, array in inputs.items():
+            if name in self._bf16_inputs:
+                feeds[name] = self._ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                    np.ascontiguousarray(array), _BF16_ELEMENT_TYPE)
+            else:
+                feeds[name] = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+        results = self._session.run_with_ort_values(self._output_names, feeds)
+        return {name: _to_numpy(value) for name, value in zip(self._output_names, results)}
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if value.data_type() != "tensor(bfloat16)":
+        return value.numpy()
+    shape = tuple(value.shape())
+    count = int(np.prod(shape))
+    buffer = (ctypes.c_uint16 * count).from_address(value.data_ptr()) if count else []
+    return np.array(buffer, dtype=np.uint16).reshape(shape)
+
+
+class OnnxBackend:
+    """Loads an .onnx file into `instance_count` sessions and reads tensor metadata from the model."""
+
+    platform = "onnxruntime_onnx"
+    backend_name = "onnxruntime"
+
+    def __init__(self, path: Path, *, model: str, device: str = "auto", instance_count: int = 1,
+                 intra_op_threads: int = 0) -> None:
+        ort = import_onnxruntime()
+        if not path.is_file():
+            raise ModelLoadError(f"model '{model}': file {path} does not exist")
+        providers = choose_providers(ort, device, model)
+        options = ort.SessionOptions()
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        sessions = []
+        for _ in range(instance_count):
+            try:
+                sessions.append(ort.InferenceSession(str(path), options, providers=providers))
+            except Exception as e:  # ORT raises its own exception types for bad files
+                raise ModelLoadError(f"model '{model}': ONNX Runtime cannot load {path}: {e}") from e
+        self.device = check_providers(sessions[0].get_providers(), providers, device, model)
+        self.inputs = tuple(tensor_spec(n, model) for n in sessions[0].get_inputs())
+        self.outputs = tuple(tensor_spec(n, model) for n in sessions[0].get_outputs())
+        kinds = {t.datatype for t in self.inputs + self.outputs}
+        if {"BF16", "BYTES"} <= kinds:
+            raise ModelLoadError(f"model '{model}': BF16 and string tensors in one model are not supported "
+                                 "(ONNX Runtime's Python API feeds BF16 only as OrtValues, strings never)")
+        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model}-{i}")
+                           for i in range(instance_count)]
+        self.instances = [OnnxInstance(s, e, self.outputs, ort) for s, e in zip(sessions, self._executors)]
+
+    def close(self) -> None:
+        """Release the threads; never blocks the event loop on a run that outlived the drain."""
+        for executor in self._executors:
+            executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,278 @@
+"""DynamicBatcher: one queue per model version, batches counted in rows, one batch per free instance.
+
+Rules (Triton's dynamic batcher semantics):
+- A batch holds at most `max_batch_size` rows (dim 0); a request is never split.
+- An execution slot (a free model instance) is taken *before* a batch closes, so while every instance is
+  busy the queue keeps growing into the next batch.
+- With a slot in hand the batch closes when it is full (max rows, or the next request does not fit or has
+  other non-batch shapes), when its rows reach a preferred size, or when the oldest queued request has
+  waited `max_queue_delay_us`.
+- Requests whose non-batch shapes or dtypes differ are never mixed; order is kept.
+- Cancelled and expired requests leave the queue and never reach the model.
+- Dim 0 of every output must equal the batch's rows, otherwise the whole batch fails with INTERNAL.
+Each request's future lives in its queue item; no side table keyed by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import ModelInstance
+from .errors import ErrorCode, InferenceError, internal, invalid, unavailable
+
+log = logging.getLogger(__name__)
+
+Arrays = Mapping[str, np.ndarray]
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    inputs: Arrays
+    rows: int
+    signature: tuple[tuple[str, str, tuple[int, ...]], ...]
+    arrival: float
+    deadline: float | None
+    future: asyncio.Future[dict[str, np.ndarray]]
+    request_id: str
+    queued: bool = True
+
+
+def _set_result(future: asyncio.Future, value: dict[str, np.ndarray]) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _expired() -> InferenceError:
+    return InferenceError(ErrorCode.DEADLINE_EXCEEDED, "request timeout expired while queued")
+
+
+class DynamicBatcher:
+    def __init__(self, instances: Sequence[ModelInstance], *, max_batch_size: int, max_queue_delay_us: int = 0,
+                 preferred_batch_size: Sequence[int] = (), max_queue_size: int = 0, name: str = "model") -> None:
+        if not instances:
+            raise ValueError("a batcher needs at least one model instance")
+        self.name = name
+        self._instances = list(instances)
+        self._max_rows = max_batch_size  # 0: no batching, every request runs on its own
+        self._delay_s = max_queue_delay_us / 1e6
+        self._preferred = frozenset(preferred_batch_size)
+        self._max_queue = max_queue_size
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._free: asyncio.Queue[ModelInstance] = asyncio.Queue()
+        self._running: dict[asyncio.Task[None], list[_Item]] = {}  # executing batches
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.executed_batches: Counter[int] = Counter()  # batches handed to the model, by row count
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting in the queue (not yet in a batch)."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        for instance in self._instances:
+            self._free.put_nowait(instance)
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+        self._task.add_done_callback(self._loop_done)
+
+    async def submit(self, inputs: Arrays, rows: int, deadline: float | None = None,
+                     request_id: str = "") -> dict[str, np.ndarray]:
+        """Queue one request of `rows` rows; returns its own rows of every output."""
+        if self._closing or self._task is None:
+            raise unavailable(f"model '{self.name}' is not accepting requests (shutting down)")
+        if self._max_rows and rows > self._max_rows:
+            raise invalid(f"batch size {rows} exceeds the maximum batch size {self._max_rows} of model '{self.name}'")
+        if self._max_queue and len(self._queue) >= self._max_queue:
+            raise unavailable(f"Exceeds maximum queue size ({self._max_queue}) of model '{self.name}'")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if deadline is not None and deadline <= now:
+            raise _expired()
+        signature = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
+        item = _Item(inputs, rows, signature, now, deadline, loop.create_future(), request_id)
+        self._queue.append(item)
+        self._wakeup.set()
+        timer = loop.call_at(deadline, self._expire, item) if deadline is not None else None
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            self._remove(item)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def close(self, grace_s: float | None = None) -> None:
+        """Stop accepting; run what is queued and in flight; after `grace_s` fail the rest (UNAVAILABLE)."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._drained()), grace_s)
+            batches = sum(self.executed_batches.values())
+            rows = sum(r * n for r, n in self.executed_batches.items())
+            log.info("model '%s': executed %d batches, %d rows (mean %.2f rows per batch)",
+                     self.name, batches, rows, rows / batches if batches else 0.0)
+        except TimeoutError:
+            log.warning("model '%s': drain grace of %.1fs expired; failing %d queued and %d running batches",
+                        self.name, grace_s, len(self._queue), len(self._running))
+            self._task.cancel()
+            error = unavailable(f"model '{self.name}' shut down before the request finished")
+            self._fail_queued(error)
+            for batch in self._running.values():
+                self._fail(batch, error)
+
+    async def _drained(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        while self._running:  # batches formed while draining are added as the loop runs
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    # -- the batch loop ------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            instance = await self._free.get()  # the slot first: the batch keeps growing meanwhile
+            batch = await self._next_batch()
+            if batch is None:
+                self._free.put_nowait(instance)
+                return
+            task = asyncio.create_task(self._execute(instance, batch))
+            self._running[task] = batch
+            task.add_done_callback(self._running.pop)
+
+    async def _next_batch(self) -> list[_Item] | None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return None
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            count, full, preferred = self._scan()
+            wait_s = self._queue[0].arrival + self._delay_s - loop.time()
+            if full or wait_s <= 0 or self._closing:
+                batch = self._take(count, loop.time())
+            elif preferred:
+                batch = self._take(preferred, loop.time())
+            else:
+                # Sleep until a new request arrives or the oldest one has waited long enough. Clearing
+                # the event is race-free: nothing else runs between the scan above and this wait.
+                self._wakeup.clear()
+                timer = loop.call_at(loop.time() + wait_s, self._wakeup.set)
+                await self._wakeup.wait()
+                timer.cancel()
+                continue
+            if batch:
+                return batch
+
+    def _scan(self) -> tuple[int, bool, int]:
+        """How many head items form a batch, whether it can grow no more, and the preferred cut."""
+        if not self._max_rows:
+            return 1, True, 0
+        head = self._queue[0]
+        rows = count = preferred = 0
+        for item in self._queue:
+            if item.signature != head.signature or rows + item.rows > self._max_rows:
+                return count, True, preferred
+            rows += item.rows
+            count += 1
+            if rows in self._preferred:
+                preferred = count
+            if rows == self._max_rows:
+                return count, True, preferred
+        return count, False, preferred
+
+    def _take(self, count: int, now: float) -> list[_Item]:
+        batch = []
+        for _ in range(count):
+            item = self._queue.popleft()
+            item.queued = False
+            if item.future.done():
+                continue  # cancelled by its caller
+            if item.deadline is not None and item.deadline <= now:
+                _set_exception(item.future, _expired())
+                continue
+            batch.append(item)
+        return batch
+
+    async def _execute(self, instance: ModelInstance, batch: list[_Item]) -> None:
+        try:
+            live = [item for item in batch if not item.future.done()]  # dropped while waiting for a slot
+            if not live:
+                return
+            rows = sum(item.rows for item in live)
+            if len(live) == 1:
+                inputs = live[0].inputs
+            else:
+                inputs = {name: np.concatenate([item.inputs[name] for item in live]) for name in live[0].inputs}
+            self.executed_batches[rows] += 1
+            outputs = await instance.run(inputs)
+            if not self._max_rows:
+                _set_result(live[0].future, outputs)
+                return
+            for name, array in outputs.items():
+                if array.ndim == 0 or array.shape[0] != rows:
+                    got = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
+                    raise internal(f"model '{self.name}' returned output '{name}' with {got} "
+                                   f"for a batch of {rows} rows")
+            offset = 0
+            for item in live:
+                end = offset + item.rows
+                _set_result(item.future, {name: array[offset:end] for name, array in outputs.items()})
+                offset = end
+        except InferenceError as error:
+            log.error("model '%s': batch failed (requests %s): %s", self.name, _ids(batch), error.message)
+            self._fail(batch, error)
+        except Exception:
+            log.exception("model '%s': batch execution raised (requests %s)", self.name, _ids(batch))
+            self._fail(batch, internal(f"model '{self.name}' failed to execute the batch"))
+        finally:
+            self._free.put_nowait(instance)
+
+    # -- removal paths ---------------------------------------------------------------------------
+
+    def _expire(self, item: _Item) -> None:
+        if item.queued:
+            self._remove(item)
+            _set_exception(item.future, _expired())
+
+    def _remove(self, item: _Item) -> None:
+        if item.queued:
+            item.queued = False
+            self._queue.remove(item)
+
+    @staticmethod
+    def _fail(batch: list[_Item], error: InferenceError) -> None:
+        for item in batch:
+            _set_exception(item.future, error)
+
+    def _fail_queued(self, error: InferenceError) -> None:
+        while self._queue:
+            item = self._queue.popleft()
+            item.queued = False
+            _set_exception(item.future, error)
+
+    def _loop_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("model '%s': batch loop stopped", self.name, exc_info=task.exception())
+            self._closing = True
+            self._fail_queued(internal(f"model '{self.name}' batcher stopped"))
+
+
+def _ids(batch: list[_Item]) -> str:
+    return ",".join(item.request_id or "-" for item in batch)

@@ -1,0 +1,210 @@
+"""Configuration: frozen dataclasses, a TOML file and command-line flags (flags win over the file).
+
+Every bad value raises ConfigError naming its dotted key, at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_REPOSITORY = Path(__file__).parent / "default_repository"
+CONFIG_ENV = "INFERENCE_SERVER_CONFIG"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchingConfig:
+    max_batch_size: int | None = None  # rows (dim 0); None: 32 when the model can batch, else 0
+    max_queue_delay_us: int = 0  # measured from the oldest queued request's arrival
+    preferred_batch_size: tuple[int, ...] = ()
+    max_queue_size: int = 0  # queued requests; 0 = unbounded
+    instance_count: int = 1  # model instances = batches that may run at once
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelConfig:
+    name: str
+    path: Path  # the .onnx file
+    version: str = "1"
+    device: str = "auto"
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8001
+    max_message_bytes: int = 2**31 - 1
+    drain_grace_s: float = 30.0
+    log_level: str = "INFO"
+    model_repository: Path | None = None
+    batching: BatchingConfig = field(default_factory=BatchingConfig)  # defaults for every model
+    device: str = "auto"
+    models: tuple[ModelConfig, ...] = ()
+
+
+def _get(table: Mapping[str, Any], key: str, prefix: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise ConfigError(f"{prefix}{key}", f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _count(table: Mapping[str, Any], key: str, prefix: str, default: Any, minimum: int = 0) -> Any:
+    value = _get(table, key, prefix, int, default)
+    if value is not None and value < minimum:
+        raise ConfigError(f"{prefix}{key}", f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _reject_unknown(table: Mapping[str, Any], allowed: Sequence[str], prefix: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}{key}", f"unknown key (allowed: {', '.join(allowed)})")
+
+
+def parse_batching(table: Mapping[str, Any], prefix: str, base: BatchingConfig) -> BatchingConfig:
+    names = [f.name for f in dataclasses.fields(BatchingConfig)]
+    _reject_unknown(table, names, prefix)
+    preferred = _get(table, "preferred_batch_size", prefix, list, list(base.preferred_batch_size))
+    if not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in preferred):
+        raise ConfigError(f"{prefix}preferred_batch_size", f"must be positive integers, got {preferred}")
+    cfg = BatchingConfig(
+        max_batch_size=_count(table, "max_batch_size", prefix, base.max_batch_size),
+        max_queue_delay_us=_count(table, "max_queue_delay_us", prefix, base.max_queue_delay_us),
+        preferred_batch_size=tuple(sorted(set(preferred))),
+        max_queue_size=_count(table, "max_queue_size", prefix, base.max_queue_size),
+        instance_count=_count(table, "instance_count", prefix, base.instance_count, minimum=1),
+    )
+    limit = cfg.max_batch_size
+    if limit is not None and any(p > limit for p in cfg.preferred_batch_size):
+        raise ConfigError(f"{prefix}preferred_batch_size", f"sizes must be <= max_batch_size ({limit})")
+    return cfg
+
+
+def _device(table: Mapping[str, Any], prefix: str, default: str) -> str:
+    device = _get(table, "device", prefix, str, default)
+    if device not in DEVICES:
+        raise ConfigError(f"{prefix}device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
+    return device
+
+
+def parse_model(table: Mapping[str, Any], prefix: str, server: ServerConfig, *, name: str | None = None,
+                path: Path | None = None, version: str | None = None) -> ModelConfig:
+    """One model's table: `[[models]]` in the server file, or a repository's `<model>/config.toml`."""
+    allowed = ["device", "intra_op_threads", "batching"]
+    if name is None:
+        allowed += ["name", "path", "version"]
+    _reject_unknown(table, allowed, prefix)
+    name = name or _get(table, "name", prefix, str, None)
+    if not name:
+        raise ConfigError(f"{prefix}name", "is required")
+    raw_path = path or _get(table, "path", prefix, str, None)
+    if raw_path is None:
+        raise ConfigError(f"{prefix}path", "is required")
+    version = version or str(_count(table, "version", prefix, 1, minimum=1))
+    return ModelConfig(
+        name=name,
+        path=Path(raw_path),
+        version=version,
+        device=_device(table, prefix, server.device),
+        intra_op_threads=_count(table, "intra_op_threads", prefix, 0),
+        batching=parse_batching(_get(table, "batching", prefix, dict, {}), f"{prefix}batching.", server.batching),
+    )
+
+
+def _port(table: Mapping[str, Any]) -> int:
+    port = _count(table, "port", "server.", 8001)
+    if port > 65535:
+        raise ConfigError("server.port", f"must be <= 65535, got {port}")
+    return port
+
+
+def _log_level(table: Mapping[str, Any]) -> str:
+    level = _get(table, "log_level", "server.", str, "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError("server.log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return level
+
+
+def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
+    _reject_unknown(doc, ["server", "batching", "models"], "")
+    s = _get(doc, "server", "", dict, {})
+    _reject_unknown(s, ["host", "port", "max_message_bytes", "drain_grace_s", "log_level",
+                        "model_repository", "device"], "server.")
+    repo = _get(s, "model_repository", "server.", str, None)
+    drain = _get(s, "drain_grace_s", "server.", (int, float), 30.0)
+    if drain < 0:
+        raise ConfigError("server.drain_grace_s", f"must be >= 0, got {drain}")
+    cfg = ServerConfig(
+        host=_get(s, "host", "server.", str, "127.0.0.1"),
+        port=_port(s),
+        max_message_bytes=_count(s, "max_message_bytes", "server.", 2**31 - 1, minimum=1),
+        drain_grace_s=float(drain),
+        log_level=_log_level(s),
+        model_repository=Path(repo) if repo else None,
+        device=_device(s, "server.", "auto"),
+        batching=parse_batching(_get(doc, "batching", "", dict, {}), "batching.", BatchingConfig()),
+    )
+    models = _get(doc, "models", "", list, [])
+    parsed = tuple(parse_model(m, f"models[{i}].", cfg) for i, m in enumerate(models))
+    return dataclasses.replace(cfg, models=parsed)
+
+
+def read_toml(path: Path, key: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(key, f"{path} is not valid TOML: {e}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m inference_server",
+                                description="KServe v2 / Triton gRPC inference server with dynamic batching.")
+    p.add_argument("--config", type=Path, help=f"TOML config file (also ${CONFIG_ENV})")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="gRPC port (default 8001; 0 picks a free one)")
+    p.add_argument("--model-repository", type=Path, help="DIR/<model>/<version>/model.onnx layout")
+    p.add_argument("--device", choices=DEVICES, help="default device for every model")
+    p.add_argument("--max-batch-size", type=int, help="default max rows per batch (0: no batching)")
+    p.add_argument("--max-queue-delay-us", type=int, help="default batching delay in microseconds")
+    p.add_argument("--max-queue-size", type=int, help="default queued-request bound (0: unbounded)")
+    p.add_argument("--instance-count", type=int, help="default model instances per model")
+    p.add_argument("--max-message-bytes", type=int, help="gRPC send/receive limit")
+    p.add_argument("--drain-grace-s", type=float, help="how long SIGTERM waits for in-flight requests")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    return p
+
+
+def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServerConfig:
+    args = build_parser().parse_args(argv)
+    path = args.config or (Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None)
+    doc = read_toml(path, "--config") if path else {}
+    server = dict(_get(doc, "server", "", dict, {}))
+    batching = dict(_get(doc, "batching", "", dict, {}))
+    for flag, key in (("host", "host"), ("port", "port"), ("max_message_bytes", "max_message_bytes"),
+                      ("drain_grace_s", "drain_grace_s"), ("log_level", "log_level"), ("device", "device")):
+        if getattr(args, flag) is not None:
+            server[key] = getattr(args, flag)
+    if args.model_repository is not None:
+        server["model_repository"] = str(args.model_repository)
+    for key in ("max_batch_size", "max_queue_delay_us", "max_queue_size", "instance_count"):
+        if getattr(args, key) is not None:
+            batching[key] = getattr(args, key)
+    merged = {**doc, "server": server, "batching": batching}
+    return parse_server(merged)

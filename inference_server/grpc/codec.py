@@ -1,0 +1,124 @@
+"""Protobuf <-> core: ModelInferRequest -> InferRequest, InferResponse -> ModelInferResponse, metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ErrorCode, InferenceError, invalid
+from ..registry import LoadedModel
+from ..tensors import DATATYPES, RAW_ONLY, InferRequest, InferResponse, Tensor, decode_raw, decode_values, encode_raw
+from ._generated import grpc_service_pb2 as pb
+from ._generated import model_config_pb2 as mc
+
+TYPED_FIELD = {
+    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+SHARED_MEMORY_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+def _unsupported(message: str) -> InferenceError:
+    return InferenceError(ErrorCode.UNIMPLEMENTED, message)
+
+
+def param_value(p: pb.InferParameter) -> Any:
+    choice = p.WhichOneof("parameter_choice")
+    return None if choice is None else getattr(p, choice)
+
+
+def decode_request(request: pb.ModelInferRequest) -> InferRequest:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise invalid(f"{len(raw)} raw_input_contents given for {len(request.inputs)} inputs; "
+                      "every input needs one when raw contents are used")
+    tensors = []
+    for i, t in enumerate(request.inputs):
+        if any(k in t.parameters for k in SHARED_MEMORY_PARAMS):
+            raise _unsupported(f"input '{t.name}': shared memory is not supported by this server")
+        shape = tuple(t.shape)
+        if raw:
+            if t.HasField("contents"):
+                raise invalid(f"input '{t.name}': contents field must not be specified when using "
+                              "raw_input_contents")
+            data = decode_raw(t.name, t.datatype, shape, raw[i])
+        else:
+            field = TYPED_FIELD.get(t.datatype)
+            if field is None:
+                if t.datatype in RAW_ONLY:
+                    raise invalid(f"input '{t.name}': {t.datatype} data must be sent in raw_input_contents")
+                raise invalid(f"input '{t.name}': unknown datatype '{t.datatype}'")
+            data = decode_values(t.name, t.datatype, shape, getattr(t.contents, field))
+        tensors.append(Tensor(t.name, t.datatype, shape, data))
+    outputs = []
+    for o in request.outputs:
+        if "classification" in o.parameters:
+            raise _unsupported(f"output '{o.name}': the classification extension is not supported")
+        if any(k in o.parameters for k in SHARED_MEMORY_PARAMS):
+            raise _unsupported(f"output '{o.name}': shared memory is not supported by this server")
+        outputs.append(o.name)
+    params = {key: param_value(value) for key, value in request.parameters.items()}
+    sequence_id = params.get("sequence_id")
+    if sequence_id not in (None, 0, ""):
+        raise invalid(f"inference request to model '{request.model_name}' must not specify a non-zero or "
+                      "non-empty correlation ID (the model has no sequence batcher)")
+    timeout = params.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
+        raise invalid(f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}")
+    return InferRequest(model_name=request.model_name, model_version=request.model_version, id=request.id,
+                        inputs=tensors, requested_outputs=tuple(outputs) or None, timeout_us=timeout or None,
+                        parameters=params)
+
+
+def encode_response(response: InferResponse) -> pb.ModelInferResponse:
+    """One InferOutputTensor and one raw_output_contents entry per output, in order (tritonclient reads both)."""
+    out = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
+                                id=response.id)
+    for tensor in response.outputs:
+        out.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        out.raw_output_contents.append(encode_raw(tensor.data, tensor.datatype))
+    return out
+
+
+def _metadata_shape(model: LoadedModel, shape: tuple[int, ...]) -> list[int]:
+    return [-1, *shape[1:]] if model.max_batch_size > 0 else list(shape)
+
+
+def model_metadata(model: LoadedModel, versions: list[str]) -> pb.ModelMetadataResponse:
+    def tensor(spec: Any) -> pb.ModelMetadataResponse.TensorMetadata:
+        return pb.ModelMetadataResponse.TensorMetadata(
+            name=spec.name, datatype=spec.datatype, shape=_metadata_shape(model, spec.shape))
+
+    return pb.ModelMetadataResponse(name=model.name, versions=versions, platform=model.backend.platform,
+                                    inputs=[tensor(s) for s in model.inputs],
+                                    outputs=[tensor(s) for s in model.outputs])
+
+
+def model_config(model: LoadedModel) -> pb.ModelConfigResponse:
+    batching = model.max_batch_size > 0
+
+    def dims(shape: tuple[int, ...]) -> list[int]:
+        return list(shape[1:] if batching else shape)
+
+    b = model.batching
+    config = mc.ModelConfig(
+        name=model.name,
+        platform=model.backend.platform,
+        backend=model.backend.backend_name,
+        max_batch_size=model.max_batch_size,
+        version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
+        input=[mc.ModelInput(name=s.name, data_type=DATATYPES[s.datatype].config_name, dims=dims(s.shape))
+               for s in model.inputs],
+        output=[mc.ModelOutput(name=s.name, data_type=DATATYPES[s.datatype].config_name, dims=dims(s.shape))
+                for s in model.outputs],
+        instance_group=[mc.ModelInstanceGroup(
+            name=f"{model.name}_0", count=b.instance_count,
+            kind=mc.ModelInstanceGroup.KIND_GPU if model.backend.device == "cuda" else mc.ModelInstanceGroup.KIND_CPU)],
+        default_model_filename=model.config.path.name,
+    )
+    if batching:
+        config.dynamic_batching.CopyFrom(mc.ModelDynamicBatching(
+            preferred_batch_size=list(b.preferred_batch_size),
+            max_queue_delay_microseconds=b.max_queue_delay_us,
+            default_queue_policy=mc.ModelQueuePolicy(max_queue_size=b.max_queue_size)))
+    return pb.ModelConfigResponse(config=config)

@@ -1,0 +1,79 @@
+"""Builds the grpc.aio server: every GRPCInferenceService method, grpc.health.v1, message limits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ..config import ServerConfig
+from ..service import InferenceService
+from ._generated import grpc_service_pb2 as pb
+from .servicer import InferenceServicer, Malformed
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+def _parser(message_class: Any) -> Callable[[bytes], Any]:
+    """Parse a request, or hand the handler a Malformed marker so it can answer INVALID_ARGUMENT."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return Malformed(message_class.DESCRIPTOR.name)
+
+    return parse
+
+
+def _unimplemented(name: str) -> Callable[..., Any]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not supported by this server")
+
+    return handler
+
+
+def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """One handler per method of the service descriptor; methods the servicer lacks answer UNIMPLEMENTED."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        behaviour = getattr(servicer, method.name, None) or _unimplemented(method.name)
+        make = grpc.stream_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(behaviour, request_deserializer=_parser(request_class),
+                                     response_serializer=response_class.SerializeToString)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+def build_server(service: InferenceService, cfg: ServerConfig) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """An unstarted server bound to cfg.host:cfg.port; returns it, its health servicer and the bound port."""
+    limit = cfg.max_message_bytes
+    server = grpc.aio.server(options=[
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.so_reuseport", 0),  # a port already in use is an error, not a silent share
+    ])
+    server.add_generic_rpc_handlers((method_handlers(InferenceServicer(service)),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{cfg.host}:{cfg.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise OSError(f"cannot listen on {address}: {e}") from None
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, health_servicer, port
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)

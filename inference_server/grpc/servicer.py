@@ -1,0 +1,153 @@
+"""GRPCInferenceService: thin RPC methods over InferenceService, and the one error-mapping wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from ..errors import ErrorCode, InferenceError
+from ..service import InferenceService
+from . import codec
+from ._generated import grpc_service_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+TO_GRPC = {
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.CANCELLED: grpc.StatusCode.CANCELLED,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+    ErrorCode.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
+    ErrorCode.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+class Malformed:
+    """What the request deserializer hands over when the bytes are not a valid message."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def rpc(method: Handler) -> Handler:
+    """Every unary RPC goes through here: InferenceError -> its status; anything else -> INTERNAL, logged."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"request body is not a valid {request.type_name} protobuf message")
+        try:
+            return await method(self, request, context)
+        except InferenceError as e:
+            await context.abort(TO_GRPC[e.code], e.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("request %s: %s failed unexpectedly", getattr(request, "id", "") or "-", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    return wrapper
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's gRPC deadline in event-loop time, or None when it set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+
+class InferenceServicer:
+    """The RPCs this server implements; the others answer UNIMPLEMENTED (see server.py)."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    @rpc
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.service.live)
+
+    @rpc
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.service.ready)
+
+    @rpc
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.service.model_ready(request.name, request.version))
+
+    @rpc
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        s = self.service
+        return pb.ServerMetadataResponse(name=s.name, version=s.version, extensions=s.extensions)
+
+    @rpc
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        model = self.service.model(request.name, request.version)
+        return codec.model_metadata(model, self.service.registry.versions(model.name))
+
+    @rpc
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        return codec.model_config(self.service.model(request.name, request.version))
+
+    @rpc
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        response = await self.service.infer(codec.decode_request(request), deadline_of(context))
+        return codec.encode_response(response)
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any],
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests on one stream run concurrently (so they can share batches); each answer, or its error
+        message, is written as soon as it is ready, and a bad request never ends the stream."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(request: Any) -> None:
+            answers.put_nowait(await self._stream_one(request, deadline_of(context)))
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    task = asyncio.create_task(answer(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*tasks)
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (message := await answers.get()) is not None:
+                yield message
+            await reader  # surfaces a failure to read the stream
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _stream_one(self, request: Any, deadline: float | None) -> pb.ModelStreamInferResponse:
+        request_id = getattr(request, "id", "")
+        try:
+            if isinstance(request, Malformed):
+                raise InferenceError(ErrorCode.INVALID_ARGUMENT,
+                                     f"request is not a valid {request.type_name} protobuf message")
+            response = await self.service.infer(codec.decode_request(request), deadline)
+            return pb.ModelStreamInferResponse(infer_response=codec.encode_response(response))
+        except InferenceError as e:
+            message = e.message
+        except Exception:
+            log.exception("request %s: stream inference failed unexpectedly", request_id or "-")
+            message = "internal error"
+        # The id lets a client match the error to its request.
+        return pb.ModelStreamInferResponse(error_message=message,
+                                           infer_response=pb.ModelInferResponse(id=request_id))

@@ -1,0 +1,151 @@
+"""InferenceService: the one protocol-neutral entry point. route -> validate -> batch -> respond."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import invalid, unavailable
+from .backend import TensorSpec
+from .registry import LoadedModel, ModelRegistry
+from .tensors import InferRequest, InferResponse, Tensor, bytes_to_text
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "inference_server"
+# Only what is implemented end to end; perf_analyzer and clients trust this list.
+EXTENSIONS = ("model_configuration",)
+
+
+class InferenceService:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.name = SERVER_NAME
+        self.version = __version__
+        self.extensions = EXTENSIONS
+        self._draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- health ----------------------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return not self._draining and self.registry.all_ready()
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return not self._draining and self.registry.find(name, version).ready
+
+    def model(self, name: str, version: str = "") -> LoadedModel:
+        """A model for metadata and config calls (it need not be ready)."""
+        return self.registry.find(name, version)
+
+    # -- inference -------------------------------------------------------------------------------
+
+    def route(self, request: InferRequest) -> LoadedModel:
+        """Decide which loaded model version serves a request: the one place routing happens."""
+        return self.registry.resolve(request.model_name, request.model_version)
+
+    async def infer(self, request: InferRequest, deadline: float | None = None) -> InferResponse:
+        """Run one request. `deadline` is in event-loop time (the transport's deadline), or None."""
+        if self._draining:
+            raise unavailable("server is shutting down")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            model = self.route(request)
+            inputs, rows = validate_inputs(model, request.inputs)
+            wanted = select_outputs(model, request.requested_outputs)
+            if request.timeout_us:
+                timeout_deadline = asyncio.get_running_loop().time() + request.timeout_us / 1e6
+                deadline = timeout_deadline if deadline is None else min(deadline, timeout_deadline)
+            outputs = await model.batcher.submit(inputs, rows, deadline, request.id)
+            tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name].shape, outputs[spec.name])
+                       for spec in wanted]
+            return InferResponse(model.name, model.version, request.id, tensors)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new requests, let in-flight ones finish (up to `grace_s`), then close every model."""
+        self._draining = True
+        log.info("draining: %d requests in flight", self._in_flight)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        except TimeoutError:
+            log.warning("drain grace of %.1fs expired with %d requests in flight", grace_s, self._in_flight)
+        await self.registry.close(max(0.0, grace_s - (loop.time() - start)))
+
+
+def validate_inputs(model: LoadedModel, tensors: Sequence[Tensor]) -> tuple[dict[str, np.ndarray], int]:
+    """Check names, datatypes and shapes against the model; returns the arrays in model order and the rows."""
+    given = {}
+    for tensor in tensors:
+        if tensor.name in given:
+            raise invalid(f"input '{tensor.name}' is given more than once")
+        given[tensor.name] = tensor
+    expected = {spec.name for spec in model.inputs}
+    for name in given:
+        if name not in expected:
+            raise invalid(f"unexpected input '{name}' for model '{model.name}' "
+                          f"(its inputs: {', '.join(sorted(expected))})")
+    batching = model.max_batch_size > 0
+    arrays: dict[str, np.ndarray] = {}
+    rows = None
+    for spec in model.inputs:
+        tensor = given.get(spec.name)
+        if tensor is None:
+            raise invalid(f"missing input '{spec.name}' for model '{model.name}'")
+        if tensor.datatype != spec.datatype:
+            raise invalid(f"input '{spec.name}': datatype {tensor.datatype} does not match the model's {spec.datatype}")
+        shape = tensor.shape
+        matches = len(shape) == len(spec.shape) and all(
+            want == -1 or got == want for got, want in zip(shape[batching:], spec.shape[batching:]))
+        if not matches:
+            raise invalid(f"input '{spec.name}': shape {list(shape)} does not match the model's "
+                          f"{list(spec.shape)}")
+        if batching:
+            if rows is not None and shape[0] != rows:
+                raise invalid(f"input '{spec.name}': batch size {shape[0]} differs from the other inputs' {rows}")
+            rows = shape[0]
+        data = tensor.data
+        if spec.datatype == "BYTES":
+            data = bytes_to_text(data, spec.name)
+        arrays[spec.name] = data
+    if not batching:
+        return arrays, 1
+    if not rows:
+        raise invalid(f"batch size must be at least 1 for model '{model.name}'")
+    if rows > model.max_batch_size:
+        raise invalid(f"batch size {rows} exceeds the maximum batch size {model.max_batch_size} "
+                      f"of model '{model.name}'")
+    return arrays, rows
+
+
+def select_outputs(model: LoadedModel, requested: Sequence[str] | None) -> list[TensorSpec]:
+    if not requested:
+        return list(model.outputs)
+    by_name = {spec.name: spec for spec in model.outputs}
+    selected = []
+    for name in requested:
+        spec = by_name.get(name)
+        if spec is None:
+            raise invalid(f"unknown output '{name}' requested from model '{model.name}' "
+                          f"(its outputs: {', '.join(by_name)})")
+        if spec in selected:
+            raise invalid(f"output '{name}' is requested more than once")
+        selected.append(spec)
+    return selected

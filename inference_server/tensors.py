@@ -1,0 +1,193 @@
+"""Tensors as the core sees them: v2 datatypes, requests and responses of numpy arrays, byte layouts.
+
+Everything here is protocol-neutral. Sizes are validated against shape x datatype before any array is
+allocated; fixed-size data is wrapped with ``np.frombuffer`` (no copy). BYTES elements are held as an
+object array of ``bytes`` and travel as ``<u32 little-endian length><bytes>`` per element.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import invalid
+
+
+@dataclass(frozen=True, slots=True)
+class DataType:
+    name: str  # the v2 protocol string, e.g. "FP32"
+    dtype: np.dtype  # how the core holds it (BF16: the raw uint16 bits; BYTES: object)
+    itemsize: int  # bytes per element on the wire; 0 for BYTES (variable)
+    config_name: str  # the ModelConfig DataType enum name
+
+
+def _dt(name: str, dtype: Any, config_name: str) -> DataType:
+    np_dtype = np.dtype(dtype)
+    itemsize = 0 if np_dtype == np.dtype(object) else np_dtype.itemsize
+    return DataType(name, np_dtype, itemsize, config_name)
+
+
+DATATYPES: dict[str, DataType] = {
+    dt.name: dt
+    for dt in (
+        _dt("BOOL", np.bool_, "TYPE_BOOL"),
+        _dt("UINT8", "<u1", "TYPE_UINT8"),
+        _dt("UINT16", "<u2", "TYPE_UINT16"),
+        _dt("UINT32", "<u4", "TYPE_UINT32"),
+        _dt("UINT64", "<u8", "TYPE_UINT64"),
+        _dt("INT8", "<i1", "TYPE_INT8"),
+        _dt("INT16", "<i2", "TYPE_INT16"),
+        _dt("INT32", "<i4", "TYPE_INT32"),
+        _dt("INT64", "<i8", "TYPE_INT64"),
+        _dt("FP16", "<f2", "TYPE_FP16"),
+        _dt("FP32", "<f4", "TYPE_FP32"),
+        _dt("FP64", "<f8", "TYPE_FP64"),
+        _dt("BYTES", object, "TYPE_STRING"),
+        _dt("BF16", "<u2", "TYPE_BF16"),
+    )
+}
+
+RAW_ONLY = frozenset({"FP16", "BF16"})  # no typed contents field exists for these
+
+
+@dataclass(slots=True)
+class Tensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+@dataclass(slots=True)
+class InferRequest:
+    model_name: str
+    inputs: list[Tensor]
+    model_version: str = ""
+    id: str = ""
+    requested_outputs: tuple[str, ...] | None = None  # None: every output, in model order
+    timeout_us: int | None = None  # Triton's per-request queue timeout
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[Tensor]
+
+
+_U32 = struct.Struct("<I")
+
+
+def datatype(name: str, tensor: str) -> DataType:
+    try:
+        return DATATYPES[name]
+    except KeyError:
+        raise invalid(f"input '{tensor}': unknown datatype '{name}'") from None
+
+
+def element_count(shape: Sequence[int], tensor: str) -> int:
+    if any(d < 0 for d in shape):
+        raise invalid(f"input '{tensor}': shape {list(shape)} has a negative dimension")
+    return math.prod(shape)
+
+
+def decode_raw(name: str, dtype_name: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
+    """A raw, row-major, little-endian blob -> an array of `shape`; checks the size first."""
+    dt = datatype(dtype_name, name)
+    count = element_count(shape, name)
+    if dt.itemsize == 0:
+        return decode_bytes(raw, count, name).reshape(shape)
+    expected = count * dt.itemsize
+    if len(raw) != expected:
+        raise invalid(
+            f"input '{name}': raw content is {len(raw)} bytes but shape {list(shape)} "
+            f"of {dt.name} needs {expected} bytes"
+        )
+    array = np.frombuffer(raw, dtype=dt.dtype).reshape(shape)
+    if dt.name == "BOOL" and count and array.view(np.uint8).max() > 1:
+        raise invalid(f"input '{name}': BOOL elements must be 0 or 1")
+    return array
+
+
+def decode_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
+    """Split 4-byte-length-framed elements; the whole buffer must be exactly `count` elements."""
+    if count * 4 > len(raw):
+        raise invalid(
+            f"input '{name}': BYTES content of {len(raw)} bytes cannot hold {count} elements"
+        )
+    out = np.empty(count, dtype=object)
+    pos, end = 0, len(raw)
+    for i in range(count):
+        if pos + 4 > end:
+            raise invalid(f"input '{name}': BYTES element {i} is missing its 4-byte length")
+        (length,) = _U32.unpack_from(raw, pos)
+        pos += 4
+        if pos + length > end:
+            raise invalid(f"input '{name}': BYTES element {i} is truncated")
+        out[i] = raw[pos : pos + length]
+        pos += length
+    if pos != end:
+        raise invalid(
+            f"input '{name}': BYTES content has {end - pos} bytes after its {count} elements"
+        )
+    return out
+
+
+def decode_values(name: str, dtype_name: str, shape: Sequence[int], values: Sequence[Any]) -> np.ndarray:
+    """Typed contents (a sequence of Python values) -> an array of `shape`."""
+    dt = datatype(dtype_name, name)
+    if dt.name in RAW_ONLY:
+        raise invalid(f"input '{name}': {dt.name} data must be sent in raw_input_contents")
+    count = element_count(shape, name)
+    if len(values) != count:
+        raise invalid(
+            f"input '{name}': {len(values)} elements given but shape {list(shape)} needs {count}"
+        )
+    if dt.itemsize == 0:
+        out = np.empty(count, dtype=object)
+        out[:] = [bytes(v) for v in values]
+        return out.reshape(shape)
+    try:
+        return np.asarray(values, dtype=dt.dtype).reshape(shape)
+    except OverflowError:
+        raise invalid(f"input '{name}': a value is out of range for {dt.name}") from None
+
+
+def encode_raw(array: np.ndarray, dtype_name: str) -> bytes:
+    """An array -> the v2 raw layout (row-major, little-endian; BYTES framed)."""
+    dt = DATATYPES[dtype_name]
+    if dt.itemsize == 0:
+        return encode_bytes(array)
+    return np.ascontiguousarray(array, dtype=dt.dtype).tobytes()
+
+
+def encode_bytes(array: np.ndarray) -> bytes:
+    parts: list[bytes] = []
+    for element in array.reshape(-1):
+        data = element.encode("utf-8") if isinstance(element, str) else bytes(element)
+        parts.append(_U32.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def bytes_to_text(array: np.ndarray, name: str) -> np.ndarray:
+    """BYTES elements -> str elements (what ONNX string tensors take), rejecting non-UTF-8.
+
+    ONNX Runtime turns a ``bytes`` object into its repr ("b'hi'") and a fixed-width ``S`` array loses
+    trailing NULs, so the exact text has to be handed over as ``str``.
+    """
+    out = np.empty(array.shape, dtype=object)
+    flat_out = out.reshape(-1)
+    for i, element in enumerate(array.reshape(-1)):
+        try:
+            flat_out[i] = element.decode("utf-8") if isinstance(element, bytes) else str(element)
+        except UnicodeDecodeError:
+            raise invalid(f"input '{name}': BYTES element {i} is not valid UTF-8") from None
+    return out

@@ -1,0 +1,93 @@
+"""SIGTERM/SIGINT drain of a real server process, and start-up failures that must be loud."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2
+from tritonclient.utils import InferenceServerException
+
+from tests import onnx_models
+from tests.server_process import ROOT
+
+pytestmark = pytest.mark.system
+
+
+@pytest.fixture
+def slow_repository(tmp_path):
+    onnx_models.write_model(tmp_path / "repo", "slow", onnx_models.slow(2048), "[batching]\nmax_batch_size = 1\n")
+    return tmp_path / "repo"
+
+
+def slow_input() -> grpcclient.InferInput:
+    x = grpcclient.InferInput("x", [1, 1], "FP32")
+    x.set_data_from_numpy(np.ones((1, 1), np.float32))
+    return x
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_drains_in_flight_requests_refuses_new_ones_and_exits_0(launch, slow_repository, sig):
+    server = launch("--model-repository", str(slow_repository))
+    results: list[object] = []
+    errors: list[Exception] = []
+    started = threading.Barrier(9)
+
+    def call() -> None:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            started.wait()
+            try:
+                results.append(client.infer("slow", [slow_input()], client_timeout=60).as_numpy("y"))
+            except InferenceServerException as e:
+                errors.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    started.wait()
+    time.sleep(0.15)  # the eight requests are queued behind one another (one row per batch)
+    server.proc.send_signal(sig)
+    time.sleep(0.1)
+    assert server.health() == health_pb2.HealthCheckResponse.NOT_SERVING
+    with grpcclient.InferenceServerClient(server.url) as client:
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("slow", [slow_input()], client_timeout=10)
+    assert refused.value.status() == "StatusCode.UNAVAILABLE"
+    assert "shutting down" in refused.value.message()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(results) == 8  # every accepted request was answered
+    assert server.proc.wait(30) == 0, server.log()
+    assert "draining" in server.log()
+
+
+def run_server(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "inference_server", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_bad_config_fails_fast_naming_the_key(tmp_path):
+    cfg = tmp_path / "server.toml"
+    cfg.write_text("[batching]\nmax_queue_delay_us = -1\n")
+    done = run_server("--config", str(cfg))
+    assert done.returncode == 2 and "batching.max_queue_delay_us" in done.stderr
+
+
+def test_required_cuda_without_a_gpu_fails_at_start(tmp_path):
+    done = run_server("--device", "cuda", "--port", "0")
+    assert done.returncode == 1 and "device 'cuda' is required" in done.stderr
+
+
+def test_port_in_use_fails_at_start(launch):
+    first = launch()
+    done = run_server("--port", str(first.port))
+    assert done.returncode == 1 and "cannot listen" in done.stderr
+    with grpc.insecure_channel(first.url) as channel:  # the first server is unharmed
+        grpc.channel_ready_future(channel).result(timeout=5)

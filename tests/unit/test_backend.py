@@ -1,0 +1,126 @@
+"""OnnxBackend on real ONNX Runtime CPU sessions: metadata, providers, dtypes, and the failure messages."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from inference_server.backend import CUDA, INSTALL_HINT, OnnxBackend, import_onnxruntime
+from inference_server.config import BatchingConfig, ModelConfig
+from inference_server.errors import ModelLoadError
+from inference_server.registry import resolve_batching
+from inference_server.tensors import DATATYPES, bytes_to_text
+from tests import onnx_models
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return tmp_path
+
+
+def backend_for(repo, model, **kw) -> OnnxBackend:
+    return OnnxBackend(onnx_models.write_model(repo, "m", model), model="m", **kw)
+
+
+def test_tensor_metadata_comes_from_the_model(repo):
+    b = backend_for(repo, onnx_models.mlp([8, 16, 4], second_output=True), device="cpu")
+    assert [(t.name, t.datatype, t.shape) for t in b.inputs] == [("x", "FP32", (-1, 8))]
+    assert [(t.name, t.datatype, t.shape) for t in b.outputs] == [("y", "FP32", (-1, 4)), ("h", "FP32", (-1, 16))]
+    assert b.device == "cpu" and len(b.instances) == 1
+    b.close()
+
+
+def test_one_session_per_instance(repo):
+    b = backend_for(repo, onnx_models.mlp([4, 4]), instance_count=3)
+    assert len(b.instances) == 3 and len({id(i._session) for i in b.instances}) == 3
+    b.close()
+
+
+def sample(datatype: str) -> np.ndarray:
+    if datatype == "BYTES":
+        return bytes_to_text(np.array([[b"h\xc3\xa9", b"a\x00b"]], dtype=object), "in_BYTES")
+    if datatype == "BF16":
+        return np.array([[0x3F80, 0xC020]], dtype=np.uint16)  # the bits of 1.0 and -2.5
+    return np.array([[1, 0]]).astype(DATATYPES[datatype].dtype)
+
+
+@pytest.mark.parametrize("datatypes", [onnx_models.ALL_BUT_BF16, ["BF16", "FP32"]])
+def test_every_datatype_passes_through_onnx_runtime_unchanged(repo, datatypes):
+    b = backend_for(repo, onnx_models.identity(datatypes, width=2))
+    feeds = {f"in_{t}": sample(t) for t in datatypes}
+    out = b.instances[0].run_sync(feeds)
+    for t in datatypes:
+        got = out[f"out_{t}"]
+        if t == "BYTES":
+            assert got.tolist() == [["hé", "a\x00b"]]
+        else:
+            np.testing.assert_array_equal(got, feeds[f"in_{t}"])
+            assert got.dtype == feeds[f"in_{t}"].dtype
+    b.close()
+
+
+def test_bf16_with_strings_in_one_model_is_refused_at_load(repo):
+    with pytest.raises(ModelLoadError, match="BF16 and string tensors"):
+        backend_for(repo, onnx_models.identity(["BF16", "BYTES"]))
+
+
+def test_cpu_is_chosen_when_cpu_is_asked_for(repo):
+    b = backend_for(repo, onnx_models.mlp([4, 4]), device="cpu")
+    assert b.instances[0]._session.get_providers() == ["CPUExecutionProvider"]
+    b.close()
+
+
+def test_required_cuda_fails_at_load_when_onnx_runtime_has_no_cuda(repo):
+    assert CUDA not in onnxruntime.get_available_providers()  # this machine: the [cpu] extra
+    with pytest.raises(ModelLoadError, match=r"device 'cuda' is required but this ONNX Runtime build has no"):
+        backend_for(repo, onnx_models.mlp([4, 4]), device="cuda")
+
+
+def test_required_cuda_fails_when_the_session_silently_falls_back_to_cpu(repo, monkeypatch):
+    # As onnxruntime-gpu does on a node without a usable GPU: CUDA is listed, the session runs on CPU.
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, "CPUExecutionProvider"])
+    with pytest.warns(UserWarning):
+        with pytest.raises(ModelLoadError, match=r"could not start CUDAExecutionProvider \(session providers: CPU"):
+            backend_for(repo, onnx_models.mlp([4, 4]), device="cuda")
+
+
+def test_auto_device_runs_on_cpu_when_cuda_does_not_start(repo, monkeypatch, caplog):
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, "CPUExecutionProvider"])
+    with pytest.warns(UserWarning):
+        b = backend_for(repo, onnx_models.mlp([4, 4]), device="auto")
+    assert b.device == "cpu" and "did not start; running on CPU" in caplog.text
+    b.close()
+
+
+def test_missing_onnx_runtime_names_the_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ModelLoadError) as e:
+        import_onnxruntime()
+    assert str(e.value) == INSTALL_HINT and "[cpu]" in INSTALL_HINT and "[gpu]" in INSTALL_HINT
+
+
+def test_unreadable_model_file_is_a_load_error(repo):
+    path = repo / "broken.onnx"
+    path.write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match="ONNX Runtime cannot load"):
+        OnnxBackend(path, model="broken")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        OnnxBackend(repo / "absent.onnx", model="absent")
+
+
+def test_batching_is_automatic_only_when_dim_0_is_variable_everywhere(repo):
+    mlp = backend_for(repo, onnx_models.mlp([4, 4]))
+    fixed = OnnxBackend(onnx_models.write_model(repo, "f", onnx_models.fixed_shape()), model="f")
+    auto = BatchingConfig()
+    assert resolve_batching(ModelConfig(name="m", path=repo, batching=auto), mlp).max_batch_size == 32
+    assert resolve_batching(ModelConfig(name="f", path=repo, batching=auto), fixed).max_batch_size == 0
+    with pytest.raises(ModelLoadError, match="set max_batch_size = 0"):
+        resolve_batching(ModelConfig(name="f", path=repo, batching=BatchingConfig(max_batch_size=8)), fixed)
+    with pytest.raises(ModelLoadError, match="preferred_batch_size"):
+        resolve_batching(ModelConfig(name="m", path=repo, batching=BatchingConfig(
+            max_batch_size=4, preferred_batch_size=(8,))), mlp)
+    mlp.close()
+    fixed.close()

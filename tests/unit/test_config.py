@@ -1,0 +1,119 @@
+"""Config: TOML + flags, defaults, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inference_server.app import model_configs
+from inference_server.config import DEFAULT_REPOSITORY, BatchingConfig, load_config, parse_server
+from inference_server.errors import ConfigError
+from inference_server.repository import scan_repository
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_defaults_serve_the_embedded_model_on_port_8001():
+    cfg = load_config([], {})
+    assert (cfg.host, cfg.port, cfg.max_message_bytes) == ("127.0.0.1", 8001, 2**31 - 1)
+    models = model_configs(cfg)
+    assert [(m.name, m.version) for m in models] == [("digits", "1")]
+    assert models[0].path == DEFAULT_REPOSITORY / "digits" / "1" / "model.onnx" and models[0].path.is_file()
+
+
+def test_toml_file_then_flags_override_it(tmp_path):
+    cfg_file = write(tmp_path / "server.toml", """
+[server]
+port = 9000
+host = "0.0.0.0"
+drain_grace_s = 5
+[batching]
+max_batch_size = 16
+max_queue_delay_us = 250
+[[models]]
+name = "a"
+path = "a.onnx"
+[models.batching]
+max_queue_delay_us = 1000
+preferred_batch_size = [8, 4]
+""")
+    cfg = load_config(["--config", str(cfg_file), "--port", "9100", "--max-queue-size", "64"], {})
+    assert (cfg.host, cfg.port, cfg.drain_grace_s) == ("0.0.0.0", 9100, 5.0)
+    assert cfg.batching == BatchingConfig(max_batch_size=16, max_queue_delay_us=250, max_queue_size=64)
+    (model,) = cfg.models
+    # The model's own keys win; the rest come from the server-wide batching defaults.
+    assert model.batching == BatchingConfig(max_batch_size=16, max_queue_delay_us=1000, max_queue_size=64,
+                                            preferred_batch_size=(4, 8))
+
+
+def test_config_path_from_the_environment(tmp_path):
+    cfg_file = write(tmp_path / "s.toml", "[server]\nport = 9200\n")
+    assert load_config([], {"INFERENCE_SERVER_CONFIG": str(cfg_file)}).port == 9200
+
+
+@pytest.mark.parametrize("doc, key", [
+    ({"server": {"port": "8001"}}, "server.port"),
+    ({"server": {"port": 70000}}, "server.port"),
+    ({"server": {"prot": 1}}, "server.prot"),
+    ({"server": {"log_level": "LOUD"}}, "server.log_level"),
+    ({"server": {"drain_grace_s": -1}}, "server.drain_grace_s"),
+    ({"batching": {"max_batch_size": -1}}, "batching.max_batch_size"),
+    ({"batching": {"max_batch_size": True}}, "batching.max_batch_size"),
+    ({"batching": {"instance_count": 0}}, "batching.instance_count"),
+    ({"batching": {"preferred_batch_size": [0]}}, "batching.preferred_batch_size"),
+    ({"batching": {"max_batch_size": 4, "preferred_batch_size": [8]}}, "batching.preferred_batch_size"),
+    ({"models": [{"path": "x.onnx"}]}, "models[0].name"),
+    ({"models": [{"name": "x"}]}, "models[0].path"),
+    ({"models": [{"name": "x", "path": "x", "device": "tpu"}]}, "models[0].device"),
+    ({"models": [{"name": "x", "path": "x", "batching": {"max_delay": 1}}]}, "models[0].batching.max_delay"),
+])
+def test_bad_values_name_their_key(doc, key):
+    with pytest.raises(ConfigError) as e:
+        parse_server(doc)
+    assert e.value.key == key and key in str(e.value)
+
+
+def test_unreadable_or_invalid_toml_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(["--config", str(tmp_path / "missing.toml")], {})
+    bad = write(tmp_path / "bad.toml", "[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(["--config", str(bad)], {})
+
+
+def test_repository_serves_the_highest_version_with_its_config(tmp_path):
+    for version in ("1", "3", "2"):
+        write(tmp_path / "m" / version / "model.onnx", "x")
+    write(tmp_path / "m" / "config.toml", "device = \"cpu\"\n[batching]\nmax_batch_size = 4\n")
+    write(tmp_path / "n" / "7" / "model.onnx", "x")
+    cfg = load_config(["--model-repository", str(tmp_path), "--max-queue-delay-us", "100"], {})
+    m, n = model_configs(cfg)
+    assert (m.name, m.version, m.path.parent.name, m.device) == ("m", "3", "3", "cpu")
+    assert (m.batching.max_batch_size, m.batching.max_queue_delay_us) == (4, 100)
+    assert (n.name, n.version, n.batching.max_batch_size) == ("n", "7", None)
+
+
+def test_repository_errors_name_the_file_and_key(tmp_path):
+    write(tmp_path / "m" / "1" / "model.onnx", "x")
+    write(tmp_path / "m" / "config.toml", "[batching]\nmax_queue_delay_us = -5\n")
+    with pytest.raises(ConfigError) as e:
+        scan_repository(tmp_path, parse_server({}))
+    assert e.value.key.endswith("config.toml:batching.max_queue_delay_us")
+    write(tmp_path / "empty" / "notes.txt", "")
+    with pytest.raises(ConfigError, match="has no <version>/model.onnx"):
+        scan_repository(tmp_path, parse_server({}))
+    with pytest.raises(ConfigError, match="is not a directory"):
+        scan_repository(tmp_path / "nope", parse_server({}))
+
+
+def test_the_same_model_version_twice_is_refused(tmp_path):
+    write(tmp_path / "a" / "1" / "model.onnx", "x")
+    cfg = parse_server({"server": {"model_repository": str(tmp_path)},
+                        "models": [{"name": "a", "path": "elsewhere.onnx"}]})
+    with pytest.raises(ConfigError, match="configured more than once"):
+        model_configs(cfg)
