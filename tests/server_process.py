@@ -50,7 +50,8 @@ class ServerProcess:
         raise TimeoutError(f"server not SERVING after {timeout_s}s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def terminate(self, timeout_s: float = 30) -> int:
