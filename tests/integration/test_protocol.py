@@ -172,3 +172,22 @@ def test_grpc_health_service_reports_serving(server):
         for service in ("", "inference.GRPCInferenceService"):
             status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
             assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_messages_larger_than_grpcs_4_mib_default_go_both_ways(client):
+    big = np.array([b"x" * (6 * 2**20)], dtype=np.object_)  # 6 MiB in, 6 MiB out
+    echo = client.infer("text", [tensor("text", big, "BYTES")]).as_numpy("echo")
+    assert echo.tolist() == big.tolist()
+
+
+def test_unexpected_exception_is_internal_without_internals_and_logged_with_the_request_id(
+        server, client, monkeypatch, caplog):
+    async def broken(request, deadline=None):
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(server.app.service, "infer", broken)
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("mlp", [tensor("x", np.ones((1, 8), np.float32))], request_id="trace-me")
+    assert e.value.status() == "StatusCode.INTERNAL" and e.value.message() == "internal error"
+    record = next(r for r in caplog.records if "trace-me" in r.getMessage())
+    assert record.exc_info and "secret detail" in str(record.exc_info[1])

@@ -4,6 +4,7 @@ grpc or the generated stubs; the leaf modules import nothing from the package.""
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "inference_server"
@@ -60,3 +61,11 @@ def test_the_check_sees_a_forbidden_import(tmp_path):
     bad.write_text("import grpc\nfrom .grpc import codec\nfrom . import service\n")
     assert ("grpc", 0) in imports(bad) and ("grpc", 1) in imports(bad) and ("service", 1) in imports(bad)
 
+
+
+def test_base_dependencies_carry_no_onnx_runtime():
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("onnxruntime")]
+    extras = project["optional-dependencies"]
+    assert [d.split(">")[0] for d in extras["cpu"]] == ["onnxruntime"]
+    assert [d.split(">")[0] for d in extras["gpu"]] == ["onnxruntime-gpu"]

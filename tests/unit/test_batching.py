@@ -106,8 +106,10 @@ async def test_batch_keeps_growing_while_every_instance_is_busy():
     b = make([inst], max_batch_size=8, max_queue_delay_us=0)
     first = submit(b, 0)
     await inst.running.wait()
-    later = [submit(b, i) for i in range(1, 6)]
-    await settle()
+    later = []
+    for i in range(1, 6):  # arriving one by one while the model is busy
+        later.append(submit(b, i))
+        await settle()
     assert inst.rows == [1]  # the slot is taken: nothing else dispatched
     inst.gate.set()
     results = await asyncio.gather(first, *later)
