@@ -8,6 +8,9 @@ import os
 import signal
 from collections.abc import Sequence
 
+import grpc
+from grpc_health.v1.health import aio as health_aio
+
 from .config import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, load_config
 from .errors import ConfigError, ModelLoadError
 from .grpc.server import build_server, set_serving
@@ -40,19 +43,20 @@ class App:
         self.registry = ModelRegistry()
         self.service = InferenceService(self.registry)
         self.port = 0
-        self._server = None
-        self._health = None
+        self._server: grpc.aio.Server | None = None
+        self._health: health_aio.HealthServicer | None = None
 
     async def start(self) -> int:
         try:
             for model_cfg in model_configs(self.cfg):
                 self.registry.add(load_model(model_cfg))
-            self._server, self._health, self.port = build_server(self.service, self.cfg)
-            await self._server.start()
+            server, health, self.port = build_server(self.service, self.cfg)
+            self._server, self._health = server, health
+            await server.start()
         except BaseException:
             await self.registry.close(0)
             raise
-        await set_serving(self._health, True)
+        await set_serving(health, True)
         log.info("serving %d model(s) on %s:%d", len(self.registry.models()), self.cfg.host, self.port)
         return self.port
 

@@ -127,7 +127,7 @@ class OnnxInstance:
     def run_sync(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._bf16:
             return self._run_ort_values(inputs)
-        return dict(zip(self._output_names, self._session.run(self._output_names, dict(inputs))))
+        return dict(zip(self._output_names, self._session.run(self._output_names, dict(inputs)), strict=True))
 
     def _run_ort_values(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """BF16 has no numpy dtype: its uint16 bits go in and come out through OrtValues."""
@@ -139,7 +139,7 @@ class OnnxInstance:
             else:
                 feeds[name] = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
         results = self._session.run_with_ort_values(self._output_names, feeds)
-        return {name: _to_numpy(value) for name, value in zip(self._output_names, results)}
+        return {name: _to_numpy(value) for name, value in zip(self._output_names, results, strict=True)}
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -147,8 +147,9 @@ def _to_numpy(value: Any) -> np.ndarray:
         return value.numpy()
     shape = tuple(value.shape())
     count = int(np.prod(shape))
-    buffer = (ctypes.c_uint16 * count).from_address(value.data_ptr()) if count else []
-    return np.array(buffer, dtype=np.uint16).reshape(shape)
+    if not count:
+        return np.empty(shape, dtype=np.uint16)
+    return np.array((ctypes.c_uint16 * count).from_address(value.data_ptr()), dtype=np.uint16).reshape(shape)
 
 
 class OnnxBackend:
@@ -181,7 +182,8 @@ class OnnxBackend:
                                  "(ONNX Runtime's Python API feeds BF16 only as OrtValues, strings never)")
         self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model}-{i}")
                            for i in range(instance_count)]
-        self.instances = [OnnxInstance(s, e, self.outputs, ort) for s, e in zip(sessions, self._executors)]
+        self.instances = [OnnxInstance(session, executor, self.outputs, ort)
+                          for session, executor in zip(sessions, self._executors, strict=True)]
 
     def close(self) -> None:
         """Release the threads; never blocks the event loop on a run that outlived the drain."""

@@ -92,7 +92,7 @@ class InferenceService:
 
 def validate_inputs(model: LoadedModel, tensors: Sequence[Tensor]) -> tuple[dict[str, np.ndarray], int]:
     """Check names, datatypes and shapes against the model; returns the arrays in model order and the rows."""
-    given = {}
+    given: dict[str, Tensor] = {}
     for tensor in tensors:
         if tensor.name in given:
             raise invalid(f"input '{tensor.name}' is given more than once")
@@ -106,14 +106,14 @@ def validate_inputs(model: LoadedModel, tensors: Sequence[Tensor]) -> tuple[dict
     arrays: dict[str, np.ndarray] = {}
     rows = None
     for spec in model.inputs:
-        tensor = given.get(spec.name)
-        if tensor is None:
+        found = given.get(spec.name)
+        if found is None:
             raise invalid(f"missing input '{spec.name}' for model '{model.name}'")
-        if tensor.datatype != spec.datatype:
-            raise invalid(f"input '{spec.name}': datatype {tensor.datatype} does not match the model's {spec.datatype}")
-        shape = tensor.shape
+        if found.datatype != spec.datatype:
+            raise invalid(f"input '{spec.name}': datatype {found.datatype} does not match the model's {spec.datatype}")
+        shape = found.shape
         matches = len(shape) == len(spec.shape) and all(
-            want == -1 or got == want for got, want in zip(shape[batching:], spec.shape[batching:]))
+            want == -1 or got == want for got, want in zip(shape[batching:], spec.shape[batching:], strict=True))
         if not matches:
             raise invalid(f"input '{spec.name}': shape {list(shape)} does not match the model's "
                           f"{list(spec.shape)}")
@@ -121,7 +121,7 @@ def validate_inputs(model: LoadedModel, tensors: Sequence[Tensor]) -> tuple[dict
             if rows is not None and shape[0] != rows:
                 raise invalid(f"input '{spec.name}': batch size {shape[0]} differs from the other inputs' {rows}")
             rows = shape[0]
-        data = tensor.data
+        data = found.data
         if spec.datatype == "BYTES":
             data = bytes_to_text(data, spec.name)
         arrays[spec.name] = data

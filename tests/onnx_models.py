@@ -35,7 +35,7 @@ def mlp(sizes: list[int], seed: int = 0, second_output: bool = False) -> onnx.Mo
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     current = "x"
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
         w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
         bias = (rng.standard_normal(b) * 0.1).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]

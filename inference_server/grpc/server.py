@@ -52,7 +52,8 @@ def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
-def build_server(service: InferenceService, cfg: ServerConfig) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+def build_server(service: InferenceService,
+                 cfg: ServerConfig) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """An unstarted server bound to cfg.host:cfg.port; returns it, its health servicer and the bound port."""
     limit = cfg.max_message_bytes
     server = grpc.aio.server(options=[

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import numpy as np
 import onnxruntime
@@ -28,7 +29,7 @@ async def test_64_concurrent_requests_are_batched_and_each_gets_its_own_answer(s
     async with aioclient.InferenceServerClient(server.url) as client:
         results = await asyncio.gather(*(
             client.infer("mlp", [infer_input("x", x)], request_id=str(i)) for i, x in enumerate(xs)))
-    for i, (result, want) in enumerate(zip(results, expected)):
+    for i, (result, want) in enumerate(zip(results, expected, strict=True)):
         assert result.get_response().id == str(i)
         np.testing.assert_allclose(result.as_numpy("y"), want, rtol=1e-5, atol=1e-6)
     after = server.batches("mlp")
@@ -38,44 +39,43 @@ async def test_64_concurrent_requests_are_batched_and_each_gets_its_own_answer(s
     assert max(formed) > 1, formed  # the server really put several requests in one batch
 
 
-async def test_queue_timeout_parameter_expires_a_request_waiting_behind_busy_batches(server):
+def slow_call(client: aioclient.InferenceServerClient, **kw):
+    return client.infer("slow", [infer_input("x", np.ones((1, 1), np.float32))], **kw)
+
+
+@contextlib.asynccontextmanager
+async def slow_model_kept_busy(server, busy_requests: int = 4):
+    """A client, while `busy_requests` one-row batches keep the slow model busy; on exit, checks that the
+    model ran those batches and nothing else."""
     before = sum(server.batches("slow").values())
-    x = np.ones((1, 1), np.float32)
     async with aioclient.InferenceServerClient(server.url) as client:
-        busy = [asyncio.create_task(client.infer("slow", [infer_input("x", x)])) for _ in range(4)]
+        busy = [asyncio.create_task(slow_call(client)) for _ in range(busy_requests)]
         await asyncio.sleep(0.02)
-        with pytest.raises(InferenceServerException) as e:
-            await client.infer("slow", [infer_input("x", x)], timeout=1000)  # Triton's `timeout`, in µs
-        assert e.value.status() == "StatusCode.DEADLINE_EXCEEDED" and "timeout expired" in e.value.message()
+        yield client
         await asyncio.gather(*busy)
-    assert sum(server.batches("slow").values()) - before == 4  # the expired request never ran
+    await asyncio.sleep(0.1)  # room for a wrongly kept request to start
+    assert sum(server.batches("slow").values()) - before == busy_requests
+
+
+async def test_queue_timeout_parameter_expires_a_request_waiting_behind_busy_batches(server):
+    async with slow_model_kept_busy(server) as client:
+        with pytest.raises(InferenceServerException) as e:
+            await slow_call(client, timeout=1000)  # Triton's `timeout`, in µs
+        assert e.value.status() == "StatusCode.DEADLINE_EXCEEDED" and "timeout expired" in e.value.message()
 
 
 async def test_client_deadline_drops_the_request_before_the_model_runs_it(server):
-    before = sum(server.batches("slow").values())
-    x = np.ones((1, 1), np.float32)
-    async with aioclient.InferenceServerClient(server.url) as client:
-        busy = [asyncio.create_task(client.infer("slow", [infer_input("x", x)])) for _ in range(4)]
-        await asyncio.sleep(0.02)
+    async with slow_model_kept_busy(server) as client:
         with pytest.raises(InferenceServerException) as e:
-            await client.infer("slow", [infer_input("x", x)], client_timeout=0.01)
+            await slow_call(client, client_timeout=0.01)
         assert e.value.status() == "StatusCode.DEADLINE_EXCEEDED"
-        await asyncio.gather(*busy)
-    assert sum(server.batches("slow").values()) - before == 4
 
 
 async def test_cancelled_client_call_never_reaches_the_model(server):
-    before = sum(server.batches("slow").values())
-    x = np.ones((1, 1), np.float32)
-    async with aioclient.InferenceServerClient(server.url) as client:
-        busy = [asyncio.create_task(client.infer("slow", [infer_input("x", x)])) for _ in range(4)]
-        await asyncio.sleep(0.02)
-        doomed = asyncio.create_task(client.infer("slow", [infer_input("x", x)]))
+    async with slow_model_kept_busy(server) as client:
+        doomed = asyncio.create_task(slow_call(client))
         await asyncio.sleep(0.02)
         doomed.cancel()
-        await asyncio.gather(*busy)
-    await asyncio.sleep(0.1)
-    assert sum(server.batches("slow").values()) - before == 4
 
 
 async def test_stream_answers_every_request_and_a_bad_one_does_not_end_it(server):
