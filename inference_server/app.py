@@ -74,7 +74,10 @@ async def serve(cfg: ServerConfig) -> int:
     app = App(cfg)
     try:
         await app.start()
-    except (ConfigError, ModelLoadError, OSError) as e:
+    except ConfigError as e:
+        log.error("cannot start: %s", e)
+        return 2
+    except (ModelLoadError, OSError) as e:
         log.error("cannot start: %s", e)
         return 1
     stop = asyncio.Event()

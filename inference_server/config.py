@@ -62,10 +62,19 @@ def _get(table: Mapping[str, Any], key: str, prefix: str, kind: type | tuple[typ
     return value
 
 
-def _count(table: Mapping[str, Any], key: str, prefix: str, default: Any, minimum: int = 0) -> Any:
+def _count(table: Mapping[str, Any], key: str, prefix: str, default: Any, minimum: int = 0,
+           maximum: int | None = None) -> Any:
     value = _get(table, key, prefix, int, default)
-    if value is not None and value < minimum:
-        raise ConfigError(f"{prefix}{key}", f"must be >= {minimum}, got {value}")
+    if value is not None and (value < minimum or maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{prefix}{key}", f"must be {bounds}, got {value}")
+    return value
+
+
+def _choice(table: Mapping[str, Any], key: str, prefix: str, choices: Sequence[str], default: str) -> str:
+    value = _get(table, key, prefix, str, default)
+    if value not in choices:
+        raise ConfigError(f"{prefix}{key}", f"must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
@@ -94,13 +103,6 @@ def parse_batching(table: Mapping[str, Any], prefix: str, base: BatchingConfig) 
     return cfg
 
 
-def _device(table: Mapping[str, Any], prefix: str, default: str) -> str:
-    device = _get(table, "device", prefix, str, default)
-    if device not in DEVICES:
-        raise ConfigError(f"{prefix}device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
-    return device
-
-
 def parse_model(table: Mapping[str, Any], prefix: str, server: ServerConfig, *, name: str | None = None,
                 path: Path | None = None, version: str | None = None) -> ModelConfig:
     """One model's table: `[[models]]` in the server file, or a repository's `<model>/config.toml`."""
@@ -119,24 +121,10 @@ def parse_model(table: Mapping[str, Any], prefix: str, server: ServerConfig, *, 
         name=name,
         path=Path(raw_path),
         version=version,
-        device=_device(table, prefix, server.device),
+        device=_choice(table, "device", prefix, DEVICES, server.device),
         intra_op_threads=_count(table, "intra_op_threads", prefix, 0),
         batching=parse_batching(_get(table, "batching", prefix, dict, {}), f"{prefix}batching.", server.batching),
     )
-
-
-def _port(table: Mapping[str, Any]) -> int:
-    port = _count(table, "port", "server.", 8001)
-    if port > 65535:
-        raise ConfigError("server.port", f"must be <= 65535, got {port}")
-    return port
-
-
-def _log_level(table: Mapping[str, Any]) -> str:
-    level = _get(table, "log_level", "server.", str, "INFO").upper()
-    if level not in LOG_LEVELS:
-        raise ConfigError("server.log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
-    return level
 
 
 def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
@@ -150,12 +138,12 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         raise ConfigError("server.drain_grace_s", f"must be >= 0, got {drain}")
     cfg = ServerConfig(
         host=_get(s, "host", "server.", str, "127.0.0.1"),
-        port=_port(s),
+        port=_count(s, "port", "server.", 8001, maximum=65535),
         max_message_bytes=_count(s, "max_message_bytes", "server.", 2**31 - 1, minimum=1),
         drain_grace_s=float(drain),
-        log_level=_log_level(s),
+        log_level=_choice(s, "log_level", "server.", LOG_LEVELS, "INFO"),
         model_repository=Path(repo) if repo else None,
-        device=_device(s, "server.", "auto"),
+        device=_choice(s, "device", "server.", DEVICES, "auto"),
         batching=parse_batching(_get(doc, "batching", "", dict, {}), "batching.", BatchingConfig()),
     )
     models = _get(doc, "models", "", list, [])
@@ -187,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance-count", type=int, help="default model instances per model")
     p.add_argument("--max-message-bytes", type=int, help="gRPC send/receive limit")
     p.add_argument("--drain-grace-s", type=float, help="how long SIGTERM waits for in-flight requests")
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    p.add_argument("--log-level", type=str.upper, help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
     return p
 
 

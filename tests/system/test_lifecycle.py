@@ -91,3 +91,8 @@ def test_port_in_use_fails_at_start(launch):
     assert done.returncode == 1 and "cannot listen" in done.stderr
     with grpc.insecure_channel(first.url) as channel:  # the first server is unharmed
         grpc.channel_ready_future(channel).result(timeout=5)
+
+
+def test_missing_model_repository_fails_fast_naming_the_key(tmp_path):
+    done = run_server("--model-repository", str(tmp_path / "nowhere"), "--port", "0")
+    assert done.returncode == 2 and "server.model_repository" in done.stderr

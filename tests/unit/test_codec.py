@@ -239,3 +239,38 @@ def test_encode_response_has_one_raw_blob_per_output_in_order():
     assert out.raw_output_contents[0] == np.array([1, 2], "<i4").tobytes()
     assert out.raw_output_contents[1] == b"\x03\x00\x00\x00" + "hé".encode()
     assert not out.outputs[0].HasField("contents")
+
+
+DATATYPE_NAMES = [*DATATYPES, "FP8", "", "fp32"]
+
+
+@st.composite
+def arbitrary_requests(draw) -> pb.ModelInferRequest:
+    """ModelInferRequests with any datatypes, shapes, raw blobs, typed contents and parameters."""
+    request = pb.ModelInferRequest(model_name=draw(st.text(max_size=5)), id=draw(st.text(max_size=5)))
+    use_raw = draw(st.booleans())
+    for i in range(draw(st.integers(0, 3))):
+        t = request.inputs.add(name=f"in{i}", datatype=draw(st.sampled_from(DATATYPE_NAMES)),
+                               shape=draw(st.lists(st.integers(-2, 2**40), max_size=4)))
+        if use_raw:
+            request.raw_input_contents.append(draw(st.binary(max_size=64)))
+        if draw(st.booleans()):
+            t.contents.int_contents.extend(draw(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=8)))
+            t.contents.bytes_contents.extend(draw(st.lists(st.binary(max_size=8), max_size=4)))
+    if use_raw and draw(st.booleans()):
+        request.raw_input_contents.append(b"extra")
+    for key in draw(st.lists(st.sampled_from(["timeout", "sequence_id", "priority", "x"]), max_size=3)):
+        request.parameters[key].int64_param = draw(st.integers(-(2**63), 2**63 - 1))
+    return request
+
+
+@given(arbitrary_requests())
+def test_decoding_any_request_either_succeeds_consistently_or_is_a_clean_client_error(request):
+    try:
+        decoded = codec.decode_request(request)
+    except InferenceError as e:
+        assert e.code in (ErrorCode.INVALID_ARGUMENT, ErrorCode.UNIMPLEMENTED) and e.message
+    else:
+        for tensor in decoded.inputs:
+            assert tensor.data.shape == tensor.shape
+            assert tensor.datatype in DATATYPES
