@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import __version__
-from .errors import invalid, unavailable
 from .backend import TensorSpec
+from .errors import invalid, unavailable
 from .registry import LoadedModel, ModelRegistry
 from .tensors import InferRequest, InferResponse, Tensor, bytes_to_text
 
