@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import re
 import sys
@@ -39,8 +40,6 @@ MODES = {
 
 
 def environment() -> dict[str, object]:
-    import os
-
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "python": platform.python_version(),
             "machine": platform.machine(), "onnxruntime": onnxruntime.__version__, "grpcio": grpc.__version__,
             "load_generator": loadgen.NAME}
