@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
 
 import grpc
@@ -17,6 +18,7 @@ from .grpc.server import build_server, set_serving
 from .registry import ModelRegistry, load_model
 from .repository import scan_repository
 from .service import InferenceService
+from .workers import supervise
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", e)
         return 2
     logging.getLogger().setLevel(cfg.log_level)
+    if cfg.workers > 1:
+        return supervise(cfg, sys.argv[1:] if argv is None else argv)
     try:
         import uvloop
     except ImportError:

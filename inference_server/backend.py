@@ -1,7 +1,9 @@
 """Model execution: the ModelInstance protocol the batcher drives, and its ONNX Runtime implementation.
 
 One ONNX Runtime session per model instance, each with its own executor thread: `session.run` releases
-the GIL, so the event loop keeps accepting and batching requests while a batch runs.
+the GIL, so the event loop keeps accepting and batching requests while a batch runs. A model whose
+largest batch runs in less time than the hop to a thread costs (measured at load, `execution = "auto"`)
+runs inline on the event loop instead.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import ctypes
 import importlib.metadata
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import ModelLoadError
+from .tensors import DATATYPES
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,10 @@ ORT_TYPES = {
     "tensor(string)": "BYTES", "tensor(bfloat16)": "BF16",
 }
 _BF16_ELEMENT_TYPE = 16  # onnx.TensorProto.BFLOAT16
+# A batch that runs in at most this long runs inline on the event loop under execution = "auto". Handing a
+# batch to a thread and back costs tens of microseconds of loop time plus two thread wake-ups; below this
+# the hop costs more than it frees (benchmarks/results/execution.md measures both on the cheap MLP).
+INLINE_MAX_US = 200.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,21 +121,24 @@ class OnnxInstance:
 
     def __init__(self, session: Any, executor: ThreadPoolExecutor, outputs: Sequence[TensorSpec],
                  ort: ModuleType) -> None:
-        self._session = session
+        self.session = session
         self._executor = executor
         self._output_names = [o.name for o in outputs]
         self._ort = ort
         self._bf16_inputs = {i.name for i in session.get_inputs() if i.type == "tensor(bfloat16)"}
         self._bf16 = bool(self._bf16_inputs) or any(o.datatype == "BF16" for o in outputs)
+        self.inline = False  # run on the calling (event-loop) thread instead of the executor
 
     async def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.inline:
+            return self.run_sync(inputs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.run_sync, inputs)
 
     def run_sync(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._bf16:
             return self._run_ort_values(inputs)
-        return dict(zip(self._output_names, self._session.run(self._output_names, dict(inputs)), strict=True))
+        return dict(zip(self._output_names, self.session.run(self._output_names, dict(inputs)), strict=True))
 
     def _run_ort_values(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """BF16 has no numpy dtype: its uint16 bits go in and come out through OrtValues."""
@@ -138,7 +149,7 @@ class OnnxInstance:
                     np.ascontiguousarray(array), _BF16_ELEMENT_TYPE)
             else:
                 feeds[name] = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
-        results = self._session.run_with_ort_values(self._output_names, feeds)
+        results = self.session.run_with_ort_values(self._output_names, feeds)
         return {name: _to_numpy(value) for name, value in zip(self._output_names, results, strict=True)}
 
 
@@ -163,17 +174,11 @@ class OnnxBackend:
         ort = import_onnxruntime()
         if not path.is_file():
             raise ModelLoadError(f"model '{model}': file {path} does not exist")
-        providers = choose_providers(ort, device, model)
-        options = ort.SessionOptions()
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        sessions = []
-        for _ in range(instance_count):
-            try:
-                sessions.append(ort.InferenceSession(str(path), options, providers=providers))
-            except Exception as e:  # ORT raises its own exception types for bad files
-                raise ModelLoadError(f"model '{model}': ONNX Runtime cannot load {path}: {e}") from e
-        self.device = check_providers(sessions[0].get_providers(), providers, device, model)
+        self._ort, self._path, self._model = ort, path, model
+        self._providers = choose_providers(ort, device, model)
+        self._intra_op_threads = intra_op_threads
+        sessions = self._sessions(instance_count, intra_op_threads)
+        self.device = check_providers(sessions[0].get_providers(), self._providers, device, model)
         self.inputs = tuple(tensor_spec(n, model) for n in sessions[0].get_inputs())
         self.outputs = tuple(tensor_spec(n, model) for n in sessions[0].get_outputs())
         kinds = {t.datatype for t in self.inputs + self.outputs}
@@ -185,7 +190,72 @@ class OnnxBackend:
         self.instances = [OnnxInstance(session, executor, self.outputs, ort)
                           for session, executor in zip(sessions, self._executors, strict=True)]
 
+    def time_run_us(self, rows: int, *, runs: int = 20, budget_s: float = 0.25) -> float:
+        """Median wall time of one run of `rows` rows of zeros on the first instance, after warm-up."""
+        inputs = sample_inputs(self.inputs, rows)
+        instance = self.instances[0]
+        start = time.perf_counter()
+        instance.run_sync(inputs)
+        first_s = time.perf_counter() - start
+        if first_s > budget_s / 10:  # far too slow to matter how slow: spare the load time
+            return first_s * 1e6
+        instance.run_sync(inputs)
+        times = []
+        stop_at = time.perf_counter() + budget_s
+        while len(times) < runs and (not times or time.perf_counter() < stop_at):
+            start = time.perf_counter()
+            instance.run_sync(inputs)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times)) * 1e6
+
+    def choose_execution(self, wanted: str, rows: int, model: str) -> str:
+        """Decide, and apply, where batches of this model run: "inline" or "thread"."""
+        if wanted == "auto":
+            if self.device == "cuda":
+                wanted = "thread"  # a GPU run waits on the device with the GIL released: keep the loop free
+            else:
+                try:
+                    run_us = self.time_run_us(rows)
+                except Exception as e:  # a model that rejects zeros still serves; only the probe failed
+                    log.warning("model '%s': cannot time a sample batch (%s); running batches in a thread",
+                                model, e)
+                    run_us = float("inf")
+                wanted = "inline" if run_us <= INLINE_MAX_US else "thread"
+                log.info("model '%s': a batch of %d rows runs in %.0f us; executing %s", model, rows, run_us,
+                         "inline on the event loop" if wanted == "inline" else "in a thread per instance")
+        inline = wanted == "inline"
+        if inline and not self._intra_op_threads:
+            # One thread per session: an intra-op pool's threads spin after every run and take the CPU the
+            # event loop needs (measured on the cheap MLP: +20-30 % throughput at concurrency 32).
+            for instance, session in zip(self.instances, self._sessions(len(self.instances), 1), strict=True):
+                instance.session = session
+        for instance in self.instances:
+            instance.inline = inline
+        return wanted
+
+    def _sessions(self, count: int, intra_op_threads: int) -> list[Any]:
+        options = self._ort.SessionOptions()
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        try:
+            return [self._ort.InferenceSession(str(self._path), options, providers=self._providers)
+                    for _ in range(count)]
+        except Exception as e:  # ORT raises its own exception types for bad files
+            raise ModelLoadError(f"model '{self._model}': ONNX Runtime cannot load {self._path}: {e}") from e
+
     def close(self) -> None:
         """Release the threads; never blocks the event loop on a run that outlived the drain."""
         for executor in self._executors:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def sample_inputs(specs: Sequence[TensorSpec], rows: int) -> dict[str, np.ndarray]:
+    """Zeros shaped like the model's inputs: `rows` on a variable dim 0, 1 on other variable dims."""
+    out = {}
+    for spec in specs:
+        shape = tuple(rows if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(spec.shape))
+        if spec.datatype == "BYTES":
+            out[spec.name] = np.full(shape, "", dtype=object)
+        else:
+            out[spec.name] = np.zeros(shape, dtype=DATATYPES[spec.datatype].dtype)
+    return out

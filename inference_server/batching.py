@@ -10,6 +10,9 @@ Rules (Triton's dynamic batcher semantics):
 - Requests whose non-batch shapes or dtypes differ are never mixed; order is kept.
 - Cancelled and expired requests leave the queue and never reach the model.
 - Dim 0 of every output must equal the batch's rows, otherwise the whole batch fails with INTERNAL.
+- Inline instances (cheap models run on the event loop) with no queue delay: a request that finds the
+  queue empty runs at once, as a batch of its own. An inline run never yields to the loop, so no other
+  request can arrive to join it; queueing it would only add a task switch.
 Each request's future lives in its queue item; no side table keyed by id.
 """
 
@@ -59,7 +62,8 @@ def _expired() -> InferenceError:
 
 class DynamicBatcher:
     def __init__(self, instances: Sequence[ModelInstance], *, max_batch_size: int, max_queue_delay_us: int = 0,
-                 preferred_batch_size: Sequence[int] = (), max_queue_size: int = 0, name: str = "model") -> None:
+                 preferred_batch_size: Sequence[int] = (), max_queue_size: int = 0, name: str = "model",
+                 inline: bool = False) -> None:
         if not instances:
             raise ValueError("a batcher needs at least one model instance")
         self.name = name
@@ -68,6 +72,7 @@ class DynamicBatcher:
         self._delay_s = max_queue_delay_us / 1e6
         self._preferred = frozenset(preferred_batch_size)
         self._max_queue = max_queue_size
+        self._run_at_once = inline and not max_queue_delay_us
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._free: asyncio.Queue[ModelInstance] = asyncio.Queue()
@@ -100,6 +105,8 @@ class DynamicBatcher:
         now = loop.time()
         if deadline is not None and deadline <= now:
             raise _expired()
+        if self._run_at_once and not self._queue:
+            return await self._run_alone(inputs, rows, request_id)
         signature = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
         item = _Item(inputs, rows, signature, now, deadline, loop.create_future(), request_id)
         self._queue.append(item)
@@ -210,7 +217,19 @@ class DynamicBatcher:
             batch.append(item)
         return batch
 
+    async def _run_alone(self, inputs: Arrays, rows: int, request_id: str) -> dict[str, np.ndarray]:
+        self.executed_batches[rows] += 1
+        try:
+            return self._check_rows(await self._instances[0].run(inputs), rows)
+        except InferenceError as error:
+            log.error("model '%s': batch failed (requests %s): %s", self.name, request_id or "-", error.message)
+            raise
+        except Exception:
+            log.exception("model '%s': batch execution raised (requests %s)", self.name, request_id or "-")
+            raise internal(f"model '{self.name}' failed to execute the batch") from None
+
     async def _execute(self, instance: ModelInstance, batch: list[_Item]) -> None:
+        released = False
         try:
             live = [item for item in batch if not item.future.done()]  # dropped while waiting for a slot
             if not live:
@@ -222,14 +241,15 @@ class DynamicBatcher:
                 inputs = {name: np.concatenate([item.inputs[name] for item in live]) for name in live[0].inputs}
             self.executed_batches[rows] += 1
             outputs = await instance.run(inputs)
-            if not self._max_rows:
+            # Start the next batch before answering this one: the answers wake one task per request, and
+            # the loop would run them all before the batch loop got the instance back.
+            self._free.put_nowait(instance)
+            released = True
+            await asyncio.sleep(0)
+            self._check_rows(outputs, rows)
+            if len(live) == 1:
                 _set_result(live[0].future, outputs)
                 return
-            for name, array in outputs.items():
-                if array.ndim == 0 or array.shape[0] != rows:
-                    got = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
-                    raise internal(f"model '{self.name}' returned output '{name}' with {got} "
-                                   f"for a batch of {rows} rows")
             offset = 0
             for item in live:
                 end = offset + item.rows
@@ -242,7 +262,17 @@ class DynamicBatcher:
             log.exception("model '%s': batch execution raised (requests %s)", self.name, _ids(batch))
             self._fail(batch, internal(f"model '{self.name}' failed to execute the batch"))
         finally:
-            self._free.put_nowait(instance)
+            if not released:
+                self._free.put_nowait(instance)
+
+    def _check_rows(self, outputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        if self._max_rows:
+            for name, array in outputs.items():
+                if array.ndim == 0 or array.shape[0] != rows:
+                    got = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
+                    raise internal(f"model '{self.name}' returned output '{name}' with {got} "
+                                   f"for a batch of {rows} rows")
+        return outputs
 
     # -- removal paths ---------------------------------------------------------------------------
 

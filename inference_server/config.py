@@ -16,6 +16,7 @@ from typing import Any
 from .errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+EXECUTIONS = ("auto", "inline", "thread")  # where a batch runs: measured at load, the event loop, a thread
 DEFAULT_REPOSITORY = Path(__file__).parent / "default_repository"
 CONFIG_ENV = "INFERENCE_SERVER_CONFIG"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -37,6 +38,7 @@ class ModelConfig:
     version: str = "1"
     device: str = "auto"
     intra_op_threads: int = 0  # 0: ONNX Runtime's default
+    execution: str = "auto"
     batching: BatchingConfig = field(default_factory=BatchingConfig)
 
 
@@ -50,6 +52,9 @@ class ServerConfig:
     model_repository: Path | None = None
     batching: BatchingConfig = field(default_factory=BatchingConfig)  # defaults for every model
     device: str = "auto"
+    execution: str = "auto"  # default for every model
+    workers: int = 1  # server processes sharing the port (SO_REUSEPORT)
+    reuse_port: bool = False  # bind with SO_REUSEPORT (set for workers; otherwise a used port is an error)
     models: tuple[ModelConfig, ...] = ()
 
 
@@ -106,7 +111,7 @@ def parse_batching(table: Mapping[str, Any], prefix: str, base: BatchingConfig) 
 def parse_model(table: Mapping[str, Any], prefix: str, server: ServerConfig, *, name: str | None = None,
                 path: Path | None = None, version: str | None = None) -> ModelConfig:
     """One model's table: `[[models]]` in the server file, or a repository's `<model>/config.toml`."""
-    allowed = ["device", "intra_op_threads", "batching"]
+    allowed = ["device", "intra_op_threads", "execution", "batching"]
     if name is None:
         allowed += ["name", "path", "version"]
     _reject_unknown(table, allowed, prefix)
@@ -123,6 +128,7 @@ def parse_model(table: Mapping[str, Any], prefix: str, server: ServerConfig, *, 
         version=version,
         device=_choice(table, "device", prefix, DEVICES, server.device),
         intra_op_threads=_count(table, "intra_op_threads", prefix, 0),
+        execution=_choice(table, "execution", prefix, EXECUTIONS, server.execution),
         batching=parse_batching(_get(table, "batching", prefix, dict, {}), f"{prefix}batching.", server.batching),
     )
 
@@ -131,7 +137,7 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     _reject_unknown(doc, ["server", "batching", "models"], "")
     s = _get(doc, "server", "", dict, {})
     _reject_unknown(s, ["host", "port", "max_message_bytes", "drain_grace_s", "log_level",
-                        "model_repository", "device"], "server.")
+                        "model_repository", "device", "execution", "workers", "reuse_port"], "server.")
     repo = _get(s, "model_repository", "server.", str, None)
     drain = _get(s, "drain_grace_s", "server.", (int, float), 30.0)
     if drain < 0:
@@ -144,8 +150,13 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         log_level=_choice(s, "log_level", "server.", LOG_LEVELS, "INFO"),
         model_repository=Path(repo) if repo else None,
         device=_choice(s, "device", "server.", DEVICES, "auto"),
+        execution=_choice(s, "execution", "server.", EXECUTIONS, "auto"),
+        workers=_count(s, "workers", "server.", 1, minimum=1, maximum=64),
+        reuse_port=_get(s, "reuse_port", "server.", bool, False),
         batching=parse_batching(_get(doc, "batching", "", dict, {}), "batching.", BatchingConfig()),
     )
+    if cfg.workers > 1 and cfg.port == 0:
+        raise ConfigError("server.workers", "several workers need a fixed port (port 0 picks one per process)")
     models = _get(doc, "models", "", list, [])
     parsed = tuple(parse_model(m, f"models[{i}].", cfg) for i, m in enumerate(models))
     return dataclasses.replace(cfg, models=parsed)
@@ -169,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="gRPC port (default 8001; 0 picks a free one)")
     p.add_argument("--model-repository", type=Path, help="DIR/<model>/<version>/model.onnx layout")
     p.add_argument("--device", choices=DEVICES, help="default device for every model")
+    p.add_argument("--execution", choices=EXECUTIONS,
+                   help="where batches run: auto (measured per model at load), inline (event loop), thread")
+    p.add_argument("--workers", type=int, help="server processes sharing the port via SO_REUSEPORT (default 1)")
+    p.add_argument("--reuse-port", action="store_true", default=None,
+                   help="bind with SO_REUSEPORT, sharing the port with other server processes")
     p.add_argument("--max-batch-size", type=int, help="default max rows per batch (0: no batching)")
     p.add_argument("--max-queue-delay-us", type=int, help="default batching delay in microseconds")
     p.add_argument("--max-queue-size", type=int, help="default queued-request bound (0: unbounded)")
@@ -186,7 +202,8 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Serve
     server = dict(_get(doc, "server", "", dict, {}))
     batching = dict(_get(doc, "batching", "", dict, {}))
     for flag, key in (("host", "host"), ("port", "port"), ("max_message_bytes", "max_message_bytes"),
-                      ("drain_grace_s", "drain_grace_s"), ("log_level", "log_level"), ("device", "device")):
+                      ("drain_grace_s", "drain_grace_s"), ("log_level", "log_level"), ("device", "device"),
+                      ("execution", "execution"), ("workers", "workers"), ("reuse_port", "reuse_port")):
         if getattr(args, flag) is not None:
             server[key] = getattr(args, flag)
     if args.model_repository is not None:

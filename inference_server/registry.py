@@ -70,14 +70,16 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     except ModelLoadError:
         backend.close()
         raise
+    execution = backend.choose_execution(cfg.execution, batching.max_batch_size or 1, cfg.name)
     batcher = DynamicBatcher(backend.instances, max_batch_size=batching.max_batch_size or 0,
                              max_queue_delay_us=batching.max_queue_delay_us,
                              preferred_batch_size=batching.preferred_batch_size,
-                             max_queue_size=batching.max_queue_size, name=cfg.name)
+                             max_queue_size=batching.max_queue_size, name=cfg.name,
+                             inline=execution == "inline")
     batcher.start()
-    log.info("model '%s' version %s loaded from %s on %s: max_batch_size=%d max_queue_delay_us=%d instances=%d",
-             cfg.name, cfg.version, cfg.path, backend.device, batching.max_batch_size,
-             batching.max_queue_delay_us, batching.instance_count)
+    log.info("model '%s' version %s loaded from %s on %s: max_batch_size=%d max_queue_delay_us=%d instances=%d "
+             "execution=%s", cfg.name, cfg.version, cfg.path, backend.device, batching.max_batch_size,
+             batching.max_queue_delay_us, batching.instance_count, execution)
     return LoadedModel(cfg.name, cfg.version, cfg, batching, backend.inputs, backend.outputs, backend, batcher)
 
 

@@ -59,7 +59,8 @@ def build_server(service: InferenceService,
     server = grpc.aio.server(options=[
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
-        ("grpc.so_reuseport", 0),  # a port already in use is an error, not a silent share
+        # A port already in use is an error, not a silent share, unless workers share it on purpose.
+        ("grpc.so_reuseport", int(cfg.reuse_port)),
     ])
     server.add_generic_rpc_handlers((method_handlers(InferenceServicer(service)),))
     health_servicer = health.aio.HealthServicer()

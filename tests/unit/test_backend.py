@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from inference_server.backend import CUDA, INSTALL_HINT, OnnxBackend, import_onnxruntime
+from inference_server.backend import CUDA, INSTALL_HINT, OnnxBackend, TensorSpec, import_onnxruntime, sample_inputs
 from inference_server.config import BatchingConfig, ModelConfig
 from inference_server.errors import ModelLoadError
 from inference_server.registry import resolve_batching
@@ -35,7 +35,7 @@ def test_tensor_metadata_comes_from_the_model(repo):
 
 def test_one_session_per_instance(repo):
     b = backend_for(repo, onnx_models.mlp([4, 4]), instance_count=3)
-    assert len(b.instances) == 3 and len({id(i._session) for i in b.instances}) == 3
+    assert len(b.instances) == 3 and len({id(i.session) for i in b.instances}) == 3
     b.close()
 
 
@@ -69,7 +69,7 @@ def test_bf16_with_strings_in_one_model_is_refused_at_load(repo):
 
 def test_cpu_is_chosen_when_cpu_is_asked_for(repo):
     b = backend_for(repo, onnx_models.mlp([4, 4]), device="cpu")
-    assert b.instances[0]._session.get_providers() == ["CPUExecutionProvider"]
+    assert b.instances[0].session.get_providers() == ["CPUExecutionProvider"]
     b.close()
 
 
@@ -124,3 +124,49 @@ def test_batching_is_automatic_only_when_dim_0_is_variable_everywhere(repo):
             max_batch_size=4, preferred_batch_size=(8,))), mlp)
     mlp.close()
     fixed.close()
+
+
+def test_a_cheap_model_runs_inline_on_single_threaded_sessions(repo, caplog):
+    b = backend_for(repo, onnx_models.mlp([8, 16, 4]), instance_count=2)
+    caplog.set_level("INFO")
+    assert b.choose_execution("auto", 32, "m") == "inline"
+    assert all(i.inline for i in b.instances)
+    assert [i.session.get_session_options().intra_op_num_threads for i in b.instances] == [1, 1]
+    assert "a batch of 32 rows runs in" in caplog.text and "inline on the event loop" in caplog.text
+    np.testing.assert_array_equal(b.instances[0].run_sync({"x": np.ones((2, 8), np.float32)})["y"].shape, (2, 4))
+    b.close()
+
+
+def test_an_expensive_model_runs_in_a_thread(repo):
+    b = backend_for(repo, onnx_models.slow(256))
+    assert b.time_run_us(8) > 200
+    assert b.choose_execution("auto", 8, "m") == "thread" and not b.instances[0].inline
+    b.close()
+
+
+def test_explicit_execution_is_kept_and_configured_threads_are_respected(repo, monkeypatch):
+    b = backend_for(repo, onnx_models.mlp([8, 16, 4]), intra_op_threads=2)
+    monkeypatch.setattr(b, "time_run_us", lambda *a, **k: pytest.fail("explicit execution must not be timed"))
+    assert b.choose_execution("thread", 32, "m") == "thread" and not b.instances[0].inline
+    assert b.choose_execution("inline", 32, "m") == "inline" and b.instances[0].inline
+    assert b.instances[0].session.get_session_options().intra_op_num_threads == 2
+    b.close()
+
+
+def test_a_model_that_cannot_be_timed_runs_in_a_thread(repo, monkeypatch, caplog):
+    b = backend_for(repo, onnx_models.mlp([8, 16, 4]))
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("needs real data")
+
+    monkeypatch.setattr(b, "time_run_us", refuse)
+    assert b.choose_execution("auto", 4, "m") == "thread"
+    assert "cannot time a sample batch (needs real data)" in caplog.text
+    b.close()
+
+
+def test_sample_inputs_follow_the_model_shapes():
+    specs = [TensorSpec("a", "FP32", (-1, 3)), TensorSpec("s", "BYTES", (-1, -1)), TensorSpec("f", "INT64", (2, 2))]
+    out = sample_inputs(specs, 5)
+    assert {k: (v.shape, v.dtype.kind) for k, v in out.items()} == {"a": ((5, 3), "f"), "s": ((5, 1), "O"),
+                                                                    "f": ((2, 2), "i")}

@@ -329,3 +329,67 @@ async def test_batcher_counts_executed_batches_by_rows():
     await asyncio.gather(first, *rest)
     assert b.executed_batches == {1: 1, 6: 1}
     await b.close()
+
+
+class InlineInstance:
+    """Runs on the caller's task without yielding, as an inline ONNX Runtime instance does."""
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task | None] = []
+        self.drop_row = False
+
+    async def run(self, inputs):
+        self.tasks.append(asyncio.current_task())
+        y = inputs["x"] * 2
+        return {"y": y[1:] if self.drop_row else y}
+
+
+async def test_inline_instance_without_delay_runs_a_request_on_its_own_task():
+    inst = InlineInstance()
+    b = make([inst], inline=True)
+    out = await b.submit(req(3, rows=2), 2)
+    np.testing.assert_array_equal(out["y"], np.full((2, 2), 6, dtype=np.float32))
+    assert inst.tasks == [asyncio.current_task()]  # not handed to the batch loop
+    assert b.executed_batches == {2: 1}
+    inst.drop_row = True
+    with pytest.raises(InferenceError) as e:
+        await b.submit(req(1, rows=2), 2)
+    assert e.value.code == ErrorCode.INTERNAL and "returned output 'y' with 1 rows" in e.value.message
+    await b.close()
+
+
+async def test_inline_instance_with_a_delay_still_batches():
+    inst = InlineInstance()
+    b = make([inst], inline=True, max_queue_delay_us=50_000)
+    outs = await asyncio.wait_for(asyncio.gather(*(submit(b, i) for i in range(3))), 2)
+    assert [float(o["y"][0, 0]) for o in outs] == [0.0, 2.0, 4.0]
+    assert b.executed_batches == {3: 1}
+    await b.close()
+
+
+async def test_next_batch_starts_before_the_previous_batch_is_answered():
+    """Answering a batch wakes one task per request; the instance is handed on first, so the model is
+    never idle behind them."""
+    events: list[str] = []
+    inst = FakeInstance(gated=True)
+    original_run = inst.run
+
+    async def run(inputs):
+        events.append(f"run {len(inputs['x'])}")
+        return await original_run(inputs)
+
+    inst.run = run
+    b = make([inst], max_batch_size=2)
+
+    async def call(value: float) -> None:
+        await b.submit(req(value), 1)
+        events.append(f"answer {value:g}")
+
+    first = asyncio.create_task(call(0))
+    await inst.running.wait()
+    rest = [asyncio.create_task(call(v)) for v in (1, 2)]
+    await settle()
+    inst.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), 2)
+    assert events == ["run 1", "run 2", "answer 0", "answer 1", "answer 2"]
+    await b.close()

@@ -51,6 +51,26 @@ preferred_batch_size = [8, 4]
                                             preferred_batch_size=(4, 8))
 
 
+def test_execution_and_workers_from_file_and_flags(tmp_path):
+    cfg_file = write(tmp_path / "s.toml", """
+[server]
+execution = "thread"
+workers = 2
+[[models]]
+name = "a"
+path = "a.onnx"
+execution = "inline"
+[[models]]
+name = "b"
+path = "b.onnx"
+""")
+    cfg = load_config(["--config", str(cfg_file)], {})
+    assert (cfg.execution, cfg.workers) == ("thread", 2)
+    assert [m.execution for m in cfg.models] == ["inline", "thread"]  # a model's own key wins
+    cfg = load_config(["--config", str(cfg_file), "--workers", "3", "--execution", "auto"], {})
+    assert (cfg.execution, cfg.workers) == ("auto", 3)
+
+
 def test_config_path_from_the_environment(tmp_path):
     cfg_file = write(tmp_path / "s.toml", "[server]\nport = 9200\n")
     assert load_config([], {"INFERENCE_SERVER_CONFIG": str(cfg_file)}).port == 9200
@@ -70,6 +90,10 @@ def test_config_path_from_the_environment(tmp_path):
     ({"models": [{"path": "x.onnx"}]}, "models[0].name"),
     ({"models": [{"name": "x"}]}, "models[0].path"),
     ({"models": [{"name": "x", "path": "x", "device": "tpu"}]}, "models[0].device"),
+    ({"models": [{"name": "x", "path": "x", "execution": "gpu"}]}, "models[0].execution"),
+    ({"server": {"execution": "fast"}}, "server.execution"),
+    ({"server": {"workers": 0}}, "server.workers"),
+    ({"server": {"workers": 2, "port": 0}}, "server.workers"),
     ({"models": [{"name": "x", "path": "x", "batching": {"max_delay": 1}}]}, "models[0].batching.max_delay"),
 ])
 def test_bad_values_name_their_key(doc, key):

@@ -1,0 +1,73 @@
+"""Several server processes on one port (SO_REUSEPORT): a supervisor that starts, watches and stops them.
+
+The kernel spreads new connections across the processes; each worker is a complete server with its own
+models and batchers. The supervisor runs no event loop and no models: it checks the port is free, starts
+`workers` copies of this command line with `--workers 1 --reuse-port`, forwards SIGTERM/SIGINT, and when
+any worker exits on its own, stops the others, so a half-dead server never keeps answering.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from .config import ServerConfig
+
+log = logging.getLogger(__name__)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Bind without SO_REUSEPORT: fails when anything, a server of ours included, holds the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def supervise(cfg: ServerConfig, argv: Sequence[str], poll_s: float = 0.2) -> int:
+    """Run cfg.workers copies of the server; returns the exit code (0 after a clean SIGTERM drain)."""
+    if not port_is_free(cfg.host, cfg.port):
+        log.error("cannot start: %s:%d is already in use", cfg.host, cfg.port)
+        return 1
+    command = [sys.executable, "-m", "inference_server", *argv, "--workers", "1", "--reuse-port"]
+    stopping = False
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    procs: list[subprocess.Popen[bytes]] = []
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        procs = [subprocess.Popen(command) for _ in range(cfg.workers)]
+        log.info("started %d worker processes on %s:%d (pids %s)", cfg.workers, cfg.host, cfg.port,
+                 ", ".join(str(p.pid) for p in procs))
+        while any(p.poll() is None for p in procs):
+            exited = [p for p in procs if p.returncode is not None]
+            if exited and not stopping:
+                log.error("worker %d exited with %d; stopping the others", exited[0].pid, exited[0].returncode)
+                forward(signal.SIGTERM, None)
+            time.sleep(poll_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    codes = [p.returncode for p in procs]
+    log.info("workers exited with %s", codes)
+    failed = [c for c in codes if c]
+    return abs(failed[0]) if failed else 0

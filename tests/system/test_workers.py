@@ -1,0 +1,77 @@
+"""Several server processes on one port (--workers N, SO_REUSEPORT) under one supervisor."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests import onnx_models
+from tests.server_process import ServerProcess
+
+pytestmark = pytest.mark.system
+
+MODEL = onnx_models.mlp([8, 16, 4])
+BATCH_LINE = re.compile(r"model 'mlp': executed (\d+) batches")
+
+
+@pytest.fixture
+def repo(tmp_path):
+    onnx_models.write_model(tmp_path / "repo", "mlp", MODEL)
+    return tmp_path / "repo"
+
+
+def worker_pids(server: ServerProcess) -> list[int]:
+    match = re.search(r"started 2 worker processes .* \(pids (\d+), (\d+)\)", server.log())
+    assert match, server.log()
+    return [int(match[1]), int(match[2])]
+
+
+def infer_on_new_connections(url: str, count: int) -> None:
+    x = grpcclient.InferInput("x", [1, 8], "FP32")
+    data = np.arange(8, dtype=np.float32).reshape(1, 8)
+    x.set_data_from_numpy(data)
+    for _ in range(count):  # a channel per call: the kernel spreads connections, not calls
+        with grpcclient.InferenceServerClient(url) as client:
+            assert client.infer("mlp", [x]).as_numpy("y").shape == (1, 4)
+
+
+def test_two_workers_share_the_port_and_drain_on_sigterm(launch, repo):
+    server = launch("--model-repository", str(repo), "--workers", "2")
+    pids = worker_pids(server)
+    infer_on_new_connections(server.url, 40)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0
+    served = [int(n) for n in BATCH_LINE.findall(server.log())]
+    assert len(served) == 2 and sum(served) == 40, served  # every worker drained and reported
+    assert all(served), f"one worker got no connection out of 40: {served}"
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_dead_worker_stops_the_server(launch, repo):
+    server = launch("--model-repository", str(repo), "--workers", "2")
+    first, second = worker_pids(server)
+    os.kill(first, signal.SIGKILL)
+    assert server.proc.wait(30) != 0
+    assert "exited with -9; stopping the others" in server.log()
+    with pytest.raises(ProcessLookupError):
+        os.kill(second, 0)
+
+
+def test_workers_refuse_a_port_already_in_use(tmp_path, repo):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        # The last --port wins over the one ServerProcess picks.
+        busy = ServerProcess(["--model-repository", str(repo), "--workers", "2", "--port", str(port)],
+                             tmp_path / "busy.log")
+        assert busy.proc.wait(30) == 1
+        assert f"127.0.0.1:{port} is already in use" in busy.log()

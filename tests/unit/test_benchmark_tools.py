@@ -1,0 +1,39 @@
+"""The parsers of the benchmark's external tools, on captured output (no install, no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import peers, perf_analyzer
+
+# perf_analyzer 2.51.0 --verbose-csv against a server without statistics, and against Triton (with them).
+PA_CSV = ("Concurrency,Inferences/Second,Client Send,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,"
+          "Avg latency,request/response,response wait\n2,439.052,8,2,2046,7279,11639,58740,4535,10,4483\n")
+PA_CSV_SERVER = ("Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
+                 "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,"
+                 "p99 latency,Avg latency,request/response,response wait\n"
+                 "32,2250.5,10,900,1200,20,3000,15,3,14000,16000,17000,20000,14100,12,14000\n")
+
+
+def test_perf_analyzer_csv_to_ms():
+    assert perf_analyzer.parse_csv(PA_CSV) == {"concurrency": 2, "infer_per_s": 439.1, "p50_ms": 2.046,
+                                               "p90_ms": 7.279, "p99_ms": 58.74, "mean_ms": 4.535}
+    assert perf_analyzer.parse_csv(PA_CSV_SERVER)["p99_ms"] == 20.0
+
+
+def test_perf_analyzer_csv_without_avg_latency_is_an_error():
+    without_avg = "Concurrency,Inferences/Second,p50 latency,p90 latency,p99 latency\n4,1361.2,2005,6429,9521\n"
+    with pytest.raises(RuntimeError, match="Avg latency"):
+        perf_analyzer.parse_csv(without_avg)
+    with pytest.raises(RuntimeError, match="no CSV rows"):
+        perf_analyzer.parse_csv("Concurrency,Inferences/Second\n")
+
+
+def test_mlserver_batch_metric():
+    text = ('# HELP peer_batch_rows_count rows\n'
+            'peer_batch_rows_bucket{le="1.0",model_name="mlp",model_version=""} 10.0\n'
+            'peer_batch_rows_count{model_name="mlp",model_version=""} 588.0\n'
+            'peer_batch_rows_sum{model_name="mlp",model_version=""} 604.0\n'
+            'peer_batch_rows_sum{model_name="mlp2",model_version=""} 9.0\n')
+    assert peers.parse_batch_metric(text, "mlp") == (604, 588)
+    assert peers.parse_batch_metric(text, "other") is None
