@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 
 
-def measure(model_path: Path, input_name: str, width: int, batch_sizes: list[int], *, min_time_s: float = 1.5,
-            intra_op_threads: int = 0) -> list[dict[str, float]]:
-    """Rows/s and latency of session.run at each batch size (one thread calling, as the server's instance)."""
+def measure(model_path: Path, sample: Callable[[np.random.Generator, int], dict[str, np.ndarray]],
+            batch_sizes: list[int], *, min_time_s: float = 1.0, intra_op_threads: int = 0) -> list[dict[str, float]]:
+    """Rows/s and latency of session.run at each batch size, one thread calling (as a server instance does),
+    ONNX Runtime's default intra-op threads unless given."""
     options = onnxruntime.SessionOptions()
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
@@ -19,18 +21,18 @@ def measure(model_path: Path, input_name: str, width: int, batch_sizes: list[int
     rng = np.random.default_rng(0)
     out = []
     for batch in batch_sizes:
-        x = rng.standard_normal((batch, width)).astype(np.float32)
+        feeds = sample(rng, batch)
         for _ in range(3):
-            session.run(None, {input_name: x})  # warm-up
+            session.run(None, feeds)  # warm-up
         times = []
         start = time.perf_counter()
         while time.perf_counter() - start < min_time_s:
             t = time.perf_counter()
-            session.run(None, {input_name: x})
+            session.run(None, feeds)
             times.append(time.perf_counter() - t)
         mean_s = float(np.mean(times))
-        out.append({"batch_size": batch, "runs": len(times), "mean_ms": round(mean_s * 1e3, 3),
-                    "p50_ms": round(float(np.median(times)) * 1e3, 3), "rows_per_s": round(batch / mean_s, 1)})
+        out.append({"batch_size": batch, "runs": len(times), "mean_ms": round(mean_s * 1e3, 4),
+                    "p50_ms": round(float(np.median(times)) * 1e3, 4), "rows_per_s": round(batch / mean_s, 1)})
     return out
 
 

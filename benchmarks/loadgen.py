@@ -1,4 +1,5 @@
-"""A bounded closed-loop load generator on tritonclient.grpc.aio: N workers, each one request in flight."""
+"""Bounded load generators on tritonclient.grpc.aio: closed loop (N workers, one request in flight each)
+and open loop (requests sent on a fixed schedule, whatever the answers do)."""
 
 from __future__ import annotations
 
@@ -10,26 +11,54 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import np_to_triton_dtype
 
-NAME = "tritonclient.grpc.aio closed loop (benchmarks/loadgen.py)"
+NAME = "tritonclient.grpc.aio (benchmarks/loadgen.py)"
+# A channel of its own per connection; grpc would otherwise share one TCP connection between clients.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+@dataclass(frozen=True)
+class Workload:
+    model: str
+    requests: list[list[aioclient.InferInput]]  # serialised once, outside the timed loop
+    rows: int  # rows per request
+
+
+def workload(model: str, samples: Sequence[dict[str, np.ndarray]]) -> Workload:
+    requests = []
+    for sample in samples:
+        inputs = []
+        for name, array in sample.items():
+            t = aioclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            t.set_data_from_numpy(array)
+            inputs.append(t)
+        requests.append(inputs)
+    return Workload(model, requests, int(next(iter(samples[0].values())).shape[0]))
 
 
 @dataclass
 class LoadResult:
-    concurrency: int
+    mode: str  # "closed" or "open"
+    load: float  # concurrency, or offered requests/s
     duration_s: float
+    rows_per_request: int
     latencies_s: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
-    rows_per_request: int = 1
+    not_sent: int = 0  # open loop: scheduled sends skipped because max_outstanding were in flight
 
     @property
     def requests(self) -> int:
         return len(self.latencies_s)
 
-    def summary(self) -> dict[str, float | int | dict[str, int]]:
+    def record_error(self, e: Exception) -> None:
+        key = type(e).__name__ + ": " + str(e)[:80]
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+    def summary(self) -> dict:
         lat_ms = np.array(self.latencies_s) * 1e3 if self.latencies_s else np.array([np.nan])
-        return {
-            "concurrency": self.concurrency,
+        out = {
+            ("concurrency" if self.mode == "closed" else "offered_per_s"): self.load,
             "requests": self.requests,
             "errors": self.errors,
             "duration_s": round(self.duration_s, 3),
@@ -39,52 +68,99 @@ class LoadResult:
             "p90_ms": round(float(np.percentile(lat_ms, 90)), 3),
             "p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
             "mean_ms": round(float(lat_ms.mean()), 3),
+            "load_generator": NAME,
         }
+        if self.mode == "open":
+            out["not_sent"] = self.not_sent
+        return out
 
 
-async def closed_loop(url: str, model: str, input_name: str, pool: Sequence[np.ndarray], *, concurrency: int,
-                      duration_s: float, warmup_s: float = 1.0, max_requests: int = 1_000_000,
-                      label: str = "") -> LoadResult:
-    """Run `concurrency` workers for warmup_s (not recorded) then duration_s; at most max_requests recorded."""
-    datatype = {np.float32: "FP32"}[pool[0].dtype.type]
-    async with aioclient.InferenceServerClient(url) as client:
-        inputs = []
-        for array in pool:  # serialise once, outside the timed loop
-            t = aioclient.InferInput(input_name, list(array.shape), datatype)
-            t.set_data_from_numpy(array)
-            inputs.append(t)
-        result = LoadResult(concurrency, duration_s, rows_per_request=int(pool[0].shape[0]))
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        measure_from = start + warmup_s
-        stop_at = measure_from + duration_s
+async def _progress(result: LoadResult, label: str, loop: asyncio.AbstractEventLoop, measure_from: float) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        elapsed = loop.time() - measure_from
+        phase = "warm-up" if elapsed <= 0 else f"{elapsed:4.1f}s"
+        rate = result.requests / elapsed if elapsed > 0 else 0.0
+        sys.stderr.write(f"\r  {label} {phase} {result.requests} requests {rate:8.1f}/s ")
+        sys.stderr.flush()
 
-        async def worker(offset: int) -> None:
-            i = offset
-            while (now := loop.time()) < stop_at and result.requests < max_requests:
-                sent = time.perf_counter()
-                try:
-                    await client.infer(model, [inputs[i % len(inputs)]], client_timeout=30)
-                except Exception as e:  # recorded, never raised: a benchmark reports errors
-                    key = type(e).__name__ + ": " + str(e)[:80]
-                    result.errors[key] = result.errors.get(key, 0) + 1
-                else:
-                    if now >= measure_from:
-                        result.latencies_s.append(time.perf_counter() - sent)
-                i += concurrency
 
-        async def progress() -> None:
-            while True:
-                await asyncio.sleep(1.0)
-                elapsed = loop.time() - measure_from
-                phase = "warm-up" if elapsed <= 0 else f"{elapsed:4.1f}s"
-                rate = result.requests / elapsed if elapsed > 0 else 0.0
-                sys.stderr.write(f"\r  {label} c={concurrency} {phase} {result.requests} requests {rate:8.1f}/s ")
-                sys.stderr.flush()
+def _clients(url: str, connections: int) -> list[aioclient.InferenceServerClient]:
+    return [aioclient.InferenceServerClient(url, channel_args=OWN_CONNECTION) for _ in range(connections)]
 
-        ticker = asyncio.create_task(progress())
+
+async def closed_loop(url: str, work: Workload, *, concurrency: int, duration_s: float, warmup_s: float = 1.0,
+                      max_requests: int = 1_000_000, label: str = "", connections: int = 1) -> LoadResult:
+    """`concurrency` workers for warmup_s (not recorded) then duration_s; at most max_requests recorded.
+    Workers are spread over `connections` TCP connections (several server processes need several)."""
+    clients = _clients(url, connections)
+    result = LoadResult("closed", concurrency, duration_s, work.rows)
+    loop = asyncio.get_running_loop()
+    measure_from = loop.time() + warmup_s
+    stop_at = measure_from + duration_s
+
+    async def worker(offset: int) -> None:
+        client = clients[offset % len(clients)]
+        i = offset
+        while (now := loop.time()) < stop_at and result.requests < max_requests:
+            sent = time.perf_counter()
+            try:
+                await client.infer(work.model, work.requests[i % len(work.requests)], client_timeout=60)
+            except Exception as e:  # recorded, never raised: a benchmark reports errors
+                result.record_error(e)
+            else:
+                if now >= measure_from:
+                    result.latencies_s.append(time.perf_counter() - sent)
+            i += concurrency
+
+    ticker = asyncio.create_task(_progress(result, f"{label} c={concurrency}", loop, measure_from))
+    try:
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    finally:
         ticker.cancel()
-        result.duration_s = min(loop.time(), stop_at) - measure_from
         sys.stderr.write("\n")
-        return result
+        await asyncio.gather(*(c.close() for c in clients))
+    result.duration_s = min(loop.time(), stop_at) - measure_from
+    return result
+
+
+async def open_loop(url: str, work: Workload, *, rate_per_s: float, duration_s: float, warmup_s: float = 1.0,
+                    max_outstanding: int = 2048, label: str = "", connections: int = 1) -> LoadResult:
+    """Send at a fixed rate for warmup_s + duration_s. Latency runs from each request's scheduled time, so a
+    stalled server is charged for the requests it delayed (no coordinated omission)."""
+    clients = _clients(url, connections)
+    result = LoadResult("open", rate_per_s, duration_s, work.rows)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    measure_from = start + warmup_s
+    total = int((warmup_s + duration_s) * rate_per_s)
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def one(i: int, scheduled: float) -> None:
+        try:
+            await clients[i % len(clients)].infer(work.model, work.requests[i % len(work.requests)],
+                                                  client_timeout=60)
+        except Exception as e:
+            result.record_error(e)
+        else:
+            if scheduled >= measure_from:
+                result.latencies_s.append(loop.time() - scheduled)
+
+    ticker = asyncio.create_task(_progress(result, f"{label} {rate_per_s:.0f}/s", loop, measure_from))
+    try:
+        for i in range(total):
+            scheduled = start + i / rate_per_s
+            if (delay := scheduled - loop.time()) > 0:
+                await asyncio.sleep(delay)
+            if len(in_flight) >= max_outstanding:
+                result.not_sent += 1
+                continue
+            task = asyncio.create_task(one(i, scheduled))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        await asyncio.gather(*in_flight)
+    finally:
+        ticker.cancel()
+        sys.stderr.write("\n")
+        await asyncio.gather(*(c.close() for c in clients))
+    return result

@@ -34,7 +34,7 @@ def decode_request(request: pb.ModelInferRequest) -> InferRequest:
                       "every input needs one when raw contents are used")
     tensors = []
     for i, t in enumerate(request.inputs):
-        if any(k in t.parameters for k in SHARED_MEMORY_PARAMS):
+        if t.parameters and any(k in t.parameters for k in SHARED_MEMORY_PARAMS):
             raise _unsupported(f"input '{t.name}': shared memory is not supported by this server")
         shape = tuple(t.shape)
         if raw:
@@ -57,7 +57,7 @@ def decode_request(request: pb.ModelInferRequest) -> InferRequest:
         if any(k in o.parameters for k in SHARED_MEMORY_PARAMS):
             raise _unsupported(f"output '{o.name}': shared memory is not supported by this server")
         outputs.append(o.name)
-    params = {key: param_value(value) for key, value in request.parameters.items()}
+    params = {key: param_value(value) for key, value in request.parameters.items()} if request.parameters else {}
     sequence_id = params.get("sequence_id")
     if sequence_id not in (None, 0, ""):
         raise invalid(f"inference request to model '{request.model_name}' must not specify a non-zero or "

@@ -1,0 +1,264 @@
+"""The scenarios of `python -m benchmarks run`. Each returns {"title", "tables", "notes", ...raw points}."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import ceiling, loadgen, peers, perf_analyzer
+from benchmarks.models import MODELS, write
+from tests.server_process import ServerProcess
+
+WORK = Path(__file__).resolve().parent / ".work"
+REPO = WORK / "repo"
+BATCH_LOG = re.compile(r"model '(?P<model>[^']+)': executed (?P<batches>\d+) batches, (?P<rows>\d+) rows")
+# Ours and Triton batch the same way in every comparison: up to 64 rows, no added delay.
+BATCHING = "[batching]\nmax_batch_size = 64\nmax_queue_delay_us = 0\n"
+OURS = "inference_server"
+AIO, PA = "aio", "perf_analyzer"
+
+POINT_COLUMNS = [("target", "target", "s"), ("model", "model", "s"), ("config", "config", "s"),
+                 ("load", "gen", "s"), ("concurrency", "concurrency", "d"), ("infer/s", "infer_per_s", ".0f"),
+                 ("rows/s", "rows_per_s", ".0f"), ("p50 ms", "p50_ms", ".2f"), ("p90 ms", "p90_ms", ".2f"),
+                 ("p99 ms", "p99_ms", ".2f"), ("mean batch", "mean_batch_rows", ".1f"),
+                 ("errors", "error_count", "d")]
+CEILING_COLUMNS = [("ceiling rows/s at that batch", "ceiling_rows_per_s", ".0f"),
+                   ("fraction of ceiling", "fraction_of_ceiling", ".2f")]
+
+
+def samples(model: str, count: int = 64, rows: int = 1) -> loadgen.Workload:
+    rng = np.random.default_rng(1)
+    return loadgen.workload(model, [MODELS[model].sample(rng, rows) for _ in range(count)])
+
+
+def batch_summary(log: str, model: str) -> tuple[int, int] | None:
+    """(batches, rows) from every process's drain line for the model (several with --workers)."""
+    found = [(int(m["batches"]), int(m["rows"])) for m in BATCH_LOG.finditer(log) if m["model"] == model]
+    if not found:
+        return None
+    return sum(b for b, _ in found), sum(r for _, r in found)
+
+
+def drive(url: str, work: loadgen.Workload, gen: str, concurrency: int, args: argparse.Namespace, label: str,
+          connections: int = 1) -> dict:
+    if gen == PA:
+        result = perf_analyzer.run(url, work.model, concurrency, measurement_ms=int(args.duration_s * 1000),
+                                   work_dir=WORK / "perf_analyzer")
+        return {**result, "rows_per_s": round(result["infer_per_s"] * work.rows, 1)}
+    return asyncio.run(loadgen.closed_loop(url, work, concurrency=concurrency, duration_s=args.duration_s,
+                                           label=label, connections=connections)).summary()
+
+
+@contextmanager
+def our_server(*extra: str) -> Iterator[ServerProcess]:
+    WORK.mkdir(exist_ok=True)
+    server = ServerProcess(["--model-repository", str(REPO), "--log-level", "INFO", *extra], WORK / "server.log")
+    try:
+        yield server.wait_serving()
+    finally:
+        server.kill()
+
+
+def ours_point(model: str, config: str, concurrency: int, args: argparse.Namespace, *, gen: str = AIO,
+               label: str = "", extra: tuple[str, ...] = (), connections: int = 1) -> dict:
+    """One fresh server process per point, so its batch statistics belong to this point alone."""
+    write(REPO, model, config)
+    with our_server(*extra) as server:
+        summary = drive(server.url, samples(model), gen, concurrency, args, label or model, connections)
+        code = server.terminate()
+    counts = batch_summary(server.log(), model)
+    if code != 0 or counts is None:
+        raise RuntimeError(f"server exited {code} without batch statistics:\n{server.log()[-2000:]}")
+    return _point(summary, target=OURS, model=model, gen=gen, concurrency=concurrency, counts=counts)
+
+
+def _point(summary: dict, *, target: str, model: str, gen: str, concurrency: int,
+           counts: tuple[int, int] | None, config: str = "") -> dict:
+    summary = {**summary, "target": target, "model": model, "gen": gen, "concurrency": concurrency,
+               "config": config, "error_count": sum(summary.get("errors", {}).values())}
+    if counts:
+        summary["server_batches"] = counts[0]
+        summary["mean_batch_rows"] = round(counts[1] / max(counts[0], 1), 2)
+    return summary
+
+
+def add_ceiling(points: list[dict], model: str) -> list[dict]:
+    sys.stderr.write(f"  in-process ONNX Runtime ceiling of {model} ...\n")
+    ceil = ceiling.measure(write(REPO, model), MODELS[model].sample, [1, 2, 4, 8, 16, 32, 64])
+    for p in points:
+        if p["model"] == model and "mean_batch_rows" in p:
+            at = ceiling.rows_per_s_at(ceil, p["mean_batch_rows"])
+            p["ceiling_rows_per_s"] = round(at, 1)
+            p["fraction_of_ceiling"] = round(p["rows_per_s"] / at, 3)
+    return ceil
+
+
+def ceiling_table(model: str, ceil: list[dict]) -> dict:
+    return {"title": f"In-process ONNX Runtime, {model} ({MODELS[model].description}), one calling thread, "
+                     "default intra-op threads",
+            "columns": [("batch rows", "batch_size", "d"), ("rows/s", "rows_per_s", ".0f"),
+                        ("mean ms per run", "mean_ms", ".3f"), ("p50 ms per run", "p50_ms", ".3f")],
+            "rows": ceil}
+
+
+# -- scenarios -------------------------------------------------------------------------------------
+
+
+def closed_loop(args: argparse.Namespace) -> dict:
+    models = ["cheap", "large"] if args.quick else list(MODELS)
+    levels = [1, 32] if args.quick else [1, 8, 32, 128]
+    points = [ours_point(m, BATCHING, c, args) for m in models for c in levels]
+    ceilings = {m: add_ceiling(points, m) for m in models}
+    for p in points:
+        p["config"] = "max_batch_size 64, delay 0"
+    return {"title": "closed loop, every model, concurrency " + "/".join(map(str, levels)), "points": points,
+            "ceilings": ceilings,
+            "tables": [{"columns": POINT_COLUMNS + CEILING_COLUMNS, "rows": points}]
+            + [ceiling_table(m, c) for m, c in ceilings.items()],
+            "notes": ["Models: " + "; ".join(f"{m}: {MODELS[m].description}" for m in models) + ".",
+                      "Execution is chosen per model at load (execution = auto): see the server logs."]}
+
+
+def batching(args: argparse.Namespace) -> dict:
+    modes = {"batching on": BATCHING, "batching off": "[batching]\nmax_batch_size = 1\n"}
+    levels = [1, 32] if args.quick else [1, 8, 32]
+    points = []
+    for mode, config in modes.items():
+        for c in levels:
+            points.append({**ours_point("large", config, c, args, label=mode), "config": mode})
+    ceil = add_ceiling(points, "large")
+    on, off = (next(p for p in points if p["config"] == m and p["concurrency"] == max(levels)) for m in modes)
+    ratio = on["infer_per_s"] / off["infer_per_s"]
+    return {"title": "batching on vs off, compute-bound MLP", "points": points, "ceiling": ceil,
+            "tables": [{"columns": POINT_COLUMNS + CEILING_COLUMNS, "rows": points}, ceiling_table("large", ceil)],
+            "notes": [f"At concurrency {max(levels)}: batching on / off = {ratio:.2f}x the throughput "
+                      f"(p99 {on['p99_ms']:.1f} vs {off['p99_ms']:.1f} ms)."]}
+
+
+def execution(args: argparse.Namespace) -> dict:
+    gens = [AIO] + ([PA] if perf_analyzer.available() is None else [])
+    points = []
+    for mode in ("inline", "thread"):
+        for gen in gens:
+            for c in (1, 32):
+                p = ours_point("cheap", BATCHING, c, args, gen=gen, label=mode, extra=("--execution", mode))
+                points.append({**p, "config": f"execution {mode}"})
+    single = ceiling.measure(write(REPO, "cheap"), MODELS["cheap"].sample, [1], intra_op_threads=1)[0]
+    notes = [f"In-process single-row latency (one-thread session, as inline runs it): p50 "
+             f"{single['p50_ms'] * 1e3:.1f} us."]
+    for gen in gens:
+        by = {(p["config"], p["concurrency"]): p for p in points if p["gen"] == gen}
+        i1, t1, i32, t32 = (by[("execution " + m, c)] for c in (1, 32) for m in ("inline", "thread"))
+        notes.append(f"{gen}: c=1 p50 {i1['p50_ms']:.3f} ms inline vs {t1['p50_ms']:.3f} ms thread "
+                     f"(inline = in-process + {i1['p50_ms'] - single['p50_ms']:.3f} ms); c=32 "
+                     f"{i32['infer_per_s']:.0f} vs {t32['infer_per_s']:.0f} infer/s "
+                     f"({i32['infer_per_s'] / t32['infer_per_s']:.2f}x).")
+    return {"title": "inline vs thread execution, cheap MLP", "points": points, "single_row": single,
+            "tables": [{"columns": POINT_COLUMNS, "rows": points}], "notes": notes}
+
+
+def open_loop(args: argparse.Namespace) -> dict:
+    plans = {"cheap": ([500, 1000, 2000, 3000], 5.0), "large": ([200, 500, 1000, 1500], 50.0)}
+    points = []
+    for model, (rates, budget_ms) in plans.items():
+        write(REPO, model, BATCHING)
+        work = samples(model)
+        for rate in rates[::2] if args.quick else rates:
+            with our_server() as server:
+                result = asyncio.run(loadgen.open_loop(server.url, work, rate_per_s=rate, duration_s=args.duration_s,
+                                                       label=model))
+                server.terminate()
+            p = _point(result.summary(), target=OURS, model=model, gen=AIO, concurrency=0,
+                       counts=batch_summary(server.log(), model))
+            p.update(budget_p99_ms=budget_ms, within_budget="yes" if p["p99_ms"] <= budget_ms else "no")
+            points.append(p)
+    notes = []
+    for model, (_, budget_ms) in plans.items():
+        ok = [p["offered_per_s"] for p in points if p["model"] == model and p["within_budget"] == "yes"]
+        notes.append(f"{model}: highest offered rate with p99 <= {budget_ms:g} ms: "
+                     + (f"{max(ok):.0f}/s" if ok else "none of those tried"))
+    columns = [("model", "model", "s"), ("offered/s", "offered_per_s", ".0f"), ("answered/s", "infer_per_s", ".0f"),
+               ("p50 ms", "p50_ms", ".2f"), ("p90 ms", "p90_ms", ".2f"), ("p99 ms", "p99_ms", ".2f"),
+               ("p99 budget ms", "budget_p99_ms", ".0f"), ("within", "within_budget", "s"),
+               ("mean batch", "mean_batch_rows", ".1f"), ("not sent", "not_sent", "d"), ("errors", "error_count", "d")]
+    return {"title": "open loop: latency at fixed request rates", "points": points,
+            "tables": [{"columns": columns, "rows": points}],
+            "notes": notes + ["Latency is measured from each request's scheduled send time (no coordinated "
+                              "omission); 'not sent' counts sends skipped with 2048 requests in flight."]}
+
+
+def workers(args: argparse.Namespace) -> dict:
+    points = []
+    for model in ("cheap", "large"):
+        for count in (1, 2):
+            p = ours_point(model, BATCHING, 32, args, label=f"workers={count}", connections=8,
+                           extra=("--workers", str(count)))
+            points.append({**p, "config": f"{count} worker process(es), 8 connections"})
+    return {"title": "one server process vs two on one port (SO_REUSEPORT), concurrency 32", "points": points,
+            "tables": [{"columns": POINT_COLUMNS, "rows": points}],
+            "notes": ["The load generator opens 8 TCP connections; the kernel spreads connections, not requests, "
+                      "across the processes."]}
+
+
+def peer_comparison(args: argparse.Namespace) -> dict:
+    gens = [AIO] + ([PA] if perf_analyzer.available() is None else [])
+    levels = [1, 32]
+    points: list[dict] = []
+    failures: list[str] = []
+    for model in ("cheap", "large"):
+        path = write(REPO, model, BATCHING)
+        work = samples(model)
+        for gen in gens:
+            for c in levels:
+                points.append({**ours_point(model, BATCHING, c, args, gen=gen), "config": "max_batch_size 64"})
+        mlserver_batching = {"max_batch_size": 64, "max_batch_time_s": 0.001}
+        starts = [  # (label, start, its keyword arguments, load generators, config)
+            ("Triton via PyTriton", peers.pytriton, {"max_batch_size": 64, "max_queue_delay_us": 0}, gens,
+             "max_batch_size 64"),
+            ("MLServer (defaults)", peers.mlserver, mlserver_batching, [AIO], "adaptive batching 64/1 ms"),
+            ("MLServer (debug off)", peers.mlserver, {**mlserver_batching, "settings": {"debug": False}}, [AIO],
+             "adaptive batching 64/1 ms, debug off"),
+        ]
+        for label, start, kwargs, peer_gens, config in starts:
+            try:
+                with start(path, model, work_dir=WORK / "peers", **kwargs) as peer:
+                    for gen in peer_gens:
+                        for c in levels:
+                            before = peers.batch_counts(peer)
+                            summary = drive(peer.url, work, gen, c, args, f"{label} {model}")
+                            after = peers.batch_counts(peer)
+                            counts = None
+                            if before and after:
+                                counts = (after[1] - before[1], after[0] - before[0])
+                            points.append(_point(summary, target=f"{label}: {peer.name}", model=model, gen=gen,
+                                                 concurrency=c, counts=counts, config=config))
+            except Exception as e:  # a peer that cannot run here is reported, not fatal
+                failures.append(f"{label} on {model}: {type(e).__name__}: {str(e)[-600:]}")
+                sys.stderr.write(f"  {failures[-1]}\n")
+    return {"title": "ours vs Triton (PyTriton) vs MLServer, same models, same load, same run", "points": points,
+            "failures": failures, "tables": [{"columns": POINT_COLUMNS, "rows": points}],
+            "notes": ratios(points) + [f"could not run: {f}" for f in failures]}
+
+
+def ratios(points: list[dict]) -> list[str]:
+    notes = []
+    for p in points:
+        if p["target"] != OURS or p["concurrency"] != 32:
+            continue
+        for q in points:
+            if q["target"] != OURS and (q["model"], q["gen"], q["concurrency"]) == (p["model"], p["gen"], 32):
+                notes.append(f"{p['model']}, {p['gen']}, c=32: ours / {q['target'].split(':')[0]} = "
+                             f"{p['infer_per_s'] / q['infer_per_s']:.2f}x throughput; p99 {p['p99_ms']:.1f} vs "
+                             f"{q['p99_ms']:.1f} ms")
+    return notes
+
+
+SCENARIOS = {"closed-loop": closed_loop, "batching": batching, "execution": execution, "open-loop": open_loop,
+             "workers": workers, "peers": peer_comparison}
