@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -260,5 +262,41 @@ def ratios(points: list[dict]) -> list[str]:
     return notes
 
 
+def batch_score(args: argparse.Namespace) -> dict:
+    """clients/python/batch_score.py over 1,000,000 rows of the cheap MLP, checked against in-process ORT."""
+    rows = 100_000 if args.quick else 1_000_000
+    path = write(REPO, "cheap", "[batching]\nmax_batch_size = 1024\n")
+    data_path, out_path = WORK / "score_in.npy", WORK / "score_out.npy"
+    np.save(data_path, MODELS["cheap"].sample(np.random.default_rng(2), rows)["x"])
+    out_path.unlink(missing_ok=True)
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "clients/python/batch_score.py", str(data_path.relative_to(root)),
+               str(out_path.relative_to(root)), "--model", "cheap",
+               "--rows-per-request", "1024", "--concurrency", "4", "--no-progress"]
+    with our_server() as server:
+        start = time.monotonic()
+        done = subprocess.run([*command, "--url", server.url], capture_output=True, text=True, timeout=1800,
+                              cwd=root)
+        seconds = time.monotonic() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"batch_score failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    import onnxruntime  # the reference, in chunks of the same size, on this process's own session
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    data, got = np.load(data_path, mmap_mode="r"), np.load(out_path, mmap_mode="r")
+    identical = got.shape == (rows, 10) and all(
+        np.array_equal(got[i:i + 1024], session.run(["y"], {"x": np.asarray(data[i:i + 1024])})[0])
+        for i in range(0, rows, 1024))
+    point = {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
+             "identical_to_onnxruntime": "yes" if identical else "NO", "rows_per_request": 1024, "concurrency": 4}
+    columns = [("rows", "rows", "d"), ("rows per request", "rows_per_request", "d"),
+               ("concurrency", "concurrency", "d"), ("seconds", "seconds", ".2f"), ("rows/s", "rows_per_s", "d"),
+               ("outputs identical to in-process ONNX Runtime", "identical_to_onnxruntime", "s")]
+    return {"title": "batch scoring a .npy file through the server (clients/python/batch_score.py)",
+            "points": [point], "tables": [{"columns": columns, "rows": [point]}],
+            "notes": [f"Command: {' '.join(command[1:])} --url <server> (cheap MLP, max_batch_size 1024).",
+                      "Identical means np.array_equal, chunk by chunk, against session.run on the same rows."]}
+
+
 SCENARIOS = {"closed-loop": closed_loop, "batching": batching, "execution": execution, "open-loop": open_loop,
-             "workers": workers, "peers": peer_comparison}
+             "workers": workers, "peers": peer_comparison, "batch-score": batch_score}

@@ -39,7 +39,7 @@ def _unimplemented(name: str) -> Callable[..., Any]:
     return handler
 
 
-def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
     """One handler per method of the service descriptor; methods the servicer lacks answer UNIMPLEMENTED."""
     handlers = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
@@ -49,7 +49,7 @@ def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
         make = grpc.stream_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(behaviour, request_deserializer=_parser(request_class),
                                      response_serializer=response_class.SerializeToString)
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+    return handlers
 
 
 def build_server(service: InferenceService,
@@ -62,7 +62,10 @@ def build_server(service: InferenceService,
         # A port already in use is an error, not a silent share, unless workers share it on purpose.
         ("grpc.so_reuseport", int(cfg.reuse_port)),
     ])
-    server.add_generic_rpc_handlers((method_handlers(InferenceServicer(service)),))
+    handlers = method_handlers(InferenceServicer(service))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    # Registered with grpc core too: calls are matched in C, not by a Python lookup per call.
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{cfg.host}:{cfg.port}"

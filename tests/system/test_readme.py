@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -40,6 +41,15 @@ def test_client_examples_run_against_the_default_server(launch):
     assert "label: 2" in sync_out and "server ready: True" in sync_out
     aio_out = run_python(["clients/python/infer_aio.py", "--url", server.url, "--requests", "64"])
     assert "64 requests" in aio_out and "label 2 for" in aio_out
+
+
+def test_load_test_example_reports_a_summary(launch):
+    server = launch()
+    for mode in (["--concurrency", "4"], ["--rate", "200"]):
+        out = run_python(["clients/python/load_test.py", "--url", server.url, "--model", "digits",
+                          "--duration-s", "1", *mode])
+        summary = json.loads(out)
+        assert summary["requests"] > 0 and summary["errors"] == {} and summary["p99_ms"] > 0, summary
 
 
 def test_serve_script_starts_the_default_server(launch):

@@ -1,0 +1,63 @@
+"""A load test of a running server, built on the benchmark suite's load generator (run from the repo root).
+
+    python clients/python/load_test.py --model digits [--url 127.0.0.1:8001] [--concurrency 8]
+        [--rate 500] [--duration-s 10] [--rows 1]
+
+Random inputs shaped from the model's metadata (numeric inputs only). Closed loop by default (`--concurrency`
+requests in flight); `--rate` switches to an open loop at that many requests/s, with latency measured from
+each request's scheduled send time. Prints one JSON line: infer/s, rows/s, p50/p90/p99 ms, errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import triton_to_np_dtype
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: benchmarks/
+from benchmarks import loadgen  # noqa: E402
+
+
+def random_requests(url: str, model: str, rows: int, count: int = 64) -> loadgen.Workload:
+    with grpcclient.InferenceServerClient(url) as client:
+        metadata = client.get_model_metadata(model, as_json=True)
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(count):
+        sample = {}
+        for spec in metadata["inputs"]:
+            if spec["datatype"] == "BYTES":
+                raise SystemExit(f"input {spec['name']!r} is BYTES: this example sends numeric inputs only")
+            shape = [rows if i == 0 and int(d) == -1 else max(int(d), 1) for i, d in enumerate(spec["shape"])]
+            sample[spec["name"]] = rng.random(shape).astype(triton_to_np_dtype(spec["datatype"]))
+        samples.append(sample)
+    return loadgen.workload(model, samples)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--url", default="127.0.0.1:8001")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rate", type=float, help="requests/s (open loop) instead of a closed loop")
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--rows", type=int, default=1, help="rows per request")
+    args = parser.parse_args(argv)
+    work = random_requests(args.url, args.model, args.rows)
+    if args.rate:
+        run = loadgen.open_loop(args.url, work, rate_per_s=args.rate, duration_s=args.duration_s, label=args.model)
+    else:
+        run = loadgen.closed_loop(args.url, work, concurrency=args.concurrency, duration_s=args.duration_s,
+                                  label=args.model)
+    print(json.dumps(asyncio.run(run).summary()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
