@@ -63,7 +63,10 @@ def our_server(*extra: str) -> Iterator[ServerProcess]:
     WORK.mkdir(exist_ok=True)
     server = ServerProcess(["--model-repository", str(REPO), "--log-level", "INFO", *extra], WORK / "server.log")
     try:
-        yield server.wait_serving()
+        server.wait_serving()
+        if "--workers" in extra:  # connections made before a worker listens all go to the others
+            server.wait_workers(int(extra[extra.index("--workers") + 1]))
+        yield server
     finally:
         server.kill()
 
@@ -78,7 +81,9 @@ def ours_point(model: str, config: str, concurrency: int, args: argparse.Namespa
     counts = batch_summary(server.log(), model)
     if code != 0 or counts is None:
         raise RuntimeError(f"server exited {code} without batch statistics:\n{server.log()[-2000:]}")
-    return _point(summary, target=OURS, model=model, gen=gen, concurrency=concurrency, counts=counts)
+    point = _point(summary, target=OURS, model=model, gen=gen, concurrency=concurrency, counts=counts)
+    point["rows_per_process"] = [int(m["rows"]) for m in BATCH_LOG.finditer(server.log()) if m["model"] == model]
+    return point
 
 
 def _point(summary: dict, *, target: str, model: str, gen: str, concurrency: int,
@@ -202,11 +207,14 @@ def workers(args: argparse.Namespace) -> dict:
         for count in (1, 2):
             p = ours_point(model, BATCHING, 32, args, label=f"workers={count}", connections=8,
                            extra=("--workers", str(count)))
-            points.append({**p, "config": f"{count} worker process(es), 8 connections"})
+            split = " / ".join(str(r) for r in p["rows_per_process"])
+            points.append({**p, "config": f"{count} worker process(es), 8 connections", "split": split})
+    columns = POINT_COLUMNS + [("rows per process", "split", "s")]
     return {"title": "one server process vs two on one port (SO_REUSEPORT), concurrency 32", "points": points,
-            "tables": [{"columns": POINT_COLUMNS, "rows": points}],
+            "tables": [{"columns": columns, "rows": points}],
             "notes": ["The load generator opens 8 TCP connections; the kernel spreads connections, not requests, "
-                      "across the processes."]}
+                      "across the processes by a hash, so the split (last column, rows each process executed) "
+                      "varies from run to run, and so does the gain."]}
 
 
 def peer_comparison(args: argparse.Namespace) -> dict:

@@ -49,6 +49,15 @@ class ServerProcess:
             time.sleep(0.1)
         raise TimeoutError(f"server not SERVING after {timeout_s}s:\n{self.log()}")
 
+    def wait_workers(self, count: int, timeout_s: float = 60) -> ServerProcess:
+        """With --workers: until every worker process logs that it is serving (each binds once loaded)."""
+        deadline = time.monotonic() + timeout_s
+        while self.log().count(" serving ") < count:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise TimeoutError(f"{count} workers not serving after {timeout_s}s:\n{self.log()}")
+            time.sleep(0.1)
+        return self
+
     def log(self) -> str:
         if not self._log.closed:
             self._log.flush()

@@ -42,7 +42,7 @@ def infer_on_new_connections(url: str, count: int) -> None:
 
 
 def test_two_workers_share_the_port_and_drain_on_sigterm(launch, repo):
-    server = launch("--model-repository", str(repo), "--workers", "2")
+    server = launch("--model-repository", str(repo), "--workers", "2").wait_workers(2)
     pids = worker_pids(server)
     infer_on_new_connections(server.url, 40)
     server.proc.send_signal(signal.SIGTERM)
