@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from benchmarks import peers, perf_analyzer
+from benchmarks import loadgen, peers, perf_analyzer, scenarios
 
 # perf_analyzer 2.51.0 --verbose-csv against a server without statistics, and against Triton (with them).
 PA_CSV = ("Concurrency,Inferences/Second,Client Send,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,"
@@ -37,3 +39,36 @@ def test_mlserver_batch_metric():
             'peer_batch_rows_sum{model_name="mlp2",model_version=""} 9.0\n')
     assert peers.parse_batch_metric(text, "mlp") == (604, 588)
     assert peers.parse_batch_metric(text, "other") is None
+
+
+
+def test_server_batch_lines_are_summed_over_worker_processes():
+    line = "INFO inference_server.batching: model '{}': executed {} batches, {} rows (mean 1.00 rows per batch)\n"
+    log = line.format("cheap", 10, 40) + line.format("large", 3, 3) + line.format("cheap", 5, 5)
+    assert scenarios.batch_summary(log, "cheap") == (15, 45)
+    assert scenarios.batch_summary(log, "missing") is None
+
+
+async def test_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch):
+    """A stall that delays the sends is charged to the requests sent late (no coordinated omission)."""
+
+    class StallingClient:
+        calls = 0
+
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        async def infer(self, *args, **kwargs):
+            StallingClient.calls += 1
+            if StallingClient.calls == 1:
+                time.sleep(0.2)  # blocks the loop: the next ~20 sends go out late
+
+        async def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(loadgen.aioclient, "InferenceServerClient", StallingClient)
+    result = await loadgen.open_loop("x", loadgen.Workload("m", [[]], 1), rate_per_s=100, duration_s=0.5,
+                                     warmup_s=0.0)
+    assert result.requests == 50 and result.not_sent == 0
+    late = [t for t in result.latencies_s if t > 0.05]
+    assert len(late) >= 15 and max(result.latencies_s) >= 0.19
