@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import re
 import subprocess
 import sys
@@ -31,7 +32,7 @@ POINT_COLUMNS = [("target", "target", "s"), ("model", "model", "s"), ("config", 
                  ("rows/s", "rows_per_s", ".0f"), ("p50 ms", "p50_ms", ".2f"), ("p90 ms", "p90_ms", ".2f"),
                  ("p99 ms", "p99_ms", ".2f"), ("mean batch", "mean_batch_rows", ".1f"),
                  ("errors", "error_count", "d")]
-CEILING_COLUMNS = [("ceiling rows/s at that batch", "ceiling_rows_per_s", ".0f"),
+CEILING_COLUMNS = [("ceiling rows/s at that batch (measured right after)", "ceiling_rows_per_s", ".0f"),
                    ("fraction of ceiling", "fraction_of_ceiling", ".2f")]
 
 
@@ -96,15 +97,19 @@ def _point(summary: dict, *, target: str, model: str, gen: str, concurrency: int
     return summary
 
 
-def add_ceiling(points: list[dict], model: str) -> list[dict]:
+def with_ceiling(point: dict) -> dict:
+    """The in-process ceiling at the batch size the server formed, measured right after the point, so that
+    both see the machine in the same state (a shared machine's speed drifts over minutes)."""
+    batch = point["mean_batch_rows"]
+    sizes = sorted({max(1, math.floor(batch)), max(1, math.ceil(batch))})
+    ceil = ceiling.measure(write(REPO, point["model"]), MODELS[point["model"]].sample, sizes, min_time_s=1.0)
+    at = ceiling.rows_per_s_at(ceil, batch)
+    return {**point, "ceiling_rows_per_s": round(at, 1), "fraction_of_ceiling": round(point["rows_per_s"] / at, 3)}
+
+
+def sweep(model: str) -> list[dict]:
     sys.stderr.write(f"  in-process ONNX Runtime ceiling of {model} ...\n")
-    ceil = ceiling.measure(write(REPO, model), MODELS[model].sample, [1, 2, 4, 8, 16, 32, 64])
-    for p in points:
-        if p["model"] == model and "mean_batch_rows" in p:
-            at = ceiling.rows_per_s_at(ceil, p["mean_batch_rows"])
-            p["ceiling_rows_per_s"] = round(at, 1)
-            p["fraction_of_ceiling"] = round(p["rows_per_s"] / at, 3)
-    return ceil
+    return ceiling.measure(write(REPO, model), MODELS[model].sample, [1, 2, 4, 8, 16, 32, 64])
 
 
 def ceiling_table(model: str, ceil: list[dict]) -> dict:
@@ -121,8 +126,8 @@ def ceiling_table(model: str, ceil: list[dict]) -> dict:
 def closed_loop(args: argparse.Namespace) -> dict:
     models = ["cheap", "large"] if args.quick else list(MODELS)
     levels = [1, 32] if args.quick else [1, 8, 32, 128]
-    points = [ours_point(m, BATCHING, c, args) for m in models for c in levels]
-    ceilings = {m: add_ceiling(points, m) for m in models}
+    points = [with_ceiling(ours_point(m, BATCHING, c, args)) for m in models for c in levels]
+    ceilings = {m: sweep(m) for m in models}
     for p in points:
         p["config"] = "max_batch_size 64, delay 0"
     return {"title": "closed loop, every model, concurrency " + "/".join(map(str, levels)), "points": points,
@@ -139,8 +144,8 @@ def batching(args: argparse.Namespace) -> dict:
     points = []
     for mode, config in modes.items():
         for c in levels:
-            points.append({**ours_point("large", config, c, args, label=mode), "config": mode})
-    ceil = add_ceiling(points, "large")
+            points.append({**with_ceiling(ours_point("large", config, c, args, label=mode)), "config": mode})
+    ceil = sweep("large")
     on, off = (next(p for p in points if p["config"] == m and p["concurrency"] == max(levels)) for m in modes)
     ratio = on["infer_per_s"] / off["infer_per_s"]
     return {"title": "batching on vs off, compute-bound MLP", "points": points, "ceiling": ceil,
