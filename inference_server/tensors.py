@@ -92,9 +92,16 @@ def datatype(name: str, tensor: str) -> DataType:
         raise invalid(f"input '{tensor}': unknown datatype '{name}'") from None
 
 
+# numpy refuses a shape whose non-zero dimensions multiply past this (times the item size), even when another
+# dimension is 0 and the array is empty.
+_MAX_DIMS_PRODUCT = 2**60
+
+
 def element_count(shape: Sequence[int], tensor: str) -> int:
     if any(d < 0 for d in shape):
         raise invalid(f"input '{tensor}': shape {list(shape)} has a negative dimension")
+    if math.prod(max(d, 1) for d in shape) > _MAX_DIMS_PRODUCT:
+        raise invalid(f"input '{tensor}': shape {list(shape)} is too large")
     return math.prod(shape)
 
 

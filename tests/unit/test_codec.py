@@ -77,6 +77,15 @@ def test_huge_shape_with_small_buffer_is_refused_without_allocating():
         decode_raw("x", "BYTES", (10**6, 10**6), b"\0" * 4)
 
 
+def test_empty_shape_whose_other_dimensions_overflow_is_refused():
+    """[0, 1541, 2197335, 340487230] holds no element, but numpy cannot even describe it (found by hypothesis)."""
+    shape = (0, 1541, 2197335, 340487230)
+    with rejects(ErrorCode.INVALID_ARGUMENT, "is too large"):
+        decode_values("x", "FP64", shape, [])
+    with rejects(ErrorCode.INVALID_ARGUMENT, "is too large"):
+        decode_raw("x", "FP32", shape, b"")
+
+
 def test_negative_dimension_is_refused():
     with rejects(ErrorCode.INVALID_ARGUMENT, "negative dimension"):
         decode_raw("x", "FP32", (-1, 3), b"")
