@@ -52,6 +52,8 @@ def supervise(cfg: ServerConfig, argv: Sequence[str], poll_s: float = 0.2) -> in
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         procs = [subprocess.Popen(command) for _ in range(cfg.workers)]
+        if stopping:  # the signal came while they were starting
+            forward(signal.SIGTERM, None)
         log.info("started %d worker processes on %s:%d (pids %s)", cfg.workers, cfg.host, cfg.port,
                  ", ".join(str(p.pid) for p in procs))
         while any(p.poll() is None for p in procs):

@@ -62,10 +62,8 @@ def build_server(service: InferenceService,
         # A port already in use is an error, not a silent share, unless workers share it on purpose.
         ("grpc.so_reuseport", int(cfg.reuse_port)),
     ])
-    handlers = method_handlers(InferenceServicer(service))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    # Registered with grpc core too: calls are matched in C, not by a Python lookup per call.
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    # Registered with grpc core: calls are matched in C, not by a Python lookup per call.
+    server.add_registered_method_handlers(SERVICE_NAME, method_handlers(InferenceServicer(service)))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{cfg.host}:{cfg.port}"
