@@ -15,9 +15,11 @@ from grpc_health.v1.health import aio as health_aio
 from .config import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, load_config
 from .errors import ConfigError, ModelLoadError
 from .grpc.server import build_server, set_serving
+from .metrics import MetricsServer
 from .registry import ModelRegistry, load_model
 from .repository import scan_repository
 from .service import InferenceService
+from .stats import ModelStats
 from .workers import supervise
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class App:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
+        self.metrics: MetricsServer | None = None
 
     async def start(self) -> int:
         try:
@@ -54,8 +57,12 @@ class App:
                 self.registry.add(load_model(model_cfg))
             server, health, self.port = build_server(self.service, self.cfg)
             self._server, self._health = server, health
+            if self.cfg.metrics:
+                self.metrics = MetricsServer(self._stats, self.cfg.metrics_host, self.cfg.metrics_port)
             await server.start()
         except BaseException:
+            if self.metrics is not None:
+                self.metrics.stop()
             await self.registry.close(0)
             raise
         await set_serving(health, True)
@@ -69,7 +76,12 @@ class App:
         await self.service.drain(self.cfg.drain_grace_s)
         if self._server is not None:
             await self._server.stop(grace=2.0)  # answers already computed still get sent
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("stopped")
+
+    def _stats(self) -> list[tuple[str, str, ModelStats]]:
+        return [(m.name, m.version, m.batcher.stats) for m in self.registry.models()]
 
 
 async def serve(cfg: ServerConfig) -> int:

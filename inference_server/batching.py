@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import numpy as np
 
 from .backend import ModelInstance
 from .errors import ErrorCode, InferenceError, internal, invalid, unavailable
+from .stats import ModelStats
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class _Item:
     future: asyncio.Future[dict[str, np.ndarray]]
     request_id: str
     queued: bool = True
+    waited_s: float = 0.0  # time in the queue, set when the item leaves it for a batch
 
 
 def _set_result(future: asyncio.Future, value: dict[str, np.ndarray]) -> None:
@@ -80,6 +83,7 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.executed_batches: Counter[int] = Counter()  # batches handed to the model, by row count
+        self.stats = ModelStats(pending=lambda: len(self._queue))
 
     @property
     def pending(self) -> int:
@@ -209,6 +213,7 @@ class DynamicBatcher:
         for _ in range(count):
             item = self._queue.popleft()
             item.queued = False
+            item.waited_s = now - item.arrival
             if item.future.done():
                 continue  # cancelled by its caller
             if item.deadline is not None and item.deadline <= now:
@@ -220,7 +225,10 @@ class DynamicBatcher:
     async def _run_alone(self, inputs: Arrays, rows: int, request_id: str) -> dict[str, np.ndarray]:
         self.executed_batches[rows] += 1
         try:
-            return self._check_rows(await self._instances[0].run(inputs), rows)
+            start = time.perf_counter()
+            outputs = self._check_rows(await self._instances[0].run(inputs), rows)
+            self.stats.record_batch(rows, [0.0], 0.0, time.perf_counter() - start, 0.0)
+            return outputs
         except InferenceError as error:
             log.error("model '%s': batch failed (requests %s): %s", self.name, request_id or "-", error.message)
             raise
@@ -235,26 +243,32 @@ class DynamicBatcher:
             if not live:
                 return
             rows = sum(item.rows for item in live)
+            start = time.perf_counter()
             if len(live) == 1:
                 inputs = live[0].inputs
             else:
                 inputs = {name: np.concatenate([item.inputs[name] for item in live]) for name in live[0].inputs}
             self.executed_batches[rows] += 1
+            input_s = (ran := time.perf_counter()) - start
             outputs = await instance.run(inputs)
+            infer_s = time.perf_counter() - ran
             # Start the next batch before answering this one: the answers wake one task per request, and
             # the loop would run them all before the batch loop got the instance back.
             self._free.put_nowait(instance)
             released = True
             await asyncio.sleep(0)
+            answering = time.perf_counter()
             self._check_rows(outputs, rows)
             if len(live) == 1:
                 _set_result(live[0].future, outputs)
-                return
-            offset = 0
-            for item in live:
-                end = offset + item.rows
-                _set_result(item.future, {name: array[offset:end] for name, array in outputs.items()})
-                offset = end
+            else:
+                offset = 0
+                for item in live:
+                    end = offset + item.rows
+                    _set_result(item.future, {name: array[offset:end] for name, array in outputs.items()})
+                    offset = end
+            self.stats.record_batch(rows, [item.waited_s for item in live], input_s, infer_s,
+                                    time.perf_counter() - answering)
         except InferenceError as error:
             log.error("model '%s': batch failed (requests %s): %s", self.name, _ids(batch), error.message)
             self._fail(batch, error)

@@ -55,6 +55,9 @@ class ServerConfig:
     execution: str = "auto"  # default for every model
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT)
     reuse_port: bool = False  # bind with SO_REUSEPORT (set for workers; otherwise a used port is an error)
+    metrics: bool = True  # the Prometheus endpoint
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 8002  # 0 picks a free one
     models: tuple[ModelConfig, ...] = ()
 
 
@@ -137,7 +140,8 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     _reject_unknown(doc, ["server", "batching", "models"], "")
     s = _get(doc, "server", "", dict, {})
     _reject_unknown(s, ["host", "port", "max_message_bytes", "drain_grace_s", "log_level",
-                        "model_repository", "device", "execution", "workers", "reuse_port"], "server.")
+                        "model_repository", "device", "execution", "workers", "reuse_port", "metrics",
+                        "metrics_host", "metrics_port"], "server.")
     repo = _get(s, "model_repository", "server.", str, None)
     drain = _get(s, "drain_grace_s", "server.", (int, float), 30.0)
     if drain < 0:
@@ -153,6 +157,9 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         execution=_choice(s, "execution", "server.", EXECUTIONS, "auto"),
         workers=_count(s, "workers", "server.", 1, minimum=1, maximum=64),
         reuse_port=_get(s, "reuse_port", "server.", bool, False),
+        metrics=_get(s, "metrics", "server.", bool, True),
+        metrics_host=_get(s, "metrics_host", "server.", str, "127.0.0.1"),
+        metrics_port=_count(s, "metrics_port", "server.", 8002, maximum=65535),
         batching=parse_batching(_get(doc, "batching", "", dict, {}), "batching.", BatchingConfig()),
     )
     if cfg.workers > 1 and cfg.port == 0:
@@ -185,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="server processes sharing the port via SO_REUSEPORT (default 1)")
     p.add_argument("--reuse-port", action="store_true", default=None,
                    help="bind with SO_REUSEPORT, sharing the port with other server processes")
+    p.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (default 8002; 0 picks a free one)")
+    p.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
+    p.add_argument("--no-metrics", dest="metrics", action="store_false", default=None,
+                   help="serve no Prometheus endpoint")
     p.add_argument("--max-batch-size", type=int, help="default max rows per batch (0: no batching)")
     p.add_argument("--max-queue-delay-us", type=int, help="default batching delay in microseconds")
     p.add_argument("--max-queue-size", type=int, help="default queued-request bound (0: unbounded)")
@@ -203,7 +214,8 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Serve
     batching = dict(_get(doc, "batching", "", dict, {}))
     for flag, key in (("host", "host"), ("port", "port"), ("max_message_bytes", "max_message_bytes"),
                       ("drain_grace_s", "drain_grace_s"), ("log_level", "log_level"), ("device", "device"),
-                      ("execution", "execution"), ("workers", "workers"), ("reuse_port", "reuse_port")):
+                      ("execution", "execution"), ("workers", "workers"), ("reuse_port", "reuse_port"),
+                      ("metrics", "metrics"), ("metrics_host", "metrics_host"), ("metrics_port", "metrics_port")):
         if getattr(args, flag) is not None:
             server[key] = getattr(args, flag)
     if args.model_repository is not None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from . import __version__
 from .backend import TensorSpec
-from .errors import invalid, unavailable
+from .errors import ErrorCode, InferenceError, invalid, unavailable
 from .registry import LoadedModel, ModelRegistry
 from .tensors import InferRequest, InferResponse, Tensor, bytes_to_text
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "inference_server"
 # Only what is implemented end to end; perf_analyzer and clients trust this list.
-EXTENSIONS = ("model_configuration",)
+EXTENSIONS = ("model_configuration", "statistics")
 
 
 class InferenceService:
@@ -49,6 +50,17 @@ class InferenceService:
         """A model for metadata and config calls (it need not be ready)."""
         return self.registry.find(name, version)
 
+    def statistics(self, name: str = "", version: str = "") -> list[LoadedModel]:
+        """The model versions a statistics request names: "" is every model, or every version of one."""
+        if not name:
+            if version:
+                raise invalid("a model version needs a model name")
+            return sorted(self.registry.models(), key=lambda m: (m.name, m.version))
+        if version:
+            return [self.registry.find(name, version)]
+        self.registry.find(name)  # NOT_FOUND for an unknown model
+        return [self.registry.find(name, v) for v in self.registry.versions(name)]
+
     # -- inference -------------------------------------------------------------------------------
 
     def route(self, request: InferRequest) -> LoadedModel:
@@ -62,20 +74,35 @@ class InferenceService:
         self._in_flight += 1
         self._idle.clear()
         try:
-            model = self.route(request)
-            inputs, rows = validate_inputs(model, request.inputs)
-            wanted = select_outputs(model, request.requested_outputs)
-            if request.timeout_us:
-                timeout_deadline = asyncio.get_running_loop().time() + request.timeout_us / 1e6
-                deadline = timeout_deadline if deadline is None else min(deadline, timeout_deadline)
-            outputs = await model.batcher.submit(inputs, rows, deadline, request.id)
-            tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name].shape, outputs[spec.name])
-                       for spec in wanted]
-            return InferResponse(model.name, model.version, request.id, tensors)
+            model = self.route(request)  # an unknown model has no statistics to count in
+            start = time.perf_counter()
+            code: ErrorCode | None = ErrorCode.INTERNAL
+            try:
+                response = await self._infer(model, request, deadline)
+                code = None
+                return response
+            except InferenceError as e:
+                code = e.code
+                raise
+            except asyncio.CancelledError:
+                code = ErrorCode.CANCELLED
+                raise
+            finally:
+                model.batcher.stats.record_request(code, time.perf_counter() - start)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
+
+    async def _infer(self, model: LoadedModel, request: InferRequest, deadline: float | None) -> InferResponse:
+        inputs, rows = validate_inputs(model, request.inputs)
+        wanted = select_outputs(model, request.requested_outputs)
+        if request.timeout_us:
+            timeout_deadline = asyncio.get_running_loop().time() + request.timeout_us / 1e6
+            deadline = timeout_deadline if deadline is None else min(deadline, timeout_deadline)
+        outputs = await model.batcher.submit(inputs, rows, deadline, request.id)
+        tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name].shape, outputs[spec.name]) for spec in wanted]
+        return InferResponse(model.name, model.version, request.id, tensors)
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new requests, let in-flight ones finish (up to `grace_s`), then close every model."""

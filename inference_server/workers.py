@@ -39,6 +39,13 @@ def supervise(cfg: ServerConfig, argv: Sequence[str], poll_s: float = 0.2) -> in
         log.error("cannot start: %s:%d is already in use", cfg.host, cfg.port)
         return 1
     command = [sys.executable, "-m", "inference_server", *argv, "--workers", "1", "--reuse-port"]
+
+    def worker_command(index: int) -> list[str]:
+        # Until the workers' statistics are aggregated, each serves its own metrics on the next port up.
+        if cfg.metrics and cfg.metrics_port:
+            return [*command, "--metrics-port", str(cfg.metrics_port + index)]
+        return command
+
     stopping = False
 
     def forward(signum: int, frame: FrameType | None) -> None:
@@ -51,7 +58,7 @@ def supervise(cfg: ServerConfig, argv: Sequence[str], poll_s: float = 0.2) -> in
     procs: list[subprocess.Popen[bytes]] = []
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        procs = [subprocess.Popen(command) for _ in range(cfg.workers)]
+        procs = [subprocess.Popen(worker_command(i)) for i in range(cfg.workers)]
         if stopping:  # the signal came while they were starting
             forward(signal.SIGTERM, None)
         log.info("started %d worker processes on %s:%d (pids %s)", cfg.workers, cfg.host, cfg.port,

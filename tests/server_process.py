@@ -28,7 +28,9 @@ class ServerProcess:
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
-        cmd = (command or [sys.executable, "-m", "inference_server"]) + ["--port", str(self.port), *args]
+        # A free metrics port too (a later --metrics-port in args wins), so servers never collide on 8002.
+        cmd = (command or [sys.executable, "-m", "inference_server"]) + ["--port", str(self.port),
+                                                                       "--metrics-port", "0", *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 

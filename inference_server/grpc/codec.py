@@ -6,6 +6,7 @@ from typing import Any
 
 from ..errors import ErrorCode, InferenceError, invalid
 from ..registry import LoadedModel
+from ..stats import Duration
 from ..tensors import DATATYPES, RAW_ONLY, InferRequest, InferResponse, Tensor, decode_raw, decode_values, encode_raw
 from ._generated import grpc_service_pb2 as pb
 from ._generated import model_config_pb2 as mc
@@ -122,3 +123,25 @@ def model_config(model: LoadedModel) -> pb.ModelConfigResponse:
             max_queue_delay_microseconds=b.max_queue_delay_us,
             default_queue_policy=mc.ModelQueuePolicy(max_queue_size=b.max_queue_size)))
     return pb.ModelConfigResponse(config=config)
+
+
+def _duration(d: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def model_statistics(models: list[LoadedModel]) -> pb.ModelStatisticsResponse:
+    """Triton's ModelStatistics, as perf_analyzer reads it: counts per request, compute per batch size."""
+    out = pb.ModelStatisticsResponse()
+    for model in models:
+        s = model.batcher.stats
+        entry = out.model_stats.add(name=model.name, version=model.version, last_inference=s.last_inference_ms,
+                                    inference_count=s.inference_count, execution_count=s.execution_count)
+        entry.inference_stats.CopyFrom(pb.InferStatistics(
+            success=_duration(s.success), fail=_duration(s.fail), queue=_duration(s.queue),
+            compute_input=_duration(s.compute_input), compute_infer=_duration(s.compute_infer),
+            compute_output=_duration(s.compute_output)))
+        for size in sorted(s.batches):
+            b = s.batches[size]
+            entry.batch_stats.add(batch_size=size, compute_input=_duration(b.compute_input),
+                                  compute_infer=_duration(b.compute_infer), compute_output=_duration(b.compute_output))
+    return out

@@ -100,6 +100,10 @@ class InferenceServicer:
         return codec.model_config(self.service.model(request.name, request.version))
 
     @rpc
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        return codec.model_statistics(self.service.statistics(request.name, request.version))
+
+    @rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         response = await self.service.infer(codec.decode_request(request), deadline_of(context))
         return codec.encode_response(response)

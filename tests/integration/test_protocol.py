@@ -48,7 +48,7 @@ def test_health_and_metadata(client):
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("mlp")
     meta = client.get_server_metadata(as_json=True)
-    assert meta["name"] == "inference_server" and meta["extensions"] == ["model_configuration"]
+    assert meta["name"] == "inference_server" and meta["extensions"] == ["model_configuration", "statistics"]
     model = client.get_model_metadata("mlp", as_json=True)
     assert model["platform"] == "onnxruntime_onnx" and model["versions"] == ["1"]
     assert model["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["-1", "8"]}]
@@ -149,7 +149,7 @@ def test_priority_and_unknown_parameters_are_accepted(client):
 
 def test_unsupported_rpcs_answer_unimplemented(client):
     with pytest.raises(InferenceServerException) as e:
-        client.get_inference_statistics("mlp")
+        client.get_model_repository_index()
     assert e.value.status() == "StatusCode.UNIMPLEMENTED"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -91,6 +92,14 @@ def test_port_in_use_fails_at_start(launch):
     assert done.returncode == 1 and "cannot listen" in done.stderr
     with grpc.insecure_channel(first.url) as channel:  # the first server is unharmed
         grpc.channel_ready_future(channel).result(timeout=5)
+
+
+def test_metrics_port_in_use_fails_at_start():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        done = run_server("--port", "0", "--metrics-port", str(holder.getsockname()[1]))
+    assert done.returncode == 1 and "cannot start" in done.stderr and "Address already in use" in done.stderr
 
 
 def test_missing_model_repository_fails_fast_naming_the_key(tmp_path):

@@ -71,6 +71,14 @@ path = "b.onnx"
     assert (cfg.execution, cfg.workers) == ("auto", 3)
 
 
+def test_metrics_endpoint_defaults_and_flags():
+    cfg = load_config([], {})
+    assert (cfg.metrics, cfg.metrics_host, cfg.metrics_port) == (True, "127.0.0.1", 8002)
+    cfg = load_config(["--metrics-port", "9102", "--metrics-host", "0.0.0.0"], {})
+    assert (cfg.metrics, cfg.metrics_host, cfg.metrics_port) == (True, "0.0.0.0", 9102)
+    assert load_config(["--no-metrics"], {}).metrics is False
+
+
 def test_config_path_from_the_environment(tmp_path):
     cfg_file = write(tmp_path / "s.toml", "[server]\nport = 9200\n")
     assert load_config([], {"INFERENCE_SERVER_CONFIG": str(cfg_file)}).port == 9200
@@ -94,6 +102,8 @@ def test_config_path_from_the_environment(tmp_path):
     ({"server": {"execution": "fast"}}, "server.execution"),
     ({"server": {"workers": 0}}, "server.workers"),
     ({"server": {"workers": 2, "port": 0}}, "server.workers"),
+    ({"server": {"metrics_port": 70000}}, "server.metrics_port"),
+    ({"server": {"metrics": "yes"}}, "server.metrics"),
     ({"models": [{"name": "x", "path": "x", "batching": {"max_delay": 1}}]}, "models[0].batching.max_delay"),
 ])
 def test_bad_values_name_their_key(doc, key):

@@ -1,0 +1,128 @@
+"""Prometheus: every model's statistics exported at scrape time, on our own registry and HTTP endpoint.
+
+Two families of names:
+- ours, Prometheus style (seconds, histograms, `_total` counters, labels model/version[/code]):
+  inference_request_duration_seconds, inference_queue_wait_seconds, inference_compute_{input,infer,output}
+  _seconds, inference_batch_rows, inference_pending_requests, inference_requests_total,
+  inference_request_failures_total{reason};
+- Triton's (protocol.md §3.4), so its Grafana dashboards and HPA rules keep working: nv_inference_request_
+  {success,failure}, nv_inference_count, nv_inference_exec_count, nv_inference_pending_request_count and the
+  cumulative nv_inference_*_duration_us. They keep Triton's exact names, exposed untyped (prometheus_client
+  would append `_total` to a counter).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.utils import floatToGoString
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
+                                    UnknownMetricFamily)
+
+from .stats import Histogram, ModelStats
+
+log = logging.getLogger(__name__)
+
+LABELS = ["model", "version"]
+Source = Callable[[], list[tuple[str, str, ModelStats]]]  # (model, version, stats) of every loaded model
+HISTOGRAMS = [  # (name, help, attribute of ModelStats)
+    ("inference_queue_wait_seconds", "Time requests waited in the batch queue", "queue_s"),
+    ("inference_compute_input_seconds", "Time to assemble a batch's inputs", "compute_input_s"),
+    ("inference_compute_infer_seconds", "Time the model took to run a batch", "compute_infer_s"),
+    ("inference_compute_output_seconds", "Time to split a batch's outputs and answer its requests",
+     "compute_output_s"),
+    ("inference_batch_rows", "Rows in each executed batch", "batch_rows"),
+]
+TRITON_DURATIONS_US = [  # (name, help, attribute holding a Duration)
+    ("nv_inference_request_duration_us", "Cumulative end-to-end request duration in microseconds", None),
+    ("nv_inference_queue_duration_us", "Cumulative time requests waited in the queue in microseconds", "queue"),
+    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds",
+     "compute_input"),
+    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds",
+     "compute_infer"),
+    ("nv_inference_compute_output_duration_us", "Cumulative compute output duration in microseconds",
+     "compute_output"),
+]
+
+
+def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
+    return [(floatToGoString(le), float(n)) for le, n in histogram.cumulative()]
+
+
+class StatsCollector:
+    """A prometheus_client collector that reads ModelStats when scraped (nothing is kept twice)."""
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        models = self._source()
+        request = HistogramMetricFamily("inference_request_duration_seconds",
+                                        "End-to-end request duration, by outcome code", labels=[*LABELS, "code"])
+        requests = CounterMetricFamily("inference_requests", "Requests answered, by outcome code",
+                                       labels=[*LABELS, "code"])
+        failures = CounterMetricFamily("inference_request_failures", "Failed requests, by Triton's reason",
+                                       labels=[*LABELS, "reason"])
+        pending = GaugeMetricFamily("inference_pending_requests", "Requests waiting in the batch queue",
+                                    labels=LABELS)
+        histograms = [HistogramMetricFamily(name, text, labels=LABELS) for name, text, _ in HISTOGRAMS]
+        for name, version, s in models:
+            for code, h in sorted(s.request_s.items()):
+                request.add_metric([name, version, code], _buckets(h), h.sum)
+                requests.add_metric([name, version, code], h.count)
+            for reason, n in sorted(s.failures.items()):
+                failures.add_metric([name, version, reason], n)
+            pending.add_metric([name, version], s.pending())
+            for family, (_, _, attribute) in zip(histograms, HISTOGRAMS, strict=True):
+                h = getattr(s, attribute)
+                family.add_metric([name, version], _buckets(h), h.sum)
+        yield from (request, requests, failures, pending, *histograms)
+        yield from self._triton(models)
+
+    @staticmethod
+    def _triton(models: list[tuple[str, str, ModelStats]]) -> Iterator[Metric]:
+        def family(name: str, text: str, labels: list[str] = LABELS) -> UnknownMetricFamily:
+            return UnknownMetricFamily(name, text, labels=labels)
+
+        success = family("nv_inference_request_success", "Number of successful inference requests")
+        failure = family("nv_inference_request_failure", "Number of failed inference requests, by reason",
+                         [*LABELS, "reason"])
+        rows = family("nv_inference_count", "Number of inferences performed (rows; a batch of n counts n)")
+        executions = family("nv_inference_exec_count", "Number of model executions (batches)")
+        pending = GaugeMetricFamily("nv_inference_pending_request_count", "Requests waiting in the queue",
+                                    labels=LABELS)
+        durations = [family(name, text) for name, text, _ in TRITON_DURATIONS_US]
+        for name, version, s in models:
+            labels = [name, version]
+            success.add_metric(labels, s.success.count)
+            for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER"):
+                failure.add_metric([*labels, reason], s.failures.get(reason, 0))
+            rows.add_metric(labels, s.inference_count)
+            executions.add_metric(labels, s.execution_count)
+            pending.add_metric(labels, s.pending())
+            for metric, (_, _, attribute) in zip(durations, TRITON_DURATIONS_US, strict=True):
+                ns = s.success.ns + s.fail.ns if attribute is None else getattr(s, attribute).ns
+                metric.add_metric(labels, ns // 1000)
+        yield from (success, failure, rows, executions, pending, *durations)
+
+
+class MetricsServer:
+    """The /metrics endpoint on its own thread (prometheus_client's HTTP server); stop() closes it."""
+
+    def __init__(self, source: Source, host: str, port: int) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(StatsCollector(source))
+        self._server: Any
+        self._thread: threading.Thread
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        self.port = int(self._server.server_address[1])
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

@@ -1,0 +1,143 @@
+"""Per model version statistics: one set of counters that feeds both ModelStatistics and Prometheus.
+
+Recorded where the work happens (the batcher times queue wait and compute; the service times the whole
+request), as plain integer additions and one bisect per histogram, so the hot path pays about a
+microsecond per observation and the two views can never disagree. Durations come from perf_counter
+(monotonic) and are kept in nanoseconds, as Triton's statistics are.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .errors import ErrorCode
+
+NS_PER_S = 1_000_000_000
+# Seconds; fine below a millisecond, where a cheap model's whole request lives.
+DURATION_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025,
+                      0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+# Triton's failure reasons (nv_inference_request_failure{reason}).
+REASONS = {ErrorCode.UNAVAILABLE: "REJECTED", ErrorCode.DEADLINE_EXCEEDED: "REJECTED",
+           ErrorCode.CANCELLED: "CANCELED", ErrorCode.INTERNAL: "BACKEND"}
+
+
+def failure_reason(code: ErrorCode) -> str:
+    return REASONS.get(code, "OTHER")
+
+
+class Histogram:
+    """Counts per upper bound (not cumulative) plus an overflow slot, and the sum of observations."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """Prometheus buckets: (upper bound, observations <= it), ending with infinity."""
+        out, running = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append((float(bound), running))
+        return out
+
+
+@dataclass(slots=True)
+class Duration:
+    """Triton's StatisticDuration: how many, and their cumulative nanoseconds."""
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns * count
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """Executions of one batch size (Triton's InferBatchStatistics)."""
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+class ModelStats:
+    """Everything measured for one model version since it loaded."""
+
+    def __init__(self, pending: Callable[[], int] = lambda: 0) -> None:
+        self.pending = pending  # queued requests, read at collection time
+        # ModelStatistics (counts are requests; compute durations are the batch's, per request in it)
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute_input = Duration()
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
+        self.inference_count = 0  # rows
+        self.execution_count = 0  # batches
+        self.last_inference_ms = 0  # wall clock, as Triton reports it
+        self.batches: dict[int, BatchStats] = {}
+        self.failures: Counter[str] = Counter()  # by Triton reason
+        # Histograms, in seconds (rows for batch sizes)
+        self.request_s: dict[str, Histogram] = {}  # by outcome code
+        self.queue_s = Histogram(DURATION_BUCKETS_S)
+        self.compute_input_s = Histogram(DURATION_BUCKETS_S)
+        self.compute_infer_s = Histogram(DURATION_BUCKETS_S)
+        self.compute_output_s = Histogram(DURATION_BUCKETS_S)
+        self.batch_rows = Histogram(ROWS_BUCKETS)
+
+    def record_batch(self, rows: int, queue_s: list[float], input_s: float, infer_s: float,
+                     output_s: float) -> None:
+        """One executed batch of len(queue_s) requests, each with its own queue wait."""
+        requests = len(queue_s)
+        input_ns, infer_ns, output_ns = (int(s * NS_PER_S) for s in (input_s, infer_s, output_s))
+        for wait_s in queue_s:
+            self.queue.add(int(wait_s * NS_PER_S))
+            self.queue_s.observe(wait_s)
+        self.compute_input.add(input_ns, requests)
+        self.compute_infer.add(infer_ns, requests)
+        self.compute_output.add(output_ns, requests)
+        self.compute_input_s.observe(input_s)
+        self.compute_infer_s.observe(infer_s)
+        self.compute_output_s.observe(output_s)
+        self.batch_rows.observe(rows)
+        self.inference_count += rows
+        self.execution_count += 1
+        self.last_inference_ms = time.time_ns() // 1_000_000  # a timestamp, not a duration
+        batch = self.batches.get(rows)
+        if batch is None:
+            batch = self.batches[rows] = BatchStats()
+        batch.compute_input.add(input_ns)
+        batch.compute_infer.add(infer_ns)
+        batch.compute_output.add(output_ns)
+
+    def record_request(self, code: ErrorCode | None, duration_s: float) -> None:
+        """One request's end: code None means success."""
+        ns = int(duration_s * NS_PER_S)
+        if code is None:
+            self.success.add(ns)
+            label = "OK"
+        else:
+            self.fail.add(ns)
+            self.failures[failure_reason(code)] += 1
+            label = code.name
+        histogram = self.request_s.get(label)
+        if histogram is None:
+            histogram = self.request_s[label] = Histogram(DURATION_BUCKETS_S)
+        histogram.observe(duration_s)
