@@ -21,6 +21,10 @@ VERSION = "2.51.0"
 PACKAGES = [f"tritonclient=={VERSION}", "nvidia-cuda-runtime-cu12"]
 # CSV column -> result key; latencies are in microseconds.
 LATENCY_COLUMNS = {"p50_ms": "p50 latency", "p90_ms": "p90 latency", "p99_ms": "p99 latency", "mean_ms": "Avg latency"}
+# Per-request averages the server reported through ModelStatistics, in µs.
+SERVER_COLUMNS = {"server_queue_ms": "Server Queue", "server_compute_input_ms": "Server Compute Input",
+                  "server_compute_infer_ms": "Server Compute Infer",
+                  "server_compute_output_ms": "Server Compute Output"}
 
 
 def _setup() -> tuple[Path, dict[str, str]]:
@@ -72,6 +76,9 @@ def parse_csv(text: str) -> dict[str, float]:
                                 "infer_per_s": round(float(row["Inferences/Second"]), 1)}
     for key, column in LATENCY_COLUMNS.items():
         result[key] = round(float(row[column]) / 1e3, 3)
+    for key, column in SERVER_COLUMNS.items():  # present when the server advertises statistics
+        if row.get(column):
+            result[key] = round(float(row[column]) / 1e3, 3)
     return result
 
 

@@ -172,8 +172,11 @@ def execution(args: argparse.Namespace) -> dict:
                      f"(inline = in-process + {i1['p50_ms'] - single['p50_ms']:.3f} ms); c=32 "
                      f"{i32['infer_per_s']:.0f} vs {t32['infer_per_s']:.0f} infer/s "
                      f"({i32['infer_per_s'] / t32['infer_per_s']:.2f}x).")
+    server_columns = [("server queue ms", "server_queue_ms", ".3f"),
+                      ("server compute infer ms", "server_compute_infer_ms", ".3f")]
     return {"title": "inline vs thread execution, cheap MLP", "points": points, "single_row": single,
-            "tables": [{"columns": POINT_COLUMNS, "rows": points}], "notes": notes}
+            "tables": [{"columns": POINT_COLUMNS + server_columns, "rows": points}],
+            "notes": notes + ["Server columns: per-request averages perf_analyzer read from ModelStatistics."]}
 
 
 def open_loop(args: argparse.Namespace) -> dict:

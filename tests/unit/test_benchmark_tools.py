@@ -20,7 +20,10 @@ PA_CSV_SERVER = ("Concurrency,Inferences/Second,Client Send,Network+Server Send/
 def test_perf_analyzer_csv_to_ms():
     assert perf_analyzer.parse_csv(PA_CSV) == {"concurrency": 2, "infer_per_s": 439.1, "p50_ms": 2.046,
                                                "p90_ms": 7.279, "p99_ms": 58.74, "mean_ms": 4.535}
-    assert perf_analyzer.parse_csv(PA_CSV_SERVER)["p99_ms"] == 20.0
+    with_server = perf_analyzer.parse_csv(PA_CSV_SERVER)
+    assert with_server["p99_ms"] == 20.0
+    assert (with_server["server_queue_ms"], with_server["server_compute_infer_ms"]) == (1.2, 3.0)
+    assert "server_queue_ms" not in perf_analyzer.parse_csv(PA_CSV)
 
 
 def test_perf_analyzer_csv_without_avg_latency_is_an_error():
