@@ -15,6 +15,7 @@ from grpc_health.v1.health import aio as health_aio
 from .config import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, load_config
 from .errors import ConfigError, ModelLoadError
 from .grpc.server import build_server, set_serving
+from .logs import configure_logging
 from .metrics import MetricsServer
 from .registry import ModelRegistry, load_model
 from .repository import scan_repository
@@ -45,7 +46,7 @@ class App:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.registry = ModelRegistry()
-        self.service = InferenceService(self.registry)
+        self.service = InferenceService(self.registry, access_log=cfg.access_log)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
@@ -104,10 +105,6 @@ async def serve(cfg: ServerConfig) -> int:
     return 0
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("INFO")
     try:
@@ -115,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         log.error("%s", e)
         return 2
-    logging.getLogger().setLevel(cfg.log_level)
+    configure_logging(cfg.log_level, cfg.log_format)
     if cfg.workers > 1:
         return supervise(cfg, sys.argv[1:] if argv is None else argv)
     try:

@@ -20,6 +20,7 @@ EXECUTIONS = ("auto", "inline", "thread")  # where a batch runs: measured at loa
 DEFAULT_REPOSITORY = Path(__file__).parent / "default_repository"
 CONFIG_ENV = "INFERENCE_SERVER_CONFIG"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +50,8 @@ class ServerConfig:
     max_message_bytes: int = 2**31 - 1
     drain_grace_s: float = 30.0
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json
+    access_log: bool = False  # one line per answered request (logger inference_server.access)
     model_repository: Path | None = None
     batching: BatchingConfig = field(default_factory=BatchingConfig)  # defaults for every model
     device: str = "auto"
@@ -139,8 +142,8 @@ def parse_model(table: Mapping[str, Any], prefix: str, server: ServerConfig, *, 
 def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     _reject_unknown(doc, ["server", "batching", "models"], "")
     s = _get(doc, "server", "", dict, {})
-    _reject_unknown(s, ["host", "port", "max_message_bytes", "drain_grace_s", "log_level",
-                        "model_repository", "device", "execution", "workers", "reuse_port", "metrics",
+    _reject_unknown(s, ["host", "port", "max_message_bytes", "drain_grace_s", "log_level", "log_format",
+                        "access_log", "model_repository", "device", "execution", "workers", "reuse_port", "metrics",
                         "metrics_host", "metrics_port"], "server.")
     repo = _get(s, "model_repository", "server.", str, None)
     drain = _get(s, "drain_grace_s", "server.", (int, float), 30.0)
@@ -152,6 +155,8 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         max_message_bytes=_count(s, "max_message_bytes", "server.", 2**31 - 1, minimum=1),
         drain_grace_s=float(drain),
         log_level=_choice(s, "log_level", "server.", LOG_LEVELS, "INFO"),
+        log_format=_choice(s, "log_format", "server.", LOG_FORMATS, "text"),
+        access_log=_get(s, "access_log", "server.", bool, False),
         model_repository=Path(repo) if repo else None,
         device=_choice(s, "device", "server.", DEVICES, "auto"),
         execution=_choice(s, "execution", "server.", EXECUTIONS, "auto"),
@@ -203,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-bytes", type=int, help="gRPC send/receive limit")
     p.add_argument("--drain-grace-s", type=float, help="how long SIGTERM waits for in-flight requests")
     p.add_argument("--log-level", type=str.upper, help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    p.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json: one object per line")
+    p.add_argument("--access-log", action="store_true", default=None, help="log one line per answered request")
     return p
 
 
@@ -214,6 +221,7 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Serve
     batching = dict(_get(doc, "batching", "", dict, {}))
     for flag, key in (("host", "host"), ("port", "port"), ("max_message_bytes", "max_message_bytes"),
                       ("drain_grace_s", "drain_grace_s"), ("log_level", "log_level"), ("device", "device"),
+                      ("log_format", "log_format"), ("access_log", "access_log"),
                       ("execution", "execution"), ("workers", "workers"), ("reuse_port", "reuse_port"),
                       ("metrics", "metrics"), ("metrics_host", "metrics_host"), ("metrics_port", "metrics_port")):
         if getattr(args, flag) is not None:

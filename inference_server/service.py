@@ -12,6 +12,7 @@ import numpy as np
 from . import __version__
 from .backend import TensorSpec
 from .errors import ErrorCode, InferenceError, invalid, unavailable
+from .logs import ACCESS, REQUEST_ID
 from .registry import LoadedModel, ModelRegistry
 from .tensors import InferRequest, InferResponse, Tensor, bytes_to_text
 
@@ -23,8 +24,9 @@ EXTENSIONS = ("model_configuration", "statistics")
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, *, access_log: bool = False) -> None:
         self.registry = registry
+        self.access_log = access_log
         self.name = SERVER_NAME
         self.version = __version__
         self.extensions = EXTENSIONS
@@ -73,6 +75,7 @@ class InferenceService:
             raise unavailable("server is shutting down")
         self._in_flight += 1
         self._idle.clear()
+        token = REQUEST_ID.set(request.id)  # every log line about this request carries its id
         try:
             model = self.route(request)  # an unknown model has no statistics to count in
             start = time.perf_counter()
@@ -88,8 +91,15 @@ class InferenceService:
                 code = ErrorCode.CANCELLED
                 raise
             finally:
-                model.batcher.stats.record_request(code, time.perf_counter() - start)
+                duration_s = time.perf_counter() - start
+                model.batcher.stats.record_request(code, duration_s)
+                if self.access_log:
+                    ACCESS.info("%s %s v%s %.3f ms", code.name if code else "OK", model.name, model.version,
+                                duration_s * 1e3, extra={"model": model.name, "version": model.version,
+                                                         "code": code.name if code else "OK",
+                                                         "duration_ms": round(duration_s * 1e3, 3)})
         finally:
+            REQUEST_ID.reset(token)
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()

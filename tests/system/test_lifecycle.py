@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -100,6 +101,14 @@ def test_metrics_port_in_use_fails_at_start():
         holder.listen()
         done = run_server("--port", "0", "--metrics-port", str(holder.getsockname()[1]))
     assert done.returncode == 1 and "cannot start" in done.stderr and "Address already in use" in done.stderr
+
+
+def test_json_log_format_writes_one_object_per_line(launch):
+    server = launch("--log-format", "json")
+    assert server.terminate() == 0
+    lines = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+    assert any(line["message"].startswith("serving 1 model(s)") for line in lines)
+    assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
 
 
 def test_missing_model_repository_fails_fast_naming_the_key(tmp_path):

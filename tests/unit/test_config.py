@@ -104,6 +104,8 @@ def test_config_path_from_the_environment(tmp_path):
     ({"server": {"workers": 2, "port": 0}}, "server.workers"),
     ({"server": {"metrics_port": 70000}}, "server.metrics_port"),
     ({"server": {"metrics": "yes"}}, "server.metrics"),
+    ({"server": {"log_format": "xml"}}, "server.log_format"),
+    ({"server": {"access_log": 1}}, "server.access_log"),
     ({"models": [{"name": "x", "path": "x", "batching": {"max_delay": 1}}]}, "models[0].batching.max_delay"),
 ])
 def test_bad_values_name_their_key(doc, key):

@@ -1,0 +1,72 @@
+"""Logging: the stdlib, one line per event, the request id on every line logged while serving a request.
+
+`log_format = "json"` writes one JSON object per line (ts, level, logger, message, request_id, and any
+`extra=` fields); "text" writes `time LEVEL logger [request_id]: message`. The access log (logger
+`inference_server.access`, off by default) is one line per answered request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
+ACCESS = logging.getLogger("inference_server.access")
+# LogRecord's own attributes; anything else on a record came from `extra=` and goes into the JSON line.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id"}
+
+
+def _stamp_request_id(factory: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        record.request_id = REQUEST_ID.get()
+        return record
+
+    make.stamps_request_id = True  # type: ignore[attr-defined]
+    return make
+
+
+# Every record made in a request's context carries its id, whatever handler (or test) receives it.
+if not getattr(logging.getLogRecordFactory(), "stamps_request_id", False):
+    logging.setLogRecordFactory(_stamp_request_id(logging.getLogRecordFactory()))
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s%(rid)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        rid = getattr(record, "request_id", "")
+        record.rid = f" [{rid}]" if rid else ""
+        return super().format(record)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+        }
+        if getattr(record, "request_id", ""):
+            line["request_id"] = record.request_id
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key != "rid":
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """One handler on the root logger, to stderr; safe to call again (the config replaces the boot default)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)

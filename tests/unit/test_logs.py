@@ -1,0 +1,54 @@
+"""Log lines: JSON or text, and the request id on every line logged while a request is served."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+from inference_server.logs import REQUEST_ID, JsonFormatter, TextFormatter
+
+log = logging.getLogger("inference_server.test")
+
+
+def capture(formatter: logging.Formatter) -> tuple[logging.Handler, io.StringIO]:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler, out
+
+
+async def test_lines_logged_while_serving_a_request_carry_its_id_and_others_do_not():
+    handler, out = capture(JsonFormatter())
+    try:
+        async def serve(request_id: str) -> None:
+            REQUEST_ID.set(request_id)  # a task's own context: concurrent requests never mix ids
+            await asyncio.sleep(0)
+            log.info("working on it", extra={"model": "m"})
+
+        await asyncio.gather(serve("req-1"), serve("req-2"))
+        log.warning("between requests")
+    finally:
+        log.removeHandler(handler)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line.get("request_id"), line["message"]) for line in lines] == [
+        ("req-1", "working on it"), ("req-2", "working on it"), (None, "between requests")]
+    assert lines[0]["model"] == "m" and lines[0]["level"] == "INFO" and lines[0]["ts"].endswith("Z")
+    assert lines[2]["logger"] == "inference_server.test"
+
+
+def test_text_lines_show_the_request_id_in_brackets():
+    handler, out = capture(TextFormatter())
+    try:
+        token = REQUEST_ID.set("abc")
+        log.info("one")
+        REQUEST_ID.reset(token)
+        log.info("two")
+    finally:
+        log.removeHandler(handler)
+    first, second = out.getvalue().splitlines()
+    assert first.endswith("INFO inference_server.test [abc]: one")
+    assert second.endswith("INFO inference_server.test: two")
