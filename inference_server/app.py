@@ -13,10 +13,12 @@ import grpc
 from grpc_health.v1.health import aio as health_aio
 
 from .config import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, load_config
+from .drift import DriftMonitor
 from .errors import ConfigError, ModelLoadError
 from .grpc.server import build_server, set_serving
 from .logs import configure_logging
 from .metrics import MetricsServer
+from .predictions import PredictionLog
 from .registry import ModelRegistry, load_model
 from .repository import scan_repository
 from .service import InferenceService
@@ -46,7 +48,17 @@ class App:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.registry = ModelRegistry()
-        self.service = InferenceService(self.registry, access_log=cfg.access_log)
+        m = cfg.monitoring
+        self.predictions = None
+        if m.prediction_log_sample_rate > 0 and m.prediction_log_path is not None:
+            self.predictions = PredictionLog(m.prediction_log_path, m.prediction_log_sample_rate,
+                                             queue_size=m.prediction_log_queue_size)
+        self.drift = None
+        if m.drift:
+            self.drift = DriftMonitor(reference_size=m.drift_reference_size, window_size=m.drift_window_size,
+                                      reference_path=m.drift_reference_path)
+        self.service = InferenceService(self.registry, access_log=cfg.access_log, predictions=self.predictions,
+                                        drift=self.drift)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
@@ -59,7 +71,11 @@ class App:
             server, health, self.port = build_server(self.service, self.cfg)
             self._server, self._health = server, health
             if self.cfg.metrics:
-                self.metrics = MetricsServer(self._stats, self.cfg.metrics_host, self.cfg.metrics_port)
+                self.metrics = MetricsServer(self._stats, self.cfg.metrics_host, self.cfg.metrics_port,
+                                             drift=self.drift, predictions=self.predictions)
+            for monitor in (self.predictions, self.drift):
+                if monitor is not None:
+                    monitor.start()
             await server.start()
         except BaseException:
             if self.metrics is not None:
@@ -77,6 +93,9 @@ class App:
         await self.service.drain(self.cfg.drain_grace_s)
         if self._server is not None:
             await self._server.stop(grace=2.0)  # answers already computed still get sent
+        for monitor in (self.predictions, self.drift):
+            if monitor is not None:
+                await monitor.close()
         if self.metrics is not None:
             self.metrics.stop()
         log.info("stopped")

@@ -44,6 +44,17 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MonitoringConfig:
+    prediction_log_sample_rate: float = 0.0  # fraction of requests written; 0 = off
+    prediction_log_path: Path | None = None  # JSON lines
+    prediction_log_queue_size: int = 1024  # records waiting to be written; more are dropped and counted
+    drift: bool = False  # PSI of each model output against a reference, as a gauge
+    drift_reference_size: int = 1000  # predictions (rows) captured as the reference...
+    drift_reference_path: Path | None = None  # ...or read from this file (written once captured, if absent)
+    drift_window_size: int = 1000  # recent predictions compared with the reference
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8001
@@ -61,6 +72,7 @@ class ServerConfig:
     metrics: bool = True  # the Prometheus endpoint
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 8002  # 0 picks a free one
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     models: tuple[ModelConfig, ...] = ()
 
 
@@ -139,8 +151,28 @@ def parse_model(table: Mapping[str, Any], prefix: str, server: ServerConfig, *, 
     )
 
 
+def parse_monitoring(table: Mapping[str, Any], prefix: str = "monitoring.") -> MonitoringConfig:
+    _reject_unknown(table, [f.name for f in dataclasses.fields(MonitoringConfig)], prefix)
+    rate = _get(table, "prediction_log_sample_rate", prefix, (int, float), 0.0)
+    if not 0 <= rate <= 1:
+        raise ConfigError(f"{prefix}prediction_log_sample_rate", f"must be between 0 and 1, got {rate}")
+    log_path = _get(table, "prediction_log_path", prefix, str, None)
+    if rate and not log_path:
+        raise ConfigError(f"{prefix}prediction_log_path", "is required when prediction_log_sample_rate > 0")
+    reference_path = _get(table, "drift_reference_path", prefix, str, None)
+    return MonitoringConfig(
+        prediction_log_sample_rate=float(rate),
+        prediction_log_path=Path(log_path) if log_path else None,
+        prediction_log_queue_size=_count(table, "prediction_log_queue_size", prefix, 1024, minimum=1),
+        drift=_get(table, "drift", prefix, bool, False),
+        drift_reference_size=_count(table, "drift_reference_size", prefix, 1000, minimum=1),
+        drift_reference_path=Path(reference_path) if reference_path else None,
+        drift_window_size=_count(table, "drift_window_size", prefix, 1000, minimum=1),
+    )
+
+
 def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
-    _reject_unknown(doc, ["server", "batching", "models"], "")
+    _reject_unknown(doc, ["server", "batching", "monitoring", "models"], "")
     s = _get(doc, "server", "", dict, {})
     _reject_unknown(s, ["host", "port", "max_message_bytes", "drain_grace_s", "log_level", "log_format",
                         "access_log", "model_repository", "device", "execution", "workers", "reuse_port", "metrics",
@@ -166,6 +198,7 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         metrics_host=_get(s, "metrics_host", "server.", str, "127.0.0.1"),
         metrics_port=_count(s, "metrics_port", "server.", 8002, maximum=65535),
         batching=parse_batching(_get(doc, "batching", "", dict, {}), "batching.", BatchingConfig()),
+        monitoring=parse_monitoring(_get(doc, "monitoring", "", dict, {})),
     )
     if cfg.workers > 1 and cfg.port == 0:
         raise ConfigError("server.workers", "several workers need a fixed port (port 0 picks one per process)")

@@ -23,6 +23,8 @@ from prometheus_client.utils import floatToGoString
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
                                     UnknownMetricFamily)
 
+from .drift import DriftMonitor
+from .predictions import PredictionLog
 from .stats import Histogram, ModelStats
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,11 @@ def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
 class StatsCollector:
     """A prometheus_client collector that reads ModelStats when scraped (nothing is kept twice)."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, drift: DriftMonitor | None = None,
+                 predictions: PredictionLog | None = None) -> None:
         self._source = source
+        self._drift = drift
+        self._predictions = predictions
 
     def collect(self) -> Iterator[Metric]:
         models = self._source()
@@ -82,6 +87,23 @@ class StatsCollector:
                 family.add_metric([name, version], _buckets(h), h.sum)
         yield from (request, requests, failures, pending, *histograms)
         yield from self._triton(models)
+        yield from self._monitoring()
+
+    def _monitoring(self) -> Iterator[Metric]:
+        if self._drift is not None:
+            drift = GaugeMetricFamily("inference_prediction_drift_psi", "Population stability index of an output's "
+                                      "recent predictions against its reference", labels=[*LABELS, "output"])
+            for model, version, output, score in self._drift.scores():
+                drift.add_metric([model, version, output], score)
+            yield drift
+            yield CounterMetricFamily("inference_drift_observations_dropped", "Predictions not monitored "
+                                      "(monitoring queue full)", value=self._drift.dropped)
+        if self._predictions is not None:
+            records = CounterMetricFamily("inference_prediction_log_records", "Prediction log records, by result",
+                                          labels=["result"])
+            records.add_metric(["written"], self._predictions.written)
+            records.add_metric(["dropped"], self._predictions.dropped)
+            yield records
 
     @staticmethod
     def _triton(models: list[tuple[str, str, ModelStats]]) -> Iterator[Metric]:
@@ -113,9 +135,10 @@ class StatsCollector:
 class MetricsServer:
     """The /metrics endpoint on its own thread (prometheus_client's HTTP server); stop() closes it."""
 
-    def __init__(self, source: Source, host: str, port: int) -> None:
+    def __init__(self, source: Source, host: str, port: int, *, drift: DriftMonitor | None = None,
+                 predictions: PredictionLog | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(StatsCollector(source))
+        self.registry.register(StatsCollector(source, drift, predictions))
         self._server: Any
         self._thread: threading.Thread
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)

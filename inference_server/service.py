@@ -11,8 +11,10 @@ import numpy as np
 
 from . import __version__
 from .backend import TensorSpec
+from .drift import DriftMonitor
 from .errors import ErrorCode, InferenceError, invalid, unavailable
 from .logs import ACCESS, REQUEST_ID
+from .predictions import PredictionLog
 from .registry import LoadedModel, ModelRegistry
 from .tensors import InferRequest, InferResponse, Tensor, bytes_to_text
 
@@ -24,9 +26,12 @@ EXTENSIONS = ("model_configuration", "statistics")
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, *, access_log: bool = False) -> None:
+    def __init__(self, registry: ModelRegistry, *, access_log: bool = False, predictions: PredictionLog | None = None,
+                 drift: DriftMonitor | None = None) -> None:
         self.registry = registry
         self.access_log = access_log
+        self.predictions = predictions
+        self.drift = drift
         self.name = SERVER_NAME
         self.version = __version__
         self.extensions = EXTENSIONS
@@ -81,7 +86,7 @@ class InferenceService:
             start = time.perf_counter()
             code: ErrorCode | None = ErrorCode.INTERNAL
             try:
-                response = await self._infer(model, request, deadline)
+                response = await self._infer(model, request, deadline, start)
                 code = None
                 return response
             except InferenceError as e:
@@ -104,13 +109,19 @@ class InferenceService:
             if not self._in_flight:
                 self._idle.set()
 
-    async def _infer(self, model: LoadedModel, request: InferRequest, deadline: float | None) -> InferResponse:
+    async def _infer(self, model: LoadedModel, request: InferRequest, deadline: float | None,
+                     start: float) -> InferResponse:
         inputs, rows = validate_inputs(model, request.inputs)
         wanted = select_outputs(model, request.requested_outputs)
         if request.timeout_us:
             timeout_deadline = asyncio.get_running_loop().time() + request.timeout_us / 1e6
             deadline = timeout_deadline if deadline is None else min(deadline, timeout_deadline)
         outputs = await model.batcher.submit(inputs, rows, deadline, request.id)
+        if self.drift is not None:
+            self.drift.observe(model.name, model.version, outputs)
+        if self.predictions is not None:
+            self.predictions.offer(model.name, model.version, request.id, inputs, outputs,
+                                   time.perf_counter() - start)
         tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name].shape, outputs[spec.name]) for spec in wanted]
         return InferResponse(model.name, model.version, request.id, tensors)
 

@@ -62,8 +62,9 @@ def prometheus_scraping(tmp_path):
         pytest.skip("Debian's prometheus package is not installed (./scripts/test installs it when run as root)")
     onnx_models.write_model(tmp_path / "repo", "slow", onnx_models.slow(768), "[batching]\nmax_batch_size = 1\n")
     metrics_port, prometheus_port = free_port(), free_port()
-    server = ServerProcess(["--model-repository", str(tmp_path / "repo"), "--metrics-port", str(metrics_port)],
-                           tmp_path / "server.log").wait_serving()
+    (tmp_path / "server.toml").write_text("[monitoring]\ndrift = true\ndrift_reference_size = 50\n")
+    server = ServerProcess(["--model-repository", str(tmp_path / "repo"), "--metrics-port", str(metrics_port),
+                            "--config", str(tmp_path / "server.toml")], tmp_path / "server.log").wait_serving()
     config = tmp_path / "prometheus.yml"
     config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
                       f"  - job_name: inference_server\n    static_configs:\n"
