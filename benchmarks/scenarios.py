@@ -8,9 +8,11 @@ import math
 import re
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +62,10 @@ def drive(url: str, work: loadgen.Workload, gen: str, concurrency: int, args: ar
 
 
 @contextmanager
-def our_server(*extra: str) -> Iterator[ServerProcess]:
+def our_server(*extra: str, command: list[str] | None = None) -> Iterator[ServerProcess]:
     WORK.mkdir(exist_ok=True)
-    server = ServerProcess(["--model-repository", str(REPO), "--log-level", "INFO", *extra], WORK / "server.log")
+    server = ServerProcess(["--model-repository", str(REPO), "--log-level", "INFO", *extra], WORK / "server.log",
+                           command)
     try:
         server.wait_serving()
         if "--workers" in extra:  # connections made before a worker listens all go to the others
@@ -73,10 +76,11 @@ def our_server(*extra: str) -> Iterator[ServerProcess]:
 
 
 def ours_point(model: str, config: str, concurrency: int, args: argparse.Namespace, *, gen: str = AIO,
-               label: str = "", extra: tuple[str, ...] = (), connections: int = 1) -> dict:
+               label: str = "", extra: tuple[str, ...] = (), connections: int = 1,
+               command: list[str] | None = None) -> dict:
     """One fresh server process per point, so its batch statistics belong to this point alone."""
     write(REPO, model, config)
-    with our_server(*extra) as server:
+    with our_server(*extra, command=command) as server:
         summary = drive(server.url, samples(model), gen, concurrency, args, label or model, connections)
         code = server.terminate()
     counts = batch_summary(server.log(), model)
@@ -278,6 +282,48 @@ def ratios(points: list[dict]) -> list[str]:
     return notes
 
 
+def metrics_cost(args: argparse.Namespace) -> dict:
+    """Statistics and metrics on (the default, scraped every second) vs recording switched off."""
+    off = [sys.executable, "-m", "benchmarks.no_stats_server"]
+    points = []
+    for model in ("cheap", "large"):
+        for _ in range(2):  # twice each, interleaved: the machine's drift shows in the spread
+            for mode, command in (("on", None), ("off", off)):
+                with scraping() if mode == "on" else nullcontext():
+                    p = ours_point(model, BATCHING, 32, args, label=f"metrics {mode}", command=command)
+                points.append({**p, "config": f"metrics {mode}"})
+    notes = []
+    for model in ("cheap", "large"):
+        on = [p["infer_per_s"] for p in points if p["model"] == model and p["config"] == "metrics on"]
+        off_ = [p["infer_per_s"] for p in points if p["model"] == model and p["config"] == "metrics off"]
+        notes.append(f"{model}, c=32: on / off = {sum(on) / sum(off_):.3f} (on {on}, off {off_} infer/s)")
+    return {"title": "metrics and statistics on vs off, concurrency 32", "points": points,
+            "tables": [{"columns": POINT_COLUMNS, "rows": points}],
+            "notes": notes + ["Off: benchmarks/no_stats_server.py, the server with ModelStats recording made a "
+                              "no-op and no endpoint. On: the default server, its endpoint scraped every second."]}
+
+
+@contextmanager
+def scraping() -> Iterator[None]:
+    """Scrape every ServerProcess's metrics once a second, as Prometheus would (finds the port in the log)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(1.0):
+            match = re.findall(r"metrics on (http://\S+/metrics)", (WORK / "server.log").read_text(errors="replace"))
+            if match:
+                with suppress(OSError), urllib.request.urlopen(match[-1], timeout=2) as response:
+                    response.read()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
 def batch_score(args: argparse.Namespace) -> dict:
     """clients/python/batch_score.py over 1,000,000 rows of the cheap MLP, checked against in-process ORT."""
     rows = 100_000 if args.quick else 1_000_000
@@ -315,4 +361,4 @@ def batch_score(args: argparse.Namespace) -> dict:
 
 
 SCENARIOS = {"closed-loop": closed_loop, "batching": batching, "execution": execution, "open-loop": open_loop,
-             "workers": workers, "peers": peer_comparison, "batch-score": batch_score}
+             "workers": workers, "peers": peer_comparison, "batch-score": batch_score, "metrics": metrics_cost}
