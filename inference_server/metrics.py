@@ -24,6 +24,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
                                     UnknownMetricFamily)
 
 from .drift import DriftMonitor
+from .gpu_metrics import GpuCollector, open_nvml
 from .predictions import PredictionLog
 from .stats import Histogram, ModelStats
 
@@ -139,6 +140,9 @@ class MetricsServer:
                  predictions: PredictionLog | None = None) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(StatsCollector(source, drift, predictions))
+        nvml = open_nvml()
+        if nvml is not None:
+            self.registry.register(GpuCollector(nvml))
         self._server: Any
         self._thread: threading.Thread
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
