@@ -80,6 +80,9 @@ class App:
         except BaseException:
             if self.metrics is not None:
                 self.metrics.stop()
+            for monitor in (self.predictions, self.drift):
+                if monitor is not None:
+                    await monitor.close()
             await self.registry.close(0)
             raise
         await set_serving(health, True)
