@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1.health import aio as health_aio
 
-from .config import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, load_config
+from .cache import MemoryCache
+from .config import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, cache_size_bytes, load_config
 from .drift import DriftMonitor
 from .errors import ConfigError, ModelLoadError
 from .grpc.server import build_server, set_serving
@@ -57,8 +58,9 @@ class App:
         if m.drift:
             self.drift = DriftMonitor(reference_size=m.drift_reference_size, window_size=m.drift_window_size,
                                       reference_path=m.drift_reference_path)
+        cache = MemoryCache(cache_size_bytes(cfg.cache)) if cfg.cache else None
         self.service = InferenceService(self.registry, access_log=cfg.access_log, predictions=self.predictions,
-                                        drift=self.drift)
+                                        drift=self.drift, cache=cache, cache_max_entry_bytes=cfg.cache_max_entry_bytes)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None

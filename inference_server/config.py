@@ -40,6 +40,8 @@ class ModelConfig:
     device: str = "auto"
     intra_op_threads: int = 0  # 0: ONNX Runtime's default
     execution: str = "auto"
+    cache: bool = True  # use the server's response cache, when it has one
+    cache_ttl_s: float = 0.0  # 0: entries live until evicted
     batching: BatchingConfig = field(default_factory=BatchingConfig)
 
 
@@ -67,6 +69,8 @@ class ServerConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)  # defaults for every model
     device: str = "auto"
     execution: str = "auto"  # default for every model
+    cache: str = ""  # "" (none) or "memory" / "memory:<MiB>": the response cache for every model
+    cache_max_entry_bytes: int = 1 << 20  # answers larger than this are not cached
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT)
     reuse_port: bool = False  # bind with SO_REUSEPORT (set for workers; otherwise a used port is an error)
     metrics: bool = True  # the Prometheus endpoint
@@ -129,7 +133,7 @@ def parse_batching(table: Mapping[str, Any], prefix: str, base: BatchingConfig) 
 def parse_model(table: Mapping[str, Any], prefix: str, server: ServerConfig, *, name: str | None = None,
                 path: Path | None = None, version: str | None = None) -> ModelConfig:
     """One model's table: `[[models]]` in the server file, or a repository's `<model>/config.toml`."""
-    allowed = ["device", "intra_op_threads", "execution", "batching"]
+    allowed = ["device", "intra_op_threads", "execution", "cache", "cache_ttl_s", "batching"]
     if name is None:
         allowed += ["name", "path", "version"]
     _reject_unknown(table, allowed, prefix)
@@ -147,8 +151,30 @@ def parse_model(table: Mapping[str, Any], prefix: str, server: ServerConfig, *, 
         device=_choice(table, "device", prefix, DEVICES, server.device),
         intra_op_threads=_count(table, "intra_op_threads", prefix, 0),
         execution=_choice(table, "execution", prefix, EXECUTIONS, server.execution),
+        cache=_get(table, "cache", prefix, bool, True),
+        cache_ttl_s=_seconds(table, "cache_ttl_s", prefix),
         batching=parse_batching(_get(table, "batching", prefix, dict, {}), f"{prefix}batching.", server.batching),
     )
+
+
+def _seconds(table: Mapping[str, Any], key: str, prefix: str) -> float:
+    value = _get(table, key, prefix, (int, float), 0.0)
+    if value < 0:
+        raise ConfigError(f"{prefix}{key}", f"must be >= 0, got {value}")
+    return float(value)
+
+
+def cache_size_bytes(spec: str, key: str = "server.cache") -> int:
+    """"memory" (256 MiB) or "memory:<MiB>"; other kinds are refused by name."""
+    kind, _, size = spec.partition(":")
+    if kind != "memory":
+        raise ConfigError(key, f"must be 'memory' or 'memory:<MiB>' (a Redis cache is not supported yet), "
+                               f"got {spec!r}")
+    if not size:
+        return 256 << 20
+    if not size.isdigit() or int(size) < 1:
+        raise ConfigError(key, f"the size after 'memory:' is a whole number of MiB, got {size!r}")
+    return int(size) << 20
 
 
 def parse_monitoring(table: Mapping[str, Any], prefix: str = "monitoring.") -> MonitoringConfig:
@@ -175,7 +201,8 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     _reject_unknown(doc, ["server", "batching", "monitoring", "models"], "")
     s = _get(doc, "server", "", dict, {})
     _reject_unknown(s, ["host", "port", "max_message_bytes", "drain_grace_s", "log_level", "log_format",
-                        "access_log", "model_repository", "device", "execution", "workers", "reuse_port", "metrics",
+                        "access_log", "model_repository", "device", "execution", "cache", "cache_max_entry_bytes",
+                        "workers", "reuse_port", "metrics",
                         "metrics_host", "metrics_port"], "server.")
     repo = _get(s, "model_repository", "server.", str, None)
     drain = _get(s, "drain_grace_s", "server.", (int, float), 30.0)
@@ -192,6 +219,8 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         model_repository=Path(repo) if repo else None,
         device=_choice(s, "device", "server.", DEVICES, "auto"),
         execution=_choice(s, "execution", "server.", EXECUTIONS, "auto"),
+        cache=_get(s, "cache", "server.", str, ""),
+        cache_max_entry_bytes=_count(s, "cache_max_entry_bytes", "server.", 1 << 20, minimum=1),
         workers=_count(s, "workers", "server.", 1, minimum=1, maximum=64),
         reuse_port=_get(s, "reuse_port", "server.", bool, False),
         metrics=_get(s, "metrics", "server.", bool, True),
@@ -200,6 +229,8 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         batching=parse_batching(_get(doc, "batching", "", dict, {}), "batching.", BatchingConfig()),
         monitoring=parse_monitoring(_get(doc, "monitoring", "", dict, {})),
     )
+    if cfg.cache:
+        cache_size_bytes(cfg.cache)
     if cfg.workers > 1 and cfg.port == 0:
         raise ConfigError("server.workers", "several workers need a fixed port (port 0 picks one per process)")
     models = _get(doc, "models", "", list, [])
@@ -227,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, help="default device for every model")
     p.add_argument("--execution", choices=EXECUTIONS,
                    help="where batches run: auto (measured per model at load), inline (event loop), thread")
+    p.add_argument("--cache", help="response cache for every model: memory or memory:<MiB>")
     p.add_argument("--workers", type=int, help="server processes sharing the port via SO_REUSEPORT (default 1)")
     p.add_argument("--reuse-port", action="store_true", default=None,
                    help="bind with SO_REUSEPORT, sharing the port with other server processes")
@@ -252,13 +284,11 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Serve
     doc = read_toml(path, "--config") if path else {}
     server = dict(_get(doc, "server", "", dict, {}))
     batching = dict(_get(doc, "batching", "", dict, {}))
-    for flag, key in (("host", "host"), ("port", "port"), ("max_message_bytes", "max_message_bytes"),
-                      ("drain_grace_s", "drain_grace_s"), ("log_level", "log_level"), ("device", "device"),
-                      ("log_format", "log_format"), ("access_log", "access_log"),
-                      ("execution", "execution"), ("workers", "workers"), ("reuse_port", "reuse_port"),
-                      ("metrics", "metrics"), ("metrics_host", "metrics_host"), ("metrics_port", "metrics_port")):
-        if getattr(args, flag) is not None:
-            server[key] = getattr(args, flag)
+    for key in ("host", "port", "max_message_bytes", "drain_grace_s", "log_level", "device", "log_format",
+                "access_log", "execution", "cache", "workers", "reuse_port", "metrics", "metrics_host",
+                "metrics_port"):  # each flag sets the [server] key of its name
+        if getattr(args, key) is not None:
+            server[key] = getattr(args, key)
     if args.model_repository is not None:
         server["model_repository"] = str(args.model_repository)
     for key in ("max_batch_size", "max_queue_delay_us", "max_queue_size", "instance_count"):

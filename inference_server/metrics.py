@@ -86,7 +86,16 @@ class StatsCollector:
             for family, (_, _, attribute) in zip(histograms, HISTOGRAMS, strict=True):
                 h = getattr(s, attribute)
                 family.add_metric([name, version], _buckets(h), h.sum)
-        yield from (request, requests, failures, pending, *histograms)
+        cache = CounterMetricFamily("inference_cache_requests", "Response cache lookups, by result",
+                                    labels=[*LABELS, "result"])
+        lookup = HistogramMetricFamily("inference_cache_lookup_seconds", "Response cache lookup (and insert) time",
+                                       labels=LABELS)
+        for name, version, s in models:
+            if s.cache_hit.count or s.cache_miss.count:
+                cache.add_metric([name, version, "hit"], s.cache_hit.count)
+                cache.add_metric([name, version, "miss"], s.cache_miss.count)
+                lookup.add_metric([name, version], _buckets(s.cache_lookup_s), s.cache_lookup_s.sum)
+        yield from (request, requests, failures, pending, *histograms, cache, lookup)
         yield from self._triton(models)
         yield from self._monitoring()
 
@@ -119,6 +128,10 @@ class StatsCollector:
         pending = GaugeMetricFamily("nv_inference_pending_request_count", "Requests waiting in the queue",
                                     labels=LABELS)
         durations = [family(name, text) for name, text, _ in TRITON_DURATIONS_US]
+        cache = [family("nv_cache_num_hits_per_model", "Number of cache hits per model"),
+                 family("nv_cache_num_misses_per_model", "Number of cache misses per model"),
+                 family("nv_cache_hit_duration_per_model", "Total cache hit duration per model, in microseconds"),
+                 family("nv_cache_miss_duration_per_model", "Total cache miss duration per model, in microseconds")]
         for name, version, s in models:
             labels = [name, version]
             success.add_metric(labels, s.success.count)
@@ -130,7 +143,11 @@ class StatsCollector:
             for metric, (_, _, attribute) in zip(durations, TRITON_DURATIONS_US, strict=True):
                 ns = s.success.ns + s.fail.ns if attribute is None else getattr(s, attribute).ns
                 metric.add_metric(labels, ns // 1000)
-        yield from (success, failure, rows, executions, pending, *durations)
+            if s.cache_hit.count or s.cache_miss.count:
+                for metric, value in zip(cache, (s.cache_hit.count, s.cache_miss.count, s.cache_hit.ns // 1000,
+                                                 s.cache_miss.ns // 1000), strict=True):
+                    metric.add_metric(labels, value)
+        yield from (success, failure, rows, executions, pending, *durations, *cache)
 
 
 class MetricsServer:

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import __version__
 from .backend import TensorSpec
+from .cache import Coalescer, ResponseCache, cache_key, outputs_nbytes
 from .drift import DriftMonitor
 from .errors import ErrorCode, InferenceError, invalid, unavailable
 from .logs import ACCESS, REQUEST_ID
@@ -27,8 +28,12 @@ EXTENSIONS = ("model_configuration", "statistics")
 
 class InferenceService:
     def __init__(self, registry: ModelRegistry, *, access_log: bool = False, predictions: PredictionLog | None = None,
-                 drift: DriftMonitor | None = None) -> None:
+                 drift: DriftMonitor | None = None, cache: ResponseCache | None = None,
+                 cache_max_entry_bytes: int = 1 << 20) -> None:
         self.registry = registry
+        self.cache = cache
+        self.cache_max_entry_bytes = cache_max_entry_bytes
+        self._coalescer = Coalescer()
         self.access_log = access_log
         self.predictions = predictions
         self.drift = drift
@@ -116,7 +121,10 @@ class InferenceService:
         if request.timeout_us:
             timeout_deadline = asyncio.get_running_loop().time() + request.timeout_us / 1e6
             deadline = timeout_deadline if deadline is None else min(deadline, timeout_deadline)
-        outputs = await model.batcher.submit(inputs, rows, deadline, request.id)
+        if self.caches(model):
+            outputs = await self._cached(model, inputs, rows, wanted, deadline, request.id)
+        else:
+            outputs = await model.batcher.submit(inputs, rows, deadline, request.id)
         if self.drift is not None:
             self.drift.observe(model.name, model.version, outputs)
         if self.predictions is not None:
@@ -124,6 +132,36 @@ class InferenceService:
                                    time.perf_counter() - start)
         tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name].shape, outputs[spec.name]) for spec in wanted]
         return InferResponse(model.name, model.version, request.id, tensors)
+
+    def caches(self, model: LoadedModel) -> bool:
+        return self.cache is not None and model.config.cache
+
+    async def _cached(self, model: LoadedModel, inputs: dict[str, np.ndarray], rows: int, wanted: list[TensorSpec],
+                      deadline: float | None, request_id: str) -> dict[str, np.ndarray]:
+        """Look up before queueing; concurrent identical misses share one execution (the others count as
+        hits: they are answered without one of their own); a miss stores the outputs the request asked for."""
+        assert self.cache is not None
+        stats = model.batcher.stats
+        start = time.perf_counter()
+        key = cache_key(model.name, model.version, {s.name: (s.datatype, inputs[s.name]) for s in model.inputs},
+                        [spec.name for spec in wanted])
+        hit = await self.cache.get(key)
+        if hit is not None:
+            stats.record_cache(True, time.perf_counter() - start)
+            return hit
+        lookup_s = time.perf_counter() - start
+        outputs, shared = await self._coalescer.run(key, lambda: model.batcher.submit(inputs, rows, deadline,
+                                                                                      request_id))
+        if shared:
+            stats.record_cache(True, lookup_s)
+            return outputs
+        start = time.perf_counter()
+        answer = {spec.name: outputs[spec.name] for spec in wanted}
+        if outputs_nbytes(answer) <= self.cache_max_entry_bytes:
+            ttl_s = model.config.cache_ttl_s or None
+            await self.cache.put(key, answer, ttl_s)
+        stats.record_cache(False, lookup_s + time.perf_counter() - start)
+        return outputs
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new requests, let in-flight ones finish (up to `grace_s`), then close every model."""

@@ -92,6 +92,9 @@ class ModelStats:
         self.inference_count = 0  # rows
         self.execution_count = 0  # batches
         self.last_inference_ms = 0  # wall clock, as Triton reports it
+        self.cache_hit = Duration()  # lookup time of hits
+        self.cache_miss = Duration()  # lookup and insert time of misses
+        self.cache_lookup_s = Histogram(DURATION_BUCKETS_S)
         self.batches: dict[int, BatchStats] = {}
         self.failures: Counter[str] = Counter()  # by Triton reason
         # Histograms, in seconds (rows for batch sizes)
@@ -126,6 +129,16 @@ class ModelStats:
         batch.compute_input.add(input_ns)
         batch.compute_infer.add(infer_ns)
         batch.compute_output.add(output_ns)
+
+    def record_cache(self, hit: bool, duration_s: float) -> None:
+        """A cache lookup (and, for a miss, its insert). A hit also counts in `queue` with no wait, as
+        Triton counts it, and never in compute, inference_count or execution_count."""
+        ns = int(duration_s * NS_PER_S)
+        (self.cache_hit if hit else self.cache_miss).add(ns)
+        self.cache_lookup_s.observe(duration_s)
+        if hit:
+            self.queue.add(0)
+            self.queue_s.observe(0.0)
 
     def record_request(self, code: ErrorCode | None, duration_s: float) -> None:
         """One request's end: code None means success."""

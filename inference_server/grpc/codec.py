@@ -95,7 +95,7 @@ def model_metadata(model: LoadedModel, versions: list[str]) -> pb.ModelMetadataR
                                     outputs=[tensor(s) for s in model.outputs])
 
 
-def model_config(model: LoadedModel) -> pb.ModelConfigResponse:
+def model_config(model: LoadedModel, cached: bool = False) -> pb.ModelConfigResponse:
     batching = model.max_batch_size > 0
 
     def dims(shape: tuple[int, ...]) -> list[int]:
@@ -122,6 +122,8 @@ def model_config(model: LoadedModel) -> pb.ModelConfigResponse:
             preferred_batch_size=list(b.preferred_batch_size),
             max_queue_delay_microseconds=b.max_queue_delay_us,
             default_queue_policy=mc.ModelQueuePolicy(max_queue_size=b.max_queue_size)))
+    if cached:
+        config.response_cache.enable = True
     return pb.ModelConfigResponse(config=config)
 
 
@@ -139,7 +141,8 @@ def model_statistics(models: list[LoadedModel]) -> pb.ModelStatisticsResponse:
         entry.inference_stats.CopyFrom(pb.InferStatistics(
             success=_duration(s.success), fail=_duration(s.fail), queue=_duration(s.queue),
             compute_input=_duration(s.compute_input), compute_infer=_duration(s.compute_infer),
-            compute_output=_duration(s.compute_output)))
+            compute_output=_duration(s.compute_output), cache_hit=_duration(s.cache_hit),
+            cache_miss=_duration(s.cache_miss)))
         for size in sorted(s.batches):
             b = s.batches[size]
             entry.batch_stats.add(batch_size=size, compute_input=_duration(b.compute_input),

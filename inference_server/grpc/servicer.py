@@ -97,7 +97,8 @@ class InferenceServicer:
 
     @rpc
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
-        return codec.model_config(self.service.model(request.name, request.version))
+        model = self.service.model(request.name, request.version)
+        return codec.model_config(model, cached=self.service.caches(model))
 
     @rpc
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:

@@ -71,6 +71,17 @@ path = "b.onnx"
     assert (cfg.execution, cfg.workers) == ("auto", 3)
 
 
+def test_cache_from_the_flag_and_a_model_turning_it_off(tmp_path):
+    from inference_server.config import cache_size_bytes
+
+    cfg_file = write(tmp_path / "s.toml", '[[models]]\nname = "a"\npath = "a.onnx"\ncache = false\n'
+                                          '[[models]]\nname = "b"\npath = "b.onnx"\ncache_ttl_s = 30\n')
+    cfg = load_config(["--config", str(cfg_file), "--cache", "memory:64"], {})
+    assert cfg.cache == "memory:64" and cache_size_bytes(cfg.cache) == 64 << 20
+    assert cache_size_bytes("memory") == 256 << 20 and load_config([], {}).cache == ""
+    assert [(m.cache, m.cache_ttl_s) for m in cfg.models] == [(False, 0.0), (True, 30.0)]
+
+
 def test_metrics_endpoint_defaults_and_flags():
     cfg = load_config([], {})
     assert (cfg.metrics, cfg.metrics_host, cfg.metrics_port) == (True, "127.0.0.1", 8002)
@@ -105,6 +116,10 @@ def test_config_path_from_the_environment(tmp_path):
     ({"server": {"metrics_port": 70000}}, "server.metrics_port"),
     ({"server": {"metrics": "yes"}}, "server.metrics"),
     ({"server": {"log_format": "xml"}}, "server.log_format"),
+    ({"server": {"cache": "disk"}}, "server.cache"),
+    ({"server": {"cache": "memory:lots"}}, "server.cache"),
+    ({"models": [{"name": "x", "path": "x", "cache_ttl_s": -1}]}, "models[0].cache_ttl_s"),
+    ({"models": [{"name": "x", "path": "x", "cache": "on"}]}, "models[0].cache"),
     ({"server": {"access_log": 1}}, "server.access_log"),
     ({"models": [{"name": "x", "path": "x", "batching": {"max_delay": 1}}]}, "models[0].batching.max_delay"),
 ])

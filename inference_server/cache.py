@@ -1,0 +1,134 @@
+"""Response cache: a digest of what determines the answer, looked up before the request is queued.
+
+The key (`cache_key`) is a BLAKE2b digest over the model name, the resolved version, every input's name,
+datatype, shape and bytes (inputs in name order), and the requested outputs; it is prefixed with model and
+version, so a new version never serves an old answer. Triton's hash covers only input bytes, so two inputs
+equal in bytes but different in shape or datatype collide there; here they cannot.
+
+Values are the outputs the request asked for (name -> array); a hit answers with exactly those. `MemoryCache`
+is an in-process LRU bounded in bytes with a TTL. `Coalescer` makes concurrent identical misses share one
+model execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+Outputs = dict[str, np.ndarray]
+
+
+def cache_key(model: str, version: str, inputs: Mapping[str, tuple[str, np.ndarray]],
+              requested: Sequence[str]) -> bytes:
+    """inputs: name -> (v2 datatype, array)."""
+    digest = hashlib.blake2b(digest_size=32)
+    for part in (model, version):
+        digest.update(len(part).to_bytes(4, "little") + part.encode())
+    for name in sorted(inputs):
+        datatype, array = inputs[name]
+        header = f"{name}\0{datatype}\0{','.join(map(str, array.shape))}".encode()
+        digest.update(len(header).to_bytes(4, "little") + header)
+        if array.dtype == object:  # BYTES: each element length-prefixed, str as UTF-8
+            for element in array.ravel():
+                raw = element.encode() if isinstance(element, str) else bytes(element)
+                digest.update(len(raw).to_bytes(4, "little") + raw)
+        else:
+            raw = np.ascontiguousarray(array).tobytes()
+            digest.update(len(raw).to_bytes(8, "little") + raw)
+    wanted = "\0".join(requested).encode()
+    digest.update(len(wanted).to_bytes(4, "little") + wanted)
+    return f"{model}:{version}:".encode() + digest.digest()
+
+
+def outputs_nbytes(outputs: Outputs) -> int:
+    return sum(a.nbytes if a.dtype != object else sum(len(x) for x in a.ravel()) for a in outputs.values())
+
+
+class ResponseCache(Protocol):
+    async def get(self, key: bytes) -> Outputs | None: ...
+    async def put(self, key: bytes, outputs: Outputs, ttl_s: float | None) -> None: ...
+
+
+class MemoryCache:
+    """LRU bounded in bytes (of the stored arrays), entries expire after their TTL (monotonic clock)."""
+
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[bytes, tuple[float | None, Outputs, int]] = OrderedDict()
+        self.bytes = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: bytes) -> Outputs | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, outputs, _ = entry
+        if expires is not None and self._clock() >= expires:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return outputs
+
+    async def put(self, key: bytes, outputs: Outputs, ttl_s: float | None) -> None:
+        size = outputs_nbytes(outputs) + len(key)
+        if size > self.max_bytes:
+            return
+        if key in self._entries:
+            self._drop(key)
+        # Copies: a cached answer must not keep the whole batch's output arrays alive.
+        stored = {name: array.copy() for name, array in outputs.items()}
+        expires = None if ttl_s is None else self._clock() + ttl_s
+        self._entries[key] = (expires, stored, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+            self.evictions += 1
+
+    def _drop(self, key: bytes) -> None:
+        _, _, size = self._entries.pop(key)
+        self.bytes -= size
+
+
+class Coalescer:
+    """Concurrent callers with the same key share one computation: the first computes, the rest await it."""
+
+    def __init__(self) -> None:
+        self._inflight: dict[bytes, asyncio.Future[Outputs]] = {}
+
+    async def run(self, key: bytes, compute: Callable[[], Awaitable[Outputs]]) -> tuple[Outputs, bool]:
+        """(outputs, whether this caller waited on another's computation)."""
+        while (pending := self._inflight.get(key)) is not None:
+            try:
+                return await asyncio.shield(pending), True
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this caller was cancelled
+                # the computing caller went away: compute again (or join whoever does)
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            outputs = await compute()
+        except Exception as e:
+            future.set_exception(e)
+            future.exception()  # marked retrieved: with no waiter there is nothing to warn about
+            raise
+        except BaseException:
+            future.cancel()  # waiters compute again
+            raise
+        else:
+            future.set_result(outputs)
+            return outputs, False
+        finally:
+            del self._inflight[key]
