@@ -16,6 +16,7 @@ from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
 from benchmarks import ceiling, loadgen, peers, perf_analyzer
 from benchmarks.models import MODELS, write
@@ -324,6 +325,53 @@ def scraping() -> Iterator[None]:
         thread.join(5)
 
 
+def cache_point(model: str, work: loadgen.Workload, concurrency: int, args: argparse.Namespace, *, cache: bool,
+                label: str) -> dict:
+    write(REPO, model, BATCHING)
+    with our_server(*(("--cache", "memory:512") if cache else ())) as server:
+        summary = asyncio.run(loadgen.closed_loop(server.url, work, concurrency=concurrency,
+                                                  duration_s=args.duration_s, label=label))
+        with grpcclient.InferenceServerClient(server.url) as client:
+            (entry,) = client.get_inference_statistics(model, as_json=True)["model_stats"]
+        server.terminate()
+    hits = int(entry["inference_stats"].get("cache_hit", {}).get("count", 0))
+    misses = int(entry["inference_stats"].get("cache_miss", {}).get("count", 0))
+    point = _point(summary.summary(), target=OURS, model=model, gen=AIO, concurrency=concurrency,
+                   counts=batch_summary(server.log(), model), config=label)
+    point["hit_rate"] = round(hits / (hits + misses), 3) if hits + misses else None
+    return point
+
+
+def cache_scenario(args: argparse.Namespace) -> dict:
+    """In-process cache: a hit's latency against a miss's (c=1), and throughput at a 90 % hit rate (c=32)."""
+    rng = np.random.default_rng(5)
+    points = []
+    for model, unique in (("cheap", 30_000), ("large", 12_000)):
+        sample = MODELS[model].sample
+        fresh = [sample(rng, 1) for _ in range(unique)]  # never repeated within a run
+        hot = [sample(rng, 1) for _ in range(16)]
+        all_miss = loadgen.workload(model, fresh)
+        all_hit = loadgen.workload(model, hot[:1])
+        mixed = loadgen.workload(model, [fresh[i] if i % 10 == 0 else hot[i % 16] for i in range(unique)])
+        points += [cache_point(model, all_miss, 1, args, cache=True, label="cache on, every request a miss"),
+                   cache_point(model, all_hit, 1, args, cache=True, label="cache on, every request a hit"),
+                   cache_point(model, mixed, 32, args, cache=True, label="cache on, 90 % repeated"),
+                   cache_point(model, mixed, 32, args, cache=False, label="cache off, 90 % repeated")]
+    columns = POINT_COLUMNS + [("hit rate", "hit_rate", ".2f")]
+    notes = []
+    for model in ("cheap", "large"):
+        by = {p["config"]: p for p in points if p["model"] == model}
+        miss, hit = by["cache on, every request a miss"], by["cache on, every request a hit"]
+        on, off = by["cache on, 90 % repeated"], by["cache off, 90 % repeated"]
+        notes.append(f"{model}: c=1 p50 hit {hit['p50_ms']:.3f} ms vs miss {miss['p50_ms']:.3f} ms; c=32 at a "
+                     f"{on['hit_rate']:.0%} hit rate {on['infer_per_s']:.0f} infer/s vs {off['infer_per_s']:.0f} "
+                     f"without the cache ({on['infer_per_s'] / off['infer_per_s']:.2f}x)")
+    return {"title": "response cache (in-process LRU): hit vs miss, and a 90 % hit rate", "points": points,
+            "tables": [{"columns": columns, "rows": points}],
+            "notes": notes + ["Load: aio closed loop cycling through a request list where every tenth request is "
+                              "new and the rest come from 16 repeated ones. The Redis tier is not built yet."]}
+
+
 def batch_score(args: argparse.Namespace) -> dict:
     """clients/python/batch_score.py over 1,000,000 rows of the cheap MLP, checked against in-process ORT."""
     rows = 100_000 if args.quick else 1_000_000
@@ -361,4 +409,5 @@ def batch_score(args: argparse.Namespace) -> dict:
 
 
 SCENARIOS = {"closed-loop": closed_loop, "batching": batching, "execution": execution, "open-loop": open_loop,
-             "workers": workers, "peers": peer_comparison, "batch-score": batch_score, "metrics": metrics_cost}
+             "workers": workers, "peers": peer_comparison, "batch-score": batch_score, "metrics": metrics_cost,
+             "cache": cache_scenario}
