@@ -87,7 +87,8 @@ class OutputDistribution:
     def score(self) -> float | None:
         if not self._window:
             return None
-        return psi(self.reference, self.proportions(np.concatenate(self._window)))
+        window = list(self._window)  # one C-level copy: scrapes run on another thread than additions
+        return psi(self.reference, self.proportions(np.concatenate(window)))
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "edges": self.edges.tolist(), "proportions": self.reference.tolist()}
@@ -156,9 +157,9 @@ class DriftMonitor:
 
     def scores(self) -> list[tuple[str, str, str, float]]:
         """(model, version, output, PSI) for every output with a reference and recent predictions."""
-        out = []
-        for (model, version), drift in self.models.items():
-            for name, dist in drift.outputs.items():
+        out = []  # called from the metrics thread: iterate copies of what the event loop grows
+        for (model, version), drift in list(self.models.items()):
+            for name, dist in list(drift.outputs.items()):
                 score = dist.score()
                 if score is not None:
                     out.append((model, version, name, score))
