@@ -58,6 +58,7 @@ class App:
         if m.drift:
             self.drift = DriftMonitor(reference_size=m.drift_reference_size, window_size=m.drift_window_size,
                                       reference_path=m.drift_reference_path)
+        self._monitors = [m for m in (self.predictions, self.drift) if m is not None]
         cache = MemoryCache(cache_size_bytes(cfg.cache)) if cfg.cache else None
         self.service = InferenceService(self.registry, access_log=cfg.access_log, predictions=self.predictions,
                                         drift=self.drift, cache=cache, cache_max_entry_bytes=cfg.cache_max_entry_bytes)
@@ -75,16 +76,14 @@ class App:
             if self.cfg.metrics:
                 self.metrics = MetricsServer(self._stats, self.cfg.metrics_host, self.cfg.metrics_port,
                                              drift=self.drift, predictions=self.predictions)
-            for monitor in (self.predictions, self.drift):
-                if monitor is not None:
-                    monitor.start()
+            for monitor in self._monitors:
+                monitor.start()
             await server.start()
         except BaseException:
             if self.metrics is not None:
                 self.metrics.stop()
-            for monitor in (self.predictions, self.drift):
-                if monitor is not None:
-                    await monitor.close()
+            for monitor in self._monitors:
+                await monitor.close()
             await self.registry.close(0)
             raise
         await set_serving(health, True)
@@ -98,9 +97,8 @@ class App:
         await self.service.drain(self.cfg.drain_grace_s)
         if self._server is not None:
             await self._server.stop(grace=2.0)  # answers already computed still get sent
-        for monitor in (self.predictions, self.drift):
-            if monitor is not None:
-                await monitor.close()
+        for monitor in self._monitors:
+            await monitor.close()
         if self.metrics is not None:
             self.metrics.stop()
         log.info("stopped")

@@ -76,6 +76,10 @@ class StatsCollector:
         pending = GaugeMetricFamily("inference_pending_requests", "Requests waiting in the batch queue",
                                     labels=LABELS)
         histograms = [HistogramMetricFamily(name, text, labels=LABELS) for name, text, _ in HISTOGRAMS]
+        cache = CounterMetricFamily("inference_cache_requests", "Response cache lookups, by result",
+                                    labels=[*LABELS, "result"])
+        lookup = HistogramMetricFamily("inference_cache_lookup_seconds", "Response cache lookup (and insert) time",
+                                       labels=LABELS)
         for name, version, s in models:
             for code, h in sorted(s.request_s.items()):
                 request.add_metric([name, version, code], _buckets(h), h.sum)
@@ -86,11 +90,6 @@ class StatsCollector:
             for family, (_, _, attribute) in zip(histograms, HISTOGRAMS, strict=True):
                 h = getattr(s, attribute)
                 family.add_metric([name, version], _buckets(h), h.sum)
-        cache = CounterMetricFamily("inference_cache_requests", "Response cache lookups, by result",
-                                    labels=[*LABELS, "result"])
-        lookup = HistogramMetricFamily("inference_cache_lookup_seconds", "Response cache lookup (and insert) time",
-                                       labels=LABELS)
-        for name, version, s in models:
             if s.cache_hit.count or s.cache_miss.count:
                 cache.add_metric([name, version, "hit"], s.cache_hit.count)
                 cache.add_metric([name, version, "miss"], s.cache_miss.count)

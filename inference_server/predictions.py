@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import random
-import time
+from datetime import UTC, datetime
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -51,8 +51,8 @@ class PredictionLog:
         """From the request path: samples, never blocks, never raises."""
         if random.random() >= self.sample_rate:
             return
-        record = {"ts": time.time(), "model": model, "version": version, "id": request_id,
-                  "latency_ms": round(latency_s * 1e3, 3), "inputs": inputs, "outputs": outputs}
+        record = {"ts": datetime.now(UTC).isoformat(timespec="microseconds"), "model": model, "version": version,
+                  "id": request_id, "latency_ms": round(latency_s * 1e3, 3), "inputs": inputs, "outputs": outputs}
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
