@@ -12,14 +12,17 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1.health import aio as health_aio
 
-from .cache import MemoryCache
-from .config import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, cache_size_bytes, load_config
+from .breaker import CircuitBreaker
+from .cache import MemoryCache, ResponseCache
+from .cli import load_config
+from .config import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, cache_size_bytes, check_cache, redact_url
 from .drift import DriftMonitor
 from .errors import ConfigError, ModelLoadError
 from .grpc.server import build_server, set_serving
 from .logs import configure_logging
 from .metrics import MetricsServer
 from .predictions import PredictionLog
+from .redis_cache import RedisCache
 from .registry import ModelRegistry, load_model
 from .repository import scan_repository
 from .service import InferenceService
@@ -43,6 +46,17 @@ def model_configs(cfg: ServerConfig) -> list[ModelConfig]:
     return models
 
 
+def build_cache(cfg: ServerConfig) -> ResponseCache | None:
+    if not cfg.cache:
+        return None
+    if check_cache(cfg.cache) == "memory":
+        return MemoryCache(cache_size_bytes(cfg.cache))
+    c = cfg.cache_config
+    breaker = CircuitBreaker(f"response cache at {redact_url(cfg.cache)}", c.breaker_failures, c.breaker_cooldown_s)
+    return RedisCache(cfg.cache, password=cfg.redis_password, timeout_s=c.timeout_s, breaker=breaker,
+                      write_queue_size=c.write_queue_size)
+
+
 class App:
     """The running server. `start()` returns the bound port; `stop()` drains and shuts down."""
 
@@ -59,9 +73,9 @@ class App:
             self.drift = DriftMonitor(reference_size=m.drift_reference_size, window_size=m.drift_window_size,
                                       reference_path=m.drift_reference_path)
         self._monitors = [m for m in (self.predictions, self.drift) if m is not None]
-        cache = MemoryCache(cache_size_bytes(cfg.cache)) if cfg.cache else None
+        self.cache = build_cache(cfg)
         self.service = InferenceService(self.registry, access_log=cfg.access_log, predictions=self.predictions,
-                                        drift=self.drift, cache=cache, cache_max_entry_bytes=cfg.cache_max_entry_bytes)
+                                        drift=self.drift, cache=self.cache, cache_config=cfg.cache_config)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
@@ -75,15 +89,19 @@ class App:
             self._server, self._health = server, health
             if self.cfg.metrics:
                 self.metrics = MetricsServer(self._stats, self.cfg.metrics_host, self.cfg.metrics_port,
-                                             drift=self.drift, predictions=self.predictions)
+                                             drift=self.drift, predictions=self.predictions, cache=self.cache)
             for monitor in self._monitors:
                 monitor.start()
+            if self.cache is not None:
+                await self.cache.start()
             await server.start()
         except BaseException:
             if self.metrics is not None:
                 self.metrics.stop()
             for monitor in self._monitors:
                 await monitor.close()
+            if self.cache is not None:
+                await self.cache.close()
             await self.registry.close(0)
             raise
         await set_serving(health, True)
@@ -97,6 +115,8 @@ class App:
         await self.service.drain(self.cfg.drain_grace_s)
         if self._server is not None:
             await self._server.stop(grace=2.0)  # answers already computed still get sent
+        if self.cache is not None:
+            await self.cache.close()  # queued Redis writes are sent (briefly) first
         for monitor in self._monitors:
             await monitor.close()
         if self.metrics is not None:

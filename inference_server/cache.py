@@ -6,8 +6,8 @@ version, so a new version never serves an old answer. Triton's hash covers only 
 equal in bytes but different in shape or datatype collide there; here they cannot.
 
 Values are the outputs the request asked for (name -> array); a hit answers with exactly those. `MemoryCache`
-is an in-process LRU bounded in bytes with a TTL. `Coalescer` makes concurrent identical misses share one
-model execution.
+is an in-process LRU bounded in bytes with a TTL; `redis_cache.RedisCache` is the shared tier. `Coalescer`
+makes concurrent identical misses share one model execution.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ def outputs_nbytes(outputs: Outputs) -> int:
 
 
 class ResponseCache(Protocol):
+    async def start(self) -> None: ...
     async def get(self, key: bytes) -> Outputs | None: ...
     async def put(self, key: bytes, outputs: Outputs, ttl_s: float | None) -> None: ...
+    async def close(self) -> None: ...
 
 
 class MemoryCache:
@@ -67,6 +69,13 @@ class MemoryCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
 
     async def get(self, key: bytes) -> Outputs | None:
         entry = self._entries.get(key)

@@ -1,17 +1,17 @@
 """Configuration: frozen dataclasses, a TOML file and command-line flags (flags win over the file).
 
-Every bad value raises ConfigError naming its dotted key, at start-up.
+Every bad value raises ConfigError naming its dotted key, at start-up. The flags are in cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -19,6 +19,7 @@ DEVICES = ("auto", "cpu", "cuda")
 EXECUTIONS = ("auto", "inline", "thread")  # where a batch runs: measured at load, the event loop, a thread
 DEFAULT_REPOSITORY = Path(__file__).parent / "default_repository"
 CONFIG_ENV = "INFERENCE_SERVER_CONFIG"
+REDIS_URL_ENV, REDIS_PASSWORD_ENV = "REDIS_URL", "REDIS_PASSWORD"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 
@@ -41,7 +42,7 @@ class ModelConfig:
     intra_op_threads: int = 0  # 0: ONNX Runtime's default
     execution: str = "auto"
     cache: bool = True  # use the server's response cache, when it has one
-    cache_ttl_s: float = 0.0  # 0: entries live until evicted
+    cache_ttl_s: float | None = None  # None: [cache] ttl_s; 0: entries live until evicted
     batching: BatchingConfig = field(default_factory=BatchingConfig)
 
 
@@ -57,6 +58,17 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CacheConfig:
+    """Tuning for the response cache that `[server] cache` switches on."""
+    ttl_s: float = 3600.0  # default entry lifetime; a model's cache_ttl_s overrides it; 0 = no expiry
+    max_entry_bytes: int = 1 << 20  # answers larger than this are not cached
+    timeout_s: float = 0.1  # Redis: connect and socket timeout (no retries); a lookup is bounded by twice it
+    breaker_failures: int = 5  # Redis: failures in a row that open the circuit
+    breaker_cooldown_s: float = 5.0  # Redis: how long an open circuit waits before probing again
+    write_queue_size: int = 1024  # Redis: writes waiting to be sent; more are dropped and counted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8001
@@ -69,8 +81,11 @@ class ServerConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)  # defaults for every model
     device: str = "auto"
     execution: str = "auto"  # default for every model
-    cache: str = ""  # "" (none) or "memory" / "memory:<MiB>": the response cache for every model
-    cache_max_entry_bytes: int = 1 << 20  # answers larger than this are not cached
+    # The response cache for every model: "" (none), "memory" / "memory:<MiB>", or a redis:// or rediss:// URL.
+    # Not in repr: a Redis URL may hold a password.
+    cache: str = field(default="", repr=False)
+    redis_password: str | None = field(default=None, repr=False)  # from REDIS_PASSWORD when the URL has none
+    cache_config: CacheConfig = field(default_factory=CacheConfig)
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT)
     reuse_port: bool = False  # bind with SO_REUSEPORT (set for workers; otherwise a used port is an error)
     metrics: bool = True  # the Prometheus endpoint
@@ -152,29 +167,67 @@ def parse_model(table: Mapping[str, Any], prefix: str, server: ServerConfig, *, 
         intra_op_threads=_count(table, "intra_op_threads", prefix, 0),
         execution=_choice(table, "execution", prefix, EXECUTIONS, server.execution),
         cache=_get(table, "cache", prefix, bool, True),
-        cache_ttl_s=_seconds(table, "cache_ttl_s", prefix),
+        cache_ttl_s=_seconds(table, "cache_ttl_s", prefix, None),
         batching=parse_batching(_get(table, "batching", prefix, dict, {}), f"{prefix}batching.", server.batching),
     )
 
 
-def _seconds(table: Mapping[str, Any], key: str, prefix: str) -> float:
-    value = _get(table, key, prefix, (int, float), 0.0)
-    if value < 0:
-        raise ConfigError(f"{prefix}{key}", f"must be >= 0, got {value}")
-    return float(value)
+def _seconds(table: Mapping[str, Any], key: str, prefix: str, default: float | None = 0.0,
+             minimum: float = 0.0) -> Any:
+    value = _get(table, key, prefix, (int, float), default)
+    if value is not None and value < minimum:
+        raise ConfigError(f"{prefix}{key}", f"must be >= {minimum}, got {value}")
+    return None if value is None else float(value)
 
 
 def cache_size_bytes(spec: str, key: str = "server.cache") -> int:
-    """"memory" (256 MiB) or "memory:<MiB>"; other kinds are refused by name."""
-    kind, _, size = spec.partition(":")
-    if kind != "memory":
-        raise ConfigError(key, f"must be 'memory' or 'memory:<MiB>' (a Redis cache is not supported yet), "
-                               f"got {spec!r}")
+    """The size of a "memory" (256 MiB) or "memory:<MiB>" cache."""
+    _, _, size = spec.partition(":")
     if not size:
         return 256 << 20
     if not size.isdigit() or int(size) < 1:
         raise ConfigError(key, f"the size after 'memory:' is a whole number of MiB, got {size!r}")
     return int(size) << 20
+
+
+def check_cache(spec: str, key: str = "server.cache") -> str:
+    """"memory" or "redis" (the kind), or ConfigError. Errors never repeat a URL's password."""
+    if spec == "memory" or spec.startswith("memory:"):
+        cache_size_bytes(spec, key)
+        return "memory"
+    scheme, sep, _ = spec.partition("://")
+    if not sep or scheme not in ("redis", "rediss"):
+        raise ConfigError(key, "must be 'memory', 'memory:<MiB>', 'redis' (the URL from $REDIS_URL) or a "
+                               "redis:// or rediss:// URL")
+    parts = urlsplit(spec)
+    try:
+        parts.port  # noqa: B018 (raises for a bad port)
+    except ValueError:
+        raise ConfigError(key, f"the Redis URL's port is not a number in {redact_url(spec)}") from None
+    if not parts.hostname:
+        raise ConfigError(key, f"the Redis URL names no host: {redact_url(spec)}")
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ConfigError(key, f"the Redis URL's path is a database number, got {redact_url(spec)}")
+    return "redis"
+
+
+def redact_url(url: str) -> str:
+    """A URL without its user name and password, for logs and errors."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def parse_cache(table: Mapping[str, Any], prefix: str = "cache.") -> CacheConfig:
+    _reject_unknown(table, [f.name for f in dataclasses.fields(CacheConfig)], prefix)
+    return CacheConfig(
+        ttl_s=_seconds(table, "ttl_s", prefix, 3600.0),
+        max_entry_bytes=_count(table, "max_entry_bytes", prefix, 1 << 20, minimum=1),
+        timeout_s=_seconds(table, "timeout_s", prefix, 0.1, minimum=0.001),
+        breaker_failures=_count(table, "breaker_failures", prefix, 5, minimum=1),
+        breaker_cooldown_s=_seconds(table, "breaker_cooldown_s", prefix, 5.0),
+        write_queue_size=_count(table, "write_queue_size", prefix, 1024, minimum=1),
+    )
 
 
 def parse_monitoring(table: Mapping[str, Any], prefix: str = "monitoring.") -> MonitoringConfig:
@@ -198,12 +251,11 @@ def parse_monitoring(table: Mapping[str, Any], prefix: str = "monitoring.") -> M
 
 
 def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
-    _reject_unknown(doc, ["server", "batching", "monitoring", "models"], "")
+    _reject_unknown(doc, ["server", "batching", "monitoring", "cache", "models"], "")
     s = _get(doc, "server", "", dict, {})
     _reject_unknown(s, ["host", "port", "max_message_bytes", "drain_grace_s", "log_level", "log_format",
-                        "access_log", "model_repository", "device", "execution", "cache", "cache_max_entry_bytes",
-                        "workers", "reuse_port", "metrics",
-                        "metrics_host", "metrics_port"], "server.")
+                        "access_log", "model_repository", "device", "execution", "cache", "workers", "reuse_port",
+                        "metrics", "metrics_host", "metrics_port"], "server.")
     repo = _get(s, "model_repository", "server.", str, None)
     drain = _get(s, "drain_grace_s", "server.", (int, float), 30.0)
     if drain < 0:
@@ -220,7 +272,7 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         device=_choice(s, "device", "server.", DEVICES, "auto"),
         execution=_choice(s, "execution", "server.", EXECUTIONS, "auto"),
         cache=_get(s, "cache", "server.", str, ""),
-        cache_max_entry_bytes=_count(s, "cache_max_entry_bytes", "server.", 1 << 20, minimum=1),
+        cache_config=parse_cache(_get(doc, "cache", "", dict, {})),
         workers=_count(s, "workers", "server.", 1, minimum=1, maximum=64),
         reuse_port=_get(s, "reuse_port", "server.", bool, False),
         metrics=_get(s, "metrics", "server.", bool, True),
@@ -230,7 +282,7 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         monitoring=parse_monitoring(_get(doc, "monitoring", "", dict, {})),
     )
     if cfg.cache:
-        cache_size_bytes(cfg.cache)
+        check_cache(cfg.cache)
     if cfg.workers > 1 and cfg.port == 0:
         raise ConfigError("server.workers", "several workers need a fixed port (port 0 picks one per process)")
     models = _get(doc, "models", "", list, [])
@@ -246,53 +298,3 @@ def read_toml(path: Path, key: str) -> dict[str, Any]:
         raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(key, f"{path} is not valid TOML: {e}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m inference_server",
-                                description="KServe v2 / Triton gRPC inference server with dynamic batching.")
-    p.add_argument("--config", type=Path, help=f"TOML config file (also ${CONFIG_ENV})")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="gRPC port (default 8001; 0 picks a free one)")
-    p.add_argument("--model-repository", type=Path, help="DIR/<model>/<version>/model.onnx layout")
-    p.add_argument("--device", choices=DEVICES, help="default device for every model")
-    p.add_argument("--execution", choices=EXECUTIONS,
-                   help="where batches run: auto (measured per model at load), inline (event loop), thread")
-    p.add_argument("--cache", help="response cache for every model: memory or memory:<MiB>")
-    p.add_argument("--workers", type=int, help="server processes sharing the port via SO_REUSEPORT (default 1)")
-    p.add_argument("--reuse-port", action="store_true", default=None,
-                   help="bind with SO_REUSEPORT, sharing the port with other server processes")
-    p.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (default 8002; 0 picks a free one)")
-    p.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
-    p.add_argument("--no-metrics", dest="metrics", action="store_false", default=None,
-                   help="serve no Prometheus endpoint")
-    p.add_argument("--max-batch-size", type=int, help="default max rows per batch (0: no batching)")
-    p.add_argument("--max-queue-delay-us", type=int, help="default batching delay in microseconds")
-    p.add_argument("--max-queue-size", type=int, help="default queued-request bound (0: unbounded)")
-    p.add_argument("--instance-count", type=int, help="default model instances per model")
-    p.add_argument("--max-message-bytes", type=int, help="gRPC send/receive limit")
-    p.add_argument("--drain-grace-s", type=float, help="how long SIGTERM waits for in-flight requests")
-    p.add_argument("--log-level", type=str.upper, help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
-    p.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json: one object per line")
-    p.add_argument("--access-log", action="store_true", default=None, help="log one line per answered request")
-    return p
-
-
-def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServerConfig:
-    args = build_parser().parse_args(argv)
-    path = args.config or (Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None)
-    doc = read_toml(path, "--config") if path else {}
-    server = dict(_get(doc, "server", "", dict, {}))
-    batching = dict(_get(doc, "batching", "", dict, {}))
-    for key in ("host", "port", "max_message_bytes", "drain_grace_s", "log_level", "device", "log_format",
-                "access_log", "execution", "cache", "workers", "reuse_port", "metrics", "metrics_host",
-                "metrics_port"):  # each flag sets the [server] key of its name
-        if getattr(args, key) is not None:
-            server[key] = getattr(args, key)
-    if args.model_repository is not None:
-        server["model_repository"] = str(args.model_repository)
-    for key in ("max_batch_size", "max_queue_delay_us", "max_queue_size", "instance_count"):
-        if getattr(args, key) is not None:
-            batching[key] = getattr(args, key)
-    merged = {**doc, "server": server, "batching": batching}
-    return parse_server(merged)

@@ -4,7 +4,8 @@ Two families of names:
 - ours, Prometheus style (seconds, histograms, `_total` counters, labels model/version[/code]):
   inference_request_duration_seconds, inference_queue_wait_seconds, inference_compute_{input,infer,output}
   _seconds, inference_batch_rows, inference_pending_requests, inference_requests_total,
-  inference_request_failures_total{reason};
+  inference_request_failures_total{reason}, inference_cache_* (lookups per model; the cache tier's own
+  size, errors, writes and circuit state);
 - Triton's (protocol.md §3.4), so its Grafana dashboards and HPA rules keep working: nv_inference_request_
   {success,failure}, nv_inference_count, nv_inference_exec_count, nv_inference_pending_request_count and the
   cumulative nv_inference_*_duration_us. They keep Triton's exact names, exposed untyped (prometheus_client
@@ -23,9 +24,12 @@ from prometheus_client.utils import floatToGoString
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
                                     UnknownMetricFamily)
 
+from .breaker import STATES
+from .cache import MemoryCache, ResponseCache
 from .drift import DriftMonitor
 from .gpu_metrics import GpuCollector, open_nvml
 from .predictions import PredictionLog
+from .redis_cache import RedisCache
 from .stats import Histogram, ModelStats
 
 log = logging.getLogger(__name__)
@@ -60,10 +64,11 @@ class StatsCollector:
     """A prometheus_client collector that reads ModelStats when scraped (nothing is kept twice)."""
 
     def __init__(self, source: Source, drift: DriftMonitor | None = None,
-                 predictions: PredictionLog | None = None) -> None:
+                 predictions: PredictionLog | None = None, cache: ResponseCache | None = None) -> None:
         self._source = source
         self._drift = drift
         self._predictions = predictions
+        self._cache = cache
 
     def collect(self) -> Iterator[Metric]:
         models = self._source()
@@ -97,6 +102,38 @@ class StatsCollector:
         yield from (request, requests, failures, pending, *histograms, cache, lookup)
         yield from self._triton(models)
         yield from self._monitoring()
+        yield from self._cache_tier()
+
+    def _cache_tier(self) -> Iterator[Metric]:
+        """The cache itself (hits and misses are per model above). Reads single keys: no iteration over
+        what the event loop may be changing."""
+        cache = self._cache
+        if isinstance(cache, MemoryCache):
+            yield GaugeMetricFamily("inference_cache_bytes", "Bytes held by the in-process cache", value=cache.bytes)
+            yield GaugeMetricFamily("inference_cache_entries", "Entries in the in-process cache", value=len(cache))
+            yield CounterMetricFamily("inference_cache_evictions", "Entries evicted to stay within the size bound",
+                                      value=cache.evictions)
+        elif isinstance(cache, RedisCache):
+            errors = CounterMetricFamily("inference_cache_errors", "Redis cache failures (each answered as a miss "
+                                         "or a dropped write), by operation", labels=["operation"])
+            for operation in ("get", "put", "decode"):
+                errors.add_metric([operation], cache.errors[operation])
+            state = GaugeMetricFamily("inference_cache_circuit_state", "The Redis cache's circuit breaker: 1 for "
+                                      "its current state", labels=["state"])
+            current = cache.breaker.state
+            for name in STATES:
+                state.add_metric([name], float(name == current))
+            writes = CounterMetricFamily("inference_cache_writes", "Redis cache writes, by result",
+                                         labels=["result"])
+            for result in ("written", "failed", "dropped"):
+                writes.add_metric([result], cache.writes[result])
+            yield from (errors, state, writes)
+            yield CounterMetricFamily("inference_cache_circuit_opened", "Times the circuit opened",
+                                      value=cache.breaker.opened)
+            yield CounterMetricFamily("inference_cache_lookups_skipped", "Lookups not sent (circuit open)",
+                                      value=cache.skipped)
+            yield GaugeMetricFamily("inference_cache_pending_writes", "Redis cache writes queued or being sent",
+                                    value=cache.pending_writes)
 
     def _monitoring(self) -> Iterator[Metric]:
         if self._drift is not None:
@@ -153,9 +190,9 @@ class MetricsServer:
     """The /metrics endpoint on its own thread (prometheus_client's HTTP server); stop() closes it."""
 
     def __init__(self, source: Source, host: str, port: int, *, drift: DriftMonitor | None = None,
-                 predictions: PredictionLog | None = None) -> None:
+                 predictions: PredictionLog | None = None, cache: ResponseCache | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(StatsCollector(source, drift, predictions))
+        self.registry.register(StatsCollector(source, drift, predictions, cache))
         nvml = open_nvml()
         if nvml is not None:
             self.registry.register(GpuCollector(nvml))

@@ -12,6 +12,7 @@ import numpy as np
 from . import __version__
 from .backend import TensorSpec
 from .cache import Coalescer, ResponseCache, cache_key, outputs_nbytes
+from .config import CacheConfig
 from .drift import DriftMonitor
 from .errors import ErrorCode, InferenceError, invalid, unavailable
 from .logs import ACCESS, REQUEST_ID
@@ -29,10 +30,10 @@ EXTENSIONS = ("model_configuration", "statistics")
 class InferenceService:
     def __init__(self, registry: ModelRegistry, *, access_log: bool = False, predictions: PredictionLog | None = None,
                  drift: DriftMonitor | None = None, cache: ResponseCache | None = None,
-                 cache_max_entry_bytes: int = 1 << 20) -> None:
+                 cache_config: CacheConfig | None = None) -> None:
         self.registry = registry
         self.cache = cache
-        self.cache_max_entry_bytes = cache_max_entry_bytes
+        self.cache_config = cache_config or CacheConfig()
         self._coalescer = Coalescer()
         self.access_log = access_log
         self.predictions = predictions
@@ -157,9 +158,9 @@ class InferenceService:
             return outputs
         start = time.perf_counter()
         answer = {spec.name: outputs[spec.name] for spec in wanted}
-        if outputs_nbytes(answer) <= self.cache_max_entry_bytes:
-            ttl_s = model.config.cache_ttl_s or None
-            await self.cache.put(key, answer, ttl_s)
+        if outputs_nbytes(answer) <= self.cache_config.max_entry_bytes:
+            ttl_s = model.config.cache_ttl_s
+            await self.cache.put(key, answer, (self.cache_config.ttl_s if ttl_s is None else ttl_s) or None)
         stats.record_cache(False, lookup_s + time.perf_counter() - start)
         return outputs
 

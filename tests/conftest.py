@@ -11,7 +11,7 @@ import pytest
 
 from inference_server.app import App
 from inference_server.config import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, parse_server
-from tests import onnx_models
+from tests import onnx_models, redis_server as redis_process
 
 MODELS = {
     # name: (builder, config.toml)
@@ -95,3 +95,13 @@ def server(repository):
     thread = ServerThread(server_config(repository)).start()
     yield thread
     thread.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on 127.0.0.1 (scripts/test installs it when run as root), stopped by PID."""
+    if not redis_process.available():
+        pytest.skip("redis-server is not installed (scripts/test installs it with apt when run as root)")
+    server = redis_process.RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

@@ -1,9 +1,12 @@
-"""The in-process response cache through a real server: hits skip the model, subsets and versions are
-answered correctly, identical concurrent misses run the model once, and statistics count it all."""
+"""The response cache through a real server, for both tiers (in-process LRU and a real redis-server): hits skip
+the model, subsets, versions, shapes and TTLs are answered correctly, identical concurrent misses run the model
+once, and statistics count it all."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections import Counter
 
 import numpy as np
@@ -11,41 +14,75 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 
+from inference_server.config import ModelConfig
+from tests import onnx_models
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_statistics import count, stats
 
 pytestmark = pytest.mark.integration
+TTL_S = 0.5
 
 
 @pytest.fixture(scope="module")
-def cached(repository):
-    thread = ServerThread(server_config(repository, cache="memory:16")).start()
+def cache_models(tmp_path_factory):
+    """Two versions of one model (different weights), a model whose second dimension is free, and one with a
+    short TTL."""
+    root = tmp_path_factory.mktemp("cache_models")
+    twins = tuple(ModelConfig(name="twin", version=str(v), path=onnx_models.write_model(
+        root, "twin", onnx_models.mlp([4, 3], seed=v), version=v)) for v in (1, 2))
+    echo = onnx_models.write_model(root, "echo", onnx_models.identity(["FP32"], width="W"))
+    short = onnx_models.write_model(root, "short", onnx_models.mlp([4, 3], seed=3))
+    return twins + (ModelConfig(name="echo", path=echo), ModelConfig(name="short", path=short, cache_ttl_s=TTL_S))
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def cached(request, repository, cache_models):
+    spec = "memory:16"
+    if request.param == "redis":
+        redis = request.getfixturevalue("redis_server")
+        with redis.client() as client:
+            client.flushall()
+        spec = redis.url
+    cfg = server_config(repository, cache=spec)
+    thread = ServerThread(dataclasses.replace(cfg, models=cfg.models + cache_models)).start()
+    thread.tier = request.param
     yield thread
     thread.stop()
 
 
-def infer(url: str, x: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-    t = grpcclient.InferInput("x", list(x.shape), "FP32")
+def settled(thread: ServerThread) -> None:
+    """Until the cache has sent its writes (Redis writes leave the request path; memory writes are immediate)."""
+    deadline = time.monotonic() + 10
+    while getattr(thread.app.cache, "pending_writes", 0):
+        assert time.monotonic() < deadline, "cache writes not sent in 10 s"
+        time.sleep(0.005)
+
+
+def infer(url: str, x: np.ndarray, outputs: list[str] | None = None, model: str = "mlp", version: str = "",
+          input_name: str = "x") -> dict[str, np.ndarray]:
+    t = grpcclient.InferInput(input_name, list(x.shape), "FP32")
     t.set_data_from_numpy(x)
     wanted = [grpcclient.InferRequestedOutput(name) for name in outputs] if outputs else None
     with grpcclient.InferenceServerClient(url) as client:
-        result = client.infer("mlp", [t], outputs=wanted)
+        result = client.infer(model, [t], model_version=version, outputs=wanted)
     return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response(as_json=True)["outputs"]}
 
 
-def executions(thread: ServerThread) -> int:
-    return sum(thread.batches("mlp").values())
+def executions(thread: ServerThread, model: str = "mlp", version: str = "") -> int:
+    return thread.app.registry.find(model, version).batcher.stats.execution_count
 
 
 def test_a_hit_after_a_miss_never_reaches_the_model(cached):
     x = np.random.default_rng(10).standard_normal((2, 8)).astype(np.float32)
     (before,) = stats(cached.url, "mlp")
     first = infer(cached.url, x)
+    settled(cached)
     ran = executions(cached)
     second = infer(cached.url, x)
     assert executions(cached) == ran  # answered from the cache
     for name in ("y", "h"):
         np.testing.assert_array_equal(first[name], second[name])
+        assert first[name].dtype == second[name].dtype and first[name].shape == second[name].shape
     (after,) = stats(cached.url, "mlp")
     delta = {k: count(after, "inference_stats", k, "count") - count(before, "inference_stats", k, "count")
              for k in ("success", "queue", "compute_infer", "cache_hit", "cache_miss")}
@@ -62,7 +99,10 @@ def test_a_different_requested_output_subset_is_answered_with_exactly_those_outp
     assert set(only_y) == {"y"} and set(only_h) == {"h"}
     np.testing.assert_array_equal(only_y["y"], full["y"])
     np.testing.assert_array_equal(only_h["h"], full["h"])
-    assert set(infer(cached.url, x, ["y"])) == {"y"}  # and its hit, too
+    settled(cached)
+    ran = executions(cached)
+    assert set(infer(cached.url, x, ["y"])) == {"y"} and set(infer(cached.url, x, ["h"])) == {"h"}  # hits
+    assert executions(cached) == ran
 
 
 def test_identical_concurrent_misses_run_the_model_once(cached):
@@ -81,6 +121,58 @@ def test_identical_concurrent_misses_run_the_model_once(cached):
     # One execution of one row: not even a batch of 16 (which the model's 5 ms queue delay would form).
     assert Counter(cached.batches("mlp")) - before == {1: 1}
     assert all(np.array_equal(a, answers[0]) for a in answers)
+
+
+def test_a_new_model_version_never_gets_an_old_versions_answer(cached):
+    x = np.random.default_rng(13).standard_normal((1, 4)).astype(np.float32)
+    v1 = infer(cached.url, x, model="twin", version="1")["y"]
+    settled(cached)
+    ran = executions(cached, "twin", "2")
+    v2 = infer(cached.url, x, model="twin", version="2")["y"]
+    assert executions(cached, "twin", "2") == ran + 1  # a miss: version 2 ran
+    assert not np.array_equal(v1, v2)  # and answered with its own weights
+    settled(cached)
+    np.testing.assert_array_equal(infer(cached.url, x, model="twin", version="1")["y"], v1)
+    np.testing.assert_array_equal(infer(cached.url, x, model="twin")["y"], v2)  # latest = 2, from the cache
+    assert executions(cached, "twin", "2") == ran + 1
+
+
+def test_inputs_equal_in_bytes_but_not_in_shape_never_share_an_entry(cached):
+    """Triton's key hashes only the bytes, so [2, 6] and [3, 4] of the same 12 floats collide there."""
+    data = np.arange(12, dtype=np.float32)
+    wide = infer(cached.url, data.reshape(2, 6), model="echo", input_name="in_FP32")["out_FP32"]
+    settled(cached)
+    narrow = infer(cached.url, data.reshape(3, 4), model="echo", input_name="in_FP32")["out_FP32"]
+    assert wide.shape == (2, 6) and narrow.shape == (3, 4)
+    np.testing.assert_array_equal(narrow, data.reshape(3, 4))
+    (entry,) = stats(cached.url, "echo")
+    assert count(entry, "inference_stats", "cache_miss", "count") == 2
+
+
+def test_an_entry_expires_after_the_models_ttl(cached):
+    x = np.random.default_rng(14).standard_normal((1, 4)).astype(np.float32)
+    first = infer(cached.url, x, model="short")["y"]
+    settled(cached)
+    ran = executions(cached, "short")
+    infer(cached.url, x, model="short")
+    assert executions(cached, "short") == ran  # a hit while fresh
+    time.sleep(TTL_S + 0.2)
+    np.testing.assert_array_equal(infer(cached.url, x, model="short")["y"], first)
+    assert executions(cached, "short") == ran + 1  # expired: the model ran again
+
+
+def test_redis_holds_every_entry_under_its_model_and_version_with_a_ttl(cached, redis_server):
+    if cached.tier != "redis":
+        pytest.skip("Redis only")
+    infer(cached.url, np.random.default_rng(15).standard_normal((1, 8)).astype(np.float32))
+    settled(cached)
+    with redis_server.client() as client:
+        keys = list(client.scan_iter(b"inference_server:*"))
+        assert keys and all(k.split(b":")[1] in (b"mlp", b"twin", b"echo", b"short") for k in keys)
+        assert any(k.startswith(b"inference_server:mlp:1:") for k in keys)
+        ttls_ms = {k: client.pttl(k) for k in keys}
+    # Models without their own TTL get [cache] ttl_s (1 h): nothing lives forever in a shared Redis.
+    assert all(0 < ms <= 3600_000 for ms in ttls_ms.values()), ttls_ms
 
 
 def test_model_config_says_the_cache_is_on(cached, server):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from inference_server.app import model_configs
-from inference_server.config import DEFAULT_REPOSITORY, BatchingConfig, load_config, parse_server
+from inference_server.cli import load_config
+from inference_server.config import DEFAULT_REPOSITORY, BatchingConfig, parse_server
 from inference_server.errors import ConfigError
 from inference_server.repository import scan_repository
 
@@ -79,7 +80,31 @@ def test_cache_from_the_flag_and_a_model_turning_it_off(tmp_path):
     cfg = load_config(["--config", str(cfg_file), "--cache", "memory:64"], {})
     assert cfg.cache == "memory:64" and cache_size_bytes(cfg.cache) == 64 << 20
     assert cache_size_bytes("memory") == 256 << 20 and load_config([], {}).cache == ""
-    assert [(m.cache, m.cache_ttl_s) for m in cfg.models] == [(False, 0.0), (True, 30.0)]
+    assert [(m.cache, m.cache_ttl_s) for m in cfg.models] == [(False, None), (True, 30.0)]  # None: [cache] ttl_s
+
+
+def test_cache_tuning_table_and_its_defaults(tmp_path):
+    assert load_config([], {}).cache_config.ttl_s == 3600.0  # Redis entries never live forever by default
+    cfg_file = write(tmp_path / "s.toml", '[cache]\nttl_s = 0\nmax_entry_bytes = 4096\ntimeout_s = 0.05\n'
+                                          'breaker_failures = 3\nbreaker_cooldown_s = 1.5\nwrite_queue_size = 8\n')
+    c = load_config(["--config", str(cfg_file)], {}).cache_config
+    assert (c.ttl_s, c.max_entry_bytes, c.timeout_s, c.breaker_failures, c.breaker_cooldown_s,
+            c.write_queue_size) == (0.0, 4096, 0.05, 3, 1.5, 8)
+
+
+def test_redis_url_from_the_flag_or_the_environment_and_the_password_never_shown():
+    url = "rediss://user:s3cret@cache.internal:6380/2"
+    cfg = load_config(["--cache", url], {"REDIS_PASSWORD": "other"})
+    assert cfg.cache == url and cfg.redis_password == "other"
+    assert "s3cret" not in repr(cfg) and "other" not in repr(cfg)
+    from_env = load_config(["--cache", "redis"], {"REDIS_URL": url})
+    assert from_env.cache == url and from_env.redis_password is None
+    with pytest.raises(ConfigError, match=r"\$REDIS_URL"):
+        load_config(["--cache", "redis"], {})
+    for bad in ("redis://:s3cret@host:port/0", "redis://:s3cret@/0", "redis://:s3cret@host/cache"):
+        with pytest.raises(ConfigError) as e:
+            load_config(["--cache", bad], {})
+        assert e.value.key == "server.cache" and "s3cret" not in str(e.value)
 
 
 def test_metrics_endpoint_defaults_and_flags():
@@ -118,6 +143,12 @@ def test_config_path_from_the_environment(tmp_path):
     ({"server": {"log_format": "xml"}}, "server.log_format"),
     ({"server": {"cache": "disk"}}, "server.cache"),
     ({"server": {"cache": "memory:lots"}}, "server.cache"),
+    ({"server": {"cache": "http://host:6379"}}, "server.cache"),
+    ({"server": {"cache_max_entry_bytes": 1}}, "server.cache_max_entry_bytes"),
+    ({"cache": {"max_entry_bytes": 0}}, "cache.max_entry_bytes"),
+    ({"cache": {"timeout_s": 0}}, "cache.timeout_s"),
+    ({"cache": {"breaker_failures": 0}}, "cache.breaker_failures"),
+    ({"cache": {"ttl": 5}}, "cache.ttl"),
     ({"models": [{"name": "x", "path": "x", "cache_ttl_s": -1}]}, "models[0].cache_ttl_s"),
     ({"models": [{"name": "x", "path": "x", "cache": "on"}]}, "models[0].cache"),
     ({"server": {"access_log": 1}}, "server.access_log"),

@@ -1,0 +1,69 @@
+"""The command line: flags over the TOML file (`--config` or $INFERENCE_SERVER_CONFIG) over the defaults,
+and the environment variables the server reads ($REDIS_URL, $REDIS_PASSWORD)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .config import (CONFIG_ENV, DEVICES, EXECUTIONS, LOG_FORMATS, REDIS_PASSWORD_ENV, REDIS_URL_ENV, ServerConfig,
+                     _get, parse_server, read_toml)
+from .errors import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m inference_server",
+                                description="KServe v2 / Triton gRPC inference server with dynamic batching.")
+    p.add_argument("--config", type=Path, help=f"TOML config file (also ${CONFIG_ENV})")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="gRPC port (default 8001; 0 picks a free one)")
+    p.add_argument("--model-repository", type=Path, help="DIR/<model>/<version>/model.onnx layout")
+    p.add_argument("--device", choices=DEVICES, help="default device for every model")
+    p.add_argument("--execution", choices=EXECUTIONS,
+                   help="where batches run: auto (measured per model at load), inline (event loop), thread")
+    p.add_argument("--cache", help="response cache for every model: memory, memory:<MiB>, redis:// or rediss:// "
+                                   "URL, or redis (the URL from $REDIS_URL; the password may come from "
+                                   "$REDIS_PASSWORD)")
+    p.add_argument("--workers", type=int, help="server processes sharing the port via SO_REUSEPORT (default 1)")
+    p.add_argument("--reuse-port", action="store_true", default=None,
+                   help="bind with SO_REUSEPORT, sharing the port with other server processes")
+    p.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (default 8002; 0 picks a free one)")
+    p.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
+    p.add_argument("--no-metrics", dest="metrics", action="store_false", default=None,
+                   help="serve no Prometheus endpoint")
+    p.add_argument("--max-batch-size", type=int, help="default max rows per batch (0: no batching)")
+    p.add_argument("--max-queue-delay-us", type=int, help="default batching delay in microseconds")
+    p.add_argument("--max-queue-size", type=int, help="default queued-request bound (0: unbounded)")
+    p.add_argument("--instance-count", type=int, help="default model instances per model")
+    p.add_argument("--max-message-bytes", type=int, help="gRPC send/receive limit")
+    p.add_argument("--drain-grace-s", type=float, help="how long SIGTERM waits for in-flight requests")
+    p.add_argument("--log-level", type=str.upper, help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    p.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json: one object per line")
+    p.add_argument("--access-log", action="store_true", default=None, help="log one line per answered request")
+    return p
+
+
+def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServerConfig:
+    args = build_parser().parse_args(argv)
+    path = args.config or (Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None)
+    doc = read_toml(path, "--config") if path else {}
+    server = dict(_get(doc, "server", "", dict, {}))
+    batching = dict(_get(doc, "batching", "", dict, {}))
+    for key in ("host", "port", "max_message_bytes", "drain_grace_s", "log_level", "device", "log_format",
+                "access_log", "execution", "cache", "workers", "reuse_port", "metrics", "metrics_host",
+                "metrics_port"):  # each flag sets the [server] key of its name
+        if getattr(args, key) is not None:
+            server[key] = getattr(args, key)
+    if args.model_repository is not None:
+        server["model_repository"] = str(args.model_repository)
+    for key in ("max_batch_size", "max_queue_delay_us", "max_queue_size", "instance_count"):
+        if getattr(args, key) is not None:
+            batching[key] = getattr(args, key)
+    if server.get("cache") == "redis":  # the URL (and any password in it) stays out of argv and the file
+        if not environ.get(REDIS_URL_ENV):
+            raise ConfigError("server.cache", f"'redis' takes its URL from ${REDIS_URL_ENV}, which is not set")
+        server["cache"] = environ[REDIS_URL_ENV]
+    merged = {**doc, "server": server, "batching": batching}
+    return dataclasses.replace(parse_server(merged), redis_password=environ.get(REDIS_PASSWORD_ENV) or None)
