@@ -19,7 +19,11 @@ pytestmark = pytest.mark.integration
 
 def scrape(server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample, keyed by (sample name, sorted labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.app.metrics.port}/metrics", timeout=5) as response:
+    return scrape_port(server.app.metrics.port)
+
+
+def scrape_port(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value

@@ -1,0 +1,102 @@
+"""The Redis tier against real redis-servers of its own: passwords (from the URL or $REDIS_PASSWORD, never
+logged), a cache shared by two servers, a wrong password and a hung Redis (both fail open)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+import pytest
+
+from inference_server.config import CacheConfig
+from tests import redis_server as redis_process
+from tests.conftest import ServerThread, server_config
+from tests.integration.test_cache import executions, infer, settled
+from tests.integration.test_metrics import scrape
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not redis_process.available(), reason="redis-server is not installed")]
+PASSWORD = "s3cret-Pw"  # noqa: S105 (a test Redis on 127.0.0.1)
+FAST = CacheConfig(timeout_s=0.05, breaker_failures=2, breaker_cooldown_s=0.3)
+
+
+@pytest.fixture
+def protected(tmp_path):
+    redis = redis_process.RedisServer(tmp_path, password=PASSWORD).start()
+    yield redis
+    redis.stop()
+
+
+def serve(repository, url: str, password: str | None = None, cache_config: CacheConfig = FAST) -> ServerThread:
+    cfg = dataclasses.replace(server_config(repository, cache=url), redis_password=password,
+                              cache_config=cache_config)
+    return ServerThread(cfg).start()
+
+
+def circuit(thread: ServerThread) -> str:
+    (state,) = [dict(labels)["state"] for (name, labels), v in scrape(thread).items()
+                if name == "inference_cache_circuit_state" and v == 1]
+    return state
+
+
+def test_a_password_from_the_url_or_the_environment_works_is_shared_and_never_logged(repository, protected, caplog):
+    caplog.set_level(logging.DEBUG)
+    x = np.random.default_rng(20).standard_normal((1, 8)).astype(np.float32)
+    first = serve(repository, protected.url)  # redis://:PASSWORD@127.0.0.1:port/0
+    try:
+        answer = infer(first.url, x)
+        settled(first)
+    finally:
+        first.stop()
+    # A second server (another replica), the password from $REDIS_PASSWORD: the first one's entry is a hit.
+    second = serve(repository, protected.url.replace(f":{PASSWORD}@", ""), password=PASSWORD)
+    try:
+        again = infer(second.url, x)
+        assert executions(second) == 0
+        np.testing.assert_array_equal(again["y"], answer["y"])
+    finally:
+        second.stop()
+    assert f"response cache: redis at redis://127.0.0.1:{protected.port}/0" in caplog.text
+    assert PASSWORD not in caplog.text
+
+
+def test_a_wrong_password_fails_open_and_says_so(repository, protected, caplog):
+    caplog.set_level(logging.DEBUG)
+    thread = serve(repository, protected.url.replace(PASSWORD, "wrong-one"))
+    try:
+        x = np.random.default_rng(21).standard_normal((3, 8)).astype(np.float32)
+        answers = [infer(thread.url, x)["y"] for _ in range(4)]
+        assert all(np.array_equal(a, answers[0]) for a in answers)
+        assert executions(thread) == 4 and circuit(thread) != "closed"
+    finally:
+        thread.stop()
+    assert "does not answer" in caplog.text and "wrong-one" not in caplog.text
+
+
+def test_a_hung_redis_never_hangs_a_request_and_the_cache_resumes_after_it(repository, tmp_path):
+    redis = redis_process.RedisServer(tmp_path).start()
+    thread = serve(repository, redis.url)
+    try:
+        x = np.random.default_rng(22).standard_normal((1, 8)).astype(np.float32)
+        expected = infer(thread.url, x)["y"]
+        settled(thread)
+        redis.pause()  # connections stay open; nothing is answered
+        for _ in range(6):
+            np.testing.assert_array_equal(infer(thread.url, x)["y"], expected)
+        assert circuit(thread) != "closed"
+        errors = scrape(thread)[("inference_cache_errors_total", (("operation", "get"),))]
+        assert errors >= 2
+        redis.resume()
+        deadline = time.monotonic() + 10
+        while circuit(thread) != "closed":  # the next probe after the cool-down closes it
+            assert time.monotonic() < deadline, "the circuit did not close within 10 s of Redis resuming"
+            infer(thread.url, x)
+            time.sleep(0.02)
+        ran = executions(thread)
+        np.testing.assert_array_equal(infer(thread.url, x)["y"], expected)
+        assert executions(thread) == ran  # a hit again
+    finally:
+        thread.stop()
+        redis.stop()
