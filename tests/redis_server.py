@@ -22,10 +22,10 @@ def available() -> bool:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, password: str | None = None, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, password: str | None = None, tls: bool = False) -> None:
         self.workdir = workdir
         self.password = password
-        self.extra = extra
+        self.tls = tls
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"redis-{self.port}.log"
@@ -33,11 +33,17 @@ class RedisServer:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.workdir / 'ca.crt'}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         cmd = [BINARY, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-               "--daemonize", "no", "--dir", str(self.workdir), "--logfile", str(self.log_path), *self.extra]
+               "--daemonize", "no", "--dir", str(self.workdir), "--logfile", str(self.log_path)]
+        if self.tls:  # TLS only: the plain port is closed
+            cert, key, ca = make_certificates(self.workdir)
+            cmd += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert), "--tls-key-file",
+                    str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
         if self.password:
             cmd += ["--requirepass", self.password]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -87,3 +93,21 @@ class RedisServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def make_certificates(workdir: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl command."""
+    ca, cert, key = workdir / "ca.crt", workdir / "server.crt", workdir / "server.key"
+    if cert.exists():
+        return cert, key, ca
+    (workdir / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for cmd in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
+         "-subj", "/CN=inference-server-test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj",
+         "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+         "server.crt", "-days", "1", "-extfile", "san.cnf"],
+    ):
+        subprocess.run(["openssl", *cmd], cwd=workdir, check=True, capture_output=True)
+    return cert, key, ca

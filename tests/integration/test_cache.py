@@ -17,6 +17,7 @@ import tritonclient.grpc.aio as aioclient
 from inference_server.config import ModelConfig
 from tests import onnx_models
 from tests.conftest import ServerThread, server_config
+from tests.integration.test_metrics import scrape
 from tests.integration.test_statistics import count, stats
 
 pytestmark = pytest.mark.integration
@@ -180,3 +181,28 @@ def test_model_config_says_the_cache_is_on(cached, server):
         assert client.get_model_config("mlp", as_json=True)["config"]["response_cache"]["enable"] is True
     with grpcclient.InferenceServerClient(server.url) as client:  # the default server has no cache
         assert "response_cache" not in client.get_model_config("mlp", as_json=True)["config"]
+
+
+def test_the_cache_and_its_tier_show_in_the_metrics(cached):
+    x = np.random.default_rng(16).standard_normal((1, 8)).astype(np.float32)
+    before = scrape(cached)
+    infer(cached.url, x)
+    settled(cached)
+    infer(cached.url, x)
+    after = scrape(cached)
+    labels = (("model", "mlp"), ("version", "1"))
+
+    def grew(name: str, extra: tuple[tuple[str, str], ...] = ()) -> float:
+        key = (name, tuple(sorted(labels + extra)))
+        return after[key] - before.get(key, 0.0)
+
+    assert grew("inference_cache_requests_total", (("result", "hit"),)) == 1
+    assert grew("inference_cache_requests_total", (("result", "miss"),)) == 1
+    assert grew("nv_cache_num_hits_per_model") == 1 and grew("nv_cache_num_misses_per_model") == 1
+    assert grew("inference_cache_lookup_seconds_count") == 2
+    if cached.tier == "memory":
+        assert after[("inference_cache_entries", ())] >= 1 and after[("inference_cache_bytes", ())] > 0
+    else:
+        assert after[("inference_cache_writes_total", (("result", "written"),))] >= 1
+        assert after[("inference_cache_circuit_state", (("state", "closed"),))] == 1
+        assert after[("inference_cache_errors_total", (("operation", "get"),))] == 0

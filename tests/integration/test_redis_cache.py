@@ -1,10 +1,12 @@
 """The Redis tier against real redis-servers of its own: passwords (from the URL or $REDIS_PASSWORD, never
-logged), a cache shared by two servers, a wrong password and a hung Redis (both fail open)."""
+logged), a cache shared by two servers, TLS (rediss://), and a wrong password, a plain client on a TLS port and a
+hung Redis (all fail open)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 
 import numpy as np
@@ -99,4 +101,28 @@ def test_a_hung_redis_never_hangs_a_request_and_the_cache_resumes_after_it(repos
         assert executions(thread) == ran  # a hit again
     finally:
         thread.stop()
+        redis.stop()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+def test_tls_with_rediss_and_a_plain_client_on_the_tls_port_fails_open(repository, tmp_path):
+    redis = redis_process.RedisServer(tmp_path, tls=True).start()
+    try:
+        x = np.random.default_rng(23).standard_normal((1, 8)).astype(np.float32)
+        thread = serve(repository, redis.url)  # rediss://127.0.0.1:port/0?ssl_ca_certs=.../ca.crt
+        try:
+            expected = infer(thread.url, x)["y"]
+            settled(thread)
+            np.testing.assert_array_equal(infer(thread.url, x)["y"], expected)
+            assert executions(thread) == 1 and circuit(thread) == "closed"  # the second was a hit over TLS
+        finally:
+            thread.stop()
+        plain = serve(repository, f"redis://127.0.0.1:{redis.port}/0")
+        try:
+            for _ in range(3):
+                np.testing.assert_array_equal(infer(plain.url, x)["y"], expected)
+            assert executions(plain) == 3 and circuit(plain) != "closed"
+        finally:
+            plain.stop()
+    finally:
         redis.stop()
