@@ -53,8 +53,11 @@ def build_cache(cfg: ServerConfig) -> ResponseCache | None:
         return MemoryCache(cache_size_bytes(cfg.cache))
     c = cfg.cache_config
     breaker = CircuitBreaker(f"response cache at {redact_url(cfg.cache)}", c.breaker_failures, c.breaker_cooldown_s)
-    return RedisCache(cfg.cache, password=cfg.redis_password, timeout_s=c.timeout_s, breaker=breaker,
-                      write_queue_size=c.write_queue_size)
+    try:
+        return RedisCache(cfg.cache, password=cfg.redis_password, timeout_s=c.timeout_s, breaker=breaker,
+                          write_queue_size=c.write_queue_size)
+    except ValueError as e:  # redis-py's URL parsing (a query option it cannot read)
+        raise ConfigError("server.cache", f"{redact_url(cfg.cache)}: {e}") from None
 
 
 class App:
@@ -128,8 +131,8 @@ class App:
 
 
 async def serve(cfg: ServerConfig) -> int:
-    app = App(cfg)
     try:
+        app = App(cfg)
         await app.start()
     except ConfigError as e:
         log.error("cannot start: %s", e)

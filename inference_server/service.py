@@ -139,29 +139,34 @@ class InferenceService:
 
     async def _cached(self, model: LoadedModel, inputs: dict[str, np.ndarray], rows: int, wanted: list[TensorSpec],
                       deadline: float | None, request_id: str) -> dict[str, np.ndarray]:
-        """Look up before queueing; concurrent identical misses share one execution (the others count as
-        hits: they are answered without one of their own); a miss stores the outputs the request asked for."""
+        """Identical concurrent requests share one lookup and, on a miss, one execution (the others count as
+        hits: they are answered without an execution of their own). A miss stores the requested outputs before
+        the next identical request can start its own lookup."""
         assert self.cache is not None
+        cache = self.cache
         stats = model.batcher.stats
         start = time.perf_counter()
         key = cache_key(model.name, model.version, {s.name: (s.datatype, inputs[s.name]) for s in model.inputs},
                         [spec.name for spec in wanted])
-        hit = await self.cache.get(key)
-        if hit is not None:
-            stats.record_cache(True, time.perf_counter() - start)
-            return hit
-        lookup_s = time.perf_counter() - start
-        outputs, shared = await self._coalescer.run(key, lambda: model.batcher.submit(inputs, rows, deadline,
-                                                                                      request_id))
-        if shared:
-            stats.record_cache(True, lookup_s)
+
+        async def lookup_or_run() -> dict[str, np.ndarray]:
+            found = await cache.get(key)
+            if found is not None:
+                stats.record_cache(True, time.perf_counter() - start)
+                return found
+            lookup_s = time.perf_counter() - start
+            outputs = await model.batcher.submit(inputs, rows, deadline, request_id)
+            insert_start = time.perf_counter()
+            answer = {spec.name: outputs[spec.name] for spec in wanted}
+            if outputs_nbytes(answer) <= self.cache_config.max_entry_bytes:
+                ttl_s = model.config.cache_ttl_s
+                await cache.put(key, answer, (self.cache_config.ttl_s if ttl_s is None else ttl_s) or None)
+            stats.record_cache(False, lookup_s + time.perf_counter() - insert_start)
             return outputs
-        start = time.perf_counter()
-        answer = {spec.name: outputs[spec.name] for spec in wanted}
-        if outputs_nbytes(answer) <= self.cache_config.max_entry_bytes:
-            ttl_s = model.config.cache_ttl_s
-            await self.cache.put(key, answer, (self.cache_config.ttl_s if ttl_s is None else ttl_s) or None)
-        stats.record_cache(False, lookup_s + time.perf_counter() - start)
+
+        outputs, shared = await self._coalescer.run(key, lookup_or_run)
+        if shared:
+            stats.record_cache(True, None)
         return outputs
 
     async def drain(self, grace_s: float) -> None:

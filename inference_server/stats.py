@@ -130,12 +130,14 @@ class ModelStats:
         batch.compute_infer.add(infer_ns)
         batch.compute_output.add(output_ns)
 
-    def record_cache(self, hit: bool, duration_s: float) -> None:
+    def record_cache(self, hit: bool, duration_s: float | None) -> None:
         """A cache lookup (and, for a miss, its insert). A hit also counts in `queue` with no wait, as
-        Triton counts it, and never in compute, inference_count or execution_count."""
-        ns = int(duration_s * NS_PER_S)
+        Triton counts it, and never in compute, inference_count or execution_count. duration_s None: a hit
+        that shared another request's lookup (counted, with no lookup time of its own)."""
+        ns = 0 if duration_s is None else int(duration_s * NS_PER_S)
         (self.cache_hit if hit else self.cache_miss).add(ns)
-        self.cache_lookup_s.observe(duration_s)
+        if duration_s is not None:
+            self.cache_lookup_s.observe(duration_s)
         if hit:
             self.queue.add(0)
             self.queue_s.observe(0.0)

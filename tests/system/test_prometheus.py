@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 from benchmarks import loadgen
 from inference_server.stats import DURATION_BUCKETS_S
 from tests import onnx_models
+from tests import redis_server as redis_process
 from tests.server_process import ROOT, ServerProcess, free_port
 
 pytestmark = pytest.mark.system
@@ -56,15 +57,21 @@ def wait_for(check, timeout_s: float, what: str) -> None:
 
 @pytest.fixture
 def prometheus_scraping(tmp_path):
-    """Our server (a model of about 10 ms a request, so server time dominates the client's) and a Prometheus
-    scraping its metrics every second."""
+    """Our server (a model of about 10 ms a request, so server time dominates the client's, not cached; and a small
+    model with the Redis cache) and a Prometheus scraping its metrics every second."""
     if PROMETHEUS is None:
         pytest.skip("Debian's prometheus package is not installed (./scripts/test installs it when run as root)")
-    onnx_models.write_model(tmp_path / "repo", "slow", onnx_models.slow(768), "[batching]\nmax_batch_size = 1\n")
+    if not redis_process.available():
+        pytest.skip("redis-server is not installed (./scripts/test installs it when run as root)")
+    onnx_models.write_model(tmp_path / "repo", "slow", onnx_models.slow(768),
+                            "cache = false\n[batching]\nmax_batch_size = 1\n")
+    onnx_models.write_model(tmp_path / "repo", "small", onnx_models.mlp([4, 2]))
     metrics_port, prometheus_port = free_port(), free_port()
     (tmp_path / "server.toml").write_text("[monitoring]\ndrift = true\ndrift_reference_size = 50\n")
+    redis = redis_process.RedisServer(tmp_path).start()
     server = ServerProcess(["--model-repository", str(tmp_path / "repo"), "--metrics-port", str(metrics_port),
-                            "--config", str(tmp_path / "server.toml")], tmp_path / "server.log").wait_serving()
+                            "--config", str(tmp_path / "server.toml"), "--cache", redis.url],
+                           tmp_path / "server.log").wait_serving()
     config = tmp_path / "prometheus.yml"
     config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
                       f"  - job_name: inference_server\n    static_configs:\n"
@@ -82,6 +89,7 @@ def prometheus_scraping(tmp_path):
         prometheus.terminate()
         prometheus.wait(30)
         server.terminate()
+        redis.stop()
 
 
 def test_every_dashboard_query_returns_data_and_p99_agrees_with_the_client(prometheus_scraping):
@@ -90,6 +98,9 @@ def test_every_dashboard_query_returns_data_and_p99_agrees_with_the_client(prome
     work = loadgen.workload("slow", [{"x": rng.random((1, 1), dtype=np.float32)} for _ in range(8)])
     result = asyncio.run(loadgen.closed_loop(server.url, work, concurrency=4, duration_s=6, warmup_s=0.5))
     assert result.requests > 50 and not result.errors
+    small = loadgen.workload("small", [{"x": rng.random((1, 4), dtype=np.float32)} for _ in range(4)])
+    cached = asyncio.run(loadgen.closed_loop(server.url, small, concurrency=1, duration_s=1, warmup_s=0))
+    assert cached.requests > 8 and not cached.errors  # 4 misses, then hits: for the cache panels
     with grpcclient.InferenceServerClient(server.url) as client, pytest.raises(InferenceServerException):
         bad = grpcclient.InferInput("x", [1, 2], "FP32")
         bad.set_data_from_numpy(np.ones((1, 2), np.float32))

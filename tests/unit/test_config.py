@@ -199,3 +199,12 @@ def test_the_same_model_version_twice_is_refused(tmp_path):
                         "models": [{"name": "a", "path": "elsewhere.onnx"}]})
     with pytest.raises(ConfigError, match="configured more than once"):
         model_configs(cfg)
+
+
+def test_a_redis_url_option_redis_cannot_read_is_a_config_error_naming_no_password():
+    from inference_server.app import build_cache
+
+    cfg = parse_server({"server": {"cache": "redis://:s3cret@127.0.0.1:6379/0?socket_timeout=soon"}})
+    with pytest.raises(ConfigError) as e:
+        build_cache(cfg)
+    assert e.value.key == "server.cache" and "socket_timeout" in str(e.value) and "s3cret" not in str(e.value)

@@ -24,6 +24,7 @@ class StubRedis:
         self.hang = False
         self.gate: asyncio.Event | None = None  # writes wait on it when set
         self.closed = False
+        self.batches: list[int] = []  # keys per MGET
 
     async def _call(self, name: str) -> None:
         self.calls[name] += 1
@@ -36,9 +37,10 @@ class StubRedis:
         await self._call("ping")
         return True
 
-    async def get(self, key: bytes) -> bytes | None:
-        await self._call("get")
-        return self.data.get(key)
+    async def mget(self, keys: list[bytes]) -> list[bytes | None]:
+        await self._call("mget")
+        self.batches.append(len(keys))
+        return [self.data.get(key) for key in keys]
 
     def pipeline(self, transaction: bool = True) -> StubPipeline:
         assert transaction is False
@@ -116,7 +118,7 @@ async def test_a_put_is_written_in_the_background_with_its_ttl_and_read_back():
     cache = await started(stub)
     await cache.put(b"m:1:k", outputs(), 2.5)
     await cache.put(b"m:1:forever", outputs(), None)
-    assert await cache.get(b"m:1:k") is None  # not yet: put only enqueues
+    assert cache.pending_writes == 2 and not stub.data  # put only enqueues
     await cache._queue.join()
     assert stub.px == {KEY_PREFIX + b"m:1:k": 2500, KEY_PREFIX + b"m:1:forever": None}
     assert stub.calls["execute"] == 1  # both in one pipeline
@@ -132,11 +134,11 @@ async def test_failures_answer_misses_then_the_circuit_opens_and_redis_is_left_a
     cache = await started(stub)  # the start-up ping is failure 1
     assert await cache.get(b"k") is None and await cache.get(b"k") is None  # failures 2 and 3
     assert cache.breaker.state == OPEN and cache.errors["get"] == 2
-    calls = stub.calls["get"]
+    calls = stub.calls["mget"]
     for _ in range(10):
         assert await cache.get(b"k") is None
         await cache.put(b"k", outputs(), 1.0)
-    assert stub.calls["get"] == calls and cache.skipped == 10 and cache.writes["dropped"] == 10
+    assert stub.calls["mget"] == calls and cache.skipped == 10 and cache.writes["dropped"] == 10
     await cache.close()
 
 
@@ -184,3 +186,29 @@ async def test_close_sends_what_is_queued_first():
         await cache.put(b"k%d" % i, outputs(), 1.0)
     await cache.close()
     assert len(stub.data) == 100 and stub.calls["execute"] >= 2  # at most 64 per pipeline
+
+
+async def test_lookups_made_together_share_one_mget_and_each_gets_its_own_answer():
+    stub = StubRedis()
+    cache = await started(stub)
+    for i in range(3):
+        await cache.put(b"k%d" % i, {"y": np.full(2, i, np.float32)}, None)
+    await cache._queue.join()
+    found = await asyncio.gather(*(cache.get(b"k%d" % i) for i in (2, 0, 9, 1)))
+    assert stub.batches == [4]
+    assert [None if f is None else int(f["y"][0]) for f in found] == [2, 0, None, 1]
+    await cache.close()
+
+
+async def test_an_entry_not_yet_sent_is_answered_from_the_queue():
+    stub = StubRedis()
+    stub.gate = asyncio.Event()  # Redis is slow to take the write
+    cache = await started(stub)
+    await cache.put(b"k", outputs(), 1.0)
+    assert_same(await cache.get(b"k"), outputs())
+    assert stub.calls["mget"] == 0 and not stub.data
+    stub.gate.set()
+    await cache._queue.join()
+    assert_same(await cache.get(b"k"), outputs())  # now from Redis
+    assert stub.calls["mget"] == 1 and not cache._unsent_entries
+    await cache.close()
