@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"ISC1"
 KEY_PREFIX = b"inference_server:"
-PIPELINE_MAX = 64  # writes sent in one round trip
+BATCH_MAX = 64  # keys in one MGET, writes in one pipeline
 _FIXED_DTYPES = {dt.dtype.str for dt in DATATYPES.values() if dt.itemsize}
 
 
@@ -146,10 +146,11 @@ class RedisCache:
     def _send_lookups(self) -> None:
         """Every lookup made in this turn of the event loop goes out as one MGET: one round trip, and about a
         tenth of the client's CPU per key of separate GETs."""
-        batch, self._lookups = self._lookups, []
-        task = asyncio.create_task(self._mget(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        lookups, self._lookups = self._lookups, []
+        for i in range(0, len(lookups), BATCH_MAX):
+            task = asyncio.create_task(self._mget(lookups[i:i + BATCH_MAX]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _mget(self, batch: list[tuple[bytes, asyncio.Future[bytes | None]]]) -> None:
         blobs: list[bytes | None] = [None] * len(batch)  # misses, unless Redis answers
@@ -189,7 +190,7 @@ class RedisCache:
     async def _write_loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            while len(batch) < PIPELINE_MAX and not self._queue.empty():
+            while len(batch) < BATCH_MAX and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
                 await self._write(batch)
