@@ -7,7 +7,7 @@ equal in bytes but different in shape or datatype collide there; here they canno
 
 Values are the outputs the request asked for (name -> array); a hit answers with exactly those. `MemoryCache`
 is an in-process LRU bounded in bytes with a TTL; `redis_cache.RedisCache` is the shared tier. `Coalescer`
-makes concurrent identical misses share one model execution.
+makes concurrent identical requests share one lookup and, on a miss, one model execution.
 """
 
 from __future__ import annotations
