@@ -22,7 +22,6 @@ from .grpc.server import build_server, set_serving
 from .logs import configure_logging
 from .metrics import MetricsServer
 from .predictions import PredictionLog
-from .redis_cache import RedisCache
 from .registry import ModelRegistry, load_model
 from .repository import scan_repository
 from .service import InferenceService
@@ -51,6 +50,8 @@ def build_cache(cfg: ServerConfig) -> ResponseCache | None:
         return None
     if check_cache(cfg.cache) == "memory":
         return MemoryCache(cache_size_bytes(cfg.cache))
+    from .redis_cache import RedisCache  # redis.asyncio takes about 0.1 s to import: only when used
+
     c = cfg.cache_config
     breaker = CircuitBreaker(f"response cache at {redact_url(cfg.cache)}", c.breaker_failures, c.breaker_cooldown_s)
     try:

@@ -29,7 +29,6 @@ from .cache import MemoryCache, ResponseCache
 from .drift import DriftMonitor
 from .gpu_metrics import GpuCollector, open_nvml
 from .predictions import PredictionLog
-from .redis_cache import RedisCache
 from .stats import Histogram, ModelStats
 
 log = logging.getLogger(__name__)
@@ -113,7 +112,11 @@ class StatsCollector:
             yield GaugeMetricFamily("inference_cache_entries", "Entries in the in-process cache", value=len(cache))
             yield CounterMetricFamily("inference_cache_evictions", "Entries evicted to stay within the size bound",
                                       value=cache.evictions)
-        elif isinstance(cache, RedisCache):
+        elif cache is not None:
+            from .redis_cache import RedisCache  # the only other tier; imported only when in use
+
+            if not isinstance(cache, RedisCache):
+                return
             errors = CounterMetricFamily("inference_cache_errors", "Redis cache failures (each answered as a miss "
                                          "or a dropped write), by operation", labels=["operation"])
             for operation in ("get", "put", "decode"):
