@@ -326,9 +326,9 @@ def scraping() -> Iterator[None]:
 
 
 def cache_point(model: str, work: loadgen.Workload, concurrency: int, args: argparse.Namespace, *,
-                cache: str | None, label: str) -> dict:
+                cache: tuple[str, ...], label: str) -> dict:
     write(REPO, model, BATCHING)
-    with our_server(*(("--cache", cache) if cache else ())) as server:
+    with our_server(*cache) as server:
         summary = asyncio.run(loadgen.closed_loop(server.url, work, concurrency=concurrency,
                                                   duration_s=args.duration_s, label=label))
         with grpcclient.InferenceServerClient(server.url) as client:
@@ -354,6 +354,10 @@ def cache_scenario(args: argparse.Namespace) -> dict:
     WORK.mkdir(exist_ok=True)
     (WORK / "redis").mkdir(exist_ok=True)
     redis = redis_server.RedisServer(WORK / "redis").start()
+    near = WORK / "near_cache.toml"
+    near.write_text("[cache]\nnear_cache_mib = 64\n")
+    tiers = [("memory", ("--cache", "memory:512")), ("redis", ("--cache", redis.url)),
+             ("redis + near cache", ("--cache", redis.url, "--config", str(near)))]
     rng = np.random.default_rng(5)
     points = []
     try:
@@ -364,13 +368,15 @@ def cache_scenario(args: argparse.Namespace) -> dict:
             all_miss = loadgen.workload(model, fresh)
             all_hit = loadgen.workload(model, hot[:1])
             mixed = loadgen.workload(model, [fresh[i] if i % 10 == 0 else hot[i % 16] for i in range(unique)])
-            for tier, spec in (("memory", "memory:512"), ("redis", redis.url)):
+            for tier, flags in tiers:
                 for work, concurrency, what in ((all_miss, 1, "every request a miss"),
                                                 (all_hit, 1, "every request a hit"), (mixed, 32, "90 % repeated")):
+                    if tier.startswith("redis + near") and work is all_miss:
+                        continue  # the same as Redis alone
                     with redis.client() as client:
                         client.flushall()
-                    points.append(cache_point(model, work, concurrency, args, cache=spec, label=f"{tier}, {what}"))
-            points.append(cache_point(model, mixed, 32, args, cache=None, label="off, 90 % repeated"))
+                    points.append(cache_point(model, work, concurrency, args, cache=flags, label=f"{tier}, {what}"))
+            points.append(cache_point(model, mixed, 32, args, cache=(), label="off, 90 % repeated"))
     finally:
         redis.stop()
     columns = POINT_COLUMNS + [("hit rate", "hit_rate", ".2f"), ("hit lookup µs", "hit_lookup_us", ".1f")]
@@ -378,13 +384,15 @@ def cache_scenario(args: argparse.Namespace) -> dict:
     for model in ("cheap", "large"):
         by = {p["config"]: p for p in points if p["model"] == model}
         off = by["off, 90 % repeated"]
-        for tier in ("memory", "redis"):
-            miss, hit = by[f"{tier}, every request a miss"], by[f"{tier}, every request a hit"]
+        for tier in ("memory", "redis", "redis + near cache"):
+            miss = by[f"{tier.removesuffix(' + near cache')}, every request a miss"]
+            hit = by[f"{tier}, every request a hit"]
             on = by[f"{tier}, 90 % repeated"]
             notes.append(f"{model}, {tier}: c=1 p50 hit {hit['p50_ms']:.3f} ms vs miss {miss['p50_ms']:.3f} ms; "
                          f"c=32 at a {on['hit_rate']:.0%} hit rate {on['infer_per_s']:.0f} infer/s vs "
                          f"{off['infer_per_s']:.0f} with the cache off ({on['infer_per_s'] / off['infer_per_s']:.2f}x)")
-    return {"title": "response cache, in-process LRU and Redis: hit vs miss, and a 90 % hit rate", "points": points,
+    return {"title": "response cache, in-process LRU, Redis, Redis with a near cache: hit vs miss, and a 90 % hit rate",
+            "points": points,
             "tables": [{"columns": columns, "rows": points}],
             "notes": notes + ["Load: aio closed loop. Miss points send requests never repeated in the run; hit points "
                               "repeat one request; the 90 % points cycle a list where every tenth request is new and "

@@ -56,7 +56,8 @@ def build_cache(cfg: ServerConfig) -> ResponseCache | None:
     breaker = CircuitBreaker(f"response cache at {redact_url(cfg.cache)}", c.breaker_failures, c.breaker_cooldown_s)
     try:
         return RedisCache(cfg.cache, password=cfg.redis_password, timeout_s=c.timeout_s, breaker=breaker,
-                          write_queue_size=c.write_queue_size)
+                          write_queue_size=c.write_queue_size,
+                          near=MemoryCache(c.near_cache_mib << 20) if c.near_cache_mib else None)
     except ValueError as e:  # redis-py's URL parsing (a query option it cannot read)
         raise ConfigError("server.cache", f"{redact_url(cfg.cache)}: {e}") from None
 

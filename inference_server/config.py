@@ -66,6 +66,7 @@ class CacheConfig:
     breaker_failures: int = 5  # Redis: failures in a row that open the circuit
     breaker_cooldown_s: float = 5.0  # Redis: how long an open circuit waits before probing again
     write_queue_size: int = 1024  # Redis: writes waiting to be sent; more are dropped and counted
+    near_cache_mib: int = 0  # Redis: an in-process LRU of this size in front of it for hot entries; 0 = none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -227,6 +228,7 @@ def parse_cache(table: Mapping[str, Any], prefix: str = "cache.") -> CacheConfig
         breaker_failures=_count(table, "breaker_failures", prefix, 5, minimum=1),
         breaker_cooldown_s=_seconds(table, "breaker_cooldown_s", prefix, 5.0),
         write_queue_size=_count(table, "write_queue_size", prefix, 1024, minimum=1),
+        near_cache_mib=_count(table, "near_cache_mib", prefix, 0),
     )
 
 

@@ -137,6 +137,11 @@ class StatsCollector:
                                       value=cache.skipped)
             yield GaugeMetricFamily("inference_cache_pending_writes", "Redis cache writes queued or being sent",
                                     value=cache.pending_writes)
+            if cache.near is not None:
+                yield CounterMetricFamily("inference_cache_near_hits", "Hits answered by the near cache in front "
+                                          "of Redis (no round trip)", value=cache.near_hits)
+                yield GaugeMetricFamily("inference_cache_near_bytes", "Bytes held by the near cache",
+                                        value=cache.near.bytes)
 
     def _monitoring(self) -> Iterator[Metric]:
         if self._drift is not None:

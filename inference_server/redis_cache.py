@@ -9,14 +9,18 @@ open circuit makes a lookup a miss and a write a dropped write; no request ever 
   lookups of its key are answered from the queue, so an identical request right behind never misses.
 
 Values hold no pickle: `MAGIC`, a little-endian u32 header length, a JSON header (each output's name, numpy
-dtype, shape and byte count), then the outputs' raw bytes (BYTES elements framed as on the wire). A value
-that does not decode exactly is counted and treated as a miss.
+dtype, shape and byte count, and the entry's expiry), then the outputs' raw bytes (BYTES elements framed as on
+the wire). A value that does not decode exactly is counted and treated as a miss.
+
+An optional near cache (an in-process MemoryCache) keeps hot entries in front of Redis: a hit there costs no
+round trip. It holds an entry no longer than Redis does (the expiry travels in the value).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import logging
 from collections import Counter
 from typing import Any, NamedTuple
@@ -27,7 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .breaker import OPEN, CircuitBreaker
-from .cache import Outputs
+from .cache import MemoryCache, Outputs
 from .config import redact_url
 from .tensors import DATATYPES, decode_bytes, encode_bytes
 
@@ -39,7 +43,8 @@ BATCH_MAX = 64  # keys in one MGET, writes in one pipeline
 _FIXED_DTYPES = {dt.dtype.str for dt in DATATYPES.values() if dt.itemsize}
 
 
-def encode_outputs(outputs: Outputs) -> bytes:
+def encode_outputs(outputs: Outputs, expires_at_ms: int | None = None) -> bytes:
+    """expires_at_ms: when the entry expires (Unix time in ms), for near caches that read it from Redis."""
     header: list[dict[str, Any]] = []
     parts: list[bytes] = []
     for name, array in outputs.items():
@@ -49,16 +54,20 @@ def encode_outputs(outputs: Outputs) -> bytes:
             raw, dtype = np.ascontiguousarray(array).tobytes(), array.dtype.str
         header.append({"name": name, "dtype": dtype, "shape": list(array.shape), "nbytes": len(raw)})
         parts.append(raw)
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = json.dumps({"expires_at_ms": expires_at_ms, "outputs": header}, separators=(",", ":")).encode()
     return b"".join([MAGIC, len(head).to_bytes(4, "little"), head, *parts])
 
 
-def decode_outputs(blob: bytes) -> Outputs:
-    """The inverse of encode_outputs; ValueError (or an InferenceError from BYTES framing) if it is not one."""
+def decode_outputs(blob: bytes) -> tuple[Outputs, int | None]:
+    """The inverse of encode_outputs: (outputs, expires_at_ms). ValueError (or an InferenceError from BYTES
+    framing) if it is not one."""
     if blob[:4] != MAGIC or len(blob) < 8:
         raise ValueError("not a cache entry of this server")
     end = 8 + int.from_bytes(blob[4:8], "little")
-    header = json.loads(blob[8:end])
+    head = json.loads(blob[8:end])
+    header, expires_at_ms = head["outputs"], head["expires_at_ms"]
+    if expires_at_ms is not None and not isinstance(expires_at_ms, int):
+        raise ValueError("expires_at_ms is not an integer")
     view = memoryview(blob)
     outputs: Outputs = {}
     pos = end
@@ -78,7 +87,13 @@ def decode_outputs(blob: bytes) -> Outputs:
             raise ValueError(f"output {name!r}: {dtype} x {shape} does not fit {nbytes} bytes")
     if pos != len(blob):
         raise ValueError(f"{len(blob) - pos} bytes after the last output")
-    return outputs
+    return outputs, expires_at_ms
+
+
+def now_ms() -> int:
+    """Unix time in ms: an entry's expiry as every server sharing the Redis reads it (a timestamp, not a
+    duration: durations use the monotonic clock)."""
+    return time.time_ns() // 1_000_000
 
 
 class Write(NamedTuple):
@@ -91,7 +106,7 @@ class Write(NamedTuple):
 class RedisCache:
     def __init__(self, url: str, *, password: str | None = None, timeout_s: float = 0.1,
                  breaker: CircuitBreaker | None = None, write_queue_size: int = 1024,
-                 client: Any = None) -> None:
+                 near: MemoryCache | None = None, client: Any = None) -> None:
         self.location = redact_url(url)
         # The URL's password wins over `password` (redis-py lets URL options override keyword arguments).
         self.client = client if client is not None else Redis.from_url(
@@ -108,6 +123,8 @@ class RedisCache:
         self.errors: Counter[str] = Counter()  # failed calls, by operation: get (an MGET), put (a pipeline), decode
         self.writes: Counter[str] = Counter()  # by result: written, failed, dropped
         self.skipped = 0  # lookups not sent because the circuit was open
+        self.near = near  # hot entries kept in process too; None: every lookup goes to Redis
+        self.near_hits = 0
 
     async def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name="redis-cache-writer")
@@ -125,6 +142,9 @@ class RedisCache:
         unsent = self._unsent_entries.get(KEY_PREFIX + key)
         if unsent is not None:  # stored a moment ago; Redis may not have it yet
             return unsent
+        if self.near is not None and (near := await self.near.get(key)) is not None:
+            self.near_hits += 1
+            return near
         if not self.breaker.allow():
             self.skipped += 1
             return None
@@ -137,11 +157,16 @@ class RedisCache:
         if blob is None:
             return None
         try:
-            return decode_outputs(blob)
+            outputs, expires_at_ms = decode_outputs(blob)
         except Exception as e:  # a foreign or damaged value is a miss, never a failed request
             self.errors["decode"] += 1
             log.warning("response cache: an entry at %s does not decode (%s); treated as a miss", self.location, e)
             return None
+        if self.near is not None:  # kept no longer than Redis keeps it
+            left_s = None if expires_at_ms is None else (expires_at_ms - now_ms()) / 1e3
+            if left_s is None or left_s > 0:
+                await self.near.put(key, outputs, left_s)
+        return outputs
 
     def _send_lookups(self) -> None:
         """Every lookup made in this turn of the event loop goes out as one MGET: one round trip, and about a
@@ -170,10 +195,13 @@ class RedisCache:
 
     async def put(self, key: bytes, outputs: Outputs, ttl_s: float | None) -> None:
         """Enqueue the write and return: it never waits on Redis."""
+        if self.near is not None:  # kept even while Redis is away
+            await self.near.put(key, outputs, ttl_s)
         if self.breaker.state == OPEN:
             self.writes["dropped"] += 1
             return
-        write = Write(KEY_PREFIX + key, encode_outputs(outputs), ttl_s, outputs)
+        expires_at_ms = None if ttl_s is None else now_ms() + round(ttl_s * 1000)
+        write = Write(KEY_PREFIX + key, encode_outputs(outputs, expires_at_ms), ttl_s, outputs)
         try:
             self._queue.put_nowait(write)
         except asyncio.QueueFull:

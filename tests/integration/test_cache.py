@@ -14,7 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 
-from inference_server.config import ModelConfig
+from inference_server.config import CacheConfig, ModelConfig
 from tests import onnx_models
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_metrics import scrape
@@ -36,18 +36,20 @@ def cache_models(tmp_path_factory):
     return twins + (ModelConfig(name="echo", path=echo), ModelConfig(name="short", path=short, cache_ttl_s=TTL_S))
 
 
-@pytest.fixture(scope="module", params=["memory", "redis"])
+@pytest.fixture(scope="module", params=["memory", "redis", "redis+near"])
 def cached(request, repository, cache_models):
+    """A server per tier: in-process, Redis, and Redis with a near cache in front."""
     spec, redis = "memory:16", None
-    if request.param == "redis":
+    if request.param != "memory":
         redis = request.getfixturevalue("redis_server")
         with redis.client() as client:
             client.flushall()
         spec = redis.url
     cfg = server_config(repository, cache=spec)
-    thread = ServerThread(dataclasses.replace(cfg, models=cfg.models + cache_models)).start()
-    thread.tier = request.param
-    thread.redis = redis if request.param == "redis" else None
+    near = CacheConfig(near_cache_mib=16 if request.param == "redis+near" else 0)
+    thread = ServerThread(dataclasses.replace(cfg, models=cfg.models + cache_models, cache_config=near)).start()
+    thread.tier = "memory" if request.param == "memory" else "redis"
+    thread.redis = redis
     yield thread
     thread.stop()
 

@@ -11,7 +11,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from inference_server.breaker import OPEN, CircuitBreaker
-from inference_server.redis_cache import KEY_PREFIX, RedisCache, decode_outputs, encode_outputs
+from inference_server.cache import MemoryCache
+from inference_server.redis_cache import KEY_PREFIX, RedisCache, decode_outputs, encode_outputs, now_ms
 from inference_server.tensors import DATATYPES
 
 
@@ -87,7 +88,8 @@ def test_every_datatype_round_trips_with_its_dtype_and_shape():
     values["text"] = np.array([["a", ""], ["\0x", "é"]], dtype=object)
     values["empty"] = np.zeros((0, 4), dtype=np.float32)
     values["scalar"] = np.array(7.5, dtype=np.float64)
-    decoded = decode_outputs(encode_outputs(values))
+    decoded, expires_at_ms = decode_outputs(encode_outputs(values, 1234))
+    assert expires_at_ms == 1234 and decode_outputs(encode_outputs(values))[1] is None
     expected = {**values, "text": np.array([[b"a", b""], [b"\0x", "é".encode()]], dtype=object)}
     assert_same(decoded, expected)
 
@@ -211,4 +213,34 @@ async def test_an_entry_not_yet_sent_is_answered_from_the_queue():
     await cache._queue.join()
     assert_same(await cache.get(b"k"), outputs())  # now from Redis
     assert stub.calls["mget"] == 1 and not cache._unsent_entries
+    await cache.close()
+
+
+async def test_a_near_cache_answers_hot_entries_without_a_round_trip_and_never_outlives_redis():
+    stub = StubRedis()
+    near = MemoryCache(1 << 20)
+    cache = await started(stub, near=near)
+    await cache.put(b"mine", outputs(), 60.0)  # this server's own answer: near at once
+    await cache._queue.join()
+    assert_same(await cache.get(b"mine"), outputs())
+    assert stub.calls["mget"] == 0
+    # Entries another server wrote: the near copy lives only as long as Redis keeps the entry.
+    stub.data[KEY_PREFIX + b"theirs"] = encode_outputs(outputs(), now_ms() + 30_000)
+    stub.data[KEY_PREFIX + b"stale"] = encode_outputs(outputs(), now_ms() - 1)
+    assert_same(await cache.get(b"theirs"), outputs())
+    assert await cache.get(b"stale") is not None  # Redis answered it (its own expiry is Redis's business)
+    assert stub.calls["mget"] == 2
+    expires, _, _ = near._entries[b"theirs"]
+    assert 29 < expires - near._clock() <= 30 and b"stale" not in near._entries
+    assert_same(await cache.get(b"theirs"), outputs())
+    assert stub.calls["mget"] == 2 and cache.near_hits == 2
+    # Redis goes away: the near cache still answers, and new answers still enter it.
+    stub.error = RedisConnectionError("Connection refused")
+    for _ in range(3):
+        await cache.get(b"missing")
+    assert cache.breaker.state == OPEN
+    await cache.put(b"new", outputs(), 60.0)
+    assert_same(await cache.get(b"new"), outputs())
+    assert_same(await cache.get(b"theirs"), outputs())
+    assert cache.near_hits == 4 and stub.calls["mget"] == 5  # the 3 failed lookups that opened it, no more
     await cache.close()
