@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
 
 from inference_server.config import CacheConfig, ModelConfig
 from tests import onnx_models
@@ -141,16 +142,25 @@ def test_a_new_model_version_never_gets_an_old_versions_answer(cached):
     assert executions(cached, "twin", "2") == ran + 1
 
 
-def test_inputs_equal_in_bytes_but_not_in_shape_never_share_an_entry(cached):
-    """Triton's key hashes only the bytes, so [2, 6] and [3, 4] of the same 12 floats collide there."""
+def test_inputs_equal_in_bytes_but_not_in_shape_or_datatype_never_share_an_entry(cached):
+    """Triton's key hashes only the bytes, so [2, 6] and [3, 4] of the same 12 floats collide there, and so do
+    the same bytes sent as FP32 and as INT32."""
     data = np.arange(12, dtype=np.float32)
     wide = infer(cached.url, data.reshape(2, 6), model="echo", input_name="in_FP32")["out_FP32"]
     settled(cached)
     narrow = infer(cached.url, data.reshape(3, 4), model="echo", input_name="in_FP32")["out_FP32"]
     assert wide.shape == (2, 6) and narrow.shape == (3, 4)
     np.testing.assert_array_equal(narrow, data.reshape(3, 4))
+    # The same bytes and shape as a cached entry, another datatype: refused as the model's input says, never
+    # answered with the FP32 entry.
+    t = grpcclient.InferInput("in_FP32", [2, 6], "INT32")
+    t.set_data_from_numpy(data.view(np.int32).reshape(2, 6))
+    with grpcclient.InferenceServerClient(cached.url) as client, pytest.raises(InferenceServerException) as refused:
+        client.infer("echo", [t])
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT" and "datatype INT32" in refused.value.message()
     (entry,) = stats(cached.url, "echo")
     assert count(entry, "inference_stats", "cache_miss", "count") == 2
+    assert count(entry, "inference_stats", "cache_hit", "count") == 0
 
 
 def test_an_entry_expires_after_the_models_ttl(cached):
