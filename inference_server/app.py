@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import sys
+import tempfile
+from pathlib import Path
 from collections.abc import Sequence
 
 import grpc
@@ -15,34 +17,20 @@ from grpc_health.v1.health import aio as health_aio
 from .breaker import CircuitBreaker
 from .cache import MemoryCache, ResponseCache
 from .cli import load_config
-from .config import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, cache_size_bytes, check_cache, redact_url
+from .config import ServerConfig, cache_size_bytes, check_cache, redact_url
 from .drift import DriftMonitor
 from .errors import ConfigError, ModelLoadError
 from .grpc.server import build_server, set_serving
+from .grpc.triton_config import pbtxt_to_dict
+from .lifecycle.manager import ModelManager
+from .lifecycle.registry import ModelRegistry
 from .logs import configure_logging
 from .metrics import MetricsServer
 from .predictions import PredictionLog
-from .registry import ModelRegistry, load_model
-from .repository import scan_repository
 from .service import InferenceService
-from .stats import ModelStats
 from .workers import supervise
 
 log = logging.getLogger(__name__)
-
-
-def model_configs(cfg: ServerConfig) -> list[ModelConfig]:
-    """The models the config names; with none named, the embedded default repository."""
-    models = list(cfg.models)
-    if cfg.model_repository is not None:
-        models += scan_repository(cfg.model_repository, cfg)
-    if not models:
-        models = scan_repository(DEFAULT_REPOSITORY, cfg)
-    names = [(m.name, m.version) for m in models]
-    for key in set(names):
-        if names.count(key) > 1:
-            raise ConfigError("models", f"model '{key[0]}' version {key[1]} is configured more than once")
-    return models
 
 
 def build_cache(cfg: ServerConfig) -> ResponseCache | None:
@@ -79,22 +67,28 @@ class App:
                                       reference_path=m.drift_reference_path)
         self._monitors = [m for m in (self.predictions, self.drift) if m is not None]
         self.cache = build_cache(cfg)
-        self.service = InferenceService(self.registry, access_log=cfg.access_log, predictions=self.predictions,
-                                        drift=self.drift, cache=self.cache, cache_config=cfg.cache_config)
+        self._scratch = None if cfg.model_cache_dir else tempfile.TemporaryDirectory(prefix="inference_server-")
+        cache_dir = cfg.model_cache_dir or Path(self._scratch.name)  # type: ignore[union-attr]
+        self.manager = ModelManager(cfg, self.registry, read_pbtxt=pbtxt_to_dict, cache_dir=cache_dir,
+                                    on_change=self._readiness_changed)
+        self.service = InferenceService(self.registry, self.manager, access_log=cfg.access_log,
+                                        predictions=self.predictions, drift=self.drift, cache=self.cache,
+                                        cache_config=cfg.cache_config)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
         self.metrics: MetricsServer | None = None
+        self._health_updates: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         try:
-            for model_cfg in model_configs(self.cfg):
-                self.registry.add(load_model(model_cfg))
+            await self.manager.start()
             server, health, self.port = build_server(self.service, self.cfg)
             self._server, self._health = server, health
             if self.cfg.metrics:
-                self.metrics = MetricsServer(self._stats, self.cfg.metrics_host, self.cfg.metrics_port,
-                                             drift=self.drift, predictions=self.predictions, cache=self.cache)
+                self.metrics = MetricsServer(self.registry.snapshot, self.cfg.metrics_host, self.cfg.metrics_port,
+                                             drift=self.drift, predictions=self.predictions, cache=self.cache,
+                                             lifecycle=self.manager)
             for monitor in self._monitors:
                 monitor.start()
             if self.cache is not None:
@@ -107,11 +101,28 @@ class App:
                 await monitor.close()
             if self.cache is not None:
                 await self.cache.close()
-            await self.registry.close(0)
+            await self.manager.close(0)
+            self._cleanup()
             raise
-        await set_serving(health, True)
-        log.info("serving %d model(s) on %s:%d", len(self.registry.models()), self.cfg.host, self.port)
+        await set_serving(health, self.service.ready)
+        log.info("serving %d model(s) on %s:%d%s", len({m.name for m in self.registry.serving()}), self.cfg.host,
+                 self.port, "" if self.service.ready else " (not ready: a configured model is not loaded)")
         return self.port
+
+    def _readiness_changed(self) -> None:
+        """The manager changed a model's state: the gRPC health service follows ServerReady."""
+        if self._health is None or self.service.draining:
+            return
+        task = asyncio.get_running_loop().create_task(self._update_health(self._health))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def _update_health(self, health: health_aio.HealthServicer) -> None:
+        await set_serving(health, self.service.ready)  # read when it runs: the last update wins
+
+    def _cleanup(self) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
 
     async def stop(self) -> None:
         """Health goes NOT_SERVING, new requests get UNAVAILABLE, in-flight ones finish, then stop."""
@@ -126,10 +137,8 @@ class App:
             await monitor.close()
         if self.metrics is not None:
             self.metrics.stop()
+        self._cleanup()
         log.info("stopped")
-
-    def _stats(self) -> list[tuple[str, str, ModelStats]]:
-        return [(m.name, m.version, m.batcher.stats) for m in self.registry.models()]
 
 
 async def serve(cfg: ServerConfig) -> int:

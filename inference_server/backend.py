@@ -48,6 +48,9 @@ _BF16_ELEMENT_TYPE = 16  # onnx.TensorProto.BFLOAT16
 # batch to a thread and back costs tens of microseconds of loop time plus two thread wake-ups; below this
 # the hop costs more than it frees (benchmarks/results/execution.md measures both on the cheap MLP).
 INLINE_MAX_US = 200.0
+# config's graph_optimization_level -> onnxruntime.GraphOptimizationLevel member
+GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                "all": "ORT_ENABLE_ALL"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +177,17 @@ class OnnxBackend:
     backend_name = "onnxruntime"
 
     def __init__(self, path: Path, *, model: str, device: str = "auto", instance_count: int = 1,
-                 intra_op_threads: int = 0) -> None:
+                 intra_op_threads: int = 0, inter_op_threads: int = 0, graph_optimization_level: str = "all",
+                 execution_mode: str = "sequential") -> None:
         ort = import_onnxruntime()
         if not path.is_file():
             raise ModelLoadError(f"model '{model}': file {path} does not exist")
         self._ort, self._path, self._model = ort, path, model
         self._providers = choose_providers(ort, device, model)
         self._intra_op_threads = intra_op_threads
+        self._inter_op_threads = inter_op_threads
+        self._graph_level = GRAPH_LEVELS[graph_optimization_level]
+        self._parallel = execution_mode == "parallel"
         sessions = self._sessions(instance_count, intra_op_threads)
         self.device = check_providers(sessions[0].get_providers(), self._providers, device, model)
         self.inputs = tuple(tensor_spec(n, model) for n in sessions[0].get_inputs())
@@ -247,6 +254,11 @@ class OnnxBackend:
         options = self._ort.SessionOptions()
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        if self._inter_op_threads:
+            options.inter_op_num_threads = self._inter_op_threads
+        options.graph_optimization_level = getattr(self._ort.GraphOptimizationLevel, self._graph_level)
+        options.execution_mode = (self._ort.ExecutionMode.ORT_PARALLEL if self._parallel
+                                  else self._ort.ExecutionMode.ORT_SEQUENTIAL)
         try:
             return [self._ort.InferenceSession(str(self._path), options, providers=self._providers)
                     for _ in range(count)]

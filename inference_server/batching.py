@@ -66,7 +66,7 @@ def _expired() -> InferenceError:
 class DynamicBatcher:
     def __init__(self, instances: Sequence[ModelInstance], *, max_batch_size: int, max_queue_delay_us: int = 0,
                  preferred_batch_size: Sequence[int] = (), max_queue_size: int = 0, name: str = "model",
-                 inline: bool = False) -> None:
+                 inline: bool = False, stats: ModelStats | None = None) -> None:
         if not instances:
             raise ValueError("a batcher needs at least one model instance")
         self.name = name
@@ -83,7 +83,10 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.executed_batches: Counter[int] = Counter()  # batches handed to the model, by row count
-        self.stats = ModelStats(pending=lambda: len(self._queue))
+        # The statistics belong to the model version (which outlives nothing but may be given them); the
+        # batcher records into them and reports its queue length.
+        self.stats = stats if stats is not None else ModelStats()
+        self.stats.pending = lambda: len(self._queue)
 
     @property
     def pending(self) -> int:

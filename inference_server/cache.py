@@ -1,8 +1,9 @@
 """Response cache: a digest of what determines the answer, looked up before the request is queued.
 
 The key (`cache_key`) is a BLAKE2b digest over the model name, the resolved version, every input's name,
-datatype, shape and bytes (inputs in name order), and the requested outputs; it is prefixed with model and
-version, so a new version never serves an old answer. Triton's hash covers only input bytes, so two inputs
+datatype, shape and bytes (inputs in name order), and the requested outputs; it is prefixed with model,
+version and a digest of the model file, so neither a new version nor a version reloaded from another file
+ever serves an old answer. Triton's hash covers only input bytes, so two inputs
 equal in bytes but different in shape or datatype collide there; here they cannot.
 
 Values are the outputs the request asked for (name -> array); a hit answers with exactly those. `MemoryCache`
@@ -25,10 +26,11 @@ Outputs = dict[str, np.ndarray]
 
 
 def cache_key(model: str, version: str, inputs: Mapping[str, tuple[str, np.ndarray]],
-              requested: Sequence[str]) -> bytes:
-    """inputs: name -> (v2 datatype, array)."""
+              requested: Sequence[str], revision: str = "") -> bytes:
+    """inputs: name -> (v2 datatype, array). revision: a digest of the model file, so a version reloaded from a
+    different file never answers from its previous file's entries."""
     digest = hashlib.blake2b(digest_size=32)
-    for part in (model, version):
+    for part in (model, version, revision):
         digest.update(len(part).to_bytes(4, "little") + part.encode())
     for name in sorted(inputs):
         datatype, array = inputs[name]
@@ -43,7 +45,7 @@ def cache_key(model: str, version: str, inputs: Mapping[str, tuple[str, np.ndarr
             digest.update(len(raw).to_bytes(8, "little") + raw)
     wanted = "\0".join(requested).encode()
     digest.update(len(wanted).to_bytes(4, "little") + wanted)
-    return f"{model}:{version}:".encode() + digest.digest()
+    return f"{model}:{version}:{revision}:".encode() + digest.digest()
 
 
 def outputs_nbytes(outputs: Outputs) -> int:

@@ -8,8 +8,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .config import (CONFIG_ENV, DEVICES, EXECUTIONS, LOG_FORMATS, REDIS_PASSWORD_ENV, REDIS_URL_ENV, ServerConfig,
-                     _get, parse_server, read_toml)
+from .config import (CONFIG_ENV, DEVICES, EXECUTIONS, LOG_FORMATS, MODEL_CONTROL_MODES, REDIS_PASSWORD_ENV,
+                     REDIS_URL_ENV, ServerConfig, _get, parse_server, read_toml)
 from .errors import ConfigError
 
 
@@ -20,6 +20,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="gRPC port (default 8001; 0 picks a free one)")
     p.add_argument("--model-repository", type=Path, help="DIR/<model>/<version>/model.onnx layout")
+    p.add_argument("--model-control-mode", choices=MODEL_CONTROL_MODES,
+                   help="none (default): load what is configured at start, no changes; explicit: --load-model "
+                        "at start, then the repository load/unload RPCs; poll: rescan the repository")
+    p.add_argument("--load-model", dest="load_models", action="append",
+                   help="explicit mode: a model to load at start (repeatable; '*' loads every model)")
+    p.add_argument("--repository-poll-secs", type=float,
+                   help="poll mode: seconds between repository scans (a changed version loads once its files "
+                        "have stopped changing between two scans)")
+    p.add_argument("--exit-on-error", type=_boolean, nargs="?", const=True,
+                   help="exit when a model fails to load at start (default false: it is UNAVAILABLE, the rest serve)")
+    p.add_argument("--strict-readiness", type=_boolean, nargs="?", const=True,
+                   help="ServerReady only when every configured model is ready (default true)")
+    p.add_argument("--model-cache-dir", help="where MLflow artifacts and uploaded model files are kept "
+                                             "(default: a temporary directory)")
     p.add_argument("--device", choices=DEVICES, help="default device for every model")
     p.add_argument("--execution", choices=EXECUTIONS,
                    help="where batches run: auto (measured per model at load), inline (event loop), thread")
@@ -45,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServerConfig:
     args = build_parser().parse_args(argv)
     path = args.config or (Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None)
@@ -53,7 +76,8 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Serve
     batching = dict(_get(doc, "batching", "", dict, {}))
     for key in ("host", "port", "max_message_bytes", "drain_grace_s", "log_level", "device", "log_format",
                 "access_log", "execution", "cache", "workers", "reuse_port", "metrics", "metrics_host",
-                "metrics_port"):  # each flag sets the [server] key of its name
+                "metrics_port", "model_control_mode", "load_models", "repository_poll_secs", "exit_on_error",
+                "strict_readiness", "model_cache_dir"):  # each flag sets the [server] key of its name
         if getattr(args, key) is not None:
             server[key] = getattr(args, key)
     if args.model_repository is not None:

@@ -7,43 +7,25 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .model_config import (DEVICES, EXECUTIONS, BatchingConfig, ModelConfig, _choice, _count, _get, _reject_unknown,
+                           _seconds, parse_batching, parse_model)
 
-DEVICES = ("auto", "cpu", "cuda")
-EXECUTIONS = ("auto", "inline", "thread")  # where a batch runs: measured at load, the event loop, a thread
+__all__ = ["BatchingConfig", "ModelConfig", "ServerConfig", "CacheConfig", "MonitoringConfig", "parse_server",
+           "parse_model", "read_toml", "DEVICES", "EXECUTIONS", "_get"]
+
+MODEL_CONTROL_MODES = ("none", "explicit", "poll")
 DEFAULT_REPOSITORY = Path(__file__).parent / "default_repository"
 CONFIG_ENV = "INFERENCE_SERVER_CONFIG"
 REDIS_URL_ENV, REDIS_PASSWORD_ENV = "REDIS_URL", "REDIS_PASSWORD"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BatchingConfig:
-    max_batch_size: int | None = None  # rows (dim 0); None: 32 when the model can batch, else 0
-    max_queue_delay_us: int = 0  # measured from the oldest queued request's arrival
-    preferred_batch_size: tuple[int, ...] = ()
-    max_queue_size: int = 0  # queued requests; 0 = unbounded
-    instance_count: int = 1  # model instances = batches that may run at once
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelConfig:
-    name: str
-    path: Path  # the .onnx file
-    version: str = "1"
-    device: str = "auto"
-    intra_op_threads: int = 0  # 0: ONNX Runtime's default
-    execution: str = "auto"
-    cache: bool = True  # use the server's response cache, when it has one
-    cache_ttl_s: float | None = None  # None: [cache] ttl_s; 0: entries live until evicted
-    batching: BatchingConfig = field(default_factory=BatchingConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,91 +76,14 @@ class ServerConfig:
     metrics_port: int = 8002  # 0 picks a free one
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     models: tuple[ModelConfig, ...] = ()
-
-
-def _get(table: Mapping[str, Any], key: str, prefix: str, kind: type | tuple[type, ...], default: Any) -> Any:
-    if key not in table:
-        return default
-    value = table[key]
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
-        raise ConfigError(f"{prefix}{key}", f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
-    return value
-
-
-def _count(table: Mapping[str, Any], key: str, prefix: str, default: Any, minimum: int = 0,
-           maximum: int | None = None) -> Any:
-    value = _get(table, key, prefix, int, default)
-    if value is not None and (value < minimum or maximum is not None and value > maximum):
-        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise ConfigError(f"{prefix}{key}", f"must be {bounds}, got {value}")
-    return value
-
-
-def _choice(table: Mapping[str, Any], key: str, prefix: str, choices: Sequence[str], default: str) -> str:
-    value = _get(table, key, prefix, str, default)
-    if value not in choices:
-        raise ConfigError(f"{prefix}{key}", f"must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _reject_unknown(table: Mapping[str, Any], allowed: Sequence[str], prefix: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(f"{prefix}{key}", f"unknown key (allowed: {', '.join(allowed)})")
-
-
-def parse_batching(table: Mapping[str, Any], prefix: str, base: BatchingConfig) -> BatchingConfig:
-    names = [f.name for f in dataclasses.fields(BatchingConfig)]
-    _reject_unknown(table, names, prefix)
-    preferred = _get(table, "preferred_batch_size", prefix, list, list(base.preferred_batch_size))
-    if not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in preferred):
-        raise ConfigError(f"{prefix}preferred_batch_size", f"must be positive integers, got {preferred}")
-    cfg = BatchingConfig(
-        max_batch_size=_count(table, "max_batch_size", prefix, base.max_batch_size),
-        max_queue_delay_us=_count(table, "max_queue_delay_us", prefix, base.max_queue_delay_us),
-        preferred_batch_size=tuple(sorted(set(preferred))),
-        max_queue_size=_count(table, "max_queue_size", prefix, base.max_queue_size),
-        instance_count=_count(table, "instance_count", prefix, base.instance_count, minimum=1),
-    )
-    limit = cfg.max_batch_size
-    if limit is not None and any(p > limit for p in cfg.preferred_batch_size):
-        raise ConfigError(f"{prefix}preferred_batch_size", f"sizes must be <= max_batch_size ({limit})")
-    return cfg
-
-
-def parse_model(table: Mapping[str, Any], prefix: str, server: ServerConfig, *, name: str | None = None,
-                path: Path | None = None, version: str | None = None) -> ModelConfig:
-    """One model's table: `[[models]]` in the server file, or a repository's `<model>/config.toml`."""
-    allowed = ["device", "intra_op_threads", "execution", "cache", "cache_ttl_s", "batching"]
-    if name is None:
-        allowed += ["name", "path", "version"]
-    _reject_unknown(table, allowed, prefix)
-    name = name or _get(table, "name", prefix, str, None)
-    if not name:
-        raise ConfigError(f"{prefix}name", "is required")
-    raw_path = path or _get(table, "path", prefix, str, None)
-    if raw_path is None:
-        raise ConfigError(f"{prefix}path", "is required")
-    version = version or str(_count(table, "version", prefix, 1, minimum=1))
-    return ModelConfig(
-        name=name,
-        path=Path(raw_path),
-        version=version,
-        device=_choice(table, "device", prefix, DEVICES, server.device),
-        intra_op_threads=_count(table, "intra_op_threads", prefix, 0),
-        execution=_choice(table, "execution", prefix, EXECUTIONS, server.execution),
-        cache=_get(table, "cache", prefix, bool, True),
-        cache_ttl_s=_seconds(table, "cache_ttl_s", prefix, None),
-        batching=parse_batching(_get(table, "batching", prefix, dict, {}), f"{prefix}batching.", server.batching),
-    )
-
-
-def _seconds(table: Mapping[str, Any], key: str, prefix: str, default: float | None = 0.0,
-             minimum: float = 0.0) -> Any:
-    value = _get(table, key, prefix, (int, float), default)
-    if value is not None and value < minimum:
-        raise ConfigError(f"{prefix}{key}", f"must be >= {minimum}, got {value}")
-    return None if value is None else float(value)
+    # Model lifecycle, with Triton's names: none (load what is configured at start; no repository changes),
+    # explicit (only --load-model at start; then the repository RPCs), poll (rescan the repository).
+    model_control_mode: str = "none"
+    load_models: tuple[str, ...] = ()  # explicit mode: loaded at start; "*" = every model
+    repository_poll_secs: float = 0.0  # poll mode: seconds between scans
+    exit_on_error: bool = False  # a model that fails to load at start stops the server (else: UNAVAILABLE)
+    strict_readiness: bool = True  # ServerReady only when every configured model is ready
+    model_cache_dir: Path | None = None  # MLflow downloads and uploaded model files; None: a temporary dir
 
 
 def cache_size_bytes(spec: str, key: str = "server.cache") -> int:
@@ -257,7 +162,8 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     s = _get(doc, "server", "", dict, {})
     _reject_unknown(s, ["host", "port", "max_message_bytes", "drain_grace_s", "log_level", "log_format",
                         "access_log", "model_repository", "device", "execution", "cache", "workers", "reuse_port",
-                        "metrics", "metrics_host", "metrics_port"], "server.")
+                        "metrics", "metrics_host", "metrics_port", "model_control_mode", "load_models",
+                        "repository_poll_secs", "exit_on_error", "strict_readiness", "model_cache_dir"], "server.")
     repo = _get(s, "model_repository", "server.", str, None)
     drain = _get(s, "drain_grace_s", "server.", (int, float), 30.0)
     if drain < 0:
@@ -282,7 +188,14 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         metrics_port=_count(s, "metrics_port", "server.", 8002, maximum=65535),
         batching=parse_batching(_get(doc, "batching", "", dict, {}), "batching.", BatchingConfig()),
         monitoring=parse_monitoring(_get(doc, "monitoring", "", dict, {})),
+        model_control_mode=_choice(s, "model_control_mode", "server.", MODEL_CONTROL_MODES, "none"),
+        load_models=tuple(_names(s, "load_models", "server.")),
+        repository_poll_secs=_seconds(s, "repository_poll_secs", "server.", 0.0),
+        exit_on_error=_get(s, "exit_on_error", "server.", bool, False),
+        strict_readiness=_get(s, "strict_readiness", "server.", bool, True),
+        model_cache_dir=Path(cache_dir) if (cache_dir := _get(s, "model_cache_dir", "server.", str, None)) else None,
     )
+    _check_model_control(cfg)
     if cfg.cache:
         check_cache(cfg.cache)
     if cfg.workers > 1 and cfg.port == 0:
@@ -290,6 +203,32 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     models = _get(doc, "models", "", list, [])
     parsed = tuple(parse_model(m, f"models[{i}].", cfg) for i, m in enumerate(models))
     return dataclasses.replace(cfg, models=parsed)
+
+
+def _names(table: Mapping[str, Any], key: str, prefix: str) -> list[str]:
+    names = _get(table, key, prefix, list, [])
+    if not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"{prefix}{key}", f"must be model names, got {names}")
+    return names
+
+
+def _check_model_control(cfg: ServerConfig) -> None:
+    mode = cfg.model_control_mode
+    if cfg.load_models and mode != "explicit":
+        raise ConfigError("server.load_models", f"--load-model needs --model-control-mode explicit (mode is {mode})")
+    if "*" in cfg.load_models and len(cfg.load_models) > 1:
+        raise ConfigError("server.load_models", "'*' loads every model and must be the only --load-model")
+    if mode == "poll":
+        if cfg.repository_poll_secs <= 0:
+            raise ConfigError("server.repository_poll_secs", "poll mode needs --repository-poll-secs > 0")
+        if cfg.model_repository is None:
+            raise ConfigError("server.model_repository", "poll mode needs a model repository to poll")
+    elif cfg.repository_poll_secs:
+        raise ConfigError("server.repository_poll_secs", f"needs --model-control-mode poll (mode is {mode})")
+    if mode == "explicit" and cfg.workers > 1:
+        raise ConfigError("server.model_control_mode", "explicit mode changes models in the process a repository "
+                          "request reaches; with several workers the others would differ. Use one worker, or "
+                          "poll mode or MLflow sources, which every worker follows")
 
 
 def read_toml(path: Path, key: str) -> dict[str, Any]:

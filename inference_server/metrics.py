@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.utils import floatToGoString
@@ -28,13 +28,21 @@ from .breaker import STATES
 from .cache import MemoryCache, ResponseCache
 from .drift import DriftMonitor
 from .gpu_metrics import GpuCollector, open_nvml
+from .lifecycle.events import LifecycleStats
+from .lifecycle.version import State
 from .predictions import PredictionLog
 from .stats import Histogram, ModelStats
 
 log = logging.getLogger(__name__)
 
 LABELS = ["model", "version"]
-Source = Callable[[], list[tuple[str, str, ModelStats]]]  # (model, version, stats) of every loaded model
+Source = Callable[[], Sequence[Any]]  # every version that serves or drains (name, version, stats attributes)
+
+
+class Lifecycle(Protocol):
+    """What the lifecycle metrics read (the ModelManager)."""
+    events: LifecycleStats
+    registry: Any  # index_snapshot() -> IndexEntry rows
 HISTOGRAMS = [  # (name, help, attribute of ModelStats)
     ("inference_queue_wait_seconds", "Time requests waited in the batch queue", "queue_s"),
     ("inference_compute_input_seconds", "Time to assemble a batch's inputs", "compute_input_s"),
@@ -63,14 +71,16 @@ class StatsCollector:
     """A prometheus_client collector that reads ModelStats when scraped (nothing is kept twice)."""
 
     def __init__(self, source: Source, drift: DriftMonitor | None = None,
-                 predictions: PredictionLog | None = None, cache: ResponseCache | None = None) -> None:
+                 predictions: PredictionLog | None = None, cache: ResponseCache | None = None,
+                 lifecycle: Lifecycle | None = None) -> None:
         self._source = source
+        self._lifecycle = lifecycle
         self._drift = drift
         self._predictions = predictions
         self._cache = cache
 
     def collect(self) -> Iterator[Metric]:
-        models = self._source()
+        models = [(m.name, m.version, m.stats) for m in self._source()]
         request = HistogramMetricFamily("inference_request_duration_seconds",
                                         "End-to-end request duration, by outcome code", labels=[*LABELS, "code"])
         requests = CounterMetricFamily("inference_requests", "Requests answered, by outcome code",
@@ -100,6 +110,7 @@ class StatsCollector:
                 lookup.add_metric([name, version], _buckets(s.cache_lookup_s), s.cache_lookup_s.sum)
         yield from (request, requests, failures, pending, *histograms, cache, lookup)
         yield from self._triton(models)
+        yield from self._lifecycle_metrics()
         yield from self._monitoring()
         yield from self._cache_tier()
 
@@ -142,6 +153,41 @@ class StatsCollector:
                                           "of Redis (no round trip)", value=cache.near_hits)
                 yield GaugeMetricFamily("inference_cache_near_bytes", "Bytes held by the near cache",
                                         value=cache.near.bytes)
+
+    def _lifecycle_metrics(self) -> Iterator[Metric]:
+        """Model states and load/unload/poll events. Reads the registry's immutable index and copies of
+        the event counters (the loop may be adding to them)."""
+        if self._lifecycle is None:
+            return
+        state = GaugeMetricFamily("inference_model_state", "A model version's state (RepositoryIndex): 1 for its "
+                                  "current state; version \"\" is a model with no version loaded",
+                                  labels=[*LABELS, "state"])
+        for entry in self._lifecycle.registry.index_snapshot():
+            for name in State:
+                state.add_metric([entry.name, entry.version, name.value], float(entry.state == name.value))
+        events = self._lifecycle.events
+        loads = CounterMetricFamily("inference_model_loads", "Model version loads (sessions and warmup), by result",
+                                    labels=["model", "result"])
+        for (model, result), n in sorted(dict(events.loads).items()):
+            loads.add_metric([model, result], n)
+        unloads = CounterMetricFamily("inference_model_unloads", "Model versions drained and closed",
+                                      labels=["model"])
+        for model, n in sorted(dict(events.unloads).items()):
+            unloads.add_metric([model], n)
+        polls = CounterMetricFamily("inference_model_source_polls", "Reads of a model's MLflow alias or stage, "
+                                    "by result (failure: the registry did not answer)", labels=["model", "result"])
+        for (model, result), n in sorted(dict(events.polls).items()):
+            polls.add_metric([model, result], n)
+        durations = []
+        for name, text, table in (
+                ("inference_model_load_duration_seconds", "Time to load and warm up a model version", events.load_s),
+                ("inference_model_unload_duration_seconds", "Time from a version leaving service to its sessions "
+                 "closing (its requests drained)", events.unload_s)):
+            family = HistogramMetricFamily(name, text, labels=["model"])
+            for model, h in sorted(dict(table).items()):
+                family.add_metric([model], _buckets(h), h.sum)
+            durations.append(family)
+        yield from (state, loads, unloads, polls, *durations)
 
     def _monitoring(self) -> Iterator[Metric]:
         if self._drift is not None:
@@ -198,9 +244,10 @@ class MetricsServer:
     """The /metrics endpoint on its own thread (prometheus_client's HTTP server); stop() closes it."""
 
     def __init__(self, source: Source, host: str, port: int, *, drift: DriftMonitor | None = None,
-                 predictions: PredictionLog | None = None, cache: ResponseCache | None = None) -> None:
+                 predictions: PredictionLog | None = None, cache: ResponseCache | None = None,
+                 lifecycle: Lifecycle | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(StatsCollector(source, drift, predictions, cache))
+        self.registry.register(StatsCollector(source, drift, predictions, cache, lifecycle))
         nvml = open_nvml()
         if nvml is not None:
             self.registry.register(GpuCollector(nvml))

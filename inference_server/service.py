@@ -14,10 +14,14 @@ from .backend import TensorSpec
 from .cache import Coalescer, ResponseCache, cache_key, outputs_nbytes
 from .config import CacheConfig
 from .drift import DriftMonitor
-from .errors import ErrorCode, InferenceError, invalid, unavailable
+from .errors import ErrorCode, InferenceError, ModelLoadError, invalid, unavailable
+from .lifecycle.mlflow_source import SourceError
 from .logs import ACCESS, REQUEST_ID
+from .model_config import version_key
 from .predictions import PredictionLog
-from .registry import LoadedModel, ModelRegistry
+from .lifecycle.manager import ModelManager
+from .lifecycle.registry import IndexEntry, ModelRegistry
+from .lifecycle.version import ModelVersion
 from .tensors import InferRequest, InferResponse, Tensor, bytes_to_text
 
 log = logging.getLogger(__name__)
@@ -25,13 +29,15 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "inference_server"
 # Only what is implemented end to end; perf_analyzer and clients trust this list.
 EXTENSIONS = ("model_configuration", "statistics")
+REPOSITORY_EXTENSIONS = ("model_repository", "model_repository(unload_dependents)")  # explicit mode only
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, *, access_log: bool = False, predictions: PredictionLog | None = None,
-                 drift: DriftMonitor | None = None, cache: ResponseCache | None = None,
-                 cache_config: CacheConfig | None = None) -> None:
+    def __init__(self, registry: ModelRegistry, manager: ModelManager, *, access_log: bool = False,
+                 predictions: PredictionLog | None = None, drift: DriftMonitor | None = None,
+                 cache: ResponseCache | None = None, cache_config: CacheConfig | None = None) -> None:
         self.registry = registry
+        self.manager = manager
         self.cache = cache
         self.cache_config = cache_config or CacheConfig()
         self._coalescer = Coalescer()
@@ -40,7 +46,7 @@ class InferenceService:
         self.drift = drift
         self.name = SERVER_NAME
         self.version = __version__
-        self.extensions = EXTENSIONS
+        self.extensions = EXTENSIONS + (REPOSITORY_EXTENSIONS if manager.mode == "explicit" else ())
         self._draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -53,31 +59,61 @@ class InferenceService:
         return True
 
     @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
     def ready(self) -> bool:
-        return not self._draining and self.registry.all_ready()
+        return not self._draining and self.manager.ready()
 
     def model_ready(self, name: str, version: str = "") -> bool:
-        return not self._draining and self.registry.find(name, version).ready
+        """False for a model or version that is unknown, loading, failed or unloaded (as Triton answers)."""
+        return not self._draining and self.registry.ready(name, version)
 
-    def model(self, name: str, version: str = "") -> LoadedModel:
-        """A model for metadata and config calls (it need not be ready)."""
+    def model(self, name: str, version: str = "") -> ModelVersion:
+        """A serving version, for metadata and config calls."""
         return self.registry.find(name, version)
 
-    def statistics(self, name: str = "", version: str = "") -> list[LoadedModel]:
-        """The model versions a statistics request names: "" is every model, or every version of one."""
+    def versions(self, name: str) -> list[str]:
+        return self.registry.versions(name)
+
+    # -- the model repository ------------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        return self.manager.index(ready_only)
+
+    async def load_model(self, name: str, *, config: dict | None = None, files: dict[str, bytes] | None = None,
+                         version: str | None = None) -> None:
+        """Load, or reload, a model (explicit mode). A failure leaves what served serving and says why."""
+        if self._draining:
+            raise unavailable("server is shutting down")
+        try:
+            await self.manager.load(name, config=config, files=files, version=version)
+        except ModelLoadError as e:
+            raise InferenceError(ErrorCode.UNAVAILABLE if isinstance(e, SourceError) else ErrorCode.INVALID_ARGUMENT,
+                                 f"failed to load '{name}': {e}") from None
+
+    async def unload_model(self, name: str, version: str | None = None) -> None:
+        if self._draining:
+            raise unavailable("server is shutting down")
+        await self.manager.unload(name, version)
+
+    def statistics(self, name: str = "", version: str = "") -> list[ModelVersion]:
+        """The model versions a statistics request names: "" is every serving model, or every version of one."""
         if not name:
             if version:
                 raise invalid("a model version needs a model name")
-            return sorted(self.registry.models(), key=lambda m: (m.name, m.version))
+            return sorted(self.registry.serving(), key=lambda m: (m.name, version_key(m.version)))
         if version:
             return [self.registry.find(name, version)]
-        self.registry.find(name)  # NOT_FOUND for an unknown model
+        self.registry.find(name)  # NOT_FOUND / UNAVAILABLE for a model with no version serving
         return [self.registry.find(name, v) for v in self.registry.versions(name)]
 
     # -- inference -------------------------------------------------------------------------------
 
-    def route(self, request: InferRequest) -> LoadedModel:
-        """Decide which loaded model version serves a request: the one place routing happens."""
+    def route(self, request: InferRequest) -> ModelVersion:
+        """Decide which loaded model version serves a request: the one place routing happens. The request
+        holds a lease on it until answered (release it with `model.release()`)."""
         return self.registry.resolve(request.model_name, request.model_version)
 
     async def infer(self, request: InferRequest, deadline: float | None = None) -> InferResponse:
@@ -89,6 +125,10 @@ class InferenceService:
         token = REQUEST_ID.set(request.id)  # every log line about this request carries its id
         try:
             model = self.route(request)  # an unknown model has no statistics to count in
+        except BaseException:
+            self._done(token)
+            raise
+        try:
             start = time.perf_counter()
             code: ErrorCode | None = ErrorCode.INTERNAL
             try:
@@ -103,19 +143,23 @@ class InferenceService:
                 raise
             finally:
                 duration_s = time.perf_counter() - start
-                model.batcher.stats.record_request(code, duration_s)
+                model.stats.record_request(code, duration_s)
                 if self.access_log:
                     ACCESS.info("%s %s v%s %.3f ms", code.name if code else "OK", model.name, model.version,
                                 duration_s * 1e3, extra={"model": model.name, "version": model.version,
                                                          "code": code.name if code else "OK",
                                                          "duration_ms": round(duration_s * 1e3, 3)})
         finally:
-            REQUEST_ID.reset(token)
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
+            model.release()
+            self._done(token)
 
-    async def _infer(self, model: LoadedModel, request: InferRequest, deadline: float | None,
+    def _done(self, token: object) -> None:
+        REQUEST_ID.reset(token)  # type: ignore[arg-type]
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
+
+    async def _infer(self, model: ModelVersion, request: InferRequest, deadline: float | None,
                      start: float) -> InferResponse:
         inputs, rows = validate_inputs(model, request.inputs)
         wanted = select_outputs(model, request.requested_outputs)
@@ -125,7 +169,7 @@ class InferenceService:
         if self.caches(model):
             outputs = await self._cached(model, inputs, rows, wanted, deadline, request.id)
         else:
-            outputs = await model.batcher.submit(inputs, rows, deadline, request.id)
+            outputs = await model.submit(inputs, rows, deadline, request.id)
         if self.drift is not None:
             self.drift.observe(model.name, model.version, outputs)
         if self.predictions is not None:
@@ -134,20 +178,20 @@ class InferenceService:
         tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name].shape, outputs[spec.name]) for spec in wanted]
         return InferResponse(model.name, model.version, request.id, tensors)
 
-    def caches(self, model: LoadedModel) -> bool:
+    def caches(self, model: ModelVersion) -> bool:
         return self.cache is not None and model.config.cache
 
-    async def _cached(self, model: LoadedModel, inputs: dict[str, np.ndarray], rows: int, wanted: list[TensorSpec],
+    async def _cached(self, model: ModelVersion, inputs: dict[str, np.ndarray], rows: int, wanted: list[TensorSpec],
                       deadline: float | None, request_id: str) -> dict[str, np.ndarray]:
         """Identical concurrent requests share one lookup and, on a miss, one execution (the others count as
         hits: they are answered without an execution of their own). A miss stores the requested outputs before
         the next identical request can start its own lookup."""
         assert self.cache is not None
         cache = self.cache
-        stats = model.batcher.stats
+        stats = model.stats
         start = time.perf_counter()
         key = cache_key(model.name, model.version, {s.name: (s.datatype, inputs[s.name]) for s in model.inputs},
-                        [spec.name for spec in wanted])
+                        [spec.name for spec in wanted], model.digest)
 
         async def lookup_or_run() -> dict[str, np.ndarray]:
             found = await cache.get(key)
@@ -155,7 +199,7 @@ class InferenceService:
                 stats.record_cache(True, time.perf_counter() - start)
                 return found
             lookup_s = time.perf_counter() - start
-            outputs = await model.batcher.submit(inputs, rows, deadline, request_id)
+            outputs = await model.submit(inputs, rows, deadline, request_id)
             insert_start = time.perf_counter()
             answer = {spec.name: outputs[spec.name] for spec in wanted}
             if outputs_nbytes(answer) <= self.cache_config.max_entry_bytes:
@@ -179,10 +223,10 @@ class InferenceService:
             await asyncio.wait_for(self._idle.wait(), grace_s)
         except TimeoutError:
             log.warning("drain grace of %.1fs expired with %d requests in flight", grace_s, self._in_flight)
-        await self.registry.close(max(0.0, grace_s - (loop.time() - start)))
+        await self.manager.close(max(0.0, grace_s - (loop.time() - start)))
 
 
-def validate_inputs(model: LoadedModel, tensors: Sequence[Tensor]) -> tuple[dict[str, np.ndarray], int]:
+def validate_inputs(model: ModelVersion, tensors: Sequence[Tensor]) -> tuple[dict[str, np.ndarray], int]:
     """Check names, datatypes and shapes against the model; returns the arrays in model order and the rows."""
     given: dict[str, Tensor] = {}
     for tensor in tensors:
@@ -227,7 +271,7 @@ def validate_inputs(model: LoadedModel, tensors: Sequence[Tensor]) -> tuple[dict
     return arrays, rows
 
 
-def select_outputs(model: LoadedModel, requested: Sequence[str] | None) -> list[TensorSpec]:
+def select_outputs(model: ModelVersion, requested: Sequence[str] | None) -> list[TensorSpec]:
     if not requested:
         return list(model.outputs)
     by_name = {spec.name: spec for spec in model.outputs}

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ErrorCode, InferenceError, invalid
-from ..registry import LoadedModel
+from ..lifecycle.registry import IndexEntry
+from ..lifecycle.version import ModelVersion
 from ..stats import Duration
 from ..tensors import DATATYPES, RAW_ONLY, InferRequest, InferResponse, Tensor, decode_raw, decode_values, encode_raw
 from ._generated import grpc_service_pb2 as pb
 from ._generated import model_config_pb2 as mc
+from .triton_config import json_to_dict
 
 TYPED_FIELD = {
     "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
@@ -81,21 +83,21 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     return out
 
 
-def _metadata_shape(model: LoadedModel, shape: tuple[int, ...]) -> list[int]:
+def _metadata_shape(model: ModelVersion, shape: tuple[int, ...]) -> list[int]:
     return [-1, *shape[1:]] if model.max_batch_size > 0 else list(shape)
 
 
-def model_metadata(model: LoadedModel, versions: list[str]) -> pb.ModelMetadataResponse:
+def model_metadata(model: ModelVersion, versions: list[str]) -> pb.ModelMetadataResponse:
     def tensor(spec: Any) -> pb.ModelMetadataResponse.TensorMetadata:
         return pb.ModelMetadataResponse.TensorMetadata(
             name=spec.name, datatype=spec.datatype, shape=_metadata_shape(model, spec.shape))
 
-    return pb.ModelMetadataResponse(name=model.name, versions=versions, platform=model.backend.platform,
+    return pb.ModelMetadataResponse(name=model.name, versions=versions, platform=model.platform,
                                     inputs=[tensor(s) for s in model.inputs],
                                     outputs=[tensor(s) for s in model.outputs])
 
 
-def model_config(model: LoadedModel, cached: bool = False) -> pb.ModelConfigResponse:
+def model_config(model: ModelVersion, cached: bool = False) -> pb.ModelConfigResponse:
     batching = model.max_batch_size > 0
 
     def dims(shape: tuple[int, ...]) -> list[int]:
@@ -104,10 +106,10 @@ def model_config(model: LoadedModel, cached: bool = False) -> pb.ModelConfigResp
     b = model.batching
     config = mc.ModelConfig(
         name=model.name,
-        platform=model.backend.platform,
+        platform=model.platform,
         backend=model.backend.backend_name,
         max_batch_size=model.max_batch_size,
-        version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
+        version_policy=_version_policy(model),
         input=[mc.ModelInput(name=s.name, data_type=DATATYPES[s.datatype].config_name, dims=dims(s.shape))
                for s in model.inputs],
         output=[mc.ModelOutput(name=s.name, data_type=DATATYPES[s.datatype].config_name, dims=dims(s.shape))
@@ -127,15 +129,79 @@ def model_config(model: LoadedModel, cached: bool = False) -> pb.ModelConfigResp
     return pb.ModelConfigResponse(config=config)
 
 
+def _version_policy(model: ModelVersion) -> mc.ModelVersionPolicy:
+    policy = model.config.version_policy
+    if policy.kind == "all":
+        return mc.ModelVersionPolicy(all=mc.ModelVersionPolicy.All())
+    if policy.kind == "specific":
+        versions = [int(v) for v in policy.specific]
+        return mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=versions))
+    return mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=policy.latest))
+
+
+def repository_index(entries: list[IndexEntry]) -> pb.RepositoryIndexResponse:
+    return pb.RepositoryIndexResponse(models=[
+        pb.RepositoryIndexResponse.ModelIndex(name=e.name, version=e.version, state=e.state, reason=e.reason)
+        for e in entries])
+
+
+def repository_parameters(parameters: Any) -> tuple[dict | None, dict[str, bytes], str | None]:
+    """RepositoryModelLoad's parameters -> (config as a Triton ModelConfig dict, files, version)."""
+    config = None
+    files: dict[str, bytes] = {}
+    version = None
+    for key, value in parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        if key == "config":
+            if choice != "string_param":
+                raise invalid("parameter 'config' must be a string holding the model configuration as JSON")
+            try:
+                config = json_to_dict(value.string_param)
+            except ValueError as e:
+                raise invalid(f"parameter 'config' is not a valid model configuration: {e}") from None
+        elif key.startswith("file:"):
+            if choice != "bytes_param":
+                raise invalid(f"parameter '{key}' must carry the file's content as bytes")
+            files[key.removeprefix("file:")] = value.bytes_param
+        elif key == "version":
+            version = _version_param(value, choice)
+        elif key != "unload_dependents":
+            raise invalid(f"unknown parameter '{key}' (known: config, file:<version>/<name>, version)")
+    return config, files, version
+
+
+def unload_version(parameters: Any) -> str | None:
+    """RepositoryModelUnload's parameters: `unload_dependents` is accepted (no model here has dependents);
+    `version` unloads one version only."""
+    version = None
+    for key, value in parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        if key == "version":
+            version = _version_param(value, choice)
+        elif key == "unload_dependents":
+            if choice != "bool_param":
+                raise invalid("parameter 'unload_dependents' must be a bool")
+        else:
+            raise invalid(f"unknown parameter '{key}' (known: unload_dependents, version)")
+    return version
+
+
+def _version_param(value: Any, choice: str | None) -> str:
+    raw = getattr(value, choice) if choice in ("int64_param", "string_param") else None
+    if raw is None or not str(raw).isdigit() or int(raw) < 1:
+        raise invalid(f"parameter 'version' must be a positive version number (int64 or string), got {raw!r}")
+    return str(int(raw))
+
+
 def _duration(d: Duration) -> pb.StatisticDuration:
     return pb.StatisticDuration(count=d.count, ns=d.ns)
 
 
-def model_statistics(models: list[LoadedModel]) -> pb.ModelStatisticsResponse:
+def model_statistics(models: list[ModelVersion]) -> pb.ModelStatisticsResponse:
     """Triton's ModelStatistics, as perf_analyzer reads it: counts per request, compute per batch size."""
     out = pb.ModelStatisticsResponse()
     for model in models:
-        s = model.batcher.stats
+        s = model.stats
         entry = out.model_stats.add(name=model.name, version=model.version, last_inference=s.last_inference_ms,
                                     inference_count=s.inference_count, execution_count=s.execution_count)
         entry.inference_stats.CopyFrom(pb.InferStatistics(

@@ -93,7 +93,7 @@ class InferenceServicer:
     @rpc
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         model = self.service.model(request.name, request.version)
-        return codec.model_metadata(model, self.service.registry.versions(model.name))
+        return codec.model_metadata(model, self.service.versions(model.name))
 
     @rpc
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
@@ -103,6 +103,23 @@ class InferenceServicer:
     @rpc
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         return codec.model_statistics(self.service.statistics(request.name, request.version))
+
+    @rpc
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        return codec.repository_index(self.service.repository_index(request.ready))
+
+    @rpc
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
+                                  context: Any) -> pb.RepositoryModelLoadResponse:
+        config, files, version = codec.repository_parameters(request.parameters)
+        await self.service.load_model(request.model_name, config=config, files=files, version=version)
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+                                    context: Any) -> pb.RepositoryModelUnloadResponse:
+        await self.service.unload_model(request.model_name, codec.unload_version(request.parameters))
+        return pb.RepositoryModelUnloadResponse()
 
     @rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:

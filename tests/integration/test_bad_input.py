@@ -116,9 +116,12 @@ def test_garbage_bytes_as_the_protobuf_body(server, channel, body):
     assert_next_good_request_is_served(server)
 
 
-def test_metadata_calls_for_unknown_models_are_not_found(stub):
-    for call, message in ((stub.ModelReady, pb.ModelReadyRequest), (stub.ModelMetadata, pb.ModelMetadataRequest),
-                          (stub.ModelConfig, pb.ModelConfigRequest)):
+def test_metadata_calls_for_unknown_models_are_not_found_and_unknown_models_are_not_ready(stub):
+    # Triton answers ModelReady for an unknown model (or version) with ready = false, not an error.
+    assert stub.ModelReady(pb.ModelReadyRequest(name="ghost"), timeout=10).ready is False
+    assert stub.ModelReady(pb.ModelReadyRequest(name="mlp", version="99"), timeout=10).ready is False
+    assert stub.ModelReady(pb.ModelReadyRequest(name="mlp"), timeout=10).ready is True
+    for call, message in ((stub.ModelMetadata, pb.ModelMetadataRequest), (stub.ModelConfig, pb.ModelConfigRequest)):
         with pytest.raises(grpc.RpcError) as e:
             call(message(name="ghost"), timeout=10)
         assert e.value.code() is grpc.StatusCode.NOT_FOUND and "'ghost'" in e.value.details()

@@ -74,7 +74,7 @@ def infer(url: str, x: np.ndarray, outputs: list[str] | None = None, model: str 
 
 
 def executions(thread: ServerThread, model: str = "mlp", version: str = "") -> int:
-    return thread.app.registry.find(model, version).batcher.stats.execution_count
+    return thread.app.registry.find(model, version).stats.execution_count
 
 
 def test_a_hit_after_a_miss_never_reaches_the_model(cached):

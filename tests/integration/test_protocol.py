@@ -149,8 +149,19 @@ def test_priority_and_unknown_parameters_are_accepted(client):
 
 def test_unsupported_rpcs_answer_unimplemented(client):
     with pytest.raises(InferenceServerException) as e:
-        client.get_model_repository_index()
+        client.get_system_shared_memory_status()
     assert e.value.status() == "StatusCode.UNIMPLEMENTED"
+
+
+def test_repository_changes_in_mode_none_answer_which_mode_allows_them(client):
+    index = client.get_model_repository_index(as_json=True)["models"]
+    assert {"name": "mlp", "version": "1", "state": "READY"} in index
+    for call in (lambda: client.load_model("mlp"), lambda: client.unload_model("mlp")):
+        with pytest.raises(InferenceServerException) as e:
+            call()
+        assert e.value.status() == "StatusCode.FAILED_PRECONDITION"
+        assert "model control mode 'none'" in e.value.message() and "--model-control-mode explicit" in e.value.message()
+    assert client.is_model_ready("mlp")
 
 
 def test_sync_stream_answers_in_any_order_with_per_request_errors(server):

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2
 from tritonclient.utils import InferenceServerException
 
 from tests import onnx_models
-from tests.server_process import ROOT
+from tests.server_process import ROOT, ServerProcess
 
 pytestmark = pytest.mark.system
 
@@ -82,9 +82,37 @@ def test_bad_config_fails_fast_naming_the_key(tmp_path):
     assert done.returncode == 2 and "batching.max_queue_delay_us" in done.stderr
 
 
-def test_required_cuda_without_a_gpu_fails_at_start(tmp_path):
-    done = run_server("--device", "cuda", "--port", "0")
+def test_required_cuda_without_a_gpu_fails_at_start_with_exit_on_error(tmp_path):
+    done = run_server("--device", "cuda", "--port", "0", "--metrics-port", "0", "--exit-on-error")
     assert done.returncode == 1 and "device 'cuda' is required" in done.stderr
+
+
+def test_a_model_that_cannot_load_leaves_the_server_up_but_not_ready(tmp_path):
+    """--exit-on-error is false by default: the model is UNAVAILABLE with its reason, ServerReady (and health)
+    false under strict readiness; with --strict-readiness=false the server reports ready."""
+    for strict, serving in (("true", health_pb2.HealthCheckResponse.NOT_SERVING),
+                            ("false", health_pb2.HealthCheckResponse.SERVING)):
+        server = ServerProcess(["--device", "cuda", f"--strict-readiness={strict}"], tmp_path / f"{strict}.log")
+        try:
+            deadline = time.monotonic() + 60
+            while server.health() is None and time.monotonic() < deadline:
+                assert server.proc.poll() is None, server.log()
+                time.sleep(0.1)
+            assert server.health() == serving
+            with grpcclient.InferenceServerClient(server.url) as client:
+                assert client.is_server_live() and client.is_server_ready() is (strict == "false")
+                assert not client.is_model_ready("digits")
+                (entry,) = client.get_model_repository_index(as_json=True)["models"]
+                assert entry["name"] == "digits" and entry["state"] == "UNAVAILABLE"
+                assert "device 'cuda' is required" in entry["reason"]
+                x = grpcclient.InferInput("input", [1, 64], "FP32")
+                x.set_data_from_numpy(np.zeros((1, 64), np.float32))
+                with pytest.raises(InferenceServerException) as e:
+                    client.infer("digits", [x])
+                assert e.value.status() == "StatusCode.UNAVAILABLE" and "cuda" in e.value.message()
+            assert "device 'cuda' is required" in server.log()
+        finally:
+            assert server.terminate() == 0
 
 
 def test_port_in_use_fails_at_start(launch):

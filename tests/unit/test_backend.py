@@ -11,7 +11,7 @@ import pytest
 from inference_server.backend import CUDA, INSTALL_HINT, OnnxBackend, TensorSpec, import_onnxruntime, sample_inputs
 from inference_server.config import BatchingConfig, ModelConfig
 from inference_server.errors import ModelLoadError
-from inference_server.registry import resolve_batching
+from inference_server.lifecycle.version import resolve_batching
 from inference_server.tensors import DATATYPES, bytes_to_text
 from tests import onnx_models
 

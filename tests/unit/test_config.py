@@ -6,11 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from inference_server.app import model_configs
 from inference_server.cli import load_config
 from inference_server.config import DEFAULT_REPOSITORY, BatchingConfig, parse_server
 from inference_server.errors import ConfigError
-from inference_server.repository import scan_repository
+from inference_server.errors import ModelLoadError
+from inference_server.grpc.triton_config import pbtxt_to_dict
+from inference_server.lifecycle.manager import ModelManager
+from inference_server.lifecycle.registry import ModelRegistry
+from inference_server.lifecycle.repository import Repository
+
+
+def repository(cfg) -> Repository:
+    return Repository(cfg.model_repository, cfg, pbtxt_to_dict)
+
+
+def manager(cfg, tmp_path: Path) -> ModelManager:
+    return ModelManager(cfg, ModelRegistry(), read_pbtxt=pbtxt_to_dict, cache_dir=tmp_path)
 
 
 def write(path: Path, text: str) -> Path:
@@ -19,12 +30,15 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_serve_the_embedded_model_on_port_8001():
+def test_defaults_serve_the_embedded_model_on_port_8001(tmp_path):
     cfg = load_config([], {})
     assert (cfg.host, cfg.port, cfg.max_message_bytes) == ("127.0.0.1", 8001, 2**31 - 1)
-    models = model_configs(cfg)
-    assert [(m.name, m.version) for m in models] == [("digits", "1")]
-    assert models[0].path == DEFAULT_REPOSITORY / "digits" / "1" / "model.onnx" and models[0].path.is_file()
+    assert (cfg.model_control_mode, cfg.strict_readiness, cfg.exit_on_error) == ("none", True, False)
+    assert manager(cfg, tmp_path).known() == ["digits"]
+    spec = Repository(DEFAULT_REPOSITORY, cfg, pbtxt_to_dict).read("digits")
+    (version,) = spec.selected().values()
+    assert version.version == "1"
+    assert version.path == DEFAULT_REPOSITORY / "digits" / "1" / "model.onnx" and version.path.is_file()
 
 
 def test_toml_file_then_flags_override_it(tmp_path):
@@ -169,36 +183,102 @@ def test_unreadable_or_invalid_toml_is_a_config_error(tmp_path):
 
 
 def test_repository_serves_the_highest_version_with_its_config(tmp_path):
-    for version in ("1", "3", "2"):
+    for version in ("1", "3", "2", "10"):
         write(tmp_path / "m" / version / "model.onnx", "x")
     write(tmp_path / "m" / "config.toml", "device = \"cpu\"\n[batching]\nmax_batch_size = 4\n")
     write(tmp_path / "n" / "7" / "model.onnx", "x")
+    write(tmp_path / "n" / "8" / "notes.txt", "a version directory with no model file is not a version")
     cfg = load_config(["--model-repository", str(tmp_path), "--max-queue-delay-us", "100"], {})
-    m, n = model_configs(cfg)
-    assert (m.name, m.version, m.path.parent.name, m.device) == ("m", "3", "3", "cpu")
+    repo = repository(cfg)
+    assert repo.names() == ["m", "n"]
+    (m,) = repo.read("m").selected().values()
+    assert (m.name, m.version, m.path.parent.name, m.device) == ("m", "10", "10", "cpu")  # numerically newest
     assert (m.batching.max_batch_size, m.batching.max_queue_delay_us) == (4, 100)
+    (n,) = repo.read("n").selected().values()
     assert (n.name, n.version, n.batching.max_batch_size) == ("n", "7", None)
+
+
+@pytest.mark.parametrize("policy, served", [
+    ("{ latest = 2 }", ["3", "10"]), ("{ all = true }", ["1", "2", "3", "10"]),
+    ("{ specific = [2, 3, 99] }", ["2", "3"]),
+])
+def test_version_policy_picks_the_versions_that_serve(tmp_path, policy, served):
+    for version in ("1", "3", "2", "10"):
+        write(tmp_path / "m" / version / "model.onnx", "x")
+    write(tmp_path / "m" / "config.toml", f"version_policy = {policy}\n")
+    cfg = load_config(["--model-repository", str(tmp_path)], {})
+    assert list(repository(cfg).read("m").selected()) == served
 
 
 def test_repository_errors_name_the_file_and_key(tmp_path):
     write(tmp_path / "m" / "1" / "model.onnx", "x")
     write(tmp_path / "m" / "config.toml", "[batching]\nmax_queue_delay_us = -5\n")
-    with pytest.raises(ConfigError) as e:
-        scan_repository(tmp_path, parse_server({}))
-    assert e.value.key.endswith("config.toml:batching.max_queue_delay_us")
+    cfg = parse_server({"server": {"model_repository": str(tmp_path)}})
+    with pytest.raises(ModelLoadError, match="config.toml:batching.max_queue_delay_us"):
+        repository(cfg).read("m")
     write(tmp_path / "empty" / "notes.txt", "")
-    with pytest.raises(ConfigError, match="has no <version>/model.onnx"):
-        scan_repository(tmp_path, parse_server({}))
+    with pytest.raises(ModelLoadError, match="has no <version>/model.onnx"):
+        repository(cfg).read("empty")
+    write(tmp_path / "both" / "1" / "model.onnx", "x")
+    write(tmp_path / "both" / "config.toml", "")
+    write(tmp_path / "both" / "config.pbtxt", "max_batch_size: 4\n")
+    with pytest.raises(ModelLoadError, match="both config.toml and config.pbtxt .* ambiguous"):
+        repository(cfg).read("both")
+    cfg = parse_server({"server": {"model_repository": str(tmp_path / "nope")}})
     with pytest.raises(ConfigError, match="is not a directory"):
-        scan_repository(tmp_path / "nope", parse_server({}))
+        repository(cfg).names()
 
 
-def test_the_same_model_version_twice_is_refused(tmp_path):
+def test_the_same_model_twice_is_refused(tmp_path):
     write(tmp_path / "a" / "1" / "model.onnx", "x")
     cfg = parse_server({"server": {"model_repository": str(tmp_path)},
                         "models": [{"name": "a", "path": "elsewhere.onnx"}]})
+    with pytest.raises(ConfigError, match="both a \\[\\[models\\]\\] entry and a directory"):
+        manager(cfg, tmp_path).known()
+    cfg = parse_server({"models": [{"name": "b", "path": "x.onnx"}, {"name": "b", "path": "y.onnx"}]})
     with pytest.raises(ConfigError, match="configured more than once"):
-        model_configs(cfg)
+        manager(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("argv, key", [
+    (["--load-model", "a"], "server.load_models"),
+    (["--model-control-mode", "explicit", "--load-model", "*", "--load-model", "a"], "server.load_models"),
+    (["--model-control-mode", "poll"], "server.repository_poll_secs"),
+    (["--model-control-mode", "poll", "--repository-poll-secs", "1"], "server.model_repository"),
+    (["--repository-poll-secs", "1"], "server.repository_poll_secs"),
+    (["--model-control-mode", "explicit", "--workers", "2"], "server.model_control_mode"),
+])
+def test_model_control_flags_that_do_not_fit_together_name_the_key(argv, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(argv, {})
+    assert e.value.key == key
+
+
+def test_model_control_flags_and_their_triton_boolean_forms():
+    cfg = load_config(["--model-control-mode", "explicit", "--load-model", "a", "--load-model", "b",
+                       "--exit-on-error", "--strict-readiness=false"], {})
+    assert (cfg.model_control_mode, cfg.load_models, cfg.exit_on_error, cfg.strict_readiness) == \
+        ("explicit", ("a", "b"), True, False)
+    cfg = load_config(["--model-control-mode", "poll", "--repository-poll-secs", "0.5", "--model-repository", "."],
+                      {})
+    assert (cfg.model_control_mode, cfg.repository_poll_secs) == ("poll", 0.5)
+
+
+def test_model_tables_take_session_options_warmup_and_an_mlflow_source():
+    cfg = parse_server({"models": [
+        {"name": "a", "path": "a.onnx", "inter_op_threads": 2, "graph_optimization_level": "basic",
+         "execution_mode": "parallel", "warmup": {"batch_sizes": [1, 8], "data": "random", "count": 3}},
+        {"name": "b", "source": "models:/churn@production", "poll_interval_s": 5},
+    ]})
+    a, b = cfg.models
+    assert (a.inter_op_threads, a.graph_optimization_level, a.execution_mode) == (2, "basic", "parallel")
+    assert (a.warmup.batch_sizes, a.warmup.data, a.warmup.count) == ((1, 8), "random", 3)
+    assert (b.source, b.path, b.poll_interval_s) == ("models:/churn@production", None, 5.0)
+    for bad, key in ((["name", "path", "source"], "models[0].source"), (["name", "source"], "models[0].source")):
+        table = {"name": "c", "path": "c.onnx", "source": "models:/churn"}
+        with pytest.raises(ConfigError) as e:
+            parse_server({"models": [{k: table[k] for k in bad}]})
+        assert e.value.key == key
 
 
 def test_a_redis_url_option_redis_cannot_read_is_a_config_error_naming_no_password():

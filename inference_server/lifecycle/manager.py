@@ -1,0 +1,407 @@
+"""ModelManager: what loads, from where and when; every load, reload and unload goes through here.
+
+Sources: the model repository (DIR/<model>/<version>/), `[[models]]` entries with a path, and `[[models]]`
+entries with an MLflow `source`. Modes (Triton's): `none` loads every model at start and takes no repository
+request; `explicit` loads the --load-model names at start and then what RepositoryModelLoad/Unload ask for;
+`poll` loads every model and follows the repository, applying a change once its files have stopped changing
+between two scans.
+
+A load never blocks the event loop (sessions and warmup are made in a worker thread) and never takes
+anything away until its replacement is ready: new versions load beside the old ones, the serving set flips
+in one step (ModelRegistry.publish), and the versions that left it drain their leased requests before their
+sessions close. A load that fails leaves what served serving; the failed version is UNAVAILABLE with its
+reason. One operation at a time per model (a lock each); different models load concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..config import DEFAULT_REPOSITORY, ServerConfig
+from ..errors import ConfigError, ErrorCode, InferenceError, ModelLoadError, invalid
+from ..model_config import ModelConfig
+from .events import LifecycleStats
+from .mlflow_source import MlflowSource
+from .registry import NOT_LOADED, UNLOADED, IndexEntry, ModelRegistry
+from .repository import PbtxtReader, Repository, read_config, write_upload
+from .triton_config import model_config_from_triton
+from .version import ModelVersion, State, prepare
+
+log = logging.getLogger(__name__)
+
+LOAD_THREADS = 2  # versions prepared at once (sessions + warmup); the machine's cores bound what helps
+Offer = tuple[dict[str, ModelConfig], list[str]]  # every available version's config, and those to serve
+
+
+class ModelManager:
+    def __init__(self, cfg: ServerConfig, registry: ModelRegistry, *, read_pbtxt: PbtxtReader, cache_dir: Path,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.cfg = cfg
+        self.mode = cfg.model_control_mode
+        self.registry = registry
+        self.events = LifecycleStats()
+        self._read_pbtxt = read_pbtxt
+        self._cache_dir = cache_dir
+        self._on_change = on_change
+        root = cfg.model_repository if cfg.model_repository is not None or cfg.models else DEFAULT_REPOSITORY
+        self._repository = Repository(root, cfg, read_pbtxt) if root is not None else None
+        self._entries: dict[str, list[ModelConfig]] = {}
+        for entry in cfg.models:
+            versions = self._entries.setdefault(entry.name, [])
+            if entry.source is not None and versions or any(e.source or e.version == entry.version for e in versions):
+                raise ConfigError("models", f"model '{entry.name}' version {entry.version} is configured more than "
+                                            "once (an MLflow source stands alone)")
+            versions.append(entry)
+        self._sources: dict[str, MlflowSource] = {}
+        self._rejected: dict[str, str] = {}  # MLflow version that failed to load, not retried until it changes
+        self._outage: set[str] = set()  # models whose registry is unreachable (logged once per outage)
+        self._wanted: set[str] = set()  # models the server means to serve: strict readiness waits for these
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._load_pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="model-load")
+        self._registry_pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow")  # MLflow's client: one thread
+        self._tasks: list[asyncio.Task[None]] = []
+        self._seen: dict[str, Any] = {}  # poll mode: each model's fingerprint at the last scan...
+        self._applied: dict[str, Any] = {}  # ...and when it was last applied
+        self._closing = False
+
+    # -- start and views ------------------------------------------------------------------------
+
+    def known(self) -> list[str]:
+        names = set(self._entries)
+        if self._repository is not None:
+            clash = names & set(self._repository.names())
+            if clash:
+                raise ConfigError("models", f"model {sorted(clash)[0]!r} is both a [[models]] entry and a "
+                                            f"directory of {self._repository.root}")
+            names |= set(self._repository.names())
+        return sorted(names)
+
+    async def start(self) -> None:
+        """Load what the mode loads at start. A model that fails is UNAVAILABLE with its reason (the server
+        serves the rest) unless exit_on_error, when the first failure is raised."""
+        known = self.known()
+        if self.mode == "explicit":
+            initial = known if "*" in self.cfg.load_models else list(self.cfg.load_models)
+        else:
+            initial = known
+        for name in set(known) - set(initial):
+            self.registry.set_model_reason(name, NOT_LOADED)
+        self._wanted = set(initial)
+        if self.mode == "poll":
+            for name in known:
+                if name not in self._entries:
+                    self._seen[name] = self._applied[name] = self._repository.fingerprint(name)
+        results = await asyncio.gather(*(self._load(name) for name in initial), return_exceptions=True)
+        failures = []
+        for name, result in zip(initial, results, strict=True):
+            if isinstance(result, InferenceError):  # an unknown --load-model name
+                self.registry.set_model_reason(name, result.message)
+                failures.append(result.message)
+            elif isinstance(result, Exception):
+                failures.append(str(result))
+            elif isinstance(result, BaseException):
+                raise result
+        if failures and self.cfg.exit_on_error:
+            raise ModelLoadError(f"{len(failures)} model(s) failed to load (--exit-on-error): {failures[0]}")
+        if self.mode == "poll":
+            self._tasks.append(asyncio.create_task(self._poll_repository(), name="repository-poll"))
+        for name, entries in self._entries.items():
+            if entries[0].source is not None and entries[0].poll_interval_s > 0:
+                self._tasks.append(asyncio.create_task(self._poll_source(name, entries[0]), name=f"poll-{name}"))
+        self._on_change()
+
+    def ready(self) -> bool:
+        """Every model the server means to serve has a ready version (or readiness is not strict)."""
+        return not self.cfg.strict_readiness or self.registry.all_ready(self._wanted)
+
+    def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        entries = self.registry.index(ready_only)
+        if not ready_only and self._repository is not None:
+            listed = {e.name for e in entries}
+            entries += [IndexEntry(n, "", State.UNAVAILABLE.value, NOT_LOADED) for n in self.known() if n not in listed]
+            entries.sort(key=lambda e: e.name)
+        return entries
+
+    # -- repository requests (explicit mode) ----------------------------------------------------
+
+    def _require_explicit(self, request: str) -> None:
+        if self.mode != "explicit":
+            raise InferenceError(ErrorCode.FAILED_PRECONDITION,
+                                 f"{request} is not allowed in model control mode '{self.mode}': start the server "
+                                 "with --model-control-mode explicit to load and unload models by request")
+
+    async def load(self, name: str, *, config: Mapping[str, Any] | None = None,
+                   files: Mapping[str, bytes] | None = None, version: str | None = None) -> None:
+        """Load the model (or only `version`), or reload it when loaded: the old versions serve until the new
+        ones are ready. `config` (a Triton ModelConfig as a dict) replaces the model's config; `files`
+        ("<version>/<name>" -> bytes) are the model's files for this load."""
+        self._require_explicit("RepositoryModelLoad")
+        if files and config is None:
+            raise invalid("the config parameter is required with file: parameters")
+        upload = write_upload(self._cache_dir, name, files) if files else None
+        try:
+            await self._load(name, override=config, upload=upload, version=version)
+        finally:
+            if upload is not None:
+                shutil.rmtree(upload, ignore_errors=True)  # the sessions hold the model now
+        self._wanted.add(name)
+        self._on_change()
+
+    async def unload(self, name: str, version: str | None = None) -> None:
+        """Unload the model (or one version); returns once its leased requests are answered."""
+        self._require_explicit("RepositoryModelUnload")
+        async with self._lock(name):
+            serving = {v: self.registry.find(name, v) for v in self.registry.versions(name)}
+            if version:
+                if version not in serving:
+                    raise InferenceError(ErrorCode.NOT_FOUND, f"model '{name}' version {version} is not loaded")
+                remaining = {v: m for v, m in serving.items() if v != version}
+                self.registry.clear_status(name, version)
+            else:
+                if not serving and name not in self.known():
+                    raise InferenceError(ErrorCode.NOT_FOUND, f"model '{name}' is not loaded")
+                remaining = {}
+                self.registry.clear_statuses(name)
+            left = self.registry.publish(name, remaining)
+            if not remaining:
+                self.registry.set_model_reason(name, UNLOADED)
+                self._wanted.discard(name)
+            self._on_change()
+            await self._drain(name, left)
+            log.info("model '%s'%s unloaded", name, f" version {version}" if version else "")
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _load(self, name: str, *, override: Mapping[str, Any] | None = None, upload: Path | None = None,
+                    version: str | None = None, reload: set[str] | None = None,
+                    mlflow_version: str | None = None) -> None:
+        async with self._lock(name):
+            try:
+                available, selected = await self._offer(name, override, upload, mlflow_version)
+            except (ModelLoadError, ConfigError) as e:
+                self.events.record_load(name, False, 0.0)
+                if not self.registry.versions(name):
+                    self.registry.set_model_reason(name, str(e))
+                    self._on_change()
+                log.error("model '%s' cannot load: %s", name, e)
+                raise ModelLoadError(str(e)) from None
+            if version is not None:
+                if version not in available:
+                    raise InferenceError(ErrorCode.NOT_FOUND, f"model '{name}' has no version {version} (available: "
+                                                              f"{', '.join(available) or 'none'})")
+                await self._apply(name, {version: available[version]}, keep_others=True, reload=reload)
+            else:
+                await self._apply(name, {v: available[v] for v in selected}, keep_others=False, reload=reload)
+
+    async def _offer(self, name: str, override: Mapping[str, Any] | None, upload: Path | None,
+                     mlflow_version: str | None) -> Offer:
+        if upload is not None:
+            spec = Repository(upload, self.cfg, self._read_pbtxt).read(name, override)
+        elif name in self._entries:
+            entries = self._entries[name]
+            if entries[0].source is not None:
+                return await self._mlflow_offer(name, entries[0], override, mlflow_version)
+            configs = {e.version: self._with_override(e, override) for e in entries}
+            return configs, list(configs)
+        elif self._repository is not None and (self._repository.root / name).is_dir():
+            spec = self._repository.read(name, override)
+        else:
+            raise InferenceError(ErrorCode.NOT_FOUND, f"model '{name}' is not in the model repository")
+        available = {v: spec.version_config(v) for v in spec.versions}
+        return available, spec.config.version_policy.select(available)
+
+    def _with_override(self, entry: ModelConfig, override: Mapping[str, Any] | None) -> ModelConfig:
+        if override is None:
+            return entry
+        base = model_config_from_triton(override, name=entry.name, defaults=self.cfg,
+                                        where="the load request's config parameter: ")
+        return dataclasses.replace(base, path=entry.path, version=entry.version, source=entry.source,
+                                   poll_interval_s=entry.poll_interval_s)
+
+    def _source(self, name: str, entry: ModelConfig) -> MlflowSource:
+        if name not in self._sources:
+            assert entry.source is not None
+            self._sources[name] = MlflowSource(entry.source, self._cache_dir / "mlflow")
+        return self._sources[name]
+
+    async def _mlflow_offer(self, name: str, entry: ModelConfig, override: Mapping[str, Any] | None,
+                            version: str | None) -> Offer:
+        """Resolve the alias to a version number first, then fetch that version (an alias that moves during
+        the download cannot mix versions). A config file beside the .onnx is the model's config."""
+        source = self._source(name, entry)
+        loop = asyncio.get_running_loop()
+        if version is None:
+            version = await loop.run_in_executor(self._registry_pool, source.resolve)
+        fetched = await loop.run_in_executor(self._registry_pool, source.fetch, version)
+        base = entry
+        if fetched.config_file is not None:
+            base = dataclasses.replace(read_config(fetched.config_file, name, self.cfg, self._read_pbtxt),
+                                       source=entry.source, poll_interval_s=entry.poll_interval_s)
+        cfg = dataclasses.replace(self._with_override(base, override), path=fetched.model_file, version=version)
+        return {version: cfg}, [version]
+
+    async def _apply(self, name: str, wanted: dict[str, ModelConfig], *, keep_others: bool,
+                     reload: set[str] | None) -> None:
+        """Load what `wanted` adds or replaces beside what serves, then publish and drain what left."""
+        current = {v: self.registry.find(name, v) for v in self.registry.versions(name)}
+        to_load = {v: c for v, c in wanted.items() if v not in current or reload is None or v in reload}
+        for v in to_load:
+            if v not in current:
+                self.registry.set_status(name, v, State.LOADING)
+        self._on_change()
+        results = await asyncio.gather(*(self._load_version(c) for c in to_load.values()), return_exceptions=True)
+        loaded: dict[str, ModelVersion] = {}
+        errors = []
+        for v, result in zip(to_load, results, strict=True):
+            if isinstance(result, ModelVersion):
+                loaded[v] = result
+            elif isinstance(result, Exception):
+                errors.append(str(result))
+                if v in current:
+                    log.error("model '%s' version %s: reload failed; the loaded version keeps serving", name, v)
+                else:
+                    self.registry.set_status(name, v, State.UNAVAILABLE, str(result))
+            else:
+                raise result
+        if self._closing:  # the server stopped while this loaded: nothing new is published
+            await asyncio.gather(*(m.drain_and_close(0) for m in loaded.values()))
+            return
+        serving = {**current, **loaded}
+        if not errors and not keep_others:
+            serving = {v: m for v, m in serving.items() if v in wanted}
+            self.registry.clear_statuses(name, keep=set(wanted))
+        left = self.registry.publish(name, serving)
+        self.registry.set_model_reason(name, None if serving else (errors[0] if errors else UNLOADED))
+        self._on_change()
+        await self._drain(name, left)
+        if errors:
+            raise ModelLoadError("; ".join(errors))
+
+    async def _load_version(self, cfg: ModelConfig) -> ModelVersion:
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            prepared = await loop.run_in_executor(self._load_pool, prepare, cfg)
+        except ModelLoadError as e:
+            self.events.record_load(cfg.name, False, time.perf_counter() - start)
+            log.error("model '%s' version %s failed to load: %s", cfg.name, cfg.version, e)
+            raise
+        except Exception as e:  # anything else a broken file makes ONNX Runtime raise
+            self.events.record_load(cfg.name, False, time.perf_counter() - start)
+            log.exception("model '%s' version %s failed to load", cfg.name, cfg.version)
+            raise ModelLoadError(f"model '{cfg.name}' version {cfg.version}: {e}") from e
+        version = ModelVersion.start(prepared)
+        self.events.record_load(cfg.name, True, time.perf_counter() - start)
+        return version
+
+    async def _drain(self, name: str, left: list[ModelVersion], grace_s: float | None = None) -> None:
+        async def close(model: ModelVersion) -> None:
+            start = time.perf_counter()
+            owed = model.leases
+            await model.drain_and_close(self.cfg.drain_grace_s if grace_s is None else grace_s)
+            self.registry.drained(model)
+            self.events.record_unload(name, time.perf_counter() - start)
+            log.info("model '%s' version %s closed after %.3fs (%d requests were in flight)", name, model.version,
+                     time.perf_counter() - start, owed)
+
+        await asyncio.gather(*(close(m) for m in left))
+        if left:
+            self._on_change()
+
+    # -- following sources ----------------------------------------------------------------------
+
+    async def _poll_source(self, name: str, entry: ModelConfig) -> None:
+        """Re-read an MLflow alias (or stage); a move loads, warms and swaps to the new version. While the
+        registry is unreachable the current version keeps serving; the error is logged once per outage."""
+        source = self._source(name, entry)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(entry.poll_interval_s)
+            if name not in self._wanted:
+                continue
+            try:
+                version = await loop.run_in_executor(self._registry_pool, source.resolve)
+            except ModelLoadError as e:
+                self.events.record_poll(name, False)
+                if name not in self._outage:
+                    self._outage.add(name)
+                    log.error("model '%s': cannot read %s (%s); %s", name, entry.source, e,
+                              "the current version keeps serving" if self.registry.versions(name) else
+                              "retrying at each poll")
+                continue
+            self.events.record_poll(name, True)
+            if name in self._outage:
+                self._outage.discard(name)
+                log.info("model '%s': the registry answers again", name)
+            if self.registry.versions(name) == [version] or self._rejected.get(name) == version:
+                continue
+            log.info("model '%s': %s now names version %s; loading it", name, entry.source, version)
+            try:
+                await self._load(name, mlflow_version=version)
+                self._rejected.pop(name, None)
+            except Exception:  # logged where it failed; retried when the alias moves again
+                self._rejected[name] = version
+
+    async def _poll_repository(self) -> None:
+        assert self._repository is not None
+        while True:
+            await asyncio.sleep(self.cfg.repository_poll_secs)
+            try:
+                names = set(self._repository.names())
+            except ConfigError as e:
+                log.error("repository poll: %s", e)
+                continue
+            for name in sorted((names | set(self._applied)) - set(self._entries)):
+                await self._poll_model(name)
+
+    async def _poll_model(self, name: str) -> None:
+        """Apply a model's change once its files looked the same at two scans in a row."""
+        assert self._repository is not None
+        found = self._repository.fingerprint(name)
+        if found != self._seen.get(name, ()):
+            self._seen[name] = found  # new or still changing: look again at the next scan
+            return
+        applied = self._applied.get(name)
+        if name in self._applied and found == applied:
+            return
+        self._applied[name] = found
+        if found is None:
+            self._wanted.discard(name)
+            async with self._lock(name):
+                left = self.registry.publish(name, {})
+                self.registry.clear_statuses(name)
+                self.registry.set_model_reason(name, None)
+                self._on_change()
+                await self._drain(name, left)
+            log.info("model '%s' removed from the repository; unloaded", name)
+            return
+        reload = None
+        if applied is not None and found.get("") == applied.get(""):  # same config: only changed versions reload
+            reload = {v for v in found if v and found[v] != applied.get(v)}
+        self._wanted.add(name)
+        try:
+            await self._load(name, reload=reload)
+        except Exception:  # logged where it failed; the model's index entry says why
+            pass
+
+    async def close(self, grace_s: float) -> None:
+        """Stop following sources, then drain and close every version (in parallel)."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        names = {m.name for m in self.registry.serving()}
+        await asyncio.gather(*(self._drain(name, self.registry.publish(name, {}), grace_s) for name in names))
+        self._load_pool.shutdown(wait=False, cancel_futures=True)
+        self._registry_pool.shutdown(wait=False, cancel_futures=True)

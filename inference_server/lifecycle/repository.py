@@ -1,0 +1,128 @@
+"""A Triton-style model repository on disk: DIR/<model>/<version>/model.onnx with DIR/<model>/config.toml or a
+Triton config.pbtxt (never both), plus the directories RepositoryModelLoad's `file:` parameters are written to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..config import read_toml
+from ..errors import ConfigError, ModelLoadError, invalid
+from ..model_config import ModelConfig, ModelDefaults, parse_model, version_key
+from .triton_config import model_config_from_triton
+
+CONFIG_TOML = "config.toml"
+CONFIG_PBTXT = "config.pbtxt"
+PbtxtReader = Callable[[str], dict[str, Any]]  # protobuf text -> Triton ModelConfig as a dict (from grpc/)
+Fingerprint = tuple[tuple[str, int, int], ...]  # (relative path, size, mtime_ns) of every file
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a repository offers for one model: its config and every version that has a model file."""
+    name: str
+    config: ModelConfig
+    versions: dict[str, Path]  # version -> the model file
+
+    def version_config(self, version: str) -> ModelConfig:
+        return dataclasses.replace(self.config, version=version, path=self.versions[version])
+
+    def selected(self) -> dict[str, ModelConfig]:
+        """The versions its version_policy serves."""
+        return {v: self.version_config(v) for v in self.config.version_policy.select(self.versions)}
+
+
+class Repository:
+    def __init__(self, root: Path, defaults: ModelDefaults, read_pbtxt: PbtxtReader) -> None:
+        self.root = root
+        self._defaults = defaults
+        self._read_pbtxt = read_pbtxt
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            raise ConfigError("server.model_repository", f"{self.root} is not a directory")
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def read(self, name: str, override: Mapping[str, Any] | None = None) -> ModelSpec:
+        """The model's config (or `override`, a Triton config as a dict) and its versions."""
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            raise ModelLoadError(f"model '{name}' is not in the model repository {self.root}")
+        config = self._config(model_dir, override)
+        versions = {str(int(v.name)): v / config.filename for v in model_dir.iterdir()
+                    if v.name.isdigit() and int(v.name) > 0 and (v / config.filename).is_file()}
+        if not versions:
+            raise ModelLoadError(f"model '{name}': {model_dir} has no <version>/{config.filename} "
+                                 "(versions are positive integers)")
+        return ModelSpec(name, config, dict(sorted(versions.items(), key=lambda kv: version_key(kv[0]))))
+
+    def _config(self, model_dir: Path, override: Mapping[str, Any] | None) -> ModelConfig:
+        name = model_dir.name
+        if override is not None:
+            return model_config_from_triton(override, name=name, defaults=self._defaults,
+                                            where="the load request's config parameter: ")
+        toml, pbtxt = model_dir / CONFIG_TOML, model_dir / CONFIG_PBTXT
+        if toml.is_file() and pbtxt.is_file():
+            raise ModelLoadError(f"model '{name}': both {CONFIG_TOML} and {CONFIG_PBTXT} in {model_dir}; which one "
+                                 "applies is ambiguous, so neither is used: keep one")
+        found = pbtxt if pbtxt.is_file() else toml if toml.is_file() else None
+        return read_config(found, name, self._defaults, self._read_pbtxt)
+
+    def fingerprint(self, name: str) -> dict[str, Fingerprint] | None:
+        """Per version directory (and "" for the model's own files), what changes when a file is written; None
+        when the model directory is gone."""
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            return None
+        found: dict[str, list[tuple[str, int, int]]] = {}
+        for dirpath, _dirs, files in os.walk(model_dir):
+            rel = Path(dirpath).relative_to(model_dir)
+            top = rel.parts[0] if rel.parts else ""
+            for file in files:
+                try:
+                    st = os.stat(os.path.join(dirpath, file))
+                except FileNotFoundError:  # removed between the listing and the stat
+                    continue
+                found.setdefault(top, []).append((str(rel / file), st.st_size, st.st_mtime_ns))
+        return {key: tuple(sorted(entries)) for key, entries in found.items()}
+
+
+def read_config(path: Path | None, name: str, defaults: ModelDefaults, read_pbtxt: PbtxtReader) -> ModelConfig:
+    """A model's config.toml or config.pbtxt (None: the defaults). Errors are ModelLoadError naming the file."""
+    try:
+        if path is not None and path.name == CONFIG_PBTXT:
+            try:
+                doc = read_pbtxt(path.read_text())
+            except ValueError as e:
+                raise ConfigError(str(path), f"not a valid Triton model configuration: {e}") from None
+            return model_config_from_triton(doc, name=name, defaults=defaults, where=f"{path}: ")
+        table = read_toml(path, str(path)) if path is not None else {}
+        return parse_model(table, f"{path}:", defaults, name=name, path=Path(name), version="1")
+    except ConfigError as e:
+        raise ModelLoadError(str(e)) from None
+
+
+_upload_ids = itertools.count(1)
+
+
+def write_upload(cache_dir: Path, name: str, files: Mapping[str, bytes]) -> Path:
+    """Lay out `file:<version>/<name>` parameters as a one-model repository; returns its root."""
+    if not name or "/" in name or name.startswith("."):
+        raise invalid(f"model name {name!r} cannot name a directory")
+    root = cache_dir / "uploads" / f"{os.getpid()}-{next(_upload_ids)}"
+    for key, data in files.items():
+        rel = PurePosixPath(key)
+        if (rel.is_absolute() or len(rel.parts) < 2 or ".." in rel.parts or not rel.parts[0].isdigit()
+                or int(rel.parts[0]) < 1):
+            raise invalid(f"parameter 'file:{key}': expected file:<version>/<file name> with a positive version "
+                          "number and no '..'")
+        path = root / name / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root

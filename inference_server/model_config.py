@@ -1,0 +1,261 @@
+"""A model's configuration: frozen dataclasses and the TOML table that fills them.
+
+The same table is a `[[models]]` entry in the server file or a repository's `<model>/config.toml`; a
+Triton `config.pbtxt` is translated into the same dataclasses (lifecycle/triton_config.py). Every bad value
+raises ConfigError naming its dotted key. The small TOML readers here are shared with config.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+EXECUTIONS = ("auto", "inline", "thread")  # where a batch runs: measured at load, the event loop, a thread
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")  # ONNX Runtime's GraphOptimizationLevel
+EXECUTION_MODES = ("sequential", "parallel")  # ONNX Runtime's ExecutionMode (parallel uses inter_op_threads)
+WARMUP_DATA = ("zeros", "random")
+MODEL_FILE = "model.onnx"
+MLFLOW_SCHEME = "models:/"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchingConfig:
+    max_batch_size: int | None = None  # rows (dim 0); None: 32 when the model can batch, else 0
+    max_queue_delay_us: int = 0  # measured from the oldest queued request's arrival
+    preferred_batch_size: tuple[int, ...] = ()
+    max_queue_size: int = 0  # queued requests; 0 = unbounded
+    instance_count: int = 1  # model instances = batches that may run at once
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionPolicy:
+    """Which of a model's available versions serve (Triton's version_policy; default: the newest one)."""
+    kind: str = "latest"  # latest | all | specific
+    latest: int = 1  # with kind "latest": how many of the numerically greatest versions
+    specific: tuple[str, ...] = ()  # with kind "specific"
+
+    def select(self, available: Iterable[str]) -> list[str]:
+        """The versions to serve out of those available, oldest first."""
+        ordered = sorted(set(available), key=version_key)
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.specific]
+        return ordered[-self.latest:]
+
+    def describe(self) -> str:
+        if self.kind == "latest":
+            return f"latest {self.latest}"
+        return "all" if self.kind == "all" else f"specific {list(self.specific)}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WarmupConfig:
+    """Synthetic batches run on every instance before a version reports ready."""
+    batch_sizes: tuple[int, ...] | None = None  # None: 1 row and max_batch_size rows; () turns warmup off
+    data: str = "zeros"  # zeros | random
+    count: int = 1  # runs of each batch size on each instance
+
+
+@dataclass(frozen=True, slots=True)
+class TensorDecl:
+    """An input or output a config declares (config.pbtxt); checked against the model file at load."""
+    kind: str  # "input" | "output"
+    name: str
+    datatype: str  # v2 name: FP32, INT64, BYTES, ...
+    dims: tuple[int, ...]  # without the batch dimension when max_batch_size > 0; -1 = variable
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelConfig:
+    name: str
+    path: Path | None = None  # the .onnx file; None while a registry source has not been fetched yet
+    version: str = "1"
+    source: str | None = None  # an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION or /STAGE)
+    poll_interval_s: float = 30.0  # how often an MLflow alias or stage is re-read; 0 = never
+    device: str = "auto"
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default
+    inter_op_threads: int = 0  # 0: ONNX Runtime's default (used with execution_mode = "parallel")
+    graph_optimization_level: str = "all"
+    execution_mode: str = "sequential"
+    execution: str = "auto"
+    cache: bool = True  # use the server's response cache, when it has one
+    cache_ttl_s: float | None = None  # None: [cache] ttl_s; 0: entries live until evicted
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    filename: str = MODEL_FILE  # the model file's name inside a repository version directory
+    declared: tuple[TensorDecl, ...] = ()  # inputs and outputs a config.pbtxt lists (checked at load)
+
+
+class ModelDefaults(Protocol):
+    """What a model inherits from the server's config (ServerConfig has these)."""
+    device: str
+    execution: str
+    batching: BatchingConfig
+
+
+def version_key(version: str) -> tuple[int, int | str]:
+    return (0, int(version)) if version.isdigit() else (1, version)
+
+
+def _get(table: Mapping[str, Any], key: str, prefix: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise ConfigError(f"{prefix}{key}", f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _count(table: Mapping[str, Any], key: str, prefix: str, default: Any, minimum: int = 0,
+           maximum: int | None = None) -> Any:
+    value = _get(table, key, prefix, int, default)
+    if value is not None and (value < minimum or maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{prefix}{key}", f"must be {bounds}, got {value}")
+    return value
+
+
+def _choice(table: Mapping[str, Any], key: str, prefix: str, choices: Sequence[str], default: str) -> str:
+    value = _get(table, key, prefix, str, default)
+    if value not in choices:
+        raise ConfigError(f"{prefix}{key}", f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _reject_unknown(table: Mapping[str, Any], allowed: Sequence[str], prefix: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}{key}", f"unknown key (allowed: {', '.join(allowed)})")
+
+
+def _seconds(table: Mapping[str, Any], key: str, prefix: str, default: float | None = 0.0,
+             minimum: float = 0.0) -> Any:
+    value = _get(table, key, prefix, (int, float), default)
+    if value is not None and value < minimum:
+        raise ConfigError(f"{prefix}{key}", f"must be >= {minimum}, got {value}")
+    return None if value is None else float(value)
+
+
+def _positive_ints(table: Mapping[str, Any], key: str, prefix: str, default: Sequence[int]) -> list[int]:
+    values = _get(table, key, prefix, list, list(default))
+    if not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in values):
+        raise ConfigError(f"{prefix}{key}", f"must be positive integers, got {values}")
+    return values
+
+
+def parse_batching(table: Mapping[str, Any], prefix: str, base: BatchingConfig) -> BatchingConfig:
+    names = [f.name for f in dataclasses.fields(BatchingConfig)]
+    _reject_unknown(table, names, prefix)
+    preferred = _positive_ints(table, "preferred_batch_size", prefix, base.preferred_batch_size)
+    cfg = BatchingConfig(
+        max_batch_size=_count(table, "max_batch_size", prefix, base.max_batch_size),
+        max_queue_delay_us=_count(table, "max_queue_delay_us", prefix, base.max_queue_delay_us),
+        preferred_batch_size=tuple(sorted(set(preferred))),
+        max_queue_size=_count(table, "max_queue_size", prefix, base.max_queue_size),
+        instance_count=_count(table, "instance_count", prefix, base.instance_count, minimum=1),
+    )
+    limit = cfg.max_batch_size
+    if limit is not None and any(p > limit for p in cfg.preferred_batch_size):
+        raise ConfigError(f"{prefix}preferred_batch_size", f"sizes must be <= max_batch_size ({limit})")
+    return cfg
+
+
+def parse_version_policy(table: Mapping[str, Any], prefix: str) -> VersionPolicy:
+    """`{ latest = N }`, `{ all = true }` or `{ specific = [1, 3] }`."""
+    _reject_unknown(table, ["latest", "all", "specific"], prefix)
+    if len(table) != 1:
+        raise ConfigError(prefix.rstrip("."), "give exactly one of latest = N, all = true, specific = [...]")
+    if "latest" in table:
+        return VersionPolicy(kind="latest", latest=_count(table, "latest", prefix, 1, minimum=1))
+    if "all" in table:
+        if _get(table, "all", prefix, bool, True) is not True:
+            raise ConfigError(f"{prefix}all", "must be true (or give latest or specific instead)")
+        return VersionPolicy(kind="all")
+    versions = _positive_ints(table, "specific", prefix, [])
+    if not versions:
+        raise ConfigError(f"{prefix}specific", "must name at least one version")
+    return VersionPolicy(kind="specific", specific=tuple(str(v) for v in sorted(set(versions))))
+
+
+def parse_warmup(table: Mapping[str, Any], prefix: str) -> WarmupConfig:
+    _reject_unknown(table, ["batch_sizes", "data", "count"], prefix)
+    sizes = _get(table, "batch_sizes", prefix, list, None)
+    if sizes is not None:
+        sizes = tuple(_positive_ints(table, "batch_sizes", prefix, []))
+    return WarmupConfig(batch_sizes=sizes, data=_choice(table, "data", prefix, WARMUP_DATA, "zeros"),
+                        count=_count(table, "count", prefix, 1, minimum=1))
+
+
+MODEL_KEYS = ["device", "intra_op_threads", "inter_op_threads", "graph_optimization_level", "execution_mode",
+              "execution", "cache", "cache_ttl_s", "batching", "version_policy", "warmup"]
+
+
+def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, *, name: str | None = None,
+                path: Path | None = None, version: str | None = None) -> ModelConfig:
+    """One model's table: `[[models]]` in the server file (name, and path or source) or a repository's
+    `<model>/config.toml` (name, path and version come from the directory)."""
+    allowed = list(MODEL_KEYS)
+    if name is None:
+        allowed += ["name", "path", "version", "source", "poll_interval_s"]
+    _reject_unknown(table, allowed, prefix)
+    name = name or _get(table, "name", prefix, str, None)
+    if not name:
+        raise ConfigError(f"{prefix}name", "is required")
+    source = _get(table, "source", prefix, str, None)
+    raw_path = path or _get(table, "path", prefix, str, None)
+    if source is not None:
+        if raw_path is not None:
+            raise ConfigError(f"{prefix}source", "give either path or source, not both")
+        check_source(source, f"{prefix}source")
+    elif raw_path is None:
+        raise ConfigError(f"{prefix}path", "is required (or source = \"models:/NAME@ALIAS\")")
+    if source is not None and "version" in table:
+        raise ConfigError(f"{prefix}version", "comes from the MLflow registry for a source; do not set it")
+    version = version or str(_count(table, "version", prefix, 1, minimum=1))
+    batching = parse_batching(_get(table, "batching", prefix, dict, {}), f"{prefix}batching.", defaults.batching)
+    policy = _get(table, "version_policy", prefix, dict, None)
+    return ModelConfig(
+        name=name,
+        path=Path(raw_path) if raw_path is not None else None,
+        version=version,
+        source=source,
+        poll_interval_s=_seconds(table, "poll_interval_s", prefix, 30.0),
+        device=_choice(table, "device", prefix, DEVICES, defaults.device),
+        intra_op_threads=_count(table, "intra_op_threads", prefix, 0),
+        inter_op_threads=_count(table, "inter_op_threads", prefix, 0),
+        graph_optimization_level=_choice(table, "graph_optimization_level", prefix, GRAPH_OPTIMIZATION_LEVELS, "all"),
+        execution_mode=_choice(table, "execution_mode", prefix, EXECUTION_MODES, "sequential"),
+        execution=_choice(table, "execution", prefix, EXECUTIONS, defaults.execution),
+        cache=_get(table, "cache", prefix, bool, True),
+        cache_ttl_s=_seconds(table, "cache_ttl_s", prefix, None),
+        batching=batching,
+        version_policy=parse_version_policy(policy, f"{prefix}version_policy.") if policy is not None
+        else VersionPolicy(),
+        warmup=parse_warmup(_get(table, "warmup", prefix, dict, {}), f"{prefix}warmup."),
+    )
+
+
+def check_source(source: str, key: str) -> tuple[str, str]:
+    """models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/STAGE -> (NAME, "@ALIAS" | VERSION | STAGE)."""
+    rest = source.removeprefix(MLFLOW_SCHEME)
+    if rest == source:
+        raise ConfigError(key, f"must be an MLflow model URI (models:/NAME@ALIAS or models:/NAME/VERSION), got "
+                               f"{source!r}")
+    name, at, alias = rest.partition("@")
+    if at:
+        if not name or not alias or "/" in alias:
+            raise ConfigError(key, f"expected models:/NAME@ALIAS, got {source!r}")
+        return name, "@" + alias
+    name, slash, ref = rest.rpartition("/")
+    if not slash or not name or not ref:
+        raise ConfigError(key, f"expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/STAGE, got "
+                               f"{source!r}")
+    return name, ref
