@@ -81,8 +81,9 @@ class App:
         self._health_updates: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
+        """Bind and serve health first (NOT_SERVING), then load the models: probes see a live server that is
+        not ready while models load and warm up; ServerReady and health follow once they are."""
         try:
-            await self.manager.start()
             server, health, self.port = build_server(self.service, self.cfg)
             self._server, self._health = server, health
             if self.cfg.metrics:
@@ -93,7 +94,9 @@ class App:
                 monitor.start()
             if self.cache is not None:
                 await self.cache.start()
+            await set_serving(health, False)
             await server.start()
+            await self.manager.start()
         except BaseException:
             if self.metrics is not None:
                 self.metrics.stop()
@@ -102,6 +105,8 @@ class App:
             if self.cache is not None:
                 await self.cache.close()
             await self.manager.close(0)
+            if self._server is not None:
+                await self._server.stop(grace=None)
             self._cleanup()
             raise
         await set_serving(health, self.service.ready)

@@ -70,6 +70,7 @@ class ModelManager:
         self._tasks: list[asyncio.Task[None]] = []
         self._seen: dict[str, Any] = {}  # poll mode: each model's fingerprint at the last scan...
         self._applied: dict[str, Any] = {}  # ...and when it was last applied
+        self._started = False
         self._closing = False
 
     # -- start and views ------------------------------------------------------------------------
@@ -116,11 +117,12 @@ class ModelManager:
         for name, entries in self._entries.items():
             if entries[0].source is not None and entries[0].poll_interval_s > 0:
                 self._tasks.append(asyncio.create_task(self._poll_source(name, entries[0]), name=f"poll-{name}"))
+        self._started = True
         self._on_change()
 
     def ready(self) -> bool:
         """Every model the server means to serve has a ready version (or readiness is not strict)."""
-        return not self.cfg.strict_readiness or self.registry.all_ready(self._wanted)
+        return self._started and (not self.cfg.strict_readiness or self.registry.all_ready(self._wanted))
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
         entries = self.registry.index(ready_only)

@@ -95,7 +95,7 @@ def test_a_model_that_cannot_load_leaves_the_server_up_but_not_ready(tmp_path):
         server = ServerProcess(["--device", "cuda", f"--strict-readiness={strict}"], tmp_path / f"{strict}.log")
         try:
             deadline = time.monotonic() + 60
-            while server.health() is None and time.monotonic() < deadline:
+            while " serving " not in server.log() and time.monotonic() < deadline:  # the start-up loads are done
                 assert server.proc.poll() is None, server.log()
                 time.sleep(0.1)
             assert server.health() == serving
@@ -142,3 +142,34 @@ def test_json_log_format_writes_one_object_per_line(launch):
 def test_missing_model_repository_fails_fast_naming_the_key(tmp_path):
     done = run_server("--model-repository", str(tmp_path / "nowhere"), "--port", "0")
     assert done.returncode == 2 and "server.model_repository" in done.stderr
+
+
+def test_readiness_stays_false_until_a_slow_warmup_has_run(tmp_path):
+    """The server binds first and answers health NOT_SERVING / ServerReady false while the model warms up
+    (about a second here); it turns ready only after the warmup, which the log shows finishing first."""
+    onnx_models.write_model(tmp_path / "repo", "warm", onnx_models.slow(1024),
+                            "[batching]\nmax_batch_size = 1\n[warmup]\nbatch_sizes = [1]\ncount = 80\n")
+    server = ServerProcess(["--model-repository", str(tmp_path / "repo")], tmp_path / "server.log")
+    try:
+        observed: list[tuple[int | None, bool]] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert server.proc.poll() is None, server.log()
+            status = server.health()
+            if status is None:
+                time.sleep(0.02)
+                continue
+            with grpcclient.InferenceServerClient(server.url) as client:
+                observed.append((status, client.is_server_ready(), client.is_model_ready("warm")))
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            time.sleep(0.05)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert observed[-1] == (serving, True, True)
+        before = [o for o in observed if o[0] != serving]
+        assert before and all(o[1:] == (False, False) for o in before), observed
+        log = server.log()
+        assert "model 'warm' version 1 ready" in log and "(warmup" in log
+        assert log.index("model 'warm' version 1 ready") < log.index(" serving 1 model(s)")
+    finally:
+        assert server.terminate() == 0
