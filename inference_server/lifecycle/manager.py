@@ -29,7 +29,7 @@ from ..config import DEFAULT_REPOSITORY, ServerConfig
 from ..errors import ConfigError, ErrorCode, InferenceError, ModelLoadError, invalid
 from ..model_config import ModelConfig
 from .events import LifecycleStats
-from .mlflow_source import MlflowSource
+from .mlflow_source import MlflowSource, RegistryUnreachable
 from .registry import NOT_LOADED, UNLOADED, IndexEntry, ModelRegistry
 from .repository import PbtxtReader, Repository, read_config, write_upload
 from .triton_config import model_config_from_triton
@@ -62,6 +62,7 @@ class ModelManager:
             versions.append(entry)
         self._sources: dict[str, MlflowSource] = {}
         self._rejected: dict[str, str] = {}  # MLflow version that failed to load, not retried until it changes
+        self._attempted: dict[str, str] = {}  # the MLflow version the last load of each model resolved to
         self._outage: set[str] = set()  # models whose registry is unreachable (logged once per outage)
         self._wanted: set[str] = set()  # models the server means to serve: strict readiness waits for these
         self._locks: dict[str, asyncio.Lock] = {}
@@ -189,22 +190,29 @@ class ModelManager:
                     version: str | None = None, reload: set[str] | None = None,
                     mlflow_version: str | None = None) -> None:
         async with self._lock(name):
+            self._attempted.pop(name, None)
             try:
-                available, selected = await self._offer(name, override, upload, mlflow_version)
-            except (ModelLoadError, ConfigError) as e:
-                self.events.record_load(name, False, 0.0)
-                if not self.registry.versions(name):
-                    self.registry.set_model_reason(name, str(e))
-                    self._on_change()
-                log.error("model '%s' cannot load: %s", name, e)
-                raise ModelLoadError(str(e)) from None
-            if version is not None:
-                if version not in available:
-                    raise InferenceError(ErrorCode.NOT_FOUND, f"model '{name}' has no version {version} (available: "
-                                                              f"{', '.join(available) or 'none'})")
-                await self._apply(name, {version: available[version]}, keep_others=True, reload=reload)
-            else:
-                await self._apply(name, {v: available[v] for v in selected}, keep_others=False, reload=reload)
+                try:
+                    available, selected = await self._offer(name, override, upload, mlflow_version)
+                except (ModelLoadError, ConfigError) as e:
+                    self.events.record_load(name, False, 0.0)
+                    if not self.registry.versions(name):
+                        self.registry.set_model_reason(name, str(e))
+                        self._on_change()
+                    log.error("model '%s' cannot load: %s", name, e)
+                    raise (e if isinstance(e, ModelLoadError) else ModelLoadError(str(e))) from None
+                if version is not None:
+                    if version not in available:
+                        raise InferenceError(ErrorCode.NOT_FOUND, f"model '{name}' has no version {version} "
+                                                                  f"(available: {', '.join(available) or 'none'})")
+                    await self._apply(name, {version: available[version]}, keep_others=True, reload=reload)
+                else:
+                    await self._apply(name, {v: available[v] for v in selected}, keep_others=False, reload=reload)
+            except ModelLoadError as e:
+                if name in self._attempted and not isinstance(e, RegistryUnreachable):
+                    self._rejected[name] = self._attempted[name]  # a version that cannot serve: not fetched again
+                raise
+            self._rejected.pop(name, None)
 
     async def _offer(self, name: str, override: Mapping[str, Any] | None, upload: Path | None,
                      mlflow_version: str | None) -> Offer:
@@ -245,6 +253,7 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         if version is None:
             version = await loop.run_in_executor(self._registry_pool, source.resolve)
+        self._attempted[name] = version
         fetched = await loop.run_in_executor(self._registry_pool, source.fetch, version)
         base = entry
         if fetched.config_file is not None:
@@ -351,9 +360,8 @@ class ModelManager:
             log.info("model '%s': %s now names version %s; loading it", name, entry.source, version)
             try:
                 await self._load(name, mlflow_version=version)
-                self._rejected.pop(name, None)
-            except Exception:  # logged where it failed; retried when the alias moves again
-                self._rejected[name] = version
+            except Exception:  # logged where it failed; a version that cannot serve waits for the alias to move
+                pass
 
     async def _poll_repository(self) -> None:
         assert self._repository is not None

@@ -41,6 +41,10 @@ class SourceError(ModelLoadError):
     """The registry or the model version cannot be used; the message is safe to show a client."""
 
 
+class RegistryUnreachable(SourceError):
+    """The registry did not answer: worth asking again later (unlike a version that cannot be served)."""
+
+
 @dataclass(frozen=True)
 class Fetched:
     version: str
@@ -95,7 +99,7 @@ class MlflowSource:
             code = getattr(e, "error_code", None)  # MlflowException; a missing alias is INVALID_PARAMETER_VALUE
             if code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(e)):
                 raise SourceError(f"{what} not found in the MLflow registry at {self._where}") from None
-            raise SourceError(f"MLflow registry at {self._where} is unreachable: {self._scrub(e)}") from None
+            raise RegistryUnreachable(f"MLflow registry at {self._where} is unreachable: {self._scrub(e)}") from None
 
     def _mlflow(self) -> Any:
         if self._client is None:

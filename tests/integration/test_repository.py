@@ -338,3 +338,62 @@ def test_an_unsupported_config_pbtxt_field_is_refused_by_name(explicit, extra, f
             client.load_model("unsupported")
         assert field in e.value.message() and "config.pbtxt" in e.value.message()
         assert not client.is_model_ready("unsupported")
+
+
+def test_unload_finishes_every_request_it_accepted_including_those_waiting_on_the_cache(explicit):
+    """Unloading waits for the requests that hold a lease on the version (here: executing, queued behind one
+    another, and identical ones waiting on another's execution through the cache) before closing it."""
+    server, repo = explicit
+    onnx_models.write_model(repo, "slow", onnx_models.slow(2048), "[batching]\nmax_batch_size = 1\n"
+                                                                  "[warmup]\nbatch_sizes = []\n")
+    results: list[object] = []
+    barrier = threading.Barrier(7)
+
+    def call(value: float) -> None:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            x = grpcclient.InferInput("x", [1, 1], "FP32")
+            x.set_data_from_numpy(np.full((1, 1), value, np.float32))
+            barrier.wait()
+            try:
+                results.append(client.infer("slow", [x], client_timeout=60).as_numpy("y"))
+            except InferenceServerException as e:
+                results.append(e)
+
+    with grpcclient.InferenceServerClient(server.url) as client:
+        client.load_model("slow")
+        threads = [threading.Thread(target=call, args=(v,)) for v in (1, 1, 1, 2, 3, 4)]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        time.sleep(0.1)  # all six are in: one executing, the others queued or sharing its execution
+        start = time.monotonic()
+        client.unload_model("slow")
+        unload_s = time.monotonic() - start
+        for t in threads:
+            t.join(60)
+        assert len(results) == 6 and all(isinstance(r, np.ndarray) for r in results), results
+        assert unload_s > 0.1  # it waited for them
+        with pytest.raises(InferenceServerException) as e:
+            infer(client, "slow")
+        assert e.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_lifecycle_metrics_show_states_loads_and_unloads(explicit):
+    import urllib.request
+
+    server, _ = explicit
+    with grpcclient.InferenceServerClient(server.url) as client:
+        client.load_model("two")
+        client.unload_model("two")
+        with pytest.raises(InferenceServerException):
+            client.load_model("broken")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.app.metrics.port}/metrics", timeout=10).read().decode()
+    assert 'inference_model_state{model="mlp",state="READY",version="1"} 1.0' in text
+    assert 'inference_model_state{model="mlp",state="LOADING",version="1"} 0.0' in text
+    assert 'inference_model_state{model="broken",state="UNAVAILABLE",version="1"} 1.0' in text
+    assert 'inference_model_state{model="two",state="UNAVAILABLE",version=""} 1.0' in text
+    assert 'inference_model_loads_total{model="two",result="success"} 1.0' in text
+    assert 'inference_model_loads_total{model="broken",result="failure"} 1.0' in text
+    assert 'inference_model_unloads_total{model="two"} 1.0' in text
+    assert 'inference_model_load_duration_seconds_count{model="mlp"} 1.0' in text
+    assert 'inference_model_unload_duration_seconds_count{model="two"} 1.0' in text
