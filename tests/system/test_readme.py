@@ -56,3 +56,42 @@ def test_serve_script_starts_the_default_server(launch):
     # The first command of the README; its one-time install already happened in this checkout's .venv.
     server = launch(command=["bash", "scripts/serve"])
     assert "serving 1 model(s)" in server.log()
+
+
+def readme_blocks(section: str) -> dict[str, str]:
+    """The fenced blocks of a README section, by their first-line file comment (or language)."""
+    text = (ROOT / "README.md").read_text().split(f"### {section}", 1)[1].split("\n### ", 1)[0]
+    blocks = {}
+    for language, body in re.findall(r"```(\w+)\n(.*?)```", text, re.S):
+        first = body.splitlines()[0]
+        name = first.split()[1].rstrip(":") if first.startswith("#") and " " in first else language
+        blocks[name] = body
+    return blocks
+
+
+def test_readme_mlflow_promotion_runs_as_written(tmp_path, monkeypatch):
+    """The README's alias promotion, step by step: register two versions, serve the alias, move it."""
+    pytest.importorskip("mlflow")
+    from tests.server_process import ServerProcess
+
+    blocks = readme_blocks("Models from MLflow")
+    (tmp_path / "inference_server").symlink_to(ROOT / "inference_server")  # the README runs from the repo root
+    for name in ("register.py", "promote.py", "mlflow.toml"):
+        (tmp_path / name).write_text(blocks[name].replace("poll_interval_s = 2", "poll_interval_s = 0.5"))
+    script = f"{blocks['bash']}\n{sys.executable} register.py\nenv\n"
+    done = subprocess.run(["bash", "-euc", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    env = dict(line.split("=", 1) for line in done.stdout.splitlines() if line.startswith("MLFLOW_"))
+    assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/mlflow.db"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    server = ServerProcess(["--config", str(tmp_path / "mlflow.toml"), "--model-cache-dir", str(tmp_path / "c")],
+                           tmp_path / "server.log").wait_serving()
+    try:
+        promote = blocks["promote.py"].replace("127.0.0.1:8001", server.url)
+        done = subprocess.run([sys.executable, "-c", promote], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr + server.log()
+        assert done.stdout.splitlines() == ["serving version 1", "serving version 2"]
+    finally:
+        assert server.terminate() == 0
