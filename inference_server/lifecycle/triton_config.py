@@ -137,9 +137,11 @@ def _batching(doc: Mapping[str, Any], where: str, instance_count: int) -> Batchi
 
 def _graph_level(doc: Mapping[str, Any], where: str) -> str:
     prefix = f"{where}optimization."
-    table = _check(_get(doc, "optimization", where, dict, {}), prefix, ("graph",),
-                   ("priority", "cuda", "execution_accelerators", "input_pinned_memory", "output_pinned_memory",
-                    "gather_kernel_buffer_threshold", "eager_batching"))
+    # Pinned host memory is a transfer hint with nothing to change on CPU sessions (GPU sessions here bind
+    # outputs to pinned memory when the build allows); accepted, like Triton's configs usually carry it.
+    table = _check(_get(doc, "optimization", where, dict, {}), prefix,
+                   ("graph", "input_pinned_memory", "output_pinned_memory"),
+                   ("priority", "cuda", "execution_accelerators", "gather_kernel_buffer_threshold", "eager_batching"))
     graph = _check(_get(table, "graph", prefix, dict, {}), f"{prefix}graph.", ("level",))
     level = _integer(graph.get("level", 0), f"{prefix}graph.level", minimum=-1)
     if level not in GRAPH_LEVELS:
@@ -211,13 +213,13 @@ def _warmup(doc: Mapping[str, Any], where: str, max_batch: int) -> WarmupConfig:
 
 def _tensors(doc: Mapping[str, Any], where: str) -> tuple[TensorDecl, ...]:
     declared: list[TensorDecl] = []
-    for kind, inert in (("input", ("is_shape_tensor", "allow_ragged_batch", "optional", "format",
-                                   "is_non_linear_format_io")),
+    for kind, inert in (("input", ("is_shape_tensor", "allow_ragged_batch", "optional", "is_non_linear_format_io")),
                         ("output", ("is_shape_tensor", "label_filename", "is_non_linear_format_io"))):
         seen: set[str] = set()
         for i, tensor in enumerate(_get(doc, kind, where, list, [])):
             prefix = f"{where}{kind}[{i}]."
-            tensor = _check(tensor, prefix, ("name", "data_type", "dims"), inert)  # reshape: refused when present
+            # `format` (FORMAT_NCHW ...) only describes the layout; ONNX Runtime takes the tensor as it comes.
+            tensor = _check(tensor, prefix, ("name", "data_type", "dims", "format"), inert)  # reshape: refused
             name = _get(tensor, "name", prefix, str, "")
             if not name or name in seen:
                 raise ConfigError(f"{prefix}name", f"must be a non-empty name unique among the {kind}s, got {name!r}")

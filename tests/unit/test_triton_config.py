@@ -234,7 +234,6 @@ UNSUPPORTED = [
     ('input [ { name: "x" data_type: TYPE_INT32 dims: 1 is_shape_tensor: true } ]', "input[0].is_shape_tensor"),
     ('input [ { name: "x" data_type: TYPE_FP32 dims: 1 allow_ragged_batch: true } ]', "input[0].allow_ragged_batch"),
     ('input [ { name: "x" data_type: TYPE_FP32 dims: 1 optional: true } ]', "input[0].optional"),
-    ('input [ { name: "x" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [3, 8, 8] } ]', "input[0].format"),
     ('output [ { name: "y" data_type: TYPE_FP32 dims: 4 label_filename: "labels.txt" } ]', "output[0].label_filename"),
     ('model_warmup [ { inputs { key: "x" value { data_type: TYPE_FP32 dims: 1 input_data_file: "x.bin" } } } ]',
      "model_warmup[0].inputs.x.input_data_file"),
@@ -243,7 +242,6 @@ UNSUPPORTED = [
     ('optimization { execution_accelerators { gpu_execution_accelerator [ { name: "tensorrt" } ] } }',
      "optimization.execution_accelerators"),
     ("optimization { priority: PRIORITY_MAX }", "optimization.priority"),
-    ("optimization { input_pinned_memory { enable: true } }", "optimization.input_pinned_memory"),
 ]
 
 
@@ -252,6 +250,14 @@ def test_fields_this_server_cannot_honour_are_refused_by_name(text, field_name):
     err = refusal(text)
     assert err.key == f"{WHERE}{field_name}"
     assert f"'{WHERE}{field_name}'" in str(err) and "not supported by this server" in str(err)
+
+
+def test_layout_and_pinned_memory_hints_from_triton_configs_are_accepted():
+    cfg = convert("""
+input [ { name: "x" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [3, 8, 8] } ]
+optimization { input_pinned_memory { enable: true } output_pinned_memory { enable: true } }
+""")
+    assert cfg.declared == (TensorDecl("input", "x", "FP32", (3, 8, 8)),)
 
 
 def test_unsupported_fields_holding_only_defaults_are_accepted():
