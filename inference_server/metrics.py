@@ -95,10 +95,11 @@ class StatsCollector:
         lookup = HistogramMetricFamily("inference_cache_lookup_seconds", "Response cache lookup (and insert) time",
                                        labels=LABELS)
         for name, version, s in models:
-            for code, h in sorted(s.request_s.items()):
+            # Copies (one C-level step each): the event loop may add a code or reason while this thread reads.
+            for code, h in sorted(dict(s.request_s).items()):
                 request.add_metric([name, version, code], _buckets(h), h.sum)
                 requests.add_metric([name, version, code], h.count)
-            for reason, n in sorted(s.failures.items()):
+            for reason, n in sorted(dict(s.failures).items()):
                 failures.add_metric([name, version, reason], n)
             pending.add_metric([name, version], s.pending())
             for family, (_, _, attribute) in zip(histograms, HISTOGRAMS, strict=True):

@@ -22,6 +22,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -149,12 +150,15 @@ class ModelManager:
         self._require_explicit("RepositoryModelLoad")
         if files and config is None:
             raise invalid("the config parameter is required with file: parameters")
-        upload = write_upload(self._cache_dir, name, files) if files else None
+        loop = asyncio.get_running_loop()
+        upload = None
+        if files:  # written in a worker thread: an upload may be as large as a gRPC message
+            upload = await loop.run_in_executor(self._load_pool, write_upload, self._cache_dir, name, files)
         try:
             await self._load(name, override=config, upload=upload, version=version)
         finally:
-            if upload is not None:
-                shutil.rmtree(upload, ignore_errors=True)  # the sessions hold the model now
+            if upload is not None:  # the sessions hold the model now
+                await loop.run_in_executor(self._load_pool, partial(shutil.rmtree, upload, ignore_errors=True))
         self._wanted.add(name)
         self._on_change()
 
