@@ -147,19 +147,28 @@ class App:
 
 
 async def serve(cfg: ServerConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # also while models load: a stop then ends the start cleanly
+        loop.add_signal_handler(sig, stop.set)
     try:
         app = App(cfg)
-        await app.start()
+        starting = asyncio.create_task(app.start())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.info("shutdown signal received while starting; stopping")
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)  # start() closes what it had opened
+            return 0
+        stopped.cancel()
+        starting.result()
     except ConfigError as e:
         log.error("cannot start: %s", e)
         return 2
     except (ModelLoadError, OSError) as e:
         log.error("cannot start: %s", e)
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutdown signal received; draining for up to %.1fs", cfg.drain_grace_s)
     await app.stop()

@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,7 @@ class ModelManager:
         self._applied: dict[str, Any] = {}  # ...and when it was last applied
         self._started = False
         self._closing = False
+        self._stopping = threading.Event()  # tells a warmup running in a worker thread to give up
 
     # -- start and views ------------------------------------------------------------------------
 
@@ -307,7 +309,7 @@ class ModelManager:
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            prepared = await loop.run_in_executor(self._load_pool, prepare, cfg)
+            prepared = await loop.run_in_executor(self._load_pool, prepare, cfg, self._stopping)
         except ModelLoadError as e:
             self.events.record_load(cfg.name, False, time.perf_counter() - start)
             log.error("model '%s' version %s failed to load: %s", cfg.name, cfg.version, e)
@@ -412,6 +414,7 @@ class ModelManager:
     async def close(self, grace_s: float) -> None:
         """Stop following sources, then drain and close every version (in parallel)."""
         self._closing = True
+        self._stopping.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

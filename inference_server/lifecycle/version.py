@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,8 +196,10 @@ def warmup_inputs(specs: tuple[TensorSpec, ...], rows: int, data: str, rng: np.r
     return inputs
 
 
-def warm_up(cfg: ModelConfig, backend: OnnxBackend, max_batch_size: int) -> None:
-    """Run the warmup batches on every instance (in the loading thread); a failure fails the load."""
+def warm_up(cfg: ModelConfig, backend: OnnxBackend, max_batch_size: int,
+            stop: threading.Event | None = None) -> None:
+    """Run the warmup batches on every instance (in the loading thread); a failure fails the load. `stop`
+    (the server is shutting down) ends it between two runs."""
     w = cfg.warmup
     sizes = w.batch_sizes if w.batch_sizes is not None else tuple(sorted({1, max(max_batch_size, 1)}))
     if max_batch_size == 0:
@@ -209,6 +212,8 @@ def warm_up(cfg: ModelConfig, backend: OnnxBackend, max_batch_size: int) -> None
         inputs = warmup_inputs(backend.inputs, rows, w.data, rng)
         for index, instance in enumerate(backend.instances):
             for _ in range(w.count):
+                if stop is not None and stop.is_set():
+                    raise ModelLoadError(f"model '{cfg.name}' version {cfg.version}: warmup stopped (shutting down)")
                 try:
                     instance.run_sync(inputs)
                 except Exception as e:  # ORT raises its own types for a run that fails
@@ -216,7 +221,7 @@ def warm_up(cfg: ModelConfig, backend: OnnxBackend, max_batch_size: int) -> None
                                          f"{index} with a batch of {rows} ({w.data}): {e}") from e
 
 
-def prepare(cfg: ModelConfig) -> Prepared:
+def prepare(cfg: ModelConfig, stop: threading.Event | None = None) -> Prepared:
     """Everything slow about loading a version; runs in a worker thread. Raises ModelLoadError."""
     if cfg.path is None:
         raise ModelLoadError(f"model '{cfg.name}': no model file")
@@ -234,7 +239,7 @@ def prepare(cfg: ModelConfig) -> Prepared:
         check_declared(cfg, backend, size)
         execution = backend.choose_execution(cfg.execution, size or 1, cfg.name)
         warm_start = time.perf_counter()
-        warm_up(cfg, backend, size)
+        warm_up(cfg, backend, size, stop)
         warmup_s = time.perf_counter() - warm_start
     except BaseException:
         backend.close()

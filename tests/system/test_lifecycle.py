@@ -173,3 +173,17 @@ def test_readiness_stays_false_until_a_slow_warmup_has_run(tmp_path):
         assert log.index("model 'warm' version 1 ready") < log.index(" serving 1 model(s)")
     finally:
         assert server.terminate() == 0
+
+
+def test_a_stop_signal_while_models_load_ends_the_start_cleanly(tmp_path):
+    onnx_models.write_model(tmp_path / "repo", "warm", onnx_models.slow(1024),
+                            "[batching]\nmax_batch_size = 1\n[warmup]\nbatch_sizes = [1]\ncount = 400\n")
+    server = ServerProcess(["--model-repository", str(tmp_path / "repo")], tmp_path / "server.log")
+    deadline = time.monotonic() + 60
+    while server.health() != health_pb2.HealthCheckResponse.NOT_SERVING:  # bound, still warming up
+        assert time.monotonic() < deadline and server.proc.poll() is None, server.log()
+        time.sleep(0.05)
+    assert server.terminate(timeout_s=30) == 0
+    log = server.log()
+    assert "shutdown signal received while starting" in log
+    assert "version 1 ready" not in log  # the warmup (several seconds of it) was cut short
