@@ -97,16 +97,18 @@ class App:
             await set_serving(health, False)
             await server.start()
             await self.manager.start()
-        except BaseException:
+        except BaseException as e:
+            # Stopped while models loaded (a signal): requests already being answered finish first.
+            grace = self.cfg.drain_grace_s if isinstance(e, asyncio.CancelledError) else 0.0
+            await self.service.drain(grace)
+            if self._server is not None:
+                await self._server.stop(grace=None)
             if self.metrics is not None:
                 self.metrics.stop()
             for monitor in self._monitors:
                 await monitor.close()
             if self.cache is not None:
                 await self.cache.close()
-            await self.manager.close(0)
-            if self._server is not None:
-                await self._server.stop(grace=None)
             self._cleanup()
             raise
         await set_serving(health, self.service.ready)

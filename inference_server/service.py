@@ -15,7 +15,7 @@ from .cache import Coalescer, ResponseCache, cache_key, outputs_nbytes
 from .config import CacheConfig
 from .drift import DriftMonitor
 from .errors import ErrorCode, InferenceError, ModelLoadError, invalid, unavailable
-from .lifecycle.mlflow_source import SourceError
+from .lifecycle.mlflow_source import RegistryUnreachable
 from .logs import ACCESS, REQUEST_ID
 from .model_config import version_key
 from .predictions import PredictionLog
@@ -90,8 +90,8 @@ class InferenceService:
         try:
             await self.manager.load(name, config=config, files=files, version=version)
         except ModelLoadError as e:
-            raise InferenceError(ErrorCode.UNAVAILABLE if isinstance(e, SourceError) else ErrorCode.INVALID_ARGUMENT,
-                                 f"failed to load '{name}': {e}") from None
+            code = ErrorCode.UNAVAILABLE if isinstance(e, RegistryUnreachable) else ErrorCode.INVALID_ARGUMENT
+            raise InferenceError(code, f"failed to load '{name}': {e}") from None
 
     async def unload_model(self, name: str, version: str | None = None) -> None:
         if self._draining:

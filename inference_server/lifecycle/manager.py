@@ -21,14 +21,14 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import DEFAULT_REPOSITORY, ServerConfig
-from ..errors import ConfigError, ErrorCode, InferenceError, ModelLoadError, invalid
+from ..errors import ConfigError, ErrorCode, InferenceError, ModelLoadError, invalid, unavailable
 from ..model_config import ModelConfig
 from .events import LifecycleStats
 from .mlflow_source import MlflowSource, RegistryUnreachable
@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 
 LOAD_THREADS = 2  # versions prepared at once (sessions + warmup); the machine's cores bound what helps
 Offer = tuple[dict[str, ModelConfig], list[str]]  # every available version's config, and those to serve
+T = TypeVar("T")
+
+
+def _close_prepared(future: Any) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().backend.close()
 
 
 class ModelManager:
@@ -70,7 +76,8 @@ class ModelManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._load_pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="model-load")
         self._registry_pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow")  # MLflow's client: one thread
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # pollers
+        self._ops: set[asyncio.Task[Any]] = set()  # loads, unloads and drains: owned here, never cancelled midway
         self._seen: dict[str, Any] = {}  # poll mode: each model's fingerprint at the last scan...
         self._applied: dict[str, Any] = {}  # ...and when it was last applied
         self._started = False
@@ -144,6 +151,18 @@ class ModelManager:
                                  f"{request} is not allowed in model control mode '{self.mode}': start the server "
                                  "with --model-control-mode explicit to load and unload models by request")
 
+    async def _owned(self, operation: Coroutine[Any, Any, T]) -> T:
+        """Run a load, unload or drain as a task of the manager's. A caller that goes away (a request's
+        deadline, a cancelled poll) stops waiting for it but never cuts it in half: a version left half
+        loaded or half drained would hold its sessions and its state forever. close() waits for them."""
+        if self._closing:
+            operation.close()
+            raise unavailable("server is shutting down")
+        task = asyncio.get_running_loop().create_task(operation)
+        self._ops.add(task)
+        task.add_done_callback(self._ops.discard)
+        return await asyncio.shield(task)
+
     async def load(self, name: str, *, config: Mapping[str, Any] | None = None,
                    files: Mapping[str, bytes] | None = None, version: str | None = None) -> None:
         """Load the model (or only `version`), or reload it when loaded: the old versions serve until the new
@@ -152,21 +171,26 @@ class ModelManager:
         self._require_explicit("RepositoryModelLoad")
         if files and config is None:
             raise invalid("the config parameter is required with file: parameters")
+        await self._owned(self._load_request(name, config, files, version))
+
+    async def _load_request(self, name: str, config: Mapping[str, Any] | None, files: Mapping[str, bytes] | None,
+                            version: str | None) -> None:
         loop = asyncio.get_running_loop()
         upload = None
         if files:  # written in a worker thread: an upload may be as large as a gRPC message
             upload = await loop.run_in_executor(self._load_pool, write_upload, self._cache_dir, name, files)
         try:
-            await self._load(name, override=config, upload=upload, version=version)
+            await self._load(name, override=config, upload=upload, version=version, want=True)
         finally:
             if upload is not None:  # the sessions hold the model now
                 await loop.run_in_executor(self._load_pool, partial(shutil.rmtree, upload, ignore_errors=True))
-        self._wanted.add(name)
-        self._on_change()
 
     async def unload(self, name: str, version: str | None = None) -> None:
         """Unload the model (or one version); returns once its leased requests are answered."""
         self._require_explicit("RepositoryModelUnload")
+        await self._owned(self._unload(name, version))
+
+    async def _unload(self, name: str, version: str | None) -> None:
         async with self._lock(name):
             serving = {v: self.registry.find(name, v) for v in self.registry.versions(name)}
             if version:
@@ -193,9 +217,13 @@ class ModelManager:
         return self._locks.setdefault(name, asyncio.Lock())
 
     async def _load(self, name: str, *, override: Mapping[str, Any] | None = None, upload: Path | None = None,
-                    version: str | None = None, reload: set[str] | None = None,
-                    mlflow_version: str | None = None) -> None:
+                    version: str | None = None, reload: set[str] | None = None, mlflow_version: str | None = None,
+                    want: bool = False, if_wanted: bool = False) -> None:
+        """want: the model joins those the server means to serve once this load succeeds. if_wanted: load only
+        if it still is one of them when this load's turn comes (a poll must not bring back an unloaded model)."""
         async with self._lock(name):
+            if if_wanted and name not in self._wanted:
+                return
             self._attempted.pop(name, None)
             try:
                 try:
@@ -205,7 +233,8 @@ class ModelManager:
                     if not self.registry.versions(name):
                         self.registry.set_model_reason(name, str(e))
                         self._on_change()
-                    log.error("model '%s' cannot load: %s", name, e)
+                    if not (isinstance(e, RegistryUnreachable) and name in self._outage):  # logged once an outage
+                        log.error("model '%s' cannot load: %s", name, e)
                     raise (e if isinstance(e, ModelLoadError) else ModelLoadError(str(e))) from None
                 if version is not None:
                     if version not in available:
@@ -213,12 +242,29 @@ class ModelManager:
                                                                   f"(available: {', '.join(available) or 'none'})")
                     await self._apply(name, {version: available[version]}, keep_others=True, reload=reload)
                 else:
+                    if not selected:
+                        raise self._no_version(name, available)
                     await self._apply(name, {v: available[v] for v in selected}, keep_others=False, reload=reload)
             except ModelLoadError as e:
                 if name in self._attempted and not isinstance(e, RegistryUnreachable):
                     self._rejected[name] = self._attempted[name]  # a version that cannot serve: not fetched again
                 raise
             self._rejected.pop(name, None)
+            if want and self.registry.versions(name):
+                self._wanted.add(name)
+                self._on_change()
+
+    def _no_version(self, name: str, available: Mapping[str, ModelConfig]) -> ModelLoadError:
+        """A policy that selects nothing would unload every version: refused, what serves keeps serving."""
+        policy = next(iter(available.values())).version_policy.describe() if available else "?"
+        reason = (f"model '{name}': no version matches its version_policy ({policy}); available: "
+                  f"{', '.join(available) or 'none'}")
+        self.events.record_load(name, False, 0.0)
+        log.error("%s", reason)
+        if not self.registry.versions(name):
+            self.registry.set_model_reason(name, reason)
+            self._on_change()
+        return ModelLoadError(reason)
 
     async def _offer(self, name: str, override: Mapping[str, Any] | None, upload: Path | None,
                      mlflow_version: str | None) -> Offer:
@@ -277,7 +323,14 @@ class ModelManager:
             if v not in current:
                 self.registry.set_status(name, v, State.LOADING)
         self._on_change()
-        results = await asyncio.gather(*(self._load_version(c) for c in to_load.values()), return_exceptions=True)
+        try:
+            results = await asyncio.gather(*(self._load_version(c) for c in to_load.values()),
+                                           return_exceptions=True)
+        except BaseException:  # cancelled (the server stops): _load_version closes what still finishes
+            for v in to_load:
+                if v not in current:
+                    self.registry.clear_status(name, v)
+            raise
         loaded: dict[str, ModelVersion] = {}
         errors = []
         for v, result in zip(to_load, results, strict=True):
@@ -293,7 +346,7 @@ class ModelManager:
                 raise result
         if self._closing:  # the server stopped while this loaded: nothing new is published
             await asyncio.gather(*(m.drain_and_close(0) for m in loaded.values()))
-            return
+            raise unavailable("server is shutting down")
         serving = {**current, **loaded}
         if not errors and not keep_others:
             serving = {v: m for v, m in serving.items() if v in wanted}
@@ -308,8 +361,12 @@ class ModelManager:
     async def _load_version(self, cfg: ModelConfig) -> ModelVersion:
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._load_pool, prepare, cfg, self._stopping)
         try:
-            prepared = await loop.run_in_executor(self._load_pool, prepare, cfg, self._stopping)
+            prepared = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_close_prepared)  # the thread finishes on its own: close what it made
+            raise
         except ModelLoadError as e:
             self.events.record_load(cfg.name, False, time.perf_counter() - start)
             log.error("model '%s' version %s failed to load: %s", cfg.name, cfg.version, e)
@@ -332,9 +389,15 @@ class ModelManager:
             log.info("model '%s' version %s closed after %.3fs (%d requests were in flight)", name, model.version,
                      time.perf_counter() - start, owed)
 
-        await asyncio.gather(*(close(m) for m in left))
         if left:
+            await asyncio.gather(*(asyncio.shield(self._spawn(close(m))) for m in left))
             self._on_change()
+
+    def _spawn(self, operation: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(operation)
+        self._ops.add(task)
+        task.add_done_callback(self._ops.discard)
+        return task
 
     # -- following sources ----------------------------------------------------------------------
 
@@ -358,14 +421,19 @@ class ModelManager:
                               "retrying at each poll")
                 continue
             self.events.record_poll(name, True)
-            if name in self._outage:
-                self._outage.discard(name)
-                log.info("model '%s': the registry answers again", name)
             if self.registry.versions(name) == [version] or self._rejected.get(name) == version:
+                if name in self._outage:
+                    self._outage.discard(name)
+                    log.info("model '%s': the registry answers again", name)
                 continue
             log.info("model '%s': %s now names version %s; loading it", name, entry.source, version)
             try:
-                await self._load(name, mlflow_version=version)
+                await self._owned(self._load(name, mlflow_version=version, if_wanted=True))
+                if name in self._outage:
+                    self._outage.discard(name)
+                    log.info("model '%s': the registry answers again", name)
+            except RegistryUnreachable:  # the download failed: the same outage, logged once (by _load)
+                self._outage.add(name)
             except Exception:  # logged where it failed; a version that cannot serve waits for the alias to move
                 pass
 
@@ -375,11 +443,14 @@ class ModelManager:
             await asyncio.sleep(self.cfg.repository_poll_secs)
             try:
                 names = set(self._repository.names())
+                for name in sorted((names | set(self._applied)) - set(self._entries)):
+                    await self._poll_model(name)
             except ConfigError as e:
                 log.error("repository poll: %s", e)
-                continue
-            for name in sorted((names | set(self._applied)) - set(self._entries)):
-                await self._poll_model(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a scan that fails (permissions, a stale mount) is retried at the next one
+                log.exception("repository poll of %s failed", self._repository.root)
 
     async def _poll_model(self, name: str) -> None:
         """Apply a model's change once its files looked the same at two scans in a row."""
@@ -393,23 +464,25 @@ class ModelManager:
             return
         self._applied[name] = found
         if found is None:
-            self._wanted.discard(name)
-            async with self._lock(name):
-                left = self.registry.publish(name, {})
-                self.registry.clear_statuses(name)
-                self.registry.set_model_reason(name, None)
-                self._on_change()
-                await self._drain(name, left)
+            await self._owned(self._forget(name))
             log.info("model '%s' removed from the repository; unloaded", name)
             return
         reload = None
         if applied is not None and found.get("") == applied.get(""):  # same config: only changed versions reload
             reload = {v for v in found if v and found[v] != applied.get(v)}
-        self._wanted.add(name)
-        try:
-            await self._load(name, reload=reload)
+        try:  # a model new to the repository joins the models readiness waits for once it has loaded
+            await self._owned(self._load(name, reload=reload, want=True))
         except Exception:  # logged where it failed; the model's index entry says why
             pass
+
+    async def _forget(self, name: str) -> None:
+        async with self._lock(name):
+            self._wanted.discard(name)
+            left = self.registry.publish(name, {})
+            self.registry.clear_statuses(name)
+            self.registry.set_model_reason(name, None)
+            self._on_change()
+            await self._drain(name, left)
 
     async def close(self, grace_s: float) -> None:
         """Stop following sources, then drain and close every version (in parallel)."""
@@ -418,6 +491,11 @@ class ModelManager:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._ops:  # loads stop at their next warmup run; drains finish their requests
+            done, pending = await asyncio.wait(set(self._ops), timeout=max(grace_s, 1.0))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*done, *pending, return_exceptions=True)
         names = {m.name for m in self.registry.serving()}
         await asyncio.gather(*(self._drain(name, self.registry.publish(name, {}), grace_s) for name in names))
         self._load_pool.shutdown(wait=False, cancel_futures=True)

@@ -177,7 +177,11 @@ class ModelRegistry:
 
     def _refresh(self) -> None:
         """Rebuild what other threads read (each replaced whole, so a reader never sees a half change)."""
-        self._snapshot = tuple(self.serving()) + tuple(self._draining)
+        serving = self.serving()
+        # A version reloaded from a new file drains under the same name and number as its successor: the
+        # metrics show the serving one only (two series with the same labels would be one too many).
+        names = {(m.name, m.version) for m in serving}
+        self._snapshot = tuple(serving) + tuple(m for m in self._draining if (m.name, m.version) not in names)
         self._index = self._build_index()
 
     def all_ready(self, names: set[str]) -> bool:

@@ -130,8 +130,9 @@ class ModelVersion:
             except TimeoutError:
                 log.warning("model '%s' version %s: drain grace of %.1fs expired with %d requests in flight",
                             self.name, self.version, grace_s, self.leases)
-        if self.batcher is not None:
-            await self.batcher.close(max(0.0, grace_s - (loop.time() - start)))
+        if self.batcher is not None:  # nothing leased is left: what it still holds ends at once (a floor, as
+            # a wait of 0 would give up before the batch loop has seen it is closing)
+            await self.batcher.close(max(0.1, grace_s - (loop.time() - start)))
         self.backend.close()
         self.state = State.UNAVAILABLE
 
