@@ -19,6 +19,7 @@ Each request's future lives in its queue item; no side table keyed by id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter, deque
@@ -86,7 +87,9 @@ class DynamicBatcher:
         # The statistics belong to the model version (which outlives nothing but may be given them); the
         # batcher records into them and reports its queue length.
         self.stats = stats if stats is not None else ModelStats()
-        self.stats.pending = lambda: len(self._queue)
+        # len of the queue itself, not a closure over the batcher: batcher -> stats -> batcher would be a
+        # reference cycle that keeps a closed version's sessions in memory until a full garbage collection.
+        self.stats.pending = functools.partial(len, self._queue)
 
     @property
     def pending(self) -> int:

@@ -129,3 +129,33 @@ def test_a_fingerprint_changes_with_every_write_and_is_none_when_the_model_is_go
     (tmp_path / "m" / "config.toml").write_text("")
     assert set(repo.fingerprint("m")) == {"", "1"}
     assert repo.fingerprint("gone") is None
+
+
+async def test_a_closed_batcher_is_freed_by_reference_counting_alone():
+    """No reference cycle through the statistics: a closed version's instances (its ONNX Runtime sessions)
+    are freed as soon as it is dropped, not at some later full garbage collection (measured: RSS grew 5 MB per
+    50 reloads while a cycle held them)."""
+    import gc
+    import weakref
+
+    from inference_server.batching import DynamicBatcher
+    from inference_server.stats import ModelStats
+
+    class Instance:
+        async def run(self, inputs):
+            return dict(inputs)
+
+    instance = Instance()
+    stats = ModelStats()
+    batcher = DynamicBatcher([instance], max_batch_size=4, stats=stats)
+    batcher.start()
+    await batcher.close(1)
+    refs = [weakref.ref(o) for o in (batcher, instance)]
+    gc.disable()
+    try:
+        del batcher, instance
+        await asyncio.sleep(0)
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()
+    assert stats.pending() == 0  # the statistics outlive the batcher and still answer
