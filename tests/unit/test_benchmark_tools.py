@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import pytest
 
-from benchmarks import loadgen, peers, perf_analyzer, scenarios
+from benchmarks import lifecycle, loadgen, peers, perf_analyzer, scenarios
 
 # perf_analyzer 2.51.0 --verbose-csv against a server without statistics, and against Triton (with them).
 PA_CSV = ("Concurrency,Inferences/Second,Client Send,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,"
@@ -50,6 +51,13 @@ def test_server_batch_lines_are_summed_over_worker_processes():
     log = line.format("cheap", 10, 40) + line.format("large", 3, 3) + line.format("cheap", 5, 5)
     assert scenarios.batch_summary(log, "cheap") == (15, 45)
     assert scenarios.batch_summary(log, "missing") is None
+
+
+def test_lifecycle_finds_when_the_alias_poll_noticed_a_move():
+    log = ("2026-12-01 22:15:38,484 INFO inference_server.lifecycle.manager: model 'cheap': models:/cheap@production "
+           "now names version 12; loading it\n")
+    assert lifecycle.moved_at(log, "12") == datetime(2026, 12, 1, 22, 15, 38, 484000).timestamp()
+    assert lifecycle.moved_at(log, "1") is None and lifecycle.moved_at(log, "2") is None
 
 
 async def test_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch):
