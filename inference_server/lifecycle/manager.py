@@ -1,10 +1,9 @@
-"""ModelManager: what loads, from where and when; every load, reload and unload goes through here.
+"""ModelManager: what loads and when; every load, reload and unload goes through here.
 
-Sources: the model repository (DIR/<model>/<version>/), `[[models]]` entries with a path, and `[[models]]`
-entries with an MLflow `source`. Modes (Triton's): `none` loads every model at start and takes no repository
-request; `explicit` loads the --load-model names at start and then what RepositoryModelLoad/Unload ask for;
-`poll` loads every model and follows the repository, applying a change once its files have stopped changing
-between two scans.
+Where models come from is sources.py; following MLflow aliases and the repository is following.py. Modes
+(Triton's): `none` loads every model at start and takes no repository request; `explicit` loads the
+--load-model names at start and then what RepositoryModelLoad/Unload ask for; `poll` loads every model and
+follows the repository.
 
 A load never blocks the event loop (sessions and warmup are made in a worker thread) and never takes
 anything away until its replacement is ready: new versions load beside the old ones, the serving set flips
@@ -16,7 +15,6 @@ reason. One operation at a time per model (a lock each); different models load c
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import shutil
 import threading
@@ -27,20 +25,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import DEFAULT_REPOSITORY, ServerConfig
+from ..config import ServerConfig
 from ..errors import ConfigError, ErrorCode, InferenceError, ModelLoadError, invalid, unavailable
 from ..model_config import ModelConfig
 from .events import LifecycleStats
-from .mlflow_source import MlflowSource, RegistryUnreachable
+from .following import Following
+from .mlflow_source import RegistryUnreachable
 from .registry import NOT_LOADED, UNLOADED, IndexEntry, ModelRegistry
-from .repository import PbtxtReader, Repository, read_config, write_upload
-from .triton_config import model_config_from_triton
+from .repository import PbtxtReader, write_upload
+from .sources import ModelSources
 from .version import ModelVersion, State, prepare
 
 log = logging.getLogger(__name__)
 
 LOAD_THREADS = 2  # versions prepared at once (sessions + warmup); the machine's cores bound what helps
-Offer = tuple[dict[str, ModelConfig], list[str]]  # every available version's config, and those to serve
 T = TypeVar("T")
 
 
@@ -56,30 +54,15 @@ class ModelManager:
         self.mode = cfg.model_control_mode
         self.registry = registry
         self.events = LifecycleStats()
-        self._read_pbtxt = read_pbtxt
         self._cache_dir = cache_dir
         self._on_change = on_change
-        root = cfg.model_repository if cfg.model_repository is not None or cfg.models else DEFAULT_REPOSITORY
-        self._repository = Repository(root, cfg, read_pbtxt) if root is not None else None
-        self._entries: dict[str, list[ModelConfig]] = {}
-        for entry in cfg.models:
-            versions = self._entries.setdefault(entry.name, [])
-            if entry.source is not None and versions or any(e.source or e.version == entry.version for e in versions):
-                raise ConfigError("models", f"model '{entry.name}' version {entry.version} is configured more than "
-                                            "once (an MLflow source stands alone)")
-            versions.append(entry)
-        self._sources: dict[str, MlflowSource] = {}
+        self.sources = ModelSources(cfg, read_pbtxt, cache_dir)
+        self.following = Following(self)
         self._rejected: dict[str, str] = {}  # MLflow version that failed to load, not retried until it changes
-        self._attempted: dict[str, str] = {}  # the MLflow version the last load of each model resolved to
-        self._outage: set[str] = set()  # models whose registry is unreachable (logged once per outage)
         self._wanted: set[str] = set()  # models the server means to serve: strict readiness waits for these
         self._locks: dict[str, asyncio.Lock] = {}
         self._load_pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="model-load")
-        self._registry_pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow")  # MLflow's client: one thread
-        self._tasks: list[asyncio.Task[None]] = []  # pollers
         self._ops: set[asyncio.Task[Any]] = set()  # loads, unloads and drains: owned here, never cancelled midway
-        self._seen: dict[str, Any] = {}  # poll mode: each model's fingerprint at the last scan...
-        self._applied: dict[str, Any] = {}  # ...and when it was last applied
         self._started = False
         self._closing = False
         self._stopping = threading.Event()  # tells a warmup running in a worker thread to give up
@@ -87,14 +70,14 @@ class ModelManager:
     # -- start and views ------------------------------------------------------------------------
 
     def known(self) -> list[str]:
-        names = set(self._entries)
-        if self._repository is not None:
-            clash = names & set(self._repository.names())
-            if clash:
-                raise ConfigError("models", f"model {sorted(clash)[0]!r} is both a [[models]] entry and a "
-                                            f"directory of {self._repository.root}")
-            names |= set(self._repository.names())
-        return sorted(names)
+        return self.sources.known()
+
+    def wants(self, name: str) -> bool:
+        return name in self._wanted
+
+    def rejected(self, name: str) -> str | None:
+        """The MLflow version of the model that failed to load (not fetched again until the alias moves)."""
+        return self._rejected.get(name)
 
     async def start(self) -> None:
         """Load what the mode loads at start. A model that fails is UNAVAILABLE with its reason (the server
@@ -108,10 +91,8 @@ class ModelManager:
             self.registry.set_model_reason(name, NOT_LOADED)
         self._wanted = set(initial)
         if self.mode == "poll":
-            for name in known:
-                if name not in self._entries:
-                    self._seen[name] = self._applied[name] = self._repository.fingerprint(name)
-        results = await asyncio.gather(*(self._load(name) for name in initial), return_exceptions=True)
+            self.following.remember(known)
+        results = await asyncio.gather(*(self.refresh(name) for name in initial), return_exceptions=True)
         failures = []
         for name, result in zip(initial, results, strict=True):
             if isinstance(result, InferenceError):  # an unknown --load-model name
@@ -123,11 +104,7 @@ class ModelManager:
                 raise result
         if failures and self.cfg.exit_on_error:
             raise ModelLoadError(f"{len(failures)} model(s) failed to load (--exit-on-error): {failures[0]}")
-        if self.mode == "poll":
-            self._tasks.append(asyncio.create_task(self._poll_repository(), name="repository-poll"))
-        for name, entries in self._entries.items():
-            if entries[0].source is not None and entries[0].poll_interval_s > 0:
-                self._tasks.append(asyncio.create_task(self._poll_source(name, entries[0]), name=f"poll-{name}"))
+        self.following.start()
         self._started = True
         self._on_change()
 
@@ -137,7 +114,7 @@ class ModelManager:
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
         entries = self.registry.index(ready_only)
-        if not ready_only and self._repository is not None:
+        if not ready_only and self.sources.repository is not None:
             listed = {e.name for e in entries}
             entries += [IndexEntry(n, "", State.UNAVAILABLE.value, NOT_LOADED) for n in self.known() if n not in listed]
             entries.sort(key=lambda e: e.name)
@@ -151,7 +128,7 @@ class ModelManager:
                                  f"{request} is not allowed in model control mode '{self.mode}': start the server "
                                  "with --model-control-mode explicit to load and unload models by request")
 
-    async def _owned(self, operation: Coroutine[Any, Any, T]) -> T:
+    async def owned(self, operation: Coroutine[Any, Any, T]) -> T:
         """Run a load, unload or drain as a task of the manager's. A caller that goes away (a request's
         deadline, a cancelled poll) stops waiting for it but never cuts it in half: a version left half
         loaded or half drained would hold its sessions and its state forever. close() waits for them."""
@@ -171,7 +148,7 @@ class ModelManager:
         self._require_explicit("RepositoryModelLoad")
         if files and config is None:
             raise invalid("the config parameter is required with file: parameters")
-        await self._owned(self._load_request(name, config, files, version))
+        await self.owned(self._load_request(name, config, files, version))
 
     async def _load_request(self, name: str, config: Mapping[str, Any] | None, files: Mapping[str, bytes] | None,
                             version: str | None) -> None:
@@ -180,7 +157,7 @@ class ModelManager:
         if files:  # written in a worker thread: an upload may be as large as a gRPC message
             upload = await loop.run_in_executor(self._load_pool, write_upload, self._cache_dir, name, files)
         try:
-            await self._load(name, override=config, upload=upload, version=version, want=True)
+            await self.refresh(name, override=config, upload=upload, version=version, want=True)
         finally:
             if upload is not None:  # the sessions hold the model now
                 await loop.run_in_executor(self._load_pool, partial(shutil.rmtree, upload, ignore_errors=True))
@@ -188,7 +165,7 @@ class ModelManager:
     async def unload(self, name: str, version: str | None = None) -> None:
         """Unload the model (or one version); returns once its leased requests are answered."""
         self._require_explicit("RepositoryModelUnload")
-        await self._owned(self._unload(name, version))
+        await self.owned(self._unload(name, version))
 
     async def _unload(self, name: str, version: str | None) -> None:
         async with self._lock(name):
@@ -216,24 +193,25 @@ class ModelManager:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    async def _load(self, name: str, *, override: Mapping[str, Any] | None = None, upload: Path | None = None,
-                    version: str | None = None, reload: set[str] | None = None, mlflow_version: str | None = None,
-                    want: bool = False, if_wanted: bool = False) -> None:
-        """want: the model joins those the server means to serve once this load succeeds. if_wanted: load only
-        if it still is one of them when this load's turn comes (a poll must not bring back an unloaded model)."""
+    async def refresh(self, name: str, *, override: Mapping[str, Any] | None = None, upload: Path | None = None,
+                      version: str | None = None, reload: set[str] | None = None, mlflow_version: str | None = None,
+                      want: bool = False, if_wanted: bool = False, quiet_unreachable: bool = False) -> None:
+        """Load (or reload) what the model's source offers. reload: only these versions of those serving
+        reload (None: all). want: the model joins those the server means to serve once this load succeeds.
+        if_wanted: load only if it still is one of them when this load's turn comes (a poll must not bring
+        back an unloaded model). quiet_unreachable: an outage already logged is not logged again."""
         async with self._lock(name):
             if if_wanted and name not in self._wanted:
                 return
-            self._attempted.pop(name, None)
             try:
                 try:
-                    available, selected = await self._offer(name, override, upload, mlflow_version)
+                    available, selected = await self.sources.offer(name, override, upload, mlflow_version)
                 except (ModelLoadError, ConfigError) as e:
                     self.events.record_load(name, False, 0.0)
                     if not self.registry.versions(name):
                         self.registry.set_model_reason(name, str(e))
                         self._on_change()
-                    if not (isinstance(e, RegistryUnreachable) and name in self._outage):  # logged once an outage
+                    if not (isinstance(e, RegistryUnreachable) and quiet_unreachable):
                         log.error("model '%s' cannot load: %s", name, e)
                     raise (e if isinstance(e, ModelLoadError) else ModelLoadError(str(e))) from None
                 if version is not None:
@@ -246,8 +224,9 @@ class ModelManager:
                         raise self._no_version(name, available)
                     await self._apply(name, {v: available[v] for v in selected}, keep_others=False, reload=reload)
             except ModelLoadError as e:
-                if name in self._attempted and not isinstance(e, RegistryUnreachable):
-                    self._rejected[name] = self._attempted[name]  # a version that cannot serve: not fetched again
+                resolved = self.sources.resolved.get(name)
+                if resolved is not None and not isinstance(e, RegistryUnreachable):
+                    self._rejected[name] = resolved  # an MLflow version that cannot serve: not fetched again
                 raise
             self._rejected.pop(name, None)
             if want and self.registry.versions(name):
@@ -265,54 +244,6 @@ class ModelManager:
             self.registry.set_model_reason(name, reason)
             self._on_change()
         return ModelLoadError(reason)
-
-    async def _offer(self, name: str, override: Mapping[str, Any] | None, upload: Path | None,
-                     mlflow_version: str | None) -> Offer:
-        if upload is not None:
-            spec = Repository(upload, self.cfg, self._read_pbtxt).read(name, override)
-        elif name in self._entries:
-            entries = self._entries[name]
-            if entries[0].source is not None:
-                return await self._mlflow_offer(name, entries[0], override, mlflow_version)
-            configs = {e.version: self._with_override(e, override) for e in entries}
-            return configs, list(configs)
-        elif self._repository is not None and (self._repository.root / name).is_dir():
-            spec = self._repository.read(name, override)
-        else:
-            raise InferenceError(ErrorCode.NOT_FOUND, f"model '{name}' is not in the model repository")
-        available = {v: spec.version_config(v) for v in spec.versions}
-        return available, spec.config.version_policy.select(available)
-
-    def _with_override(self, entry: ModelConfig, override: Mapping[str, Any] | None) -> ModelConfig:
-        if override is None:
-            return entry
-        base = model_config_from_triton(override, name=entry.name, defaults=self.cfg,
-                                        where="the load request's config parameter: ")
-        return dataclasses.replace(base, path=entry.path, version=entry.version, source=entry.source,
-                                   poll_interval_s=entry.poll_interval_s)
-
-    def _source(self, name: str, entry: ModelConfig) -> MlflowSource:
-        if name not in self._sources:
-            assert entry.source is not None
-            self._sources[name] = MlflowSource(entry.source, self._cache_dir / "mlflow")
-        return self._sources[name]
-
-    async def _mlflow_offer(self, name: str, entry: ModelConfig, override: Mapping[str, Any] | None,
-                            version: str | None) -> Offer:
-        """Resolve the alias to a version number first, then fetch that version (an alias that moves during
-        the download cannot mix versions). A config file beside the .onnx is the model's config."""
-        source = self._source(name, entry)
-        loop = asyncio.get_running_loop()
-        if version is None:
-            version = await loop.run_in_executor(self._registry_pool, source.resolve)
-        self._attempted[name] = version
-        fetched = await loop.run_in_executor(self._registry_pool, source.fetch, version)
-        base = entry
-        if fetched.config_file is not None:
-            base = dataclasses.replace(read_config(fetched.config_file, name, self.cfg, self._read_pbtxt),
-                                       source=entry.source, poll_interval_s=entry.poll_interval_s)
-        cfg = dataclasses.replace(self._with_override(base, override), path=fetched.model_file, version=version)
-        return {version: cfg}, [version]
 
     async def _apply(self, name: str, wanted: dict[str, ModelConfig], *, keep_others: bool,
                      reload: set[str] | None) -> None:
@@ -399,83 +330,8 @@ class ModelManager:
         task.add_done_callback(self._ops.discard)
         return task
 
-    # -- following sources ----------------------------------------------------------------------
-
-    async def _poll_source(self, name: str, entry: ModelConfig) -> None:
-        """Re-read an MLflow alias (or stage); a move loads, warms and swaps to the new version. While the
-        registry is unreachable the current version keeps serving; the error is logged once per outage."""
-        source = self._source(name, entry)
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(entry.poll_interval_s)
-            if name not in self._wanted:
-                continue
-            try:
-                version = await loop.run_in_executor(self._registry_pool, source.resolve)
-            except ModelLoadError as e:
-                self.events.record_poll(name, False)
-                if name not in self._outage:
-                    self._outage.add(name)
-                    log.error("model '%s': cannot read %s (%s); %s", name, entry.source, e,
-                              "the current version keeps serving" if self.registry.versions(name) else
-                              "retrying at each poll")
-                continue
-            self.events.record_poll(name, True)
-            if self.registry.versions(name) == [version] or self._rejected.get(name) == version:
-                if name in self._outage:
-                    self._outage.discard(name)
-                    log.info("model '%s': the registry answers again", name)
-                continue
-            log.info("model '%s': %s now names version %s; loading it", name, entry.source, version)
-            try:
-                await self._owned(self._load(name, mlflow_version=version, if_wanted=True))
-                if name in self._outage:
-                    self._outage.discard(name)
-                    log.info("model '%s': the registry answers again", name)
-            except RegistryUnreachable:  # the download failed: the same outage, logged once (by _load)
-                self._outage.add(name)
-            except Exception:  # logged where it failed; a version that cannot serve waits for the alias to move
-                pass
-
-    async def _poll_repository(self) -> None:
-        assert self._repository is not None
-        while True:
-            await asyncio.sleep(self.cfg.repository_poll_secs)
-            try:
-                names = set(self._repository.names())
-                for name in sorted((names | set(self._applied)) - set(self._entries)):
-                    await self._poll_model(name)
-            except ConfigError as e:
-                log.error("repository poll: %s", e)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a scan that fails (permissions, a stale mount) is retried at the next one
-                log.exception("repository poll of %s failed", self._repository.root)
-
-    async def _poll_model(self, name: str) -> None:
-        """Apply a model's change once its files looked the same at two scans in a row."""
-        assert self._repository is not None
-        found = self._repository.fingerprint(name)
-        if found != self._seen.get(name, ()):
-            self._seen[name] = found  # new or still changing: look again at the next scan
-            return
-        applied = self._applied.get(name)
-        if name in self._applied and found == applied:
-            return
-        self._applied[name] = found
-        if found is None:
-            await self._owned(self._forget(name))
-            log.info("model '%s' removed from the repository; unloaded", name)
-            return
-        reload = None
-        if applied is not None and found.get("") == applied.get(""):  # same config: only changed versions reload
-            reload = {v for v in found if v and found[v] != applied.get(v)}
-        try:  # a model new to the repository joins the models readiness waits for once it has loaded
-            await self._owned(self._load(name, reload=reload, want=True))
-        except Exception:  # logged where it failed; the model's index entry says why
-            pass
-
-    async def _forget(self, name: str) -> None:
+    async def forget(self, name: str) -> None:
+        """A model gone from the repository (poll mode): unloaded and no longer listed."""
         async with self._lock(name):
             self._wanted.discard(name)
             left = self.registry.publish(name, {})
@@ -488,9 +344,7 @@ class ModelManager:
         """Stop following sources, then drain and close every version (in parallel)."""
         self._closing = True
         self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.following.close()
         if self._ops:  # loads stop at their next warmup run; drains finish their requests
             done, pending = await asyncio.wait(set(self._ops), timeout=max(grace_s, 1.0))
             for task in pending:
@@ -499,4 +353,4 @@ class ModelManager:
         names = {m.name for m in self.registry.serving()}
         await asyncio.gather(*(self._drain(name, self.registry.publish(name, {}), grace_s) for name in names))
         self._load_pool.shutdown(wait=False, cancel_futures=True)
-        self._registry_pool.shutdown(wait=False, cancel_futures=True)
+        self.sources.close()

@@ -40,7 +40,7 @@ X = np.array([[0.5, -1.0, 2.0, 0.25]], np.float32)
 PICKLE_ONLY = {"MLmodel": b"flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n",
                "model.pkl": b"not a real pickle"}
 POLL_S = 0.2
-MANAGER_LOG = "inference_server.lifecycle.manager"
+LIFECYCLE_LOG = "inference_server.lifecycle"  # the manager and its following of sources
 
 
 def expected(version: str) -> np.ndarray:
@@ -228,7 +228,7 @@ def test_a_version_without_onnx_is_refused_and_the_other_model_keeps_serving(reg
 
 def test_a_version_refused_at_start_is_not_fetched_and_logged_again_at_the_next_poll(
         registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger=MANAGER_LOG)
+    caplog.set_level(logging.INFO, logger=LIFECYCLE_LOG)
     registry.register("refused", None, extra_files=PICKLE_ONLY, alias="production")
     failed_loads = 'inference_model_loads_total{model="refused",result="failure"}'
     with serving(tmp_path, ("refused", "models:/refused@production")) as server, \
@@ -238,14 +238,14 @@ def test_a_version_refused_at_start_is_not_fetched_and_logged_again_at_the_next_
         assert index(client, "refused")[0][1] == "UNAVAILABLE"
         loads = metric(server, failed_loads)
     errors = [r.getMessage() for r in caplog.records
-              if r.name == MANAGER_LOG and r.levelno >= logging.ERROR and "'refused'" in r.getMessage()]
+              if r.name.startswith(LIFECYCLE_LOG) and r.levelno >= logging.ERROR and "'refused'" in r.getMessage()]
     assert len(errors) == 1, errors
     assert loads == 1
 
 
 def test_a_registry_outage_keeps_the_current_version_serving(registry: Registry, tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger=MANAGER_LOG)
+    caplog.set_level(logging.INFO, logger=LIFECYCLE_LOG)
     name = "outage"
     registry.register(name, ONNX["1"], alias="production")
     second = registry.register(name, ONNX["2"])
@@ -262,7 +262,7 @@ def test_a_registry_outage_keeps_the_current_version_serving(registry: Registry,
         for _ in range(20):
             assert answered_by(client, name) == "1"
         assert index(client, name) == [("1", "READY", "")] and client.is_server_ready()
-        outage = [r for r in caplog.records if r.name == MANAGER_LOG and "cannot read" in r.getMessage()]
+        outage = [r for r in caplog.records if r.name.startswith(LIFECYCLE_LOG) and "cannot read" in r.getMessage()]
         assert len(outage) == 1, [r.getMessage() for r in outage]
         assert outage[0].levelno == logging.ERROR
         assert "the current version keeps serving" in outage[0].getMessage()
@@ -272,6 +272,6 @@ def test_a_registry_outage_keeps_the_current_version_serving(registry: Registry,
         wait_for(lambda: index(client, name) == [("2", "READY", "")], "the swap to version 2")
         assert answered_by(client, name) == "2"
         assert not client.is_model_ready(name, "1")
-    messages = [r.getMessage() for r in caplog.records if r.name == MANAGER_LOG]
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith(LIFECYCLE_LOG)]
     assert sum("cannot read" in m for m in messages) == 1
     assert sum("the registry answers again" in m for m in messages) == 1

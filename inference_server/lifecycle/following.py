@@ -1,0 +1,128 @@
+"""Following the sources while the server runs: MLflow aliases (every `poll_interval_s`) and, in poll mode,
+the model repository (every `repository_poll_secs`).
+
+An alias that moves loads, warms and swaps to the new version; while the registry cannot be reached the
+current version keeps serving and the outage is logged once. A repository change is applied only once the
+model's files looked the same at two scans in a row, so a version still being copied in is never loaded
+half written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, ModelLoadError
+from ..model_config import ModelConfig
+from .mlflow_source import RegistryUnreachable
+
+if TYPE_CHECKING:
+    from .manager import ModelManager
+
+log = logging.getLogger(__name__)
+
+
+class Following:
+    def __init__(self, manager: ModelManager) -> None:
+        self._manager = manager
+        self._tasks: list[asyncio.Task[None]] = []
+        self.outage: set[str] = set()  # models whose registry does not answer (logged once per outage)
+        self._seen: dict[str, Any] = {}  # poll mode: each model's fingerprint at the last scan...
+        self._applied: dict[str, Any] = {}  # ...and when it was last applied
+
+    def remember(self, names: list[str]) -> None:
+        """Poll mode, at start: the repository as it is loaded now."""
+        sources = self._manager.sources
+        assert sources.repository is not None
+        for name in names:
+            if sources.in_repository(name):
+                self._seen[name] = self._applied[name] = sources.repository.fingerprint(name)
+
+    def start(self) -> None:
+        m = self._manager
+        if m.mode == "poll":
+            self._tasks.append(asyncio.create_task(self._poll_repository(), name="repository-poll"))
+        for name, entry in m.sources.registry_entries().items():
+            if entry.poll_interval_s > 0:
+                self._tasks.append(asyncio.create_task(self._poll_source(name, entry), name=f"poll-{name}"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- MLflow ---------------------------------------------------------------------------------
+
+    async def _poll_source(self, name: str, entry: ModelConfig) -> None:
+        m = self._manager
+        while True:
+            await asyncio.sleep(entry.poll_interval_s)
+            if not m.wants(name):  # explicit mode: not loaded, or unloaded
+                continue
+            try:
+                version = await m.sources.resolve(name)
+            except ModelLoadError as e:
+                m.events.record_poll(name, False)
+                if name not in self.outage:
+                    self.outage.add(name)
+                    log.error("model '%s': cannot read %s (%s); %s", name, entry.source, e,
+                              "the current version keeps serving" if m.registry.versions(name) else
+                              "retrying at each poll")
+                continue
+            m.events.record_poll(name, True)
+            if m.registry.versions(name) != [version] and m.rejected(name) != version:
+                log.info("model '%s': %s now names version %s; loading it", name, entry.source, version)
+                try:
+                    await m.owned(m.refresh(name, mlflow_version=version, if_wanted=True,
+                                            quiet_unreachable=name in self.outage))
+                except RegistryUnreachable:  # the download failed: the same outage, logged once
+                    self.outage.add(name)
+                    continue
+                except Exception:  # logged where it failed; a version that cannot serve waits for the alias to move
+                    pass
+            if name in self.outage:
+                self.outage.discard(name)
+                log.info("model '%s': the registry answers again", name)
+
+    # -- the repository (poll mode) -------------------------------------------------------------
+
+    async def _poll_repository(self) -> None:
+        repository = self._manager.sources.repository
+        assert repository is not None
+        while True:
+            await asyncio.sleep(self._manager.cfg.repository_poll_secs)
+            try:
+                names = set(repository.names()) | set(self._applied)
+                for name in sorted(n for n in names if self._manager.sources.in_repository(n)):
+                    await self._poll_model(name)
+            except ConfigError as e:
+                log.error("repository poll: %s", e)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a scan that fails (permissions, a stale mount) is retried at the next one
+                log.exception("repository poll of %s failed", repository.root)
+
+    async def _poll_model(self, name: str) -> None:
+        """Apply a model's change once its files looked the same at two scans in a row."""
+        m = self._manager
+        assert m.sources.repository is not None
+        found = m.sources.repository.fingerprint(name)
+        if found != self._seen.get(name, ()):
+            self._seen[name] = found  # new or still changing: look again at the next scan
+            return
+        applied = self._applied.get(name)
+        if name in self._applied and found == applied:
+            return
+        self._applied[name] = found
+        if found is None:
+            await m.owned(m.forget(name))
+            log.info("model '%s' removed from the repository; unloaded", name)
+            return
+        reload = None
+        if applied is not None and found.get("") == applied.get(""):  # same config: only changed versions reload
+            reload = {v for v in found if v and found[v] != applied.get(v)}
+        try:  # a model new to the repository joins the models readiness waits for once it has loaded
+            await m.owned(m.refresh(name, reload=reload, want=True))
+        except Exception:  # logged where it failed; the model's index entry says why
+            pass
