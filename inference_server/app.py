@@ -8,8 +8,8 @@ import os
 import signal
 import sys
 import tempfile
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1.health import aio as health_aio

@@ -84,8 +84,7 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.executed_batches: Counter[int] = Counter()  # batches handed to the model, by row count
-        # The statistics belong to the model version (which outlives nothing but may be given them); the
-        # batcher records into them and reports its queue length.
+        # The statistics belong to the model version, which hands them in; the batcher records into them.
         self.stats = stats if stats is not None else ModelStats()
         # len of the queue itself, not a closure over the batcher: batcher -> stats -> batcher would be a
         # reference cycle that keeps a closed version's sessions in memory until a full garbage collection.

@@ -17,9 +17,6 @@ from .errors import ConfigError
 from .model_config import (DEVICES, EXECUTIONS, BatchingConfig, ModelConfig, _choice, _count, _get, _reject_unknown,
                            _seconds, parse_batching, parse_model)
 
-__all__ = ["BatchingConfig", "ModelConfig", "ServerConfig", "CacheConfig", "MonitoringConfig", "parse_server",
-           "parse_model", "read_toml", "DEVICES", "EXECUTIONS", "_get"]
-
 MODEL_CONTROL_MODES = ("none", "explicit", "poll")
 DEFAULT_REPOSITORY = Path(__file__).parent / "default_repository"
 CONFIG_ENV = "INFERENCE_SERVER_CONFIG"

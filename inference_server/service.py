@@ -15,13 +15,13 @@ from .cache import Coalescer, ResponseCache, cache_key, outputs_nbytes
 from .config import CacheConfig
 from .drift import DriftMonitor
 from .errors import ErrorCode, InferenceError, ModelLoadError, invalid, unavailable
+from .lifecycle.manager import ModelManager
 from .lifecycle.mlflow_source import RegistryUnreachable
+from .lifecycle.registry import IndexEntry, ModelRegistry
+from .lifecycle.version import ModelVersion
 from .logs import ACCESS, REQUEST_ID
 from .model_config import version_key
 from .predictions import PredictionLog
-from .lifecycle.manager import ModelManager
-from .lifecycle.registry import IndexEntry, ModelRegistry
-from .lifecycle.version import ModelVersion
 from .tensors import InferRequest, InferResponse, Tensor, bytes_to_text
 
 log = logging.getLogger(__name__)
