@@ -17,12 +17,14 @@ from .drift import DriftMonitor
 from .errors import ErrorCode, InferenceError, ModelLoadError, invalid, unavailable
 from .lifecycle.manager import ModelManager
 from .lifecycle.mlflow_source import RegistryUnreachable
-from .lifecycle.registry import IndexEntry, ModelRegistry
+from .lifecycle.registry import ModelRegistry
 from .lifecycle.version import ModelVersion
 from .logs import ACCESS, REQUEST_ID
 from .model_config import version_key
 from .predictions import PredictionLog
 from .tensors import InferRequest, InferResponse, Tensor, bytes_to_text
+from .views import (IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, config_view, metadata_view,
+                    statistics_view)
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +72,14 @@ class InferenceService:
         """False for a model or version that is unknown, loading, failed or unloaded (as Triton answers)."""
         return not self._draining and self.registry.ready(name, version)
 
-    def model(self, name: str, version: str = "") -> ModelVersion:
-        """A serving version, for metadata and config calls."""
-        return self.registry.find(name, version)
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadataView:
+        """ModelMetadata of a serving version (NOT_FOUND / UNAVAILABLE otherwise)."""
+        model = self.registry.find(name, version)
+        return metadata_view(model, self.registry.versions(model.name))
 
-    def versions(self, name: str) -> list[str]:
-        return self.registry.versions(name)
+    def model_config(self, name: str, version: str = "") -> ModelConfigView:
+        model = self.registry.find(name, version)
+        return config_view(model, cached=self.caches(model))
 
     # -- the model repository ------------------------------------------------------------------
 
@@ -98,16 +102,18 @@ class InferenceService:
             raise unavailable("server is shutting down")
         await self.manager.unload(name, version)
 
-    def statistics(self, name: str = "", version: str = "") -> list[ModelVersion]:
+    def statistics(self, name: str = "", version: str = "") -> list[StatisticsView]:
         """The model versions a statistics request names: "" is every serving model, or every version of one."""
         if not name:
             if version:
                 raise invalid("a model version needs a model name")
-            return sorted(self.registry.serving(), key=lambda m: (m.name, version_key(m.version)))
-        if version:
-            return [self.registry.find(name, version)]
-        self.registry.find(name)  # NOT_FOUND / UNAVAILABLE for a model with no version serving
-        return [self.registry.find(name, v) for v in self.registry.versions(name)]
+            models = sorted(self.registry.serving(), key=lambda m: (m.name, version_key(m.version)))
+        elif version:
+            models = [self.registry.find(name, version)]
+        else:
+            self.registry.find(name)  # NOT_FOUND / UNAVAILABLE for a model with no version serving
+            models = [self.registry.find(name, v) for v in self.registry.versions(name)]
+        return [statistics_view(m) for m in models]
 
     # -- inference -------------------------------------------------------------------------------
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ErrorCode, InferenceError, invalid
-from ..lifecycle.registry import IndexEntry
-from ..lifecycle.version import ModelVersion
+from ..model_config import VersionPolicy
 from ..stats import Duration
 from ..tensors import DATATYPES, RAW_ONLY, InferRequest, InferResponse, Tensor, decode_raw, decode_values, encode_raw
+from ..views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
 from ._generated import grpc_service_pb2 as pb
 from ._generated import model_config_pb2 as mc
 from .triton_config import json_to_dict
@@ -83,54 +83,44 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     return out
 
 
-def _metadata_shape(model: ModelVersion, shape: tuple[int, ...]) -> list[int]:
-    return [-1, *shape[1:]] if model.max_batch_size > 0 else list(shape)
+def _tensor_metadata(t: TensorView) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape)
 
 
-def model_metadata(model: ModelVersion, versions: list[str]) -> pb.ModelMetadataResponse:
-    def tensor(spec: Any) -> pb.ModelMetadataResponse.TensorMetadata:
-        return pb.ModelMetadataResponse.TensorMetadata(
-            name=spec.name, datatype=spec.datatype, shape=_metadata_shape(model, spec.shape))
-
-    return pb.ModelMetadataResponse(name=model.name, versions=versions, platform=model.platform,
-                                    inputs=[tensor(s) for s in model.inputs],
-                                    outputs=[tensor(s) for s in model.outputs])
+def model_metadata(view: ModelMetadataView) -> pb.ModelMetadataResponse:
+    return pb.ModelMetadataResponse(name=view.name, versions=view.versions, platform=view.platform,
+                                    inputs=[_tensor_metadata(t) for t in view.inputs],
+                                    outputs=[_tensor_metadata(t) for t in view.outputs])
 
 
-def model_config(model: ModelVersion, cached: bool = False) -> pb.ModelConfigResponse:
-    batching = model.max_batch_size > 0
-
-    def dims(shape: tuple[int, ...]) -> list[int]:
-        return list(shape[1:] if batching else shape)
-
-    b = model.batching
+def model_config(view: ModelConfigView) -> pb.ModelConfigResponse:
     config = mc.ModelConfig(
-        name=model.name,
-        platform=model.platform,
-        backend=model.backend.backend_name,
-        max_batch_size=model.max_batch_size,
-        version_policy=_version_policy(model),
-        input=[mc.ModelInput(name=s.name, data_type=DATATYPES[s.datatype].config_name, dims=dims(s.shape))
-               for s in model.inputs],
-        output=[mc.ModelOutput(name=s.name, data_type=DATATYPES[s.datatype].config_name, dims=dims(s.shape))
-                for s in model.outputs],
+        name=view.name,
+        platform=view.platform,
+        backend=view.backend,
+        max_batch_size=view.max_batch_size,
+        version_policy=_version_policy(view.version_policy),
+        input=[mc.ModelInput(name=t.name, data_type=DATATYPES[t.datatype].config_name, dims=t.shape)
+               for t in view.inputs],
+        output=[mc.ModelOutput(name=t.name, data_type=DATATYPES[t.datatype].config_name, dims=t.shape)
+                for t in view.outputs],
         instance_group=[mc.ModelInstanceGroup(
-            name=f"{model.name}_0", count=b.instance_count,
-            kind=mc.ModelInstanceGroup.KIND_GPU if model.backend.device == "cuda" else mc.ModelInstanceGroup.KIND_CPU)],
-        default_model_filename=model.config.path.name,
+            name=f"{view.name}_0", count=view.instance_count,
+            kind=mc.ModelInstanceGroup.KIND_GPU if view.gpu else mc.ModelInstanceGroup.KIND_CPU)],
+        default_model_filename=view.default_model_filename,
     )
-    if batching:
+    b = view.dynamic_batching
+    if b is not None:
         config.dynamic_batching.CopyFrom(mc.ModelDynamicBatching(
             preferred_batch_size=list(b.preferred_batch_size),
             max_queue_delay_microseconds=b.max_queue_delay_us,
             default_queue_policy=mc.ModelQueuePolicy(max_queue_size=b.max_queue_size)))
-    if cached:
+    if view.response_cache:
         config.response_cache.enable = True
     return pb.ModelConfigResponse(config=config)
 
 
-def _version_policy(model: ModelVersion) -> mc.ModelVersionPolicy:
-    policy = model.config.version_policy
+def _version_policy(policy: VersionPolicy) -> mc.ModelVersionPolicy:
     if policy.kind == "all":
         return mc.ModelVersionPolicy(all=mc.ModelVersionPolicy.All())
     if policy.kind == "specific":
@@ -197,10 +187,10 @@ def _duration(d: Duration) -> pb.StatisticDuration:
     return pb.StatisticDuration(count=d.count, ns=d.ns)
 
 
-def model_statistics(models: list[ModelVersion]) -> pb.ModelStatisticsResponse:
+def model_statistics(views: list[StatisticsView]) -> pb.ModelStatisticsResponse:
     """Triton's ModelStatistics, as perf_analyzer reads it: counts per request, compute per batch size."""
     out = pb.ModelStatisticsResponse()
-    for model in models:
+    for model in views:
         s = model.stats
         entry = out.model_stats.add(name=model.name, version=model.version, last_inference=s.last_inference_ms,
                                     inference_count=s.inference_count, execution_count=s.execution_count)

@@ -92,13 +92,11 @@ class InferenceServicer:
 
     @rpc
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        model = self.service.model(request.name, request.version)
-        return codec.model_metadata(model, self.service.versions(model.name))
+        return codec.model_metadata(self.service.model_metadata(request.name, request.version))
 
     @rpc
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
-        model = self.service.model(request.name, request.version)
-        return codec.model_config(model, cached=self.service.caches(model))
+        return codec.model_config(self.service.model_config(request.name, request.version))
 
     @rpc
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:

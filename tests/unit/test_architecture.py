@@ -72,3 +72,18 @@ def test_base_dependencies_carry_no_onnx_runtime():
 
     assert runtimes("cpu") == ["onnxruntime"]
     assert runtimes("gpu") == ["onnxruntime-gpu"]  # beside nvidia-ml-py for the GPU gauges, never both ORTs
+
+
+FRONT_END_ALLOWED = {"service", "views", "errors", "tensors", "stats", "model_config", "config"}
+
+
+def test_front_ends_reach_the_core_only_through_the_service_and_its_views():
+    """A front end renders what the service answers; it never reaches into versions, batchers or registries."""
+    offenders = []
+    for path in (PACKAGE / "grpc").glob("*.py"):
+        for module, level in imports(path):
+            if level >= 2 or module.startswith("inference_server."):
+                name = module.removeprefix("inference_server.").split(".")[0]
+                if name not in FRONT_END_ALLOWED:
+                    offenders.append(f"grpc/{path.name} imports {'.' * level}{module}")
+    assert offenders == []
