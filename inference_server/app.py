@@ -9,10 +9,8 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import Protocol
 from pathlib import Path
-
-import grpc
-from grpc_health.v1.health import aio as health_aio
 
 from .breaker import CircuitBreaker
 from .cache import MemoryCache, ResponseCache
@@ -20,7 +18,7 @@ from .cli import load_config
 from .config import ServerConfig, cache_size_bytes, check_cache, redact_url
 from .drift import DriftMonitor
 from .errors import ConfigError, ModelLoadError
-from .grpc.server import build_server, set_serving
+from .grpc.server import GrpcFrontEnd
 from .grpc.triton_config import pbtxt_to_dict
 from .lifecycle.manager import ModelManager
 from .lifecycle.registry import ModelRegistry
@@ -50,6 +48,17 @@ def build_cache(cfg: ServerConfig) -> ResponseCache | None:
         raise ConfigError("server.cache", f"{redact_url(cfg.cache)}: {e}") from None
 
 
+class FrontEnd(Protocol):
+    """A protocol server over the one InferenceService (gRPC today)."""
+    name: str
+    port: int
+
+    async def start(self) -> None: ...
+    async def readiness(self, ready: bool) -> None: ...
+    async def begin_drain(self) -> None: ...
+    async def stop(self, grace_s: float | None) -> None: ...
+
+
 class App:
     """The running server. `start()` returns the bound port; `stop()` drains and shuts down."""
 
@@ -74,18 +83,18 @@ class App:
         self.service = InferenceService(self.registry, self.manager, access_log=cfg.access_log,
                                         predictions=self.predictions, drift=self.drift, cache=self.cache,
                                         cache_config=cfg.cache_config)
-        self.port = 0
-        self._server: grpc.aio.Server | None = None
-        self._health: health_aio.HealthServicer | None = None
+        self.port = 0  # the gRPC port, once bound
+        self.front_ends: list[FrontEnd] = []  # started in this order, stopped in this order
         self.metrics: MetricsServer | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
-        """Bind and serve health first (NOT_SERVING), then load the models: probes see a live server that is
-        not ready while models load and warm up; ServerReady and health follow once they are."""
+        """Bind every front end and serve health first (NOT_SERVING), then load the models: probes see a live
+        server that is not ready while models load and warm up; readiness follows once they are."""
         try:
-            server, health, self.port = build_server(self.service, self.cfg)
-            self._server, self._health = server, health
+            grpc_front_end = GrpcFrontEnd(self.service, self.cfg)
+            self.front_ends.append(grpc_front_end)
+            self.port = grpc_front_end.port
             if self.cfg.metrics:
                 self.metrics = MetricsServer(self.registry.snapshot, self.cfg.metrics_host, self.cfg.metrics_port,
                                              drift=self.drift, predictions=self.predictions, cache=self.cache,
@@ -94,15 +103,15 @@ class App:
                 monitor.start()
             if self.cache is not None:
                 await self.cache.start()
-            await set_serving(health, False)
-            await server.start()
+            for front_end in self.front_ends:
+                await front_end.start()
             await self.manager.start()
         except BaseException as e:
             # Stopped while models loaded (a signal): requests already being answered finish first.
             grace = self.cfg.drain_grace_s if isinstance(e, asyncio.CancelledError) else 0.0
             await self.service.drain(grace)
-            if self._server is not None:
-                await self._server.stop(grace=None)
+            for front_end in self.front_ends:
+                await front_end.stop(None)
             if self.metrics is not None:
                 self.metrics.stop()
             for monitor in self._monitors:
@@ -111,21 +120,23 @@ class App:
                 await self.cache.close()
             self._cleanup()
             raise
-        await set_serving(health, self.service.ready)
+        await self._update_readiness()
         log.info("serving %d model(s) on %s:%d%s", len({m.name for m in self.registry.serving()}), self.cfg.host,
                  self.port, "" if self.service.ready else " (not ready: a configured model is not loaded)")
         return self.port
 
     def _readiness_changed(self) -> None:
-        """The manager changed a model's state: the gRPC health service follows ServerReady."""
-        if self._health is None or self.service.draining:
+        """The manager changed a model's state: every front end's health follows ServerReady."""
+        if not self.front_ends or self.service.draining:
             return
-        task = asyncio.get_running_loop().create_task(self._update_health(self._health))
+        task = asyncio.get_running_loop().create_task(self._update_readiness())
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
 
-    async def _update_health(self, health: health_aio.HealthServicer) -> None:
-        await set_serving(health, self.service.ready)  # read when it runs: the last update wins
+    async def _update_readiness(self) -> None:
+        ready = self.service.ready  # read when it runs: the last update wins
+        for front_end in self.front_ends:
+            await front_end.readiness(ready)
 
     def _cleanup(self) -> None:
         if self._scratch is not None:
@@ -133,11 +144,11 @@ class App:
 
     async def stop(self) -> None:
         """Health goes NOT_SERVING, new requests get UNAVAILABLE, in-flight ones finish, then stop."""
-        if self._health is not None:
-            await self._health.enter_graceful_shutdown()
+        for front_end in self.front_ends:
+            await front_end.begin_drain()
         await self.service.drain(self.cfg.drain_grace_s)
-        if self._server is not None:
-            await self._server.stop(grace=2.0)  # answers already computed still get sent
+        for front_end in self.front_ends:
+            await front_end.stop(2.0)  # answers already computed still get sent
         if self.cache is not None:
             await self.cache.close()  # queued Redis writes are sent (briefly) first
         for monitor in self._monitors:

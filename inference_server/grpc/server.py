@@ -80,3 +80,27 @@ async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool)
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, status)
+
+
+class GrpcFrontEnd:
+    """The gRPC front end as the App drives every front end: bind, start, follow readiness, drain, stop."""
+
+    name = "gRPC"
+
+    def __init__(self, service: InferenceService, cfg: ServerConfig) -> None:
+        self._server, self._health, self.port = build_server(service, cfg)
+
+    async def start(self) -> None:
+        await set_serving(self._health, False)  # until the models have loaded
+        await self._server.start()
+
+    async def readiness(self, ready: bool) -> None:
+        await set_serving(self._health, ready)
+
+    async def begin_drain(self) -> None:
+        """Health answers NOT_SERVING from now on (later readiness updates are ignored)."""
+        await self._health.enter_graceful_shutdown()
+
+    async def stop(self, grace_s: float | None) -> None:
+        """Close the port; answers already computed are still sent for up to grace_s."""
+        await self._server.stop(grace=grace_s)
