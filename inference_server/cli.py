@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help=f"TOML config file (also ${CONFIG_ENV})")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="gRPC port (default 8001; 0 picks a free one)")
+    p.add_argument("--http-port", type=int, help="HTTP/REST (KServe v2) port (default 8000; 0: no HTTP)")
     p.add_argument("--model-repository", type=Path, help="DIR/<model>/<version>/model.onnx layout")
     p.add_argument("--model-control-mode", choices=MODEL_CONTROL_MODES,
                    help="none (default): load what is configured at start, no changes; explicit: --load-model "
@@ -74,7 +75,7 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Serve
     doc = read_toml(path, "--config") if path else {}
     server = dict(_get(doc, "server", "", dict, {}))
     batching = dict(_get(doc, "batching", "", dict, {}))
-    for key in ("host", "port", "max_message_bytes", "drain_grace_s", "log_level", "device", "log_format",
+    for key in ("host", "port", "http_port", "max_message_bytes", "drain_grace_s", "log_level", "device", "log_format",
                 "access_log", "execution", "cache", "workers", "reuse_port", "metrics", "metrics_host",
                 "metrics_port", "model_control_mode", "load_models", "repository_poll_secs", "exit_on_error",
                 "strict_readiness", "model_cache_dir"):  # each flag sets the [server] key of its name

@@ -50,8 +50,9 @@ class CacheConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8001
+    host: str = "127.0.0.1"  # both front ends bind here
+    port: int = 8001  # gRPC; 0 picks a free one
+    http_port: int = 8000  # HTTP/REST (KServe v2), Triton's port; 0 = no HTTP front end
     max_message_bytes: int = 2**31 - 1
     drain_grace_s: float = 30.0
     log_level: str = "INFO"
@@ -157,7 +158,7 @@ def parse_monitoring(table: Mapping[str, Any], prefix: str = "monitoring.") -> M
 def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     _reject_unknown(doc, ["server", "batching", "monitoring", "cache", "models"], "")
     s = _get(doc, "server", "", dict, {})
-    _reject_unknown(s, ["host", "port", "max_message_bytes", "drain_grace_s", "log_level", "log_format",
+    _reject_unknown(s, ["host", "port", "http_port", "max_message_bytes", "drain_grace_s", "log_level", "log_format",
                         "access_log", "model_repository", "device", "execution", "cache", "workers", "reuse_port",
                         "metrics", "metrics_host", "metrics_port", "model_control_mode", "load_models",
                         "repository_poll_secs", "exit_on_error", "strict_readiness", "model_cache_dir"], "server.")
@@ -168,6 +169,7 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     cfg = ServerConfig(
         host=_get(s, "host", "server.", str, "127.0.0.1"),
         port=_count(s, "port", "server.", 8001, maximum=65535),
+        http_port=_count(s, "http_port", "server.", 8000, maximum=65535),
         max_message_bytes=_count(s, "max_message_bytes", "server.", 2**31 - 1, minimum=1),
         drain_grace_s=float(drain),
         log_level=_choice(s, "log_level", "server.", LOG_LEVELS, "INFO"),

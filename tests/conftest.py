@@ -84,7 +84,7 @@ def repository(tmp_path_factory) -> Path:
 
 
 def server_config(repository: Path, **server: object) -> ServerConfig:
-    cfg = parse_server({"server": {"port": 0, "metrics_port": 0, "model_repository": str(repository),
+    cfg = parse_server({"server": {"port": 0, "metrics_port": 0, "http_port": 0, "model_repository": str(repository),
                                    "drain_grace_s": 5, **server}})
     digits = ModelConfig(name="digits", path=DEFAULT_REPOSITORY / "digits" / "1" / "model.onnx")
     return dataclasses.replace(cfg, models=(digits,))

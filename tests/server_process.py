@@ -28,9 +28,11 @@ class ServerProcess:
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
-        # A free metrics port too (a later --metrics-port in args wins), so servers never collide on 8002.
+        # A free metrics port too, and no HTTP front end (a later --metrics-port or --http-port in args wins), so
+        # servers never collide on 8002 or 8000.
         cmd = (command or [sys.executable, "-m", "inference_server"]) + ["--port", str(self.port),
-                                                                       "--metrics-port", "0", *args]
+                                                                       "--metrics-port", "0", "--http-port", "0",
+                                                                       *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
