@@ -15,11 +15,14 @@ Two families of names:
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.utils import floatToGoString
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
                                     UnknownMetricFamily)
@@ -241,6 +244,33 @@ class StatsCollector:
         yield from (success, failure, rows, executions, pending, *durations, *cache)
 
 
+def only_metrics(app: Callable[..., Any]) -> Callable[..., Any]:
+    """The exposition at /metrics and nothing else: a probe or a client pointed at the wrong port gets a 404,
+    never a 200 with metrics text."""
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO", "") == "/metrics":
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: metrics are served at /metrics\n"]
+
+    return wsgi
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        """Scrapes are not logged."""
+
+
+def _metrics_server(host: str, port: int, app: Callable[..., Any]) -> WSGIServer:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    return make_server(host, port, app, Server, handler_class=_QuietHandler)
+
+
 class MetricsServer:
     """The /metrics endpoint on its own thread (prometheus_client's HTTP server); stop() closes it."""
 
@@ -252,9 +282,9 @@ class MetricsServer:
         nvml = open_nvml()
         if nvml is not None:
             self.registry.register(GpuCollector(nvml))
-        self._server: Any
-        self._thread: threading.Thread
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = _metrics_server(host, port, only_metrics(make_wsgi_app(self.registry)))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
         self.port = int(self._server.server_address[1])
         log.info("metrics on http://%s:%d/metrics", host, self.port)
 

@@ -78,3 +78,15 @@ def test_sub_millisecond_requests_land_in_sub_millisecond_buckets(server):
     buckets = sorted(float(dict(labels)["le"]) for name, labels in samples
                      if name == "inference_queue_wait_seconds_bucket" and dict(labels)["model"] == "mlp")
     assert [b for b in buckets if b < 0.001][:4] == [0.00005, 0.0001, 0.00025, 0.0005]
+
+
+def test_the_metrics_port_answers_only_at_metrics(server):
+    """A probe pointed at the metrics port by mistake must fail, not pass on a 200 with metrics text."""
+    import urllib.error
+
+    base = f"http://127.0.0.1:{server.app.metrics.port}"
+    for path in ("/", "/v2/health/ready", "/v2/health/live", "/metrics/extra"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + path, timeout=5)
+        assert e.value.code == 404
+    assert urllib.request.urlopen(base + "/metrics", timeout=5).status == 200
