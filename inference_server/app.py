@@ -1,4 +1,4 @@
-"""Composition root and lifecycle: config -> models -> service -> gRPC server; SIGTERM drains."""
+"""Composition root and lifecycle: config -> models -> service -> gRPC and HTTP servers; SIGTERM drains."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .config import ServerConfig, cache_size_bytes, check_cache, redact_url
 from .drift import DriftMonitor
 from .errors import ConfigError, ModelLoadError
 from .grpc.server import GrpcFrontEnd
-from .grpc.triton_config import pbtxt_to_dict
+from .grpc.triton_config import json_to_dict, pbtxt_to_dict
 from .lifecycle.manager import ModelManager
 from .lifecycle.registry import ModelRegistry
 from .logs import configure_logging
@@ -49,7 +49,7 @@ def build_cache(cfg: ServerConfig) -> ResponseCache | None:
 
 
 class FrontEnd(Protocol):
-    """A protocol server over the one InferenceService (gRPC today)."""
+    """A protocol server over the one InferenceService (gRPC, and HTTP/REST unless http_port is 0)."""
     name: str
     port: int
 
@@ -78,12 +78,15 @@ class App:
         self.cache = build_cache(cfg)
         self._scratch = None if cfg.model_cache_dir else tempfile.TemporaryDirectory(prefix="inference_server-")
         cache_dir = cfg.model_cache_dir or Path(self._scratch.name)  # type: ignore[union-attr]
-        self.manager = ModelManager(cfg, self.registry, read_pbtxt=pbtxt_to_dict, cache_dir=cache_dir,
-                                    on_change=self._readiness_changed)
+        self.manager = ModelManager(cfg, self.registry, read_pbtxt=pbtxt_to_dict, read_json=json_to_dict,
+                                    cache_dir=cache_dir, on_change=self._readiness_changed)
         self.service = InferenceService(self.registry, self.manager, access_log=cfg.access_log,
                                         predictions=self.predictions, drift=self.drift, cache=self.cache,
                                         cache_config=cfg.cache_config)
         self.port = 0  # the gRPC port, once bound
+        self.http_port = 0  # the HTTP port, once bound (0: no HTTP front end)
+        if cfg.http_port:  # the binary tensor extension is the HTTP front end's (Triton lists it when HTTP is on)
+            self.service.extensions += ("binary_tensor_data",)
         self.front_ends: list[FrontEnd] = []  # started in this order, stopped in this order
         self.metrics: MetricsServer | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
@@ -95,6 +98,12 @@ class App:
             grpc_front_end = GrpcFrontEnd(self.service, self.cfg)
             self.front_ends.append(grpc_front_end)
             self.port = grpc_front_end.port
+            if self.cfg.http_port:
+                from .http.server import HttpFrontEnd  # uvicorn and Starlette: imported only when HTTP is on
+
+                http_front_end = HttpFrontEnd(self.service, self.cfg)
+                self.front_ends.append(http_front_end)
+                self.http_port = http_front_end.port
             if self.cfg.metrics:
                 self.metrics = MetricsServer(self.registry.snapshot, self.cfg.metrics_host, self.cfg.metrics_port,
                                              drift=self.drift, predictions=self.predictions, cache=self.cache,
@@ -121,8 +130,9 @@ class App:
             self._cleanup()
             raise
         await self._update_readiness()
-        log.info("serving %d model(s) on %s:%d%s", len({m.name for m in self.registry.serving()}), self.cfg.host,
-                 self.port, "" if self.service.ready else " (not ready: a configured model is not loaded)")
+        log.info("serving %d model(s) on %s:%d%s%s", len({m.name for m in self.registry.serving()}), self.cfg.host,
+                 self.port, f" (gRPC), HTTP on port {self.http_port}" if self.http_port else "",
+                 "" if self.service.ready else " (not ready: a configured model is not loaded)")
         return self.port
 
     def _readiness_changed(self) -> None:

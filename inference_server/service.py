@@ -86,9 +86,10 @@ class InferenceService:
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
         return self.manager.index(ready_only)
 
-    async def load_model(self, name: str, *, config: dict | None = None, files: dict[str, bytes] | None = None,
+    async def load_model(self, name: str, *, config: str | None = None, files: dict[str, bytes] | None = None,
                          version: str | None = None) -> None:
-        """Load, or reload, a model (explicit mode). A failure leaves what served serving and says why."""
+        """Load, or reload, a model (explicit mode). `config`: a Triton ModelConfig as JSON text, replacing the
+        model's. A failure leaves what served serving and says why."""
         if self._draining:
             raise unavailable("server is shutting down")
         try:

@@ -11,7 +11,6 @@ from ..tensors import DATATYPES, RAW_ONLY, InferRequest, InferResponse, Tensor, 
 from ..views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
 from ._generated import grpc_service_pb2 as pb
 from ._generated import model_config_pb2 as mc
-from .triton_config import json_to_dict
 
 TYPED_FIELD = {
     "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
@@ -135,8 +134,8 @@ def repository_index(entries: list[IndexEntry]) -> pb.RepositoryIndexResponse:
         for e in entries])
 
 
-def repository_parameters(parameters: Any) -> tuple[dict | None, dict[str, bytes], str | None]:
-    """RepositoryModelLoad's parameters -> (config as a Triton ModelConfig dict, files, version)."""
+def repository_parameters(parameters: Any) -> tuple[str | None, dict[str, bytes], str | None]:
+    """RepositoryModelLoad's parameters -> (config as its JSON text, files, version)."""
     config = None
     files: dict[str, bytes] = {}
     version = None
@@ -145,10 +144,7 @@ def repository_parameters(parameters: Any) -> tuple[dict | None, dict[str, bytes
         if key == "config":
             if choice != "string_param":
                 raise invalid("parameter 'config' must be a string holding the model configuration as JSON")
-            try:
-                config = json_to_dict(value.string_param)
-            except ValueError as e:
-                raise invalid(f"parameter 'config' is not a valid model configuration: {e}") from None
+            config = value.string_param
         elif key.startswith("file:"):
             if choice != "bytes_param":
                 raise invalid(f"parameter '{key}' must carry the file's content as bytes")
@@ -178,7 +174,7 @@ def unload_version(parameters: Any) -> str | None:
 
 def _version_param(value: Any, choice: str | None) -> str:
     raw = getattr(value, choice) if choice in ("int64_param", "string_param") else None
-    if raw is None or not str(raw).isdigit() or int(raw) < 1:
+    if raw is None or not (str(raw).isascii() and str(raw).isdigit()) or int(raw) < 1:
         raise invalid(f"parameter 'version' must be a positive version number (int64 or string), got {raw!r}")
     return str(int(raw))
 

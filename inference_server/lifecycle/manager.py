@@ -15,6 +15,7 @@ reason. One operation at a time per model (a lock each); different models load c
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import threading
@@ -49,12 +50,13 @@ def _close_prepared(future: Any) -> None:
 
 class ModelManager:
     def __init__(self, cfg: ServerConfig, registry: ModelRegistry, *, read_pbtxt: PbtxtReader, cache_dir: Path,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 read_json: PbtxtReader = json.loads, on_change: Callable[[], None] = lambda: None) -> None:
         self.cfg = cfg
         self.mode = cfg.model_control_mode
         self.registry = registry
         self.events = LifecycleStats()
         self._cache_dir = cache_dir
+        self._read_json = read_json  # a load request's config: JSON text -> Triton ModelConfig as a dict
         self._on_change = on_change
         self.sources = ModelSources(cfg, read_pbtxt, cache_dir)
         self.following = Following(self)
@@ -140,15 +142,23 @@ class ModelManager:
         task.add_done_callback(self._ops.discard)
         return await asyncio.shield(task)
 
-    async def load(self, name: str, *, config: Mapping[str, Any] | None = None,
-                   files: Mapping[str, bytes] | None = None, version: str | None = None) -> None:
+    async def load(self, name: str, *, config: str | None = None, files: Mapping[str, bytes] | None = None,
+                   version: str | None = None) -> None:
         """Load the model (or only `version`), or reload it when loaded: the old versions serve until the new
-        ones are ready. `config` (a Triton ModelConfig as a dict) replaces the model's config; `files`
+        ones are ready. `config` (a Triton ModelConfig as JSON text) replaces the model's config; `files`
         ("<version>/<name>" -> bytes) are the model's files for this load."""
         self._require_explicit("RepositoryModelLoad")
         if files and config is None:
             raise invalid("the config parameter is required with file: parameters")
-        await self.owned(self._load_request(name, config, files, version))
+        override = None
+        if config is not None:
+            try:
+                override = self._read_json(config)
+            except ValueError as e:
+                raise invalid(f"parameter 'config' is not a valid model configuration: {e}") from None
+            if not isinstance(override, dict):
+                raise invalid("parameter 'config' must be a JSON object (a model configuration)")
+        await self.owned(self._load_request(name, override, files, version))
 
     async def _load_request(self, name: str, config: Mapping[str, Any] | None, files: Mapping[str, bytes] | None,
                             version: str | None) -> None:
