@@ -1,4 +1,5 @@
-"""clients/python/batch_score.py against the real server: order, partial last chunk, csv, errors, retries."""
+"""clients/python/batch_score.py against the real server: order, partial last chunk, csv, several outputs
+(.npz, .csv), the default rows per request, errors, retries."""
 
 from __future__ import annotations
 
@@ -31,31 +32,119 @@ def _load():
 batch_score = _load()
 
 
-def expected(repository: Path, x: np.ndarray) -> np.ndarray:
+def expected(repository: Path, x: np.ndarray, output: str = "y") -> np.ndarray:
     session = onnxruntime.InferenceSession(str(repository / "mlp" / "1" / "model.onnx"))
-    return session.run(["y"], {"x": x})[0]
+    return session.run([output], {"x": x})[0]
 
 
 def run(server, src: Path, dst: Path, *extra: str) -> int:
-    return batch_score.main([str(src), str(dst), "--model", "mlp", "--url", server.url, "--output-name", "y",
-                             "--no-progress", *extra])
+    """Output y unless `extra` names others (--output-name is repeatable: the names add up)."""
+    output = [] if "--output-name" in extra else ["--output-name", "y"]
+    return batch_score.main([str(src), str(dst), "--model", "mlp", "--url", server.url, *output, "--no-progress",
+                             *extra])
 
 
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.endswith(".partial"))
 
 
-def test_npy_20000_rows_in_order_equal_to_onnxruntime(server, repository, tmp_path, capsys):
+def record_request_rows(monkeypatch) -> list[int]:
+    """The row count of every request the command sends."""
+    rows, infer = [], batch_score.infer
+
+    async def recording(client, model, input_name, datatype, chunk, output_names):
+        rows.append(len(chunk))
+        return await infer(client, model, input_name, datatype, chunk, output_names)
+    monkeypatch.setattr(batch_score, "infer", recording)
+    return rows
+
+
+def test_npy_20000_rows_in_order_equal_to_onnxruntime(server, repository, tmp_path, capsys, monkeypatch):
     x = np.random.default_rng(1).standard_normal((20_000, 8)).astype(np.float32)
     np.save(tmp_path / "in.npy", x)
-    # 256 rows per request is more than the model's max_batch_size (64): the command uses 64.
+    rows = record_request_rows(monkeypatch)
+    # No --rows-per-request: the model's max_batch_size (64), silently.
     assert run(server, tmp_path / "in.npy", tmp_path / "out.npy", "--concurrency", "8") == 0
     out = np.load(tmp_path / "out.npy")
     assert out.shape == (20_000, 4) and out.dtype == np.float32
     np.testing.assert_allclose(out, expected(repository, x), rtol=1e-6, atol=1e-6)
+    assert sorted(rows) == [32] + [64] * 312  # 20000 = 312 * 64 + 32
     err = capsys.readouterr().err
-    assert "using 64" in err and "20000 rows in" in err and "rows/s" in err
+    assert "note" not in err and "rows-per-request" not in err
+    assert "20000 rows in" in err and "rows/s" in err
     assert leftovers(tmp_path) == []
+
+
+def test_more_rows_per_request_than_max_batch_size_is_lowered_with_one_note(server, tmp_path, capsys, monkeypatch):
+    np.save(tmp_path / "in.npy", np.zeros((1000, 8), np.float32))
+    rows = record_request_rows(monkeypatch)
+    assert run(server, tmp_path / "in.npy", tmp_path / "out.npy", "--rows-per-request", "256") == 0
+    assert max(rows) == 64 and sum(rows) == 1000
+    err = capsys.readouterr().err
+    assert err.count("note:") == 1
+    assert "note: --rows-per-request 256 > the model's max_batch_size 64; using 64" in err
+    # At or under the limit: no note.
+    assert run(server, tmp_path / "in.npy", tmp_path / "out.npy", "--rows-per-request", "64") == 0
+    assert "note" not in capsys.readouterr().err
+
+
+def score_all(server, src: Path, dst: Path, *extra: str) -> int:
+    """Without --output-name: every output of the model."""
+    return batch_score.main([str(src), str(dst), "--model", "mlp", "--url", server.url, "--no-progress", *extra])
+
+
+def test_every_output_to_npz_equal_to_onnxruntime(server, repository, tmp_path):
+    x = np.random.default_rng(5).standard_normal((1001, 8)).astype(np.float32)
+    np.save(tmp_path / "in.npy", x)
+    assert score_all(server, tmp_path / "in.npy", tmp_path / "out.npz", "--concurrency", "4") == 0
+    with np.load(tmp_path / "out.npz") as out:
+        assert list(out.keys()) == ["y", "h"]  # the model's order
+        assert out["y"].shape == (1001, 4) and out["h"].shape == (1001, 16) and out["h"].dtype == np.float32
+        for name in ("y", "h"):
+            np.testing.assert_allclose(out[name], expected(repository, x, name), rtol=1e-6, atol=1e-6)
+    assert leftovers(tmp_path) == []
+
+
+def test_every_output_to_csv_one_column_group_each(server, repository, tmp_path):
+    x = np.random.default_rng(6).standard_normal((300, 8)).astype(np.float32)
+    np.savetxt(tmp_path / "in.csv", x, fmt="%.9g", delimiter=",")
+    assert score_all(server, tmp_path / "in.csv", tmp_path / "out.csv", "--rows-per-request", "7") == 0
+    header, *lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert header.split(",") == [f"y[{i}]" for i in range(4)] + [f"h[{i}]" for i in range(16)]
+    out = np.loadtxt(lines, delimiter=",", dtype=np.float32, ndmin=2)
+    assert out.shape == (300, 20)
+    np.testing.assert_allclose(out[:, :4], expected(repository, x, "y"), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out[:, 4:], expected(repository, x, "h"), rtol=1e-6, atol=1e-6)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_subset_of_outputs_in_the_order_named(server, repository, tmp_path):
+    x = np.random.default_rng(7).standard_normal((200, 8)).astype(np.float32)
+    np.save(tmp_path / "in.npy", x)
+    assert run(server, tmp_path / "in.npy", tmp_path / "y.npz") == 0  # --output-name y
+    with np.load(tmp_path / "y.npz") as out:
+        assert list(out.keys()) == ["y"]
+        np.testing.assert_allclose(out["y"], expected(repository, x, "y"), rtol=1e-6, atol=1e-6)
+    assert score_all(server, tmp_path / "in.npy", tmp_path / "hy.csv", "--output-name", "h", "--output-name", "y") == 0
+    header, *lines = (tmp_path / "hy.csv").read_text().splitlines()
+    assert header.split(",") == [f"h[{i}]" for i in range(16)] + [f"y[{i}]" for i in range(4)]
+    out = np.loadtxt(lines, delimiter=",", dtype=np.float32, ndmin=2)
+    np.testing.assert_allclose(out[:, :16], expected(repository, x, "h"), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out[:, 16:], expected(repository, x, "y"), rtol=1e-6, atol=1e-6)
+    assert score_all(server, tmp_path / "in.npy", tmp_path / "auto.npz", "--output-name", "auto") == 0
+    with np.load(tmp_path / "auto.npz") as out:
+        assert list(out.keys()) == ["y", "h"]
+
+
+def test_several_outputs_to_npy_and_unknown_output_are_refused(server, tmp_path, capsys):
+    np.save(tmp_path / "in.npy", np.zeros((10, 8), np.float32))
+    assert score_all(server, tmp_path / "in.npy", tmp_path / "out.npy") == 1
+    err = capsys.readouterr().err
+    assert "a .npy file holds one output but 2 would be written ['y', 'h']" in err
+    assert ".npz" in err and "--output-name" in err
+    assert score_all(server, tmp_path / "in.npy", tmp_path / "out.npz", "--output-name", "z") == 1
+    assert "the model has no output 'z'; it has ['y', 'h']" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
 
 
 def test_last_partial_chunk_and_the_second_output(server, repository, tmp_path):
@@ -98,6 +187,14 @@ def test_empty_input(server, tmp_path, suffix):
         assert out.shape == (0, 4) and out.dtype == np.float32
     else:
         assert (tmp_path / "out.csv").read_text() == ""
+    # Every output: the shapes (.npz) and the header (.csv) come from the model metadata.
+    assert score_all(server, src, tmp_path / "all.npz") == 0
+    with np.load(tmp_path / "all.npz") as out:
+        assert out["y"].shape == (0, 4) and out["h"].shape == (0, 16) and out["h"].dtype == np.float32
+    assert score_all(server, src, tmp_path / "all.csv") == 0
+    assert (tmp_path / "all.csv").read_text().splitlines() == [",".join(
+        [f"y[{i}]" for i in range(4)] + [f"h[{i}]" for i in range(16)])]
+    assert leftovers(tmp_path) == []
 
 
 def test_unknown_model_fails_and_writes_nothing(server, tmp_path, capsys):
@@ -115,16 +212,45 @@ def test_a_rejected_request_stops_the_run_without_output(server, tmp_path, capsy
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
 
 
-def test_ambiguous_output_and_missing_pyarrow_are_clear_errors(server, tmp_path, capsys, monkeypatch):
-    np.save(tmp_path / "in.npy", np.zeros((10, 8), np.float32))
-    args = [str(tmp_path / "in.npy"), str(tmp_path / "out.npy"), "--model", "mlp", "--url", server.url]
-    assert batch_score.main(args) == 1
-    assert "--output-name" in capsys.readouterr().err
+def test_missing_pyarrow_is_a_clear_error(server, tmp_path, capsys, monkeypatch):
     (tmp_path / "in.parquet").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "pyarrow", None)
-    assert batch_score.main([str(tmp_path / "in.parquet"), *args[1:], "--output-name", "y"]) == 1
+    assert run(server, tmp_path / "in.parquet", tmp_path / "out.npy") == 1
     assert "pyarrow" in capsys.readouterr().err
     assert leftovers(tmp_path) == []
+
+
+def test_csv_columns_and_mixed_dtypes_without_a_server(tmp_path):
+    output = batch_score.Output
+    outputs = [output("score", (), np.dtype(np.float32)), output("ids", (1,), np.dtype(np.int64)),
+               output("emb", (2, 2), np.dtype(np.float64))]
+    assert batch_score.csv_columns(outputs, [1, 1, 4]) == ["score", "ids", "emb[0]", "emb[1]", "emb[2]", "emb[3]"]
+
+    async def write() -> None:
+        writer = batch_score.Writer(tmp_path / "out.csv", 3, outputs, window=4)
+        big = 2**62 + 1  # not a float64
+        for index in (1, 0):  # out of order: written in order
+            rows = range(2 * index, min(2 * index + 2, 3))
+            await writer.write(index, 2 * index, [np.array([0.1 * r for r in rows], np.float32),
+                                                  np.array([[big + r] for r in rows], np.int64),
+                                                  np.array([np.full((2, 2), r / 3) for r in rows])])
+        writer.close(complete=True)
+    asyncio.run(write())
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0] == "score,ids,emb[0],emb[1],emb[2],emb[3]"
+    assert [line.split(",")[1] for line in lines[1:]] == [str(2**62 + 1 + r) for r in range(3)]
+    out = np.loadtxt(lines[1:], delimiter=",", ndmin=2)
+    np.testing.assert_array_equal(out[:, 0].astype(np.float32), np.array([0, 0.1, 0.2], np.float32))  # round-trips
+    np.testing.assert_array_equal(out[:, 2:], np.repeat(np.arange(3)[:, None] / 3, 4, axis=1))
+    assert leftovers(tmp_path) == []
+
+
+def test_bytes_outputs_are_refused_by_name():
+    tensors = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+               {"name": "p", "datatype": "FP32", "shape": [-1, 3]}]
+    with pytest.raises(batch_score.ScoreError, match=r"output 'label' is BYTES.*\['p'\] with --output-name"):
+        batch_score.pick_outputs(None, tensors)
+    assert batch_score.pick_outputs(["p", "p"], tensors) == [batch_score.Output("p", (3,), np.dtype(np.float32))]
 
 
 class FlakyClient:
@@ -141,21 +267,21 @@ class FlakyClient:
         return self
 
     def as_numpy(self, name):
-        return np.full((3, 1), 2.0, np.float32)
+        return np.full((3, 1), 2.0 if name == "y" else 3.0, np.float32)
 
 
 def test_retries_only_unavailable_and_resource_exhausted(monkeypatch):
     monkeypatch.setattr(batch_score, "BACKOFF_S", 0)
-    args = batch_score.argparse.Namespace(model="m", output_name="y")
     chunk = np.ones((3, 1), np.float32)
     flaky = FlakyClient()
-    assert asyncio.run(batch_score.infer(flaky, args, "x", "FP32", chunk)).tolist() == [[2.0]] * 3
+    y, h = asyncio.run(batch_score.infer(flaky, "m", "x", "FP32", chunk, ["y", "h"]))
+    assert y.tolist() == [[2.0]] * 3 and h.tolist() == [[3.0]] * 3
     assert flaky.calls == 3
     broken = FlakyClient("StatusCode.INTERNAL")
     with pytest.raises(batch_score.ScoreError, match="INTERNAL"):
-        asyncio.run(batch_score.infer(broken, args, "x", "FP32", chunk))
+        asyncio.run(batch_score.infer(broken, "m", "x", "FP32", chunk, ["y"]))
     assert broken.calls == 1
     down = FlakyClient("StatusCode.UNAVAILABLE")
     with pytest.raises(batch_score.ScoreError, match="UNAVAILABLE"):
-        asyncio.run(batch_score.infer(down, args, "x", "FP32", chunk))
+        asyncio.run(batch_score.infer(down, "m", "x", "FP32", chunk, ["y"]))
     assert down.calls == batch_score.RETRIES + 1
