@@ -35,9 +35,10 @@ def port_is_free(host: str, port: int) -> bool:
 
 def supervise(cfg: ServerConfig, argv: Sequence[str], poll_s: float = 0.2) -> int:
     """Run cfg.workers copies of the server; returns the exit code (0 after a clean SIGTERM drain)."""
-    if not port_is_free(cfg.host, cfg.port):
-        log.error("cannot start: %s:%d is already in use", cfg.host, cfg.port)
-        return 1
+    for port in (cfg.port, cfg.http_port):  # gRPC and, unless off, HTTP: the workers share both
+        if port and not port_is_free(cfg.host, port):
+            log.error("cannot start: %s:%d is already in use", cfg.host, port)
+            return 1
     command = [sys.executable, "-m", "inference_server", *argv, "--workers", "1", "--reuse-port"]
 
     def worker_command(index: int) -> list[str]:

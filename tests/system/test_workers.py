@@ -75,3 +75,19 @@ def test_workers_refuse_a_port_already_in_use(tmp_path, repo):
                              tmp_path / "busy.log")
         assert busy.proc.wait(30) == 1
         assert f"127.0.0.1:{port} is already in use" in busy.log()
+
+
+def test_workers_refuse_to_start_when_the_http_port_is_taken(repo):
+    import subprocess
+    import sys
+
+    from tests.server_process import ROOT, free_port
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "inference_server", "--workers", "2", "--port", str(free_port()),
+                               "--http-port", str(taken), "--model-repository", str(repo)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"127.0.0.1:{taken} is already in use" in done.stderr

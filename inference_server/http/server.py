@@ -1,0 +1,472 @@
+"""The HTTP/REST front end: KServe v2 routes (+ Triton's extensions and KServe v1 `:predict`) on an embedded uvicorn.
+
+Thin handlers over InferenceService, as grpc/servicer.py is: read the body (bounded), decode with codec.py, call the
+service, encode. InferenceError -> codec.STATUS and `{"error": message}`; anything else -> 500 "internal error",
+logged with the request id. uvicorn runs as a task in the loop that already runs gRPC (no loop, signal handlers or
+logging configuration of its own) on a socket bound here, so a port in use fails the start like gRPC's does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..config import ServerConfig
+from ..errors import InferenceError
+from ..service import InferenceService
+from . import codec
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+BINARY = "application/octet-stream"
+REQUEST_ID_HEADER = "x-request-id"
+# Compressing or decompressing more than this runs in a thread (zlib releases the GIL), off the event loop.
+OFFLOAD_BYTES = 1 << 20
+COMPRESS_LEVEL = 1  # responses: speed over ratio (tensors rarely compress much better at higher levels)
+_WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # "deflate" in HTTP is the zlib format (RFC 9110 8.4.1.2)
+
+
+class HttpError(Exception):
+    """An error answered with an HTTP status of its own (not an InferenceError's): 400, 413, 415."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(codec.error_json(message), status, headers, JSON)
+
+
+# -- bodies --------------------------------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole request body, decompressed per Content-Encoding; over `limit` (compressed or not) -> 413, refused
+    from Content-Length before anything is read when the client declares it."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not (length.isascii() and length.isdigit()):
+            raise HttpError(400, f"Content-Length is not a number: {length!r}")
+        if len(length) > 18 or int(length) > limit:  # (int() refuses strings of over 4300 digits)
+            raise HttpError(413, f"request body of {length} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect: nobody is left to answer
+            raise HttpError(400, "the client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    encoding = request.headers.get("content-encoding")
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return body
+    wbits = _WBITS.get(encoding.strip().lower())
+    if wbits is None:
+        raise HttpError(415, f"unsupported Content-Encoding {encoding!r} (gzip, deflate or identity)")
+    if len(body) > OFFLOAD_BYTES:
+        return await asyncio.to_thread(decompress, body, wbits, limit)
+    return decompress(body, wbits, limit)
+
+
+def decompress(data: bytes, wbits: int, limit: int) -> bytes:
+    """gzip (every member) or zlib data, never inflating past `limit` bytes (413) whatever the ratio."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(data, limit - total + 1)
+        except zlib.error:
+            if wbits == 15 and not parts:  # some clients send raw deflate without the zlib wrapper
+                wbits = -15
+                continue
+            raise HttpError(400, "the request body is not valid compressed data for its Content-Encoding") from None
+        total += len(out)
+        if total > limit:
+            raise HttpError(413, f"decompressed request body exceeds the limit of {limit} bytes")
+        parts.append(out)
+        if not inflater.eof:
+            raise HttpError(400, "the compressed request body is truncated")
+        data = inflater.unused_data
+        if not data:
+            break
+        if wbits != 31:  # only gzip may hold several members
+            raise HttpError(400, "the compressed request body has trailing data")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def accepted_encoding(accept: str | None) -> str | None:
+    """gzip or deflate when Accept-Encoding allows one (the higher q; gzip on a tie), else None."""
+    if not accept:
+        return None
+    best, best_q = None, 0.0
+    for item in accept.split(","):
+        name, _, params = item.partition(";")
+        name = name.strip().lower()
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if name == "*":
+            name = "gzip"
+        if name in ("gzip", "deflate") and q > best_q:
+            best, best_q = name, q
+    return best
+
+
+def compress(data: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        deflater = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, 31)
+        return deflater.compress(data) + deflater.flush()
+    return zlib.compress(data, COMPRESS_LEVEL)
+
+
+def header_length(request: Request) -> int | None:
+    value = request.headers.get(codec.HEADER_LENGTH)
+    if value is None:
+        return None
+    value = value.strip()
+    # Not str.isdigit alone ("²" is a digit that int() refuses), nor thousands of digits (int() refuses them too).
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        raise HttpError(400, f"Inference-Header-Content-Length must be a non-negative integer below 10**18, "
+                             f"got {value[:40]!r}")
+    return int(value)
+
+
+def ready_only(body: bytes) -> bool:
+    """RepositoryIndex's request: an empty body or {"ready": bool}."""
+    if not body.strip():
+        return False
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise HttpError(400, f"the request body is not valid JSON: {e}") from None
+    ready = doc.get("ready", False) if isinstance(doc, dict) else None
+    if not isinstance(ready, bool):
+        raise HttpError(400, 'the repository index request is a JSON object with an optional boolean "ready"')
+    return ready
+
+
+# -- routes --------------------------------------------------------------------------------------------------
+
+Handler = Callable[["Routes", Request], Awaitable[Response]]
+
+
+def endpoint(handler: Handler) -> Handler:
+    """Every route goes through here: errors become JSON with their status; x-request-id is echoed; while the
+    server drains, responses ask the client to close the connection (so it reconnects to a server that serves)."""
+
+    async def run(self: Routes, request: Request) -> Response:
+        header_id = request.headers.get(REQUEST_ID_HEADER)
+        try:
+            response = await handler(self, request)
+        except HttpError as e:
+            response = error_response(e.status, e.message)
+        except InferenceError as e:
+            response = error_response(codec.STATUS[e.code], e.message)
+        except Exception:
+            request_id = request.scope.get("inference_server.request_id") or header_id or "-"
+            log.exception("request %s: %s %s failed unexpectedly", request_id, request.method, request.url.path)
+            response = error_response(500, "internal error")
+        if header_id is not None and header_id.isprintable():  # echoed only when it is safe to send back
+            response.headers[REQUEST_ID_HEADER] = header_id
+        if self.service.draining:
+            response.headers["connection"] = "close"
+        return response
+
+    run.__name__ = handler.__name__
+    return run
+
+
+def _model(request: Request) -> tuple[str, str]:
+    params = request.path_params
+    return params["model"], params.get("version", "")
+
+
+def _status(ok: bool) -> Response:
+    """Health and readiness, as Triton answers them: 200 or 400, with an empty body."""
+    return Response(status_code=200 if ok else 400)
+
+
+class Routes:
+    def __init__(self, service: InferenceService, max_body_bytes: int) -> None:
+        self.service = service
+        self.limit = max_body_bytes
+
+    @endpoint
+    async def live(self, request: Request) -> Response:
+        return _status(self.service.live)
+
+    @endpoint
+    async def ready(self, request: Request) -> Response:
+        return _status(self.service.ready)
+
+    @endpoint
+    async def model_ready(self, request: Request) -> Response:
+        return _status(self.service.model_ready(*_model(request)))
+
+    @endpoint
+    async def server_metadata(self, request: Request) -> Response:
+        s = self.service
+        return Response(codec.server_metadata_json(s.name, s.version, s.extensions), media_type=JSON)
+
+    @endpoint
+    async def model_metadata(self, request: Request) -> Response:
+        return Response(codec.model_metadata_json(self.service.model_metadata(*_model(request))), media_type=JSON)
+
+    @endpoint
+    async def model_config(self, request: Request) -> Response:
+        return Response(codec.model_config_json(self.service.model_config(*_model(request))), media_type=JSON)
+
+    @endpoint
+    async def statistics(self, request: Request) -> Response:
+        params = request.path_params
+        views = self.service.statistics(params.get("model", ""), params.get("version", ""))
+        return Response(codec.model_statistics_json(views), media_type=JSON)
+
+    @endpoint
+    async def repository_index(self, request: Request) -> Response:
+        entries = self.service.repository_index(ready_only(await read_body(request, self.limit)))
+        return Response(codec.repository_index_json(entries), media_type=JSON)
+
+    @endpoint
+    async def load(self, request: Request) -> Response:
+        config, files, version = codec.load_parameters(await read_body(request, self.limit))
+        await self.service.load_model(request.path_params["model"], config=config, files=files, version=version)
+        return Response()
+
+    @endpoint
+    async def unload(self, request: Request) -> Response:
+        version = codec.unload_parameters(await read_body(request, self.limit))
+        await self.service.unload_model(request.path_params["model"], version)
+        return Response()
+
+    @endpoint
+    async def infer(self, request: Request) -> Response:
+        model, version = _model(request)
+        length = header_length(request)
+        body = await read_body(request, self.limit)
+        infer_request, fmt = codec.decode_infer_request(body, length, model, version)
+        if not infer_request.id:
+            infer_request.id = request.headers.get(REQUEST_ID_HEADER, "")
+        request.scope["inference_server.request_id"] = infer_request.id
+        # No deadline from HTTP itself: the request's `timeout` parameter reaches the service in the request.
+        response = await self.service.infer(infer_request, None)
+        content, json_length = codec.encode_infer_response(response, fmt)
+        headers = {}
+        if json_length is not None:
+            headers[codec.HEADER_LENGTH] = str(json_length)
+        encoding = accepted_encoding(request.headers.get("accept-encoding"))
+        if encoding is not None:
+            if len(content) > OFFLOAD_BYTES:
+                content = await asyncio.to_thread(compress, content, encoding)
+            else:
+                content = compress(content, encoding)
+            headers["content-encoding"] = encoding
+            headers["vary"] = "Accept-Encoding"
+        return Response(content, headers=headers, media_type=JSON if json_length is None else BINARY)
+
+    @endpoint
+    async def v1_predict(self, request: Request) -> Response:
+        model = request.path_params["model"]
+        body = await read_body(request, self.limit)
+        inputs = self.service.model_metadata(model).inputs
+        infer_request = codec.decode_v1_predict(body, model, "", inputs)
+        if not infer_request.id:
+            infer_request.id = request.headers.get(REQUEST_ID_HEADER, "")
+        request.scope["inference_server.request_id"] = infer_request.id
+        response = await self.service.infer(infer_request, None)
+        return Response(codec.encode_v1_predict(response), media_type=JSON)
+
+
+def routes(r: Routes) -> list[Route]:
+    get, post = ["GET"], ["POST"]
+    table: list[Route] = [
+        Route("/v2/health/live", r.live, methods=get),
+        Route("/v2/health/ready", r.ready, methods=get),
+        Route("/v2", r.server_metadata, methods=get),
+        Route("/v2/models/stats", r.statistics, methods=get),  # before /v2/models/{model}
+        Route("/v2/repository/index", r.repository_index, methods=post),
+        Route("/v2/repository/models/{model}/load", r.load, methods=post),
+        Route("/v2/repository/models/{model}/unload", r.unload, methods=post),
+        Route("/v1/models/{model}:predict", r.v1_predict, methods=post),
+    ]
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        table += [
+            Route(prefix, r.model_metadata, methods=get),
+            Route(f"{prefix}/ready", r.model_ready, methods=get),
+            Route(f"{prefix}/config", r.model_config, methods=get),
+            Route(f"{prefix}/stats", r.statistics, methods=get),
+            Route(f"{prefix}/infer", r.infer, methods=post),
+        ]
+    return table
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no route) and 405 (a route, another method), as JSON like every other error."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no such endpoint: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = exc.detail
+    return error_response(exc.status_code, message, dict(exc.headers or {}))
+
+
+def build_app(service: InferenceService, max_body_bytes: int) -> Starlette:
+    return Starlette(routes=routes(Routes(service, max_body_bytes)),
+                     exception_handlers={HTTPException: _http_exception})
+
+
+# -- the embedded server -------------------------------------------------------------------------------------
+
+
+def bind(host: str, port: int, reuse_port: bool, backlog: int = 2048) -> list[socket.socket]:
+    """Listening sockets for host:port (one per address the host resolves to, all on one port). SO_REUSEPORT only
+    when asked (workers share the port on purpose); otherwise a port in use is an error."""
+    address = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OSError(f"cannot listen on {address}: {e}") from None
+    has_v4 = any(info[0] == socket.AF_INET for info in infos)
+    sockets: list[socket.socket] = []
+    skipped: list[OSError] = []
+    seen = set()
+    try:
+        for family, kind, proto, _, sockaddr in infos:
+            if (family, sockaddr[0]) in seen:
+                continue
+            seen.add((family, sockaddr[0]))
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6 and has_v4:  # the IPv4 address gets its own socket
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                bound_port = sockets[0].getsockname()[1] if sockets else port  # port 0: the first one's
+                sock.bind((sockaddr[0], bound_port, *sockaddr[2:]))
+                sock.listen(backlog)
+                sock.setblocking(False)
+            except OSError as e:
+                sock.close()
+                if e.errno == errno.EADDRINUSE:
+                    raise
+                skipped.append(e)  # e.g. ::1 on a host without IPv6; the other addresses still serve
+                continue
+            sockets.append(sock)
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        raise OSError(f"cannot listen on {address}: {e.strerror or e}") from None
+    if not sockets:
+        raise OSError(f"cannot listen on {address}: {skipped[0].strerror or skipped[0]}")
+    return sockets
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn.Server for a loop that already runs: the process's SIGTERM/SIGINT stay with the App (uvicorn would
+    otherwise take them over: `capture_signals` since 0.29, `install_signal_handlers` before)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:
+        pass
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        self.listening.set()
+
+
+class HttpFrontEnd:
+    """The HTTP front end as the App drives every front end: bind (here), start, drain, stop."""
+
+    name = "HTTP"
+
+    def __init__(self, service: InferenceService, cfg: ServerConfig) -> None:
+        self._sockets = bind(cfg.host, cfg.http_port, cfg.reuse_port)
+        self.port: int = self._sockets[0].getsockname()[1]
+        config = uvicorn.Config(
+            build_app(service, cfg.max_message_bytes),
+            http="httptools", loop="none", lifespan="off", ws="none", interface="asgi3",
+            log_config=None, log_level="warning", access_log=False,  # the service writes its own access log
+            proxy_headers=False, server_header=False, limit_concurrency=None,
+            timeout_keep_alive=75,  # longer than the usual load balancer idle timeout (60 s)
+        )
+        self._server = EmbeddedServer(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=self._sockets),
+                                                            name="http front end")
+        listening = asyncio.ensure_future(self._server.listening.wait())
+        await asyncio.wait((self._task, listening), return_when=asyncio.FIRST_COMPLETED)
+        if not listening.done():
+            listening.cancel()
+            self._task.result()  # raises why it stopped
+            raise OSError(f"the HTTP server on port {self.port} stopped while starting")
+
+    async def readiness(self, ready: bool) -> None:
+        """Nothing to push: /v2/health/ready asks the service on every probe."""
+
+    async def begin_drain(self) -> None:
+        """Nothing to do here: the service refuses new inferences (503) and readiness answers 400 once it
+        drains, while requests already accepted finish and are answered."""
+
+    async def stop(self, grace_s: float | None) -> None:
+        """Close the port and idle connections; responses under way are still sent for up to grace_s."""
+        if self._task is None:
+            for sock in self._sockets:
+                sock.close()
+            return
+        server = self._server
+        # uvicorn bounds its wait for responses under way by this, then cancels them; at least 0.1 s, as uvicorn
+        # reports a timeout at 0 even with nothing to wait for. grace_s None: stop now (as gRPC's stop(None)).
+        server.config.timeout_graceful_shutdown = max(grace_s or 0.0, 0.1)  # type: ignore[assignment]
+        server.force_exit = grace_s is None
+        server.should_exit = True  # seen within 0.1 s (uvicorn's tick)
+        backstop = (grace_s or 0.0) + 5
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), backstop)
+        except TimeoutError:
+            log.warning("the HTTP server did not stop within %.1fs; cancelling it", backstop)
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        except Exception:
+            log.exception("the HTTP server failed while stopping")
