@@ -95,3 +95,24 @@ def test_readme_mlflow_promotion_runs_as_written(tmp_path, monkeypatch):
         assert done.stdout.splitlines() == ["serving version 1", "serving version 2"]
     finally:
         assert server.terminate() == 0
+
+
+def test_readme_curl_examples_and_the_http_client_run_against_the_default_server(launch):
+    """The README's curl lines, as written but for the port, and clients/python/infer_http.py."""
+    from tests.server_process import free_port
+
+    http_port = free_port()
+    launch("--http-port", str(http_port))
+    section = (ROOT / "README.md").read_text().split("Or over HTTP/REST with curl:", 1)[1]
+    script = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("127.0.0.1:8000", f"127.0.0.1:{http_port}")
+    commands = [c for c in re.split(r"\n(?=curl )", script.split("\n# ")[0].strip()) if c.startswith("curl ")]
+    assert len(commands) == 3
+    ready, metadata, infer = (subprocess.run(["bash", "-euc", c.split("  #")[0]], capture_output=True, text=True,
+                                             timeout=30) for c in commands)
+    assert ready.returncode == 0 and ready.stdout.startswith("HTTP/1.1 200")
+    assert json.loads(metadata.stdout)["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
+    outputs = {o["name"]: o for o in json.loads(infer.stdout)["outputs"]}
+    assert outputs["label"]["data"] == [2] and len(outputs["probabilities"]["data"]) == 10
+    for mode in ([], ["--json"]):
+        out = run_python(["clients/python/infer_http.py", "--url", f"127.0.0.1:{http_port}", *mode])
+        assert "label: 2" in out and "server ready: True" in out
