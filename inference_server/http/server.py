@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import resource
 import socket
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..config import ServerConfig
 from ..errors import InferenceError
@@ -34,8 +36,17 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 BINARY = "application/octet-stream"
 REQUEST_ID_HEADER = "x-request-id"
-# Compressing or decompressing more than this runs in a thread (zlib releases the GIL), off the event loop.
+# Compressing a response or decoding a JSON body larger than this runs in a thread, off the event loop (zlib
+# releases the GIL; orjson does not, but the loop still gets its turns). Compressed request bodies always do:
+# a small one may inflate to max_message_bytes.
 OFFLOAD_BYTES = 1 << 20
+# JSON tensors cost about 14x their size in memory and seconds per 100 MB to decode: beyond this, send binary
+# tensors (Triton's --http-max-input-size defaults to 64 MB as well).
+MAX_JSON_BYTES = 64 << 20
+MAX_GZIP_MEMBERS = 64  # concatenated gzip members in one body (a client sends one)
+MAX_HEAD_BYTES = 64 << 10  # request line and headers
+HEAD_TIMEOUT_S = 30.0  # to receive a request's line and headers, once it has begun (or the connection opened)
+BODY_IDLE_TIMEOUT_S = 30.0  # between two pieces of a request body
 COMPRESS_LEVEL = 1  # responses: speed over ratio (tensors rarely compress much better at higher levels)
 _WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # "deflate" in HTTP is the zlib format (RFC 9110 8.4.1.2)
 
@@ -69,7 +80,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     size = 0
     receive = request.receive
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout(BODY_IDLE_TIMEOUT_S):
+                message = await receive()
+        except TimeoutError:
+            raise HttpError(408, f"no part of the request body arrived for {BODY_IDLE_TIMEOUT_S:g} s") from None
         if message["type"] != "http.request":  # http.disconnect: nobody is left to answer
             raise HttpError(400, "the client disconnected before sending the whole body")
         chunk = message.get("body", b"")
@@ -87,16 +102,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     wbits = _WBITS.get(encoding.strip().lower())
     if wbits is None:
         raise HttpError(415, f"unsupported Content-Encoding {encoding!r} (gzip, deflate or identity)")
-    if len(body) > OFFLOAD_BYTES:
-        return await asyncio.to_thread(decompress, body, wbits, limit)
-    return decompress(body, wbits, limit)
+    return await asyncio.to_thread(decompress, body, wbits, limit)
 
 
 def decompress(data: bytes, wbits: int, limit: int) -> bytes:
-    """gzip (every member) or zlib data, never inflating past `limit` bytes (413) whatever the ratio."""
+    """gzip (every member, up to MAX_GZIP_MEMBERS) or zlib data, never inflating past `limit` bytes (413)
+    whatever the ratio."""
     parts: list[bytes] = []
     total = 0
     while True:
+        if len(parts) >= MAX_GZIP_MEMBERS:
+            raise HttpError(400, f"the compressed request body has more than {MAX_GZIP_MEMBERS} gzip members")
         inflater = zlib.decompressobj(wbits)
         try:
             out = inflater.decompress(data, limit - total + 1)
@@ -123,7 +139,7 @@ def accepted_encoding(accept: str | None) -> str | None:
     """gzip or deflate when Accept-Encoding allows one (the higher q; gzip on a tie), else None."""
     if not accept:
         return None
-    best, best_q = None, 0.0
+    weights: dict[str, float] = {}
     for item in accept.split(","):
         name, _, params = item.partition(";")
         name = name.strip().lower()
@@ -135,9 +151,12 @@ def accepted_encoding(accept: str | None) -> str | None:
                     q = float(value)
                 except ValueError:
                     q = 0.0
-        if name == "*":
-            name = "gzip"
-        if name in ("gzip", "deflate") and q > best_q:
+        weights[name] = q
+    star = weights.get("*", 0.0)  # for the codings not named (a named one, q=0 included, wins over "*")
+    best, best_q = None, 0.0
+    for name in ("gzip", "deflate"):
+        q = weights.get(name, star)
+        if q > best_q:
             best, best_q = name, q
     return best
 
@@ -186,16 +205,19 @@ def endpoint(handler: Handler) -> Handler:
 
     async def run(self: Routes, request: Request) -> Response:
         header_id = request.headers.get(REQUEST_ID_HEADER)
+        self.begin()
         try:
             response = await handler(self, request)
-        except HttpError as e:
-            response = error_response(e.status, e.message)
+        except HttpError as e:  # the body may be left unread: the connection cannot carry another request
+            response = error_response(e.status, e.message, {"connection": "close"})
         except InferenceError as e:
             response = error_response(codec.STATUS[e.code], e.message)
         except Exception:
             request_id = request.scope.get("inference_server.request_id") or header_id or "-"
             log.exception("request %s: %s %s failed unexpectedly", request_id, request.method, request.url.path)
             response = error_response(500, "internal error")
+        finally:
+            self.end()
         if header_id is not None and header_id.isprintable():  # echoed only when it is safe to send back
             response.headers[REQUEST_ID_HEADER] = header_id
         if self.service.draining:
@@ -220,6 +242,18 @@ class Routes:
     def __init__(self, service: InferenceService, max_body_bytes: int) -> None:
         self.service = service
         self.limit = max_body_bytes
+        self.in_flight = 0  # requests being read or answered (the front end's drain waits for them)
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def begin(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def end(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
 
     @endpoint
     async def live(self, request: Request) -> Response:
@@ -274,7 +308,14 @@ class Routes:
         model, version = _model(request)
         length = header_length(request)
         body = await read_body(request, self.limit)
-        infer_request, fmt = codec.decode_infer_request(body, length, model, version)
+        json_bytes = len(body) if length is None else length
+        if json_bytes > MAX_JSON_BYTES:
+            raise HttpError(413, f"{json_bytes} bytes of JSON exceed the {MAX_JSON_BYTES >> 20} MiB JSON limit: send "
+                                 "the tensors binary (Triton's binary tensor extension, as tritonclient.http does)")
+        if json_bytes > OFFLOAD_BYTES:
+            infer_request, fmt = await asyncio.to_thread(codec.decode_infer_request, body, length, model, version)
+        else:
+            infer_request, fmt = codec.decode_infer_request(body, length, model, version)
         if not infer_request.id:
             infer_request.id = request.headers.get(REQUEST_ID_HEADER, "")
         request.scope["inference_server.request_id"] = infer_request.id
@@ -298,6 +339,8 @@ class Routes:
     async def v1_predict(self, request: Request) -> Response:
         model = request.path_params["model"]
         body = await read_body(request, self.limit)
+        if len(body) > MAX_JSON_BYTES:
+            raise HttpError(413, f"{len(body)} bytes of JSON exceed the {MAX_JSON_BYTES >> 20} MiB JSON limit")
         inputs = self.service.model_metadata(model).inputs
         infer_request = codec.decode_v1_predict(body, model, "", inputs)
         if not infer_request.id:
@@ -342,9 +385,8 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message, dict(exc.headers or {}))
 
 
-def build_app(service: InferenceService, max_body_bytes: int) -> Starlette:
-    return Starlette(routes=routes(Routes(service, max_body_bytes)),
-                     exception_handlers={HTTPException: _http_exception})
+def build_app(r: Routes) -> Starlette:
+    return Starlette(routes=routes(r), exception_handlers={HTTPException: _http_exception})
 
 
 # -- the embedded server -------------------------------------------------------------------------------------
@@ -394,6 +436,71 @@ def bind(host: str, port: int, reuse_port: bool, backlog: int = 2048) -> list[so
     return sockets
 
 
+class GuardedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the two bounds it leaves out: a request's line and headers must arrive
+    within HEAD_TIMEOUT_S (from the connection's opening, or the request's first byte) and within
+    MAX_HEAD_BYTES. Without them, a client that sends half a request head holds its connection (and a file
+    descriptor) forever, and one endless header costs the event loop seconds."""
+
+    _head_open = True  # waiting for a request's line and headers
+    _head_bytes = 0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_open:
+            self._head_bytes += len(data)
+            if self._head_timer is None:  # a keep-alive connection's next request begins
+                self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
+        super().data_received(data)
+        if self._head_open and self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(431, f"the request line and headers exceed {MAX_HEAD_BYTES} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_open, self._head_bytes = True, 0  # the next request's head, when it comes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self._head_open and self._head_bytes:
+            self._refuse(408, f"the request line and headers did not arrive within {HEAD_TIMEOUT_S:g} s")
+        elif self._head_open and not self.transport.is_closing():
+            self.transport.close()  # opened and silent: nothing to answer
+
+    def _refuse(self, status: int, message: str) -> None:
+        if self.transport.is_closing():
+            return
+        body = codec.error_json(message)
+        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
+        self.transport.close()
+
+
+def connection_limit() -> int:
+    """Connections (and requests) served at once before new ones get 503: half the process's file descriptors,
+    so gRPC, the metrics endpoint and model files keep the other half."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(64, min(soft // 2, 16384)) if soft != resource.RLIM_INFINITY else 16384
+
+
 class EmbeddedServer(uvicorn.Server):
     """uvicorn.Server for a loop that already runs: the process's SIGTERM/SIGINT stay with the App (uvicorn would
     otherwise take them over: `capture_signals` since 0.29, `install_signal_handlers` before)."""
@@ -422,11 +529,12 @@ class HttpFrontEnd:
     def __init__(self, service: InferenceService, cfg: ServerConfig) -> None:
         self._sockets = bind(cfg.host, cfg.http_port, cfg.reuse_port)
         self.port: int = self._sockets[0].getsockname()[1]
+        self._routes = Routes(service, cfg.max_message_bytes)
         config = uvicorn.Config(
-            build_app(service, cfg.max_message_bytes),
-            http="httptools", loop="none", lifespan="off", ws="none", interface="asgi3",
+            build_app(self._routes),
+            http=GuardedHttpTools, loop="none", lifespan="off", ws="none", interface="asgi3",
             log_config=None, log_level="warning", access_log=False,  # the service writes its own access log
-            proxy_headers=False, server_header=False, limit_concurrency=None,
+            proxy_headers=False, server_header=False, limit_concurrency=connection_limit(),
             timeout_keep_alive=75,  # longer than the usual load balancer idle timeout (60 s)
         )
         self._server = EmbeddedServer(config)
@@ -456,6 +564,11 @@ class HttpFrontEnd:
                 sock.close()
             return
         server = self._server
+        if grace_s:  # the service has drained; requests still being read or answered get the rest of the grace
+            try:
+                await asyncio.wait_for(self._routes.idle.wait(), grace_s)
+            except TimeoutError:
+                log.warning("%d HTTP requests still under way after %.1fs", self._routes.in_flight, grace_s)
         # uvicorn bounds its wait for responses under way by this, then cancels them; at least 0.1 s, as uvicorn
         # reports a timeout at 0 even with nothing to wait for. grace_s None: stop now (as gRPC's stop(None)).
         server.config.timeout_graceful_shutdown = max(grace_s or 0.0, 0.1)  # type: ignore[assignment]

@@ -274,3 +274,84 @@ def test_bytes_framing_length_past_the_element_data_is_400(server):
                                            "parameters": {"binary_data_size": len(framed)}}]}, framed)
     status, _, content = exchange(server.app.http_port, "POST", "/v2/models/text/infer", body, headers)
     assert status == 400 and "BYTES element 1 is truncated" in json.loads(content)["error"]
+
+
+# -- clients that stall, lie or flood: the connection is bounded and the server keeps serving ----------------
+
+
+def raw_exchange(port: int, data: bytes, wait_s: float = 10.0) -> bytes:
+    """Send bytes as they are and read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_a_request_head_that_stops_arriving_is_answered_408_and_closed(server, monkeypatch):
+    from inference_server.http import server as http_server
+
+    monkeypatch.setattr(http_server, "HEAD_TIMEOUT_S", 0.3)
+    answer = raw_exchange(server.app.http_port, b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Le")
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 0.3 s" in answer
+    assert_next_good_request_is_served(server.app.http_port)
+
+
+def test_headers_past_the_head_limit_are_refused_431(server):
+    from inference_server.http import server as http_server
+
+    head = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (http_server.MAX_HEAD_BYTES + 1024)
+    answer = raw_exchange(server.app.http_port, head)
+    assert answer.startswith(b"HTTP/1.1 431 ") and b'"error"' in answer
+    assert_next_good_request_is_served(server.app.http_port)
+
+
+def test_a_body_shorter_than_its_content_length_is_answered_408(server, monkeypatch):
+    from inference_server.http import server as http_server
+
+    monkeypatch.setattr(http_server, "BODY_IDLE_TIMEOUT_S", 0.3)
+    body = json.dumps(doc()).encode()
+    head = (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body) + 100}\r\n\r\n").encode()
+    answer = raw_exchange(server.app.http_port, head + body)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"no part of the request body arrived" in answer
+    assert b"connection: close" in answer.lower()
+    assert_next_good_request_is_served(server.app.http_port)
+
+
+def test_integer_data_holding_null_or_an_object_is_400_not_500(server):
+    for data in ([None, 1, 1], [{"a": 1}, 1, 2]):
+        body, headers = as_json(doc([tensor("in_INT32", width=3, datatype="INT32", data=data)]))
+        status, _, answer = exchange(server.app.http_port, "POST", "/v2/models/types/infer", body, headers)
+        assert status == 400 and "INT32 data must be integers" in json.loads(answer)["error"]
+    assert_next_good_request_is_served(server.app.http_port)
+
+
+def test_gzip_bodies_of_many_members_are_refused(server):
+    body, headers = as_json(doc())
+    members = gzip.compress(body) + gzip.compress(b"") * 200
+    status, _, answer = exchange(server.app.http_port, "POST", "/v2/models/mlp/infer", members,
+                                 {**headers, "Content-Encoding": "gzip"})
+    assert status == 400 and "more than 64 gzip members" in json.loads(answer)["error"]
+    assert_next_good_request_is_served(server.app.http_port)
+
+
+def test_json_tensors_past_the_json_limit_are_refused_413_pointing_at_binary(server, monkeypatch):
+    from inference_server.http import server as http_server
+
+    monkeypatch.setattr(http_server, "MAX_JSON_BYTES", 200)
+    body, headers = as_json(doc([tensor(rows=8)]))
+    assert len(body) > 200
+    status, _, answer = exchange(server.app.http_port, "POST", "/v2/models/mlp/infer", body, headers)
+    assert status == 413 and "send the tensors binary" in json.loads(answer)["error"]
+    assert_next_good_request_is_served(server.app.http_port)
+
+
+def test_an_explicit_q0_wins_over_a_wildcard_in_accept_encoding(server):
+    body, headers = as_json(doc())
+    for accept, expected in (("gzip;q=0, *", "deflate"), ("*", "gzip"), ("gzip;q=0, deflate;q=0, *", None),
+                             ("identity", None)):
+        status, answer_headers, _ = exchange(server.app.http_port, "POST", "/v2/models/mlp/infer", body,
+                                             {**headers, "Accept-Encoding": accept})
+        assert status == 200 and answer_headers.get("content-encoding") == expected, accept
