@@ -1,5 +1,6 @@
 """Bounded load generators on tritonclient.grpc.aio: closed loop (N workers, one request in flight each)
-and open loop (requests sent on a fixed schedule, whatever the answers do)."""
+and open loop (requests sent on a fixed schedule, whatever the answers do); and a closed loop over HTTP on
+tritonclient.http.aio (binary tensors both ways, Triton's binary tensor extension)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tritonclient.grpc.aio as aioclient
+import tritonclient.http.aio as aiohttpclient
 from tritonclient.utils import np_to_triton_dtype
 
 NAME = "tritonclient.grpc.aio (benchmarks/loadgen.py)"
+HTTP_NAME = "tritonclient.http.aio, binary tensors (benchmarks/loadgen.py)"
 # A channel of its own per connection; grpc would otherwise share one TCP connection between clients.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
@@ -163,4 +166,67 @@ async def open_loop(url: str, work: Workload, *, rate_per_s: float, duration_s: 
         ticker.cancel()
         sys.stderr.write("\n")
         await asyncio.gather(*(c.close() for c in clients))
+    return result
+
+
+# -- HTTP --------------------------------------------------------------------------------------------------
+
+
+def http_workload(model: str, samples: Sequence[dict[str, np.ndarray]]) -> Workload:
+    """As workload(), with tritonclient.http InferInputs holding their data as binary (Triton's binary tensor
+    extension), built once outside the timed loop; requests ask for every output in binary too."""
+    requests = []
+    for sample in samples:
+        inputs = []
+        for name, array in sample.items():
+            t = aiohttpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            t.set_data_from_numpy(array, binary_data=True)
+            inputs.append(t)
+        requests.append(inputs)
+    return Workload(model, requests, int(next(iter(samples[0].values())).shape[0]))
+
+
+class HttpLoadResult(LoadResult):
+    def summary(self) -> dict:
+        return {**super().summary(), "load_generator": HTTP_NAME}
+
+
+async def http_closed_loop(url: str, work: Workload, *, concurrency: int, duration_s: float, warmup_s: float = 1.0,
+                           max_requests: int = 1_000_000, label: str = "", connections: int = 1,
+                           request_timeout_s: float = 60) -> LoadResult:
+    """closed_loop() over KServe v2 HTTP: `concurrency` workers on `connections` tritonclient.http.aio clients
+    (aiohttp sessions; HTTP/1.1 keeps one request in flight per TCP connection, so each session may open as
+    many keep-alive connections as it has workers). `work` comes from http_workload(); no `outputs` are named,
+    so the client asks for every output in binary (binary_data_output). Same recording and summary as
+    closed_loop(): warmup_s not recorded, then duration_s, at most max_requests."""
+    per_client = -(-concurrency // connections)
+    clients = [aiohttpclient.InferenceServerClient(url, conn_limit=per_client, conn_timeout=request_timeout_s)
+               for _ in range(connections)]
+    result = HttpLoadResult("closed", concurrency, duration_s, work.rows)
+    loop = asyncio.get_running_loop()
+    measure_from = loop.time() + warmup_s
+    stop_at = measure_from + duration_s
+
+    async def worker(offset: int) -> None:
+        client = clients[offset % len(clients)]
+        i = offset
+        while (now := loop.time()) < stop_at and result.requests < max_requests:
+            sent = time.perf_counter()
+            try:
+                await client.infer(work.model, work.requests[i % len(work.requests)])
+            except Exception as e:  # recorded, never raised: a benchmark reports errors
+                result.record_error(e)
+            else:
+                if now >= measure_from:
+                    result.latencies_s.append(time.perf_counter() - sent)
+            i += concurrency
+
+    ticker = asyncio.create_task(_progress(result, f"{label} http c={concurrency}", loop, measure_from))
+    try:
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    finally:
+        ticker.cancel()
+        sys.stderr.write("\n")
+        await asyncio.gather(*(c.close() for c in clients))
+    result.duration_s = min(loop.time(), stop_at) - measure_from
     return result

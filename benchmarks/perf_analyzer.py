@@ -83,19 +83,25 @@ def parse_csv(text: str) -> dict[str, float]:
 
 
 def run(url: str, model: str, concurrency: int, *, measurement_ms: int = 3000, work_dir: Path,
-        max_trials: int = 3, timeout_s: float | None = None) -> dict:
-    """One perf_analyzer measurement of `model` at `url` (host:port, gRPC) at one concurrency.
+        max_trials: int = 3, timeout_s: float | None = None, protocol: str = "grpc") -> dict:
+    """One perf_analyzer measurement of `model` at `url` (host:port, of the gRPC endpoint, or of the HTTP one
+    with protocol "http": `-i http`, binary input and output tensors) at one concurrency.
 
     Bounded: `max_trials` windows of `measurement_ms` each, with any spread accepted as stable (a shared
     2-core machine rarely meets the default 10 %), so it ends after about max_trials * measurement_ms.
     Returns concurrency, infer_per_s, p50_ms, p90_ms, p99_ms, mean_ms and load_generator."""
+    if protocol not in ("grpc", "http"):
+        raise ValueError(f"protocol must be 'grpc' or 'http', not {protocol!r}")
     binary, env = _setup()
     work_dir.mkdir(parents=True, exist_ok=True)
-    out = work_dir / f"perf_analyzer_{model}_c{concurrency}.csv"
+    stem = f"perf_analyzer_{model}_c{concurrency}" + ("" if protocol == "grpc" else f"_{protocol}")
+    out = work_dir / f"{stem}.csv"
     out.unlink(missing_ok=True)
-    cmd = [str(binary), "-m", model, "-u", url, "-i", "grpc", "--concurrency-range", str(concurrency),
+    cmd = [str(binary), "-m", model, "-u", url, "-i", protocol, "--concurrency-range", str(concurrency),
            "--measurement-interval", str(measurement_ms), "--max-trials", str(max(max_trials, 3)),
            "--stability-percentage", "1000", "--verbose-csv", "-f", str(out)]  # verbose: adds Avg latency
+    if protocol == "http":  # its defaults, spelled out: Triton's binary tensor extension both ways
+        cmd += ["--input-tensor-format", "binary", "--output-tensor-format", "binary"]
     if timeout_s is None:
         timeout_s = 60 + 3 * max(max_trials, 3) * measurement_ms / 1e3
     try:
@@ -105,6 +111,6 @@ def run(url: str, model: str, concurrency: int, *, measurement_ms: int = 3000, w
     output = proc.stdout + proc.stderr
     if proc.returncode != 0 or not out.is_file():
         raise RuntimeError(f"perf_analyzer exited with {proc.returncode}: {' '.join(cmd)}\n{output[-3000:]}")
-    (work_dir / f"perf_analyzer_{model}_c{concurrency}.log").write_text(output)
+    (work_dir / f"{stem}.log").write_text(output)
     generator = f"perf_analyzer: {version()}, from the tritonclient {VERSION} wheel"
     return {**parse_csv(out.read_text()), "load_generator": generator}

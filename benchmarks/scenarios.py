@@ -19,6 +19,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from benchmarks import ceiling, loadgen, peers, perf_analyzer
+from benchmarks.http import http_scenario
 from benchmarks.lifecycle import lifecycle_scenario
 from benchmarks.models import MODELS, write
 from tests.server_process import ServerProcess
@@ -440,4 +441,5 @@ def batch_score(args: argparse.Namespace) -> dict:
 
 SCENARIOS = {"closed-loop": closed_loop, "batching": batching, "execution": execution, "open-loop": open_loop,
              "workers": workers, "peers": peer_comparison, "batch-score": batch_score, "metrics": metrics_cost,
-             "cache": cache_scenario, "lifecycle": lifecycle_scenario}
+             "cache": cache_scenario, "lifecycle": lifecycle_scenario,
+             "http": http_scenario}

@@ -2,7 +2,8 @@
 on free 127.0.0.1 ports: Triton Inference Server via NVIDIA PyTriton, and Seldon MLServer.
 
     with peers.pytriton(model_path, "mlp", max_batch_size=64, max_queue_delay_us=0, work_dir=d) as peer:
-        ...drive peer.url (host:port, KServe v2 gRPC) with tritonclient.grpc...
+        ...drive peer.url (host:port, KServe v2 gRPC) with tritonclient.grpc, or peer.http_url (Triton's HTTP
+        endpoint, KServe v2 with the binary tensor extension) with tritonclient.http...
         peer.name, peer.log(), peers.batch_stats(peer)
 
 Both serve an ONNX model through ONNX Runtime from Python (dim 0 of every tensor is the batch); the peer-side
@@ -44,6 +45,7 @@ class Peer:
     log_path: Path
     proc: subprocess.Popen = field(repr=False)
     metrics_url: str | None = None
+    http_url: str | None = None  # host:port of the KServe v2 HTTP endpoint, where the peer reports one
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -71,6 +73,7 @@ def pytriton(model_path: Path, model_name: str, *, max_batch_size: int, max_queu
     env = {"LD_LIBRARY_PATH": os.pathsep.join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))}
     with _running("Triton 2.51.0 via PyTriton 0.7.0", cmd, env, work_dir / "pytriton.log", model_name, grpc_port,
                   timeout_s, work_dir) as peer:
+        peer.http_url = f"127.0.0.1:{http_port}"  # tritonserver's own --http-port (PyTriton's TritonConfig)
         yield peer
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from benchmarks import lifecycle, loadgen, peers, perf_analyzer, scenarios
+from benchmarks import http, lifecycle, loadgen, peers, perf_analyzer, scenarios
 
 # perf_analyzer 2.51.0 --verbose-csv against a server without statistics, and against Triton (with them).
 PA_CSV = ("Concurrency,Inferences/Second,Client Send,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,"
@@ -83,3 +83,41 @@ async def test_open_loop_latency_counts_from_the_scheduled_send_time(monkeypatch
     assert result.requests == 50 and result.not_sent == 0
     late = [t for t in result.latencies_s if t > 0.05]
     assert len(late) >= 15 and max(result.latencies_s) >= 0.19
+
+
+def test_proc_stat_cpu_and_process_trees():
+    # comm may hold spaces and parentheses; fields 14 and 15 (utime, stime) are in clock ticks
+    line = "4242 (python (x) y) S 4000 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 100 0 0\n"
+    assert http.parse_stat(line) == (4000, 300 / http.CLOCK)
+    table = {1: (0, 0.0), 10: (1, 1.0), 11: (10, 2.0), 12: (11, 3.0), 20: (1, 4.0), 30: (99, 5.0)}
+    assert http.subtree(table, 10) == {10, 11, 12}
+    assert http.subtree(table, 20) == {20} and http.subtree(table, 7) == set()
+    first = http.Sample(0.0, {10: (1, 1.0), 11: (10, 2.0), 12: (11, 3.0)}, 0.0)
+    last = http.Sample(2.0, {10: (1, 2.0), 11: (10, 3.0), 13: (10, 9.0)}, 0.0)  # 12 exited, 13 is new: neither counts
+    assert http.tree_cores(first, last, {10, 11, 12, 13}) == 1.0
+
+
+def test_http_ratios_and_their_targets():
+    def point(target, protocol, model, gen, c, rate):
+        return {"target": target, "protocol": protocol, "model": model, "gen": gen, "concurrency": c,
+                "infer_per_s": rate, "p99_ms": 10.0, "error_count": 0}
+
+    triton, ours = "Triton via PyTriton: Triton 2.51.0 via PyTriton 0.7.0", scenarios.OURS
+    points = [point(ours, "HTTP", "cheap", "aio", 32, 2100), point(triton, "HTTP", "cheap", "aio", 32, 2000),
+              point(ours, "gRPC", "cheap", "aio", 32, 3500), point(ours, "HTTP", "cheap", "aio", 1, 900),
+              point(ours, "gRPC", "cheap", "aio", 1, 1000), point(ours, "HTTP", "large", "aio", 32, 90),
+              point(triton, "HTTP", "large", "aio", 32, 100), point(ours, "gRPC", "large", "aio", 32, 100)]
+    rows = {(r["what"], r["model"], r["concurrency"]): r for r in http.ratio_rows(points)}
+    vs_triton = rows[("ours HTTP / Triton HTTP", "cheap", 32)]
+    assert (vs_triton["ratio"], vs_triton["target"], vs_triton["met"]) == (1.05, ">= 1.0", "yes")
+    assert rows[("ours HTTP / Triton HTTP", "large", 32)]["met"] == "no"
+    vs_grpc = rows[("ours HTTP / ours gRPC", "cheap", 32)]
+    assert (vs_grpc["ratio"], vs_grpc["met"]) == (0.6, "no")
+    assert rows[("ours HTTP / ours gRPC", "cheap", 1)]["met"] == "yes"  # 0.9
+    assert rows[("ours HTTP / ours gRPC", "large", 32)]["target"] == "–"  # the target is the cheap MLP's
+    assert ("ours HTTP / Triton HTTP", "cheap", 1) not in rows  # no Triton point at c=1
+
+
+def test_perf_analyzer_refuses_an_unknown_protocol(tmp_path):
+    with pytest.raises(ValueError, match="protocol"):
+        perf_analyzer.run("127.0.0.1:1", "m", 1, work_dir=tmp_path, protocol="grpcs")
