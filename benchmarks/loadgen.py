@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as aioclient
@@ -98,6 +99,20 @@ async def closed_loop(url: str, work: Workload, *, concurrency: int, duration_s:
     Workers are spread over `connections` TCP connections (several server processes need several)."""
     clients = _clients(url, connections)
     result = LoadResult("closed", concurrency, duration_s, work.rows)
+
+    async def infer(client: Any, inputs: Any) -> None:
+        await client.infer(work.model, inputs, client_timeout=60)
+
+    return await _run_closed(clients, work, result, infer, warmup_s=warmup_s, max_requests=max_requests,
+                             label=f"{label} c={concurrency}")
+
+
+async def _run_closed(clients: list[Any], work: Workload, result: LoadResult,
+                      infer: Callable[[Any, Any], Awaitable[None]], *, warmup_s: float, max_requests: int,
+                      label: str) -> LoadResult:
+    """The closed loop both protocols share: result.load workers over `clients`, warmup_s unrecorded,
+    then result.duration_s recorded; the clients are closed at the end."""
+    concurrency, duration_s = int(result.load), result.duration_s
     loop = asyncio.get_running_loop()
     measure_from = loop.time() + warmup_s
     stop_at = measure_from + duration_s
@@ -108,7 +123,7 @@ async def closed_loop(url: str, work: Workload, *, concurrency: int, duration_s:
         while (now := loop.time()) < stop_at and result.requests < max_requests:
             sent = time.perf_counter()
             try:
-                await client.infer(work.model, work.requests[i % len(work.requests)], client_timeout=60)
+                await infer(client, work.requests[i % len(work.requests)])
             except Exception as e:  # recorded, never raised: a benchmark reports errors
                 result.record_error(e)
             else:
@@ -116,7 +131,7 @@ async def closed_loop(url: str, work: Workload, *, concurrency: int, duration_s:
                     result.latencies_s.append(time.perf_counter() - sent)
             i += concurrency
 
-    ticker = asyncio.create_task(_progress(result, f"{label} c={concurrency}", loop, measure_from))
+    ticker = asyncio.create_task(_progress(result, label, loop, measure_from))
     try:
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
     finally:
@@ -203,30 +218,9 @@ async def http_closed_loop(url: str, work: Workload, *, concurrency: int, durati
     clients = [aiohttpclient.InferenceServerClient(url, conn_limit=per_client, conn_timeout=request_timeout_s)
                for _ in range(connections)]
     result = HttpLoadResult("closed", concurrency, duration_s, work.rows)
-    loop = asyncio.get_running_loop()
-    measure_from = loop.time() + warmup_s
-    stop_at = measure_from + duration_s
 
-    async def worker(offset: int) -> None:
-        client = clients[offset % len(clients)]
-        i = offset
-        while (now := loop.time()) < stop_at and result.requests < max_requests:
-            sent = time.perf_counter()
-            try:
-                await client.infer(work.model, work.requests[i % len(work.requests)])
-            except Exception as e:  # recorded, never raised: a benchmark reports errors
-                result.record_error(e)
-            else:
-                if now >= measure_from:
-                    result.latencies_s.append(time.perf_counter() - sent)
-            i += concurrency
+    async def infer(client: Any, inputs: Any) -> None:
+        await client.infer(work.model, inputs)
 
-    ticker = asyncio.create_task(_progress(result, f"{label} http c={concurrency}", loop, measure_from))
-    try:
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    finally:
-        ticker.cancel()
-        sys.stderr.write("\n")
-        await asyncio.gather(*(c.close() for c in clients))
-    result.duration_s = min(loop.time(), stop_at) - measure_from
-    return result
+    return await _run_closed(clients, work, result, infer, warmup_s=warmup_s, max_requests=max_requests,
+                             label=f"{label} http c={concurrency}")
