@@ -80,13 +80,11 @@ class App:
         cache_dir = cfg.model_cache_dir or Path(self._scratch.name)  # type: ignore[union-attr]
         self.manager = ModelManager(cfg, self.registry, read_pbtxt=pbtxt_to_dict, read_json=json_to_dict,
                                     cache_dir=cache_dir, on_change=self._readiness_changed)
-        self.service = InferenceService(self.registry, self.manager, access_log=cfg.access_log,
-                                        predictions=self.predictions, drift=self.drift, cache=self.cache,
-                                        cache_config=cfg.cache_config)
+        self.service = InferenceService(self.registry, self.manager, http=bool(cfg.http_port),
+                                        access_log=cfg.access_log, predictions=self.predictions, drift=self.drift,
+                                        cache=self.cache, cache_config=cfg.cache_config)
         self.port = 0  # the gRPC port, once bound
         self.http_port = 0  # the HTTP port, once bound (0: no HTTP front end)
-        if cfg.http_port:  # the binary tensor extension is the HTTP front end's (Triton lists it when HTTP is on)
-            self.service.extensions += ("binary_tensor_data",)
         self.front_ends: list[FrontEnd] = []  # started in this order, stopped in this order
         self.metrics: MetricsServer | None = None
         self._health_updates: set[asyncio.Task[None]] = set()

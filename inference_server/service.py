@@ -32,10 +32,11 @@ SERVER_NAME = "inference_server"
 # Only what is implemented end to end; perf_analyzer and clients trust this list.
 EXTENSIONS = ("model_configuration", "statistics")
 REPOSITORY_EXTENSIONS = ("model_repository", "model_repository(unload_dependents)")  # explicit mode only
+HTTP_EXTENSIONS = ("binary_tensor_data",)  # with the HTTP front end (Triton lists it when HTTP is on)
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, manager: ModelManager, *, access_log: bool = False,
+    def __init__(self, registry: ModelRegistry, manager: ModelManager, *, http: bool = False, access_log: bool = False,
                  predictions: PredictionLog | None = None, drift: DriftMonitor | None = None,
                  cache: ResponseCache | None = None, cache_config: CacheConfig | None = None) -> None:
         self.registry = registry
@@ -48,7 +49,8 @@ class InferenceService:
         self.drift = drift
         self.name = SERVER_NAME
         self.version = __version__
-        self.extensions = EXTENSIONS + (REPOSITORY_EXTENSIONS if manager.mode == "explicit" else ())
+        self.extensions = (EXTENSIONS + (HTTP_EXTENSIONS if http else ())
+                           + (REPOSITORY_EXTENSIONS if manager.mode == "explicit" else ()))
         self._draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()
