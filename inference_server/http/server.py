@@ -2,21 +2,16 @@
 
 Thin handlers over InferenceService, as grpc/servicer.py is: read the body (bounded), decode with codec.py, call the
 service, encode. InferenceError -> codec.STATUS and `{"error": message}`; anything else -> 500 "internal error",
-logged with the request id. uvicorn runs as a task in the loop that already runs gRPC (no loop, signal handlers or
-logging configuration of its own) on a socket bound here, so a port in use fails the start like gRPC's does.
+logged with the request id. Bodies are read and compressed by bodies.py; uvicorn runs as a task in the loop that
+already runs gRPC, on sockets and a guarded protocol from transport.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import logging
 import re
-import resource
-import socket
-import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -26,160 +21,22 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..config import ServerConfig
 from ..errors import InferenceError
 from ..service import InferenceService
 from . import codec
+from .bodies import (JSON, OFFLOAD_BYTES, HttpError, accepted_encoding, compress, error_response, header_length,
+                     read_body)
+from .transport import EmbeddedServer, GuardedHttpTools, bind, connection_limit
 
 log = logging.getLogger(__name__)
 
-JSON = "application/json"
 BINARY = "application/octet-stream"
 REQUEST_ID_HEADER = "x-request-id"
-# Compressing a response or decoding a JSON body larger than this runs in a thread, off the event loop (zlib
-# releases the GIL; orjson does not, but the loop still gets its turns). Compressed request bodies always do:
-# a small one may inflate to max_message_bytes.
-OFFLOAD_BYTES = 1 << 20
 # JSON tensors cost about 14x their size in memory and seconds per 100 MB to decode: beyond this, send binary
-# tensors (Triton's --http-max-input-size defaults to 64 MB as well).
+# tensors (Triton's --http-max-input-size defaults to 64 MB as well). Larger JSON bodies decode in a thread.
 MAX_JSON_BYTES = 64 << 20
-MAX_GZIP_MEMBERS = 64  # concatenated gzip members in one body (a client sends one)
-MAX_HEAD_BYTES = 64 << 10  # request line and headers
-HEAD_TIMEOUT_S = 30.0  # to receive a request's line and headers, once it has begun (or the connection opened)
-BODY_IDLE_TIMEOUT_S = 30.0  # between two pieces of a request body
-COMPRESS_LEVEL = 1  # responses: speed over ratio (tensors rarely compress much better at higher levels)
-_WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # "deflate" in HTTP is the zlib format (RFC 9110 8.4.1.2)
-
-
-class HttpError(Exception):
-    """An error answered with an HTTP status of its own (not an InferenceError's): 400, 413, 415."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(codec.error_json(message), status, headers, JSON)
-
-
-# -- bodies --------------------------------------------------------------------------------------------------
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole request body, decompressed per Content-Encoding; over `limit` (compressed or not) -> 413, refused
-    from Content-Length before anything is read when the client declares it."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not (length.isascii() and length.isdigit()):
-            raise HttpError(400, f"Content-Length is not a number: {length!r}")
-        if len(length) > 18 or int(length) > limit:  # (int() refuses strings of over 4300 digits)
-            raise HttpError(413, f"request body of {length} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    receive = request.receive
-    while True:
-        try:
-            async with asyncio.timeout(BODY_IDLE_TIMEOUT_S):
-                message = await receive()
-        except TimeoutError:
-            raise HttpError(408, f"no part of the request body arrived for {BODY_IDLE_TIMEOUT_S:g} s") from None
-        if message["type"] != "http.request":  # http.disconnect: nobody is left to answer
-            raise HttpError(400, "the client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = request.headers.get("content-encoding")
-    if encoding is None or encoding.strip().lower() in ("", "identity"):
-        return body
-    wbits = _WBITS.get(encoding.strip().lower())
-    if wbits is None:
-        raise HttpError(415, f"unsupported Content-Encoding {encoding!r} (gzip, deflate or identity)")
-    return await asyncio.to_thread(decompress, body, wbits, limit)
-
-
-def decompress(data: bytes, wbits: int, limit: int) -> bytes:
-    """gzip (every member, up to MAX_GZIP_MEMBERS) or zlib data, never inflating past `limit` bytes (413)
-    whatever the ratio."""
-    parts: list[bytes] = []
-    total = 0
-    while True:
-        if len(parts) >= MAX_GZIP_MEMBERS:
-            raise HttpError(400, f"the compressed request body has more than {MAX_GZIP_MEMBERS} gzip members")
-        inflater = zlib.decompressobj(wbits)
-        try:
-            out = inflater.decompress(data, limit - total + 1)
-        except zlib.error:
-            if wbits == 15 and not parts:  # some clients send raw deflate without the zlib wrapper
-                wbits = -15
-                continue
-            raise HttpError(400, "the request body is not valid compressed data for its Content-Encoding") from None
-        total += len(out)
-        if total > limit:
-            raise HttpError(413, f"decompressed request body exceeds the limit of {limit} bytes")
-        parts.append(out)
-        if not inflater.eof:
-            raise HttpError(400, "the compressed request body is truncated")
-        data = inflater.unused_data
-        if not data:
-            break
-        if wbits != 31:  # only gzip may hold several members
-            raise HttpError(400, "the compressed request body has trailing data")
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def accepted_encoding(accept: str | None) -> str | None:
-    """gzip or deflate when Accept-Encoding allows one (the higher q; gzip on a tie), else None."""
-    if not accept:
-        return None
-    weights: dict[str, float] = {}
-    for item in accept.split(","):
-        name, _, params = item.partition(";")
-        name = name.strip().lower()
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        weights[name] = q
-    star = weights.get("*", 0.0)  # for the codings not named (a named one, q=0 included, wins over "*")
-    best, best_q = None, 0.0
-    for name in ("gzip", "deflate"):
-        q = weights.get(name, star)
-        if q > best_q:
-            best, best_q = name, q
-    return best
-
-
-def compress(data: bytes, encoding: str) -> bytes:
-    if encoding == "gzip":
-        deflater = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, 31)
-        return deflater.compress(data) + deflater.flush()
-    return zlib.compress(data, COMPRESS_LEVEL)
-
-
-def header_length(request: Request) -> int | None:
-    value = request.headers.get(codec.HEADER_LENGTH)
-    if value is None:
-        return None
-    value = value.strip()
-    # Not str.isdigit alone ("²" is a digit that int() refuses), nor thousands of digits (int() refuses them too).
-    if not (value.isascii() and value.isdigit()) or len(value) > 18:
-        raise HttpError(400, f"Inference-Header-Content-Length must be a non-negative integer below 10**18, "
-                             f"got {value[:40]!r}")
-    return int(value)
 
 
 def ready_only(body: bytes) -> bool:
@@ -414,138 +271,6 @@ class InferFastPath:
 
 def build_app(r: Routes) -> InferFastPath:
     return InferFastPath(r, Starlette(routes=routes(r), exception_handlers={HTTPException: _http_exception}))
-
-
-# -- the embedded server -------------------------------------------------------------------------------------
-
-
-def bind(host: str, port: int, reuse_port: bool, backlog: int = 2048) -> list[socket.socket]:
-    """Listening sockets for host:port (one per address the host resolves to, all on one port). SO_REUSEPORT only
-    when asked (workers share the port on purpose); otherwise a port in use is an error."""
-    address = f"{host}:{port}"
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise OSError(f"cannot listen on {address}: {e}") from None
-    has_v4 = any(info[0] == socket.AF_INET for info in infos)
-    sockets: list[socket.socket] = []
-    skipped: list[OSError] = []
-    seen = set()
-    try:
-        for family, kind, proto, _, sockaddr in infos:
-            if (family, sockaddr[0]) in seen:
-                continue
-            seen.add((family, sockaddr[0]))
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if reuse_port:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6 and has_v4:  # the IPv4 address gets its own socket
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                bound_port = sockets[0].getsockname()[1] if sockets else port  # port 0: the first one's
-                sock.bind((sockaddr[0], bound_port, *sockaddr[2:]))
-                sock.listen(backlog)
-                sock.setblocking(False)
-            except OSError as e:
-                sock.close()
-                if e.errno == errno.EADDRINUSE:
-                    raise
-                skipped.append(e)  # e.g. ::1 on a host without IPv6; the other addresses still serve
-                continue
-            sockets.append(sock)
-    except OSError as e:
-        for sock in sockets:
-            sock.close()
-        raise OSError(f"cannot listen on {address}: {e.strerror or e}") from None
-    if not sockets:
-        raise OSError(f"cannot listen on {address}: {skipped[0].strerror or skipped[0]}")
-    return sockets
-
-
-class GuardedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the two bounds it leaves out: a request's line and headers must arrive
-    within HEAD_TIMEOUT_S (from the connection's opening, or the request's first byte) and within
-    MAX_HEAD_BYTES. Without them, a client that sends half a request head holds its connection (and a file
-    descriptor) forever, and one endless header costs the event loop seconds."""
-
-    _head_open = True  # waiting for a request's line and headers
-    _head_bytes = 0
-    _head_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
-
-    def data_received(self, data: bytes) -> None:
-        if self._head_open:
-            self._head_bytes += len(data)
-            if self._head_timer is None:  # a keep-alive connection's next request begins
-                self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
-        super().data_received(data)
-        if self._head_open and self._head_bytes > MAX_HEAD_BYTES:
-            self._refuse(431, f"the request line and headers exceed {MAX_HEAD_BYTES} bytes")
-
-    def on_headers_complete(self) -> None:
-        self._head_open = False
-        self._cancel_head_timer()
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._head_open, self._head_bytes = True, 0  # the next request's head, when it comes
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
-        super().connection_lost(exc)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timeout(self) -> None:
-        self._head_timer = None
-        if self._head_open and self._head_bytes:
-            self._refuse(408, f"the request line and headers did not arrive within {HEAD_TIMEOUT_S:g} s")
-        elif self._head_open and not self.transport.is_closing():
-            self.transport.close()  # opened and silent: nothing to answer
-
-    def _refuse(self, status: int, message: str) -> None:
-        if self.transport.is_closing():
-            return
-        body = codec.error_json(message)
-        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
-        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                             b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
-        self.transport.close()
-
-
-def connection_limit() -> int:
-    """Connections (and requests) served at once before new ones get 503: half the process's file descriptors,
-    so gRPC, the metrics endpoint and model files keep the other half."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(64, min(soft // 2, 16384)) if soft != resource.RLIM_INFINITY else 16384
-
-
-class EmbeddedServer(uvicorn.Server):
-    """uvicorn.Server for a loop that already runs: the process's SIGTERM/SIGINT stay with the App (uvicorn would
-    otherwise take them over: `capture_signals` since 0.29, `install_signal_handlers` before)."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.listening = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    def install_signal_handlers(self) -> None:
-        pass
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        self.listening.set()
 
 
 class HttpFrontEnd:

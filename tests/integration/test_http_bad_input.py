@@ -290,27 +290,27 @@ def raw_exchange(port: int, data: bytes, wait_s: float = 10.0) -> bytes:
 
 
 def test_a_request_head_that_stops_arriving_is_answered_408_and_closed(server, monkeypatch):
-    from inference_server.http import server as http_server
+    from inference_server.http import transport
 
-    monkeypatch.setattr(http_server, "HEAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(transport, "HEAD_TIMEOUT_S", 0.3)
     answer = raw_exchange(server.app.http_port, b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Le")
     assert answer.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 0.3 s" in answer
     assert_next_good_request_is_served(server.app.http_port)
 
 
 def test_headers_past_the_head_limit_are_refused_431(server):
-    from inference_server.http import server as http_server
+    from inference_server.http import transport
 
-    head = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (http_server.MAX_HEAD_BYTES + 1024)
+    head = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (transport.MAX_HEAD_BYTES + 1024)
     answer = raw_exchange(server.app.http_port, head)
     assert answer.startswith(b"HTTP/1.1 431 ") and b'"error"' in answer
     assert_next_good_request_is_served(server.app.http_port)
 
 
 def test_a_body_shorter_than_its_content_length_is_answered_408(server, monkeypatch):
-    from inference_server.http import server as http_server
+    from inference_server.http import bodies
 
-    monkeypatch.setattr(http_server, "BODY_IDLE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(bodies, "BODY_IDLE_TIMEOUT_S", 0.3)
     body = json.dumps(doc()).encode()
     head = (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body) + 100}\r\n\r\n").encode()

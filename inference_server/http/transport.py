@@ -1,0 +1,151 @@
+"""The HTTP front end's connections: listening sockets bound here (so a port in use fails the start as gRPC's
+does), uvicorn's httptools protocol with bounds on request heads, a connection cap, and uvicorn embedded in
+the loop that already runs gRPC (no signal handlers of its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import resource
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from . import codec
+
+MAX_HEAD_BYTES = 64 << 10  # request line and headers
+HEAD_TIMEOUT_S = 30.0  # to receive a request's line and headers, once it has begun (or the connection opened)
+
+
+def bind(host: str, port: int, reuse_port: bool, backlog: int = 2048) -> list[socket.socket]:
+    """Listening sockets for host:port (one per address the host resolves to, all on one port). SO_REUSEPORT only
+    when asked (workers share the port on purpose); otherwise a port in use is an error."""
+    address = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OSError(f"cannot listen on {address}: {e}") from None
+    has_v4 = any(info[0] == socket.AF_INET for info in infos)
+    sockets: list[socket.socket] = []
+    skipped: list[OSError] = []
+    seen = set()
+    try:
+        for family, kind, proto, _, sockaddr in infos:
+            if (family, sockaddr[0]) in seen:
+                continue
+            seen.add((family, sockaddr[0]))
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6 and has_v4:  # the IPv4 address gets its own socket
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                bound_port = sockets[0].getsockname()[1] if sockets else port  # port 0: the first one's
+                sock.bind((sockaddr[0], bound_port, *sockaddr[2:]))
+                sock.listen(backlog)
+                sock.setblocking(False)
+            except OSError as e:
+                sock.close()
+                if e.errno == errno.EADDRINUSE:
+                    raise
+                skipped.append(e)  # e.g. ::1 on a host without IPv6; the other addresses still serve
+                continue
+            sockets.append(sock)
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        raise OSError(f"cannot listen on {address}: {e.strerror or e}") from None
+    if not sockets:
+        raise OSError(f"cannot listen on {address}: {skipped[0].strerror or skipped[0]}")
+    return sockets
+
+
+class GuardedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the two bounds it leaves out: a request's line and headers must arrive
+    within HEAD_TIMEOUT_S (from the connection's opening, or the request's first byte) and within
+    MAX_HEAD_BYTES. Without them, a client that sends half a request head holds its connection (and a file
+    descriptor) forever, and one endless header costs the event loop seconds."""
+
+    _head_open = True  # waiting for a request's line and headers
+    _head_bytes = 0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_open:
+            self._head_bytes += len(data)
+            if self._head_timer is None:  # a keep-alive connection's next request begins
+                self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
+        super().data_received(data)
+        if self._head_open and self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(431, f"the request line and headers exceed {MAX_HEAD_BYTES} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_open, self._head_bytes = True, 0  # the next request's head, when it comes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self._head_open and self._head_bytes:
+            self._refuse(408, f"the request line and headers did not arrive within {HEAD_TIMEOUT_S:g} s")
+        elif self._head_open and not self.transport.is_closing():
+            self.transport.close()  # opened and silent: nothing to answer
+
+    def _refuse(self, status: int, message: str) -> None:
+        if self.transport.is_closing():
+            return
+        body = codec.error_json(message)
+        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
+        self.transport.close()
+
+
+def connection_limit() -> int:
+    """Connections (and requests) served at once before new ones get 503: half the process's file descriptors,
+    so gRPC, the metrics endpoint and model files keep the other half."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(64, min(soft // 2, 16384)) if soft != resource.RLIM_INFINITY else 16384
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn.Server for a loop that already runs: the process's SIGTERM/SIGINT stay with the App (uvicorn would
+    otherwise take them over: `capture_signals` since 0.29, `install_signal_handlers` before)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:
+        pass
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        self.listening.set()
+
+
