@@ -25,6 +25,7 @@ from .lifecycle.registry import ModelRegistry
 from .logs import configure_logging
 from .metrics import MetricsServer
 from .predictions import PredictionLog
+from .routing.router import Router
 from .service import InferenceService
 from .workers import supervise
 
@@ -80,9 +81,10 @@ class App:
         cache_dir = cfg.model_cache_dir or Path(self._scratch.name)  # type: ignore[union-attr]
         self.manager = ModelManager(cfg, self.registry, read_pbtxt=pbtxt_to_dict, read_json=json_to_dict,
                                     cache_dir=cache_dir, on_change=self._readiness_changed)
-        self.service = InferenceService(self.registry, self.manager, http=bool(cfg.http_port),
-                                        access_log=cfg.access_log, predictions=self.predictions, drift=self.drift,
-                                        cache=self.cache, cache_config=cfg.cache_config)
+        self.service = InferenceService(self.registry, self.manager, router=Router(cfg.routes),
+                                        http=bool(cfg.http_port), access_log=cfg.access_log,
+                                        predictions=self.predictions, drift=self.drift, cache=self.cache,
+                                        cache_config=cfg.cache_config)
         self.port = 0  # the gRPC port, once bound
         self.http_port = 0  # the HTTP port, once bound (0: no HTTP front end)
         self.front_ends: list[FrontEnd] = []  # started in this order, stopped in this order

@@ -48,6 +48,22 @@ class CacheConfig:
     near_cache_mib: int = 0  # Redis: an in-process LRU of this size in front of it for hot entries; 0 = none
 
 
+@dataclass(frozen=True, slots=True)
+class VariantConfig:
+    name: str
+    model: str
+    version: str
+    weight: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    """`[routes.NAME]`: requests for model NAME with an empty version are split over the variants."""
+    name: str
+    variants: tuple[VariantConfig, ...]
+    routing_key: str = "routing_key"  # the request parameter hashed for stickiness
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
     host: str = "127.0.0.1"  # both front ends bind here
@@ -74,6 +90,7 @@ class ServerConfig:
     metrics_port: int = 8002  # 0 picks a free one
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     models: tuple[ModelConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
     # Model lifecycle, with Triton's names: none (load what is configured at start; no repository changes),
     # explicit (only --load-model at start; then the repository RPCs), poll (rescan the repository).
     model_control_mode: str = "none"
@@ -156,7 +173,7 @@ def parse_monitoring(table: Mapping[str, Any], prefix: str = "monitoring.") -> M
 
 
 def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
-    _reject_unknown(doc, ["server", "batching", "monitoring", "cache", "models"], "")
+    _reject_unknown(doc, ["server", "batching", "monitoring", "cache", "models", "routes"], "")
     s = _get(doc, "server", "", dict, {})
     _reject_unknown(s, ["host", "port", "http_port", "max_message_bytes", "drain_grace_s", "log_level", "log_format",
                         "access_log", "model_repository", "device", "execution", "cache", "workers", "reuse_port",
@@ -201,7 +218,48 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         raise ConfigError("server.workers", "several workers need a fixed port (port 0 picks one per process)")
     models = _get(doc, "models", "", list, [])
     parsed = tuple(parse_model(m, f"models[{i}].", cfg) for i, m in enumerate(models))
-    return dataclasses.replace(cfg, models=parsed)
+    routes = tuple(parse_route(name, table) for name, table in _get(doc, "routes", "", dict, {}).items())
+    return dataclasses.replace(cfg, models=parsed, routes=routes)
+
+
+NOT_YET = ("canary", "shadow", "fallback")  # parts of a route this server does not implement yet
+
+
+def parse_route(name: str, table: Any) -> RouteConfig:
+    prefix = f"routes.{name}."
+    if not isinstance(table, dict):
+        raise ConfigError(prefix.rstrip("."), f"expected a table, got {table!r}")
+    for key in NOT_YET:
+        if key in table:
+            raise ConfigError(f"{prefix}{key}", f"{key} is not implemented yet by this server: remove the table "
+                                                "(weighted, sticky variants are)")
+    _reject_unknown(table, ["variants", "routing_key"], prefix)
+    variants = _get(table, "variants", prefix, list, None)
+    if not variants:
+        raise ConfigError(f"{prefix}variants", "is required: a list of { name, version, weight }")
+    parsed = []
+    for i, v in enumerate(variants):
+        where = f"{prefix}variants[{i}]."
+        if not isinstance(v, dict):
+            raise ConfigError(where.rstrip("."), f"expected a table, got {v!r}")
+        _reject_unknown(v, ["name", "model", "version", "weight"], where)
+        version = v.get("version")
+        if isinstance(version, bool) or not isinstance(version, int | str) or not str(version).isascii() \
+                or not str(version).isdigit() or int(version) < 1:
+            raise ConfigError(f"{where}version", f"must be a version number, got {version!r}")
+        weight = _get(v, "weight", where, (int, float), None)
+        if weight is None or weight < 0:
+            raise ConfigError(f"{where}weight", f"must be a number >= 0, got {weight!r}")
+        parsed.append(VariantConfig(name=_get(v, "name", where, str, None) or f"v{version}",
+                                    model=_get(v, "model", where, str, name), version=str(int(version)),
+                                    weight=float(weight)))
+    names = [v.name for v in parsed]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{prefix}variants", f"variant names must be unique, got {names}")
+    if not any(v.weight > 0 for v in parsed):
+        raise ConfigError(f"{prefix}variants", "at least one variant needs a weight > 0")
+    return RouteConfig(name=name, variants=tuple(parsed),
+                       routing_key=_get(table, "routing_key", prefix, str, "routing_key"))
 
 
 def _names(table: Mapping[str, Any], key: str, prefix: str) -> list[str]:

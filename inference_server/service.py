@@ -22,6 +22,7 @@ from .lifecycle.version import ModelVersion
 from .logs import ACCESS, REQUEST_ID
 from .model_config import version_key
 from .predictions import PredictionLog
+from .routing.router import Router
 from .tensors import InferRequest, InferResponse, Tensor, bytes_to_text
 from .views import (IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, config_view, metadata_view,
                     statistics_view)
@@ -36,11 +37,13 @@ HTTP_EXTENSIONS = ("binary_tensor_data",)  # with the HTTP front end (Triton lis
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, manager: ModelManager, *, http: bool = False, access_log: bool = False,
+    def __init__(self, registry: ModelRegistry, manager: ModelManager, *, router: Router | None = None,
+                 http: bool = False, access_log: bool = False,
                  predictions: PredictionLog | None = None, drift: DriftMonitor | None = None,
                  cache: ResponseCache | None = None, cache_config: CacheConfig | None = None) -> None:
         self.registry = registry
         self.manager = manager
+        self.router = router or Router(())
         self.cache = cache
         self.cache_config = cache_config or CacheConfig()
         self._coalescer = Coalescer()
@@ -120,10 +123,18 @@ class InferenceService:
 
     # -- inference -------------------------------------------------------------------------------
 
-    def route(self, request: InferRequest) -> ModelVersion:
-        """Decide which loaded model version serves a request: the one place routing happens. The request
-        holds a lease on it until answered (release it with `model.release()`)."""
-        return self.registry.resolve(request.model_name, request.model_version)
+    def route(self, request: InferRequest) -> tuple[ModelVersion, str | None]:
+        """Decide which loaded model version serves a request, and through which route variant (None: no
+        route): the one place routing happens. A request naming a version bypasses routes. The request holds
+        a lease on the version until answered (release it with `model.release()`)."""
+        route = None if request.model_version else self.router.route(request.model_name)
+        if route is None:
+            return self.registry.resolve(request.model_name, request.model_version), None
+        variant = self.router.choose(route, request.parameters, request.routing_key, request.id, self.registry.ready)
+        if variant is None:
+            raise unavailable(f"route '{route.name}': no variant is ready "
+                              f"({', '.join(f'{v.name} = {v.model} v{v.version}' for v in route.variants)})")
+        return self.registry.resolve(variant.model, variant.version), variant.name
 
     async def infer(self, request: InferRequest, deadline: float | None = None) -> InferResponse:
         """Run one request. `deadline` is in event-loop time (the transport's deadline), or None."""
@@ -133,7 +144,7 @@ class InferenceService:
         self._idle.clear()
         token = REQUEST_ID.set(request.id)  # every log line about this request carries its id
         try:
-            model = self.route(request)  # an unknown model has no statistics to count in
+            model, variant = self.route(request)  # an unknown model has no statistics to count in
         except BaseException:
             self._done(token)
             raise
@@ -142,6 +153,8 @@ class InferenceService:
             code: ErrorCode | None = ErrorCode.INTERNAL
             try:
                 response = await self._infer(model, request, deadline, start)
+                if variant is not None:
+                    response.parameters["variant"] = variant
                 code = None
                 return response
             except InferenceError as e:

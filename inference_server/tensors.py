@@ -72,6 +72,7 @@ class InferRequest:
     requested_outputs: tuple[str, ...] | None = None  # None: every output, in model order
     timeout_us: int | None = None  # Triton's per-request queue timeout
     parameters: dict[str, Any] = field(default_factory=dict)
+    routing_key: str | None = None  # the `routing-key` gRPC metadata or HTTP header, set by the front end
 
 
 @dataclass(slots=True)
@@ -80,6 +81,7 @@ class InferResponse:
     model_version: str
     id: str
     outputs: list[Tensor]
+    parameters: dict[str, str | bool] = field(default_factory=dict)  # e.g. the route's `variant`
 
 
 _U32 = struct.Struct("<I")

@@ -76,6 +76,11 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     """One InferOutputTensor and one raw_output_contents entry per output, in order (tritonclient reads both)."""
     out = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
                                 id=response.id)
+    for key, value in response.parameters.items():
+        if isinstance(value, bool):
+            out.parameters[key].bool_param = value
+        else:
+            out.parameters[key].string_param = value
     for tensor in response.outputs:
         out.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         out.raw_output_contents.append(encode_raw(tensor.data, tensor.datatype))

@@ -61,6 +61,14 @@ def rpc(method: Handler) -> Handler:
     return wrapper
 
 
+def routing_key(context: grpc.aio.ServicerContext) -> str | None:
+    """The `routing-key` metadata: what a route hashes for stickiness when the request names no key itself."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "routing-key":
+            return value if isinstance(value, str) else None
+    return None
+
+
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     """The client's gRPC deadline in event-loop time, or None when it set none."""
     remaining = context.time_remaining()
@@ -121,7 +129,9 @@ class InferenceServicer:
 
     @rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        response = await self.service.infer(codec.decode_request(request), deadline_of(context))
+        decoded = codec.decode_request(request)
+        decoded.routing_key = routing_key(context)
+        response = await self.service.infer(decoded, deadline_of(context))
         return codec.encode_response(response)
 
     async def ModelStreamInfer(self, requests: AsyncIterator[Any],

@@ -254,8 +254,11 @@ def encode_infer_response(response: InferResponse, fmt: OutputFormat) -> tuple[b
         else:
             entry["data"] = data
         outputs.append(entry)
-    header = orjson.dumps({"model_name": response.model_name, "model_version": response.model_version,
-                           "id": response.id, "outputs": outputs}, option=_NUMPY)
+    document: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version,
+                                "id": response.id, "outputs": outputs}
+    if response.parameters:
+        document["parameters"] = response.parameters
+    header = orjson.dumps(document, option=_NUMPY)
     if not blobs:
         return header, None
     return b"".join((header, *blobs)), len(header)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 BINARY = "application/octet-stream"
 REQUEST_ID_HEADER = "x-request-id"
+ROUTING_KEY_HEADER = "routing-key"  # what a route hashes for stickiness when the request names no key itself
 # JSON tensors cost about 14x their size in memory and seconds per 100 MB to decode: beyond this, send binary
 # tensors (Triton's --http-max-input-size defaults to 64 MB as well). Larger JSON bodies decode in a thread.
 MAX_JSON_BYTES = 64 << 20
@@ -177,6 +178,7 @@ class Routes:
             infer_request, fmt = codec.decode_infer_request(body, length, model, version)
         if not infer_request.id:
             infer_request.id = request.headers.get(REQUEST_ID_HEADER, "")
+        infer_request.routing_key = request.headers.get(ROUTING_KEY_HEADER)
         request.scope["inference_server.request_id"] = infer_request.id
         # No deadline from HTTP itself: the request's `timeout` parameter reaches the service in the request.
         response = await self.service.infer(infer_request, None)

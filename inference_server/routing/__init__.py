@@ -1,0 +1,1 @@
+"""Traffic management: how a request for a routed model picks the version that serves it."""
