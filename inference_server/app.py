@@ -107,7 +107,7 @@ class App:
             if self.cfg.metrics:
                 self.metrics = MetricsServer(self.registry.snapshot, self.cfg.metrics_host, self.cfg.metrics_port,
                                              drift=self.drift, predictions=self.predictions, cache=self.cache,
-                                             lifecycle=self.manager)
+                                             lifecycle=self.manager, routes=self.service.route_stats)
             for monitor in self._monitors:
                 monitor.start()
             if self.cache is not None:

@@ -23,6 +23,7 @@ from .logs import ACCESS, REQUEST_ID
 from .model_config import version_key
 from .predictions import PredictionLog
 from .routing.router import Router
+from .routing.stats import RouteStats
 from .tensors import InferRequest, InferResponse, Tensor, bytes_to_text
 from .views import (IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, config_view, metadata_view,
                     statistics_view)
@@ -44,6 +45,7 @@ class InferenceService:
         self.registry = registry
         self.manager = manager
         self.router = router or Router(())
+        self.route_stats = RouteStats()
         self.cache = cache
         self.cache_config = cache_config or CacheConfig()
         self._coalescer = Coalescer()
@@ -166,6 +168,8 @@ class InferenceService:
             finally:
                 duration_s = time.perf_counter() - start
                 model.stats.record_request(code, duration_s)
+                if variant is not None:
+                    self.route_stats.record(request.model_name, variant, code.name if code else "OK", duration_s)
                 if self.access_log:
                     ACCESS.info("%s %s v%s %.3f ms", code.name if code else "OK", model.name, model.version,
                                 duration_s * 1e3, extra={"model": model.name, "version": model.version,

@@ -108,3 +108,21 @@ def test_route_tables_that_cannot_be_served_are_refused_by_key(table, key):
     with pytest.raises(ConfigError) as e:
         parse_route("r", table)
     assert e.value.key == key
+
+
+def test_routed_requests_are_counted_per_variant_in_the_metrics(routed):
+    import urllib.request
+
+    keys = [f"metrics-{i}" for i in range(50)]
+    with grpcclient.InferenceServerClient(routed.url) as client:
+        for key in keys:
+            client.infer("ranker", [x_input()], parameters={"routing_key": key})
+    text = urllib.request.urlopen(f"http://127.0.0.1:{routed.app.metrics.port}/metrics", timeout=10).read().decode()
+    counts = {v: 0.0 for v in ("stable", "candidate")}
+    for line in text.splitlines():
+        for v in counts:
+            if line.startswith(f'inference_route_requests_total{{code="OK",route="ranker",variant="{v}"}}'):
+                counts[v] = float(line.rsplit(" ", 1)[1])
+    expected = expected_variants(keys)
+    assert counts["stable"] >= expected.count("stable") and counts["candidate"] >= expected.count("candidate")
+    assert 'inference_route_request_duration_seconds_count{route="ranker",variant="stable"}' in text

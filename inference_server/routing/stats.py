@@ -1,0 +1,22 @@
+"""Per-variant counts and latencies of routed requests (changed on the loop, read by the scrape thread through
+copies): what A/B comparisons, and the canary analysis to come, are judged from."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ..stats import DURATION_BUCKETS_S, Histogram
+
+
+class RouteStats:
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str, str]] = Counter()  # (route, variant, outcome code)
+        self.duration_s: dict[tuple[str, str], Histogram] = {}  # (route, variant): answered requests
+
+    def record(self, route: str, variant: str, code: str, duration_s: float) -> None:
+        self.requests[(route, variant, code)] += 1
+        key = (route, variant)
+        histogram = self.duration_s.get(key)
+        if histogram is None:
+            histogram = self.duration_s[key] = Histogram(DURATION_BUCKETS_S)
+        histogram.observe(duration_s)
