@@ -22,7 +22,7 @@ def test_every_toml_example_in_the_readme_is_accepted(tmp_path):
     assert len(found) >= 4
     for i, text in enumerate(found):
         doc = tomllib.loads(text)
-        if not ({"server", "monitoring", "cache", "models"} & doc.keys()):  # a model's config.toml
+        if not ({"server", "monitoring", "cache", "models", "routes"} & doc.keys()):  # a model's config.toml
             parse_model(doc, "", ServerConfig(), name="m", path=Path("m.onnx"))
             continue
         path = tmp_path / f"example{i}.toml"
