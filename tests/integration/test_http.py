@@ -27,7 +27,7 @@ from inference_server.config import ModelConfig
 from inference_server.model_config import BatchingConfig
 from tests import onnx_models
 from tests.conftest import ServerThread, server_config
-from tests.integration.test_protocol import DIGIT_TWO, NUMPY
+from tests.integration.test_protocol import DIGIT_TWO, NUMPY, types_model_inputs
 from tests.onnx_models import ALL_BUT_BF16
 from tests.server_process import free_port
 
@@ -161,15 +161,7 @@ def test_infer_with_binary_and_json_tensors_matches_onnx_runtime(client, reposit
 
 def test_every_datatype_round_trips_binary_and_json(client):
     rng = np.random.default_rng(2)
-    sent = {}
-    for datatype in ALL_BUT_BF16:
-        if datatype == "BYTES":
-            array = np.array([["héllo".encode(), b"a\x00b", b""]] * 2, dtype=np.object_)
-        elif datatype == "BOOL":
-            array = rng.integers(0, 2, (2, 3)).astype(bool)
-        else:
-            array = rng.integers(0, 100, (2, 3)).astype(NUMPY[datatype])
-        sent[datatype] = array
+    sent = types_model_inputs(rng)
     for binary in (True, False):
         inputs = [http_input(f"in_{d}", a, d, binary) for d, a in sent.items()]
         outputs = [httpclient.InferRequestedOutput(f"out_{d}", binary_data=binary) for d in sent]

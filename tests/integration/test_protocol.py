@@ -22,6 +22,19 @@ DIGIT_TWO = np.array([  # test sample 0 of scripts/make_default_model.py's split
     0, 0, 0, 0, 3, 16, 4, 0, 0, 0, 0, 1, 12, 14, 1, 0, 0, 0, 5, 12, 16, 16, 14, 1, 0, 0, 8, 16, 14, 10, 13, 3,
 ], dtype=np.float32).reshape(1, 64)
 
+def types_model_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One [2, 3] array per datatype the `types` model takes (BYTES with non-ASCII, a NUL and an empty string)."""
+    sent = {}
+    for datatype in ALL_BUT_BF16:
+        if datatype == "BYTES":
+            sent[datatype] = np.array([["héllo".encode(), b"a\x00b", b""]] * 2, dtype=np.object_)
+        elif datatype == "BOOL":
+            sent[datatype] = rng.integers(0, 2, (2, 3)).astype(bool)
+        else:
+            sent[datatype] = rng.integers(0, 100, (2, 3)).astype(NUMPY[datatype])
+    return sent
+
+
 NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
          "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
          "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_}
@@ -103,16 +116,8 @@ def test_requested_output_subsets_come_back_in_request_order(client, repository,
 
 def test_every_datatype_round_trips_through_the_server(client):
     rng = np.random.default_rng(2)
-    inputs, sent = [], {}
-    for datatype in ALL_BUT_BF16:
-        if datatype == "BYTES":
-            array = np.array([["héllo".encode(), b"a\x00b", b""]] * 2, dtype=np.object_)
-        elif datatype == "BOOL":
-            array = rng.integers(0, 2, (2, 3)).astype(bool)
-        else:
-            array = rng.integers(0, 100, (2, 3)).astype(NUMPY[datatype])
-        sent[datatype] = array
-        inputs.append(tensor(f"in_{datatype}", array, datatype))
+    sent = types_model_inputs(rng)
+    inputs = [tensor(f"in_{datatype}", array, datatype) for datatype, array in sent.items()]
     result = client.infer("types", inputs)
     for datatype, array in sent.items():
         got = result.as_numpy(f"out_{datatype}")
