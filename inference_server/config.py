@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .model_config import (DEVICES, EXECUTIONS, BatchingConfig, ModelConfig, _choice, _count, _get, _reject_unknown,
-                           _seconds, parse_batching, parse_model)
+                           _seconds, parse_batching, parse_model, version_number)
 
 MODEL_CONTROL_MODES = ("none", "explicit", "poll")
 DEFAULT_REPOSITORY = Path(__file__).parent / "default_repository"
@@ -243,15 +243,14 @@ def parse_route(name: str, table: Any) -> RouteConfig:
         if not isinstance(v, dict):
             raise ConfigError(where.rstrip("."), f"expected a table, got {v!r}")
         _reject_unknown(v, ["name", "model", "version", "weight"], where)
-        version = v.get("version")
-        if isinstance(version, bool) or not isinstance(version, int | str) or not str(version).isascii() \
-                or not str(version).isdigit() or int(version) < 1:
-            raise ConfigError(f"{where}version", f"must be a version number, got {version!r}")
+        version = version_number(v.get("version"))
+        if version is None:
+            raise ConfigError(f"{where}version", f"must be a version number, got {v.get('version')!r}")
         weight = _get(v, "weight", where, (int, float), None)
         if weight is None or weight < 0:
             raise ConfigError(f"{where}weight", f"must be a number >= 0, got {weight!r}")
         parsed.append(VariantConfig(name=_get(v, "name", where, str, None) or f"v{version}",
-                                    model=_get(v, "model", where, str, name), version=str(int(version)),
+                                    model=_get(v, "model", where, str, name), version=version,
                                     weight=float(weight)))
     names = [v.name for v in parsed]
     if len(set(names)) != len(names):

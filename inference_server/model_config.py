@@ -101,6 +101,17 @@ class ModelDefaults(Protocol):
     batching: BatchingConfig
 
 
+def version_number(raw: object) -> str | None:
+    """A positive version number given as an int or as ASCII digits, normalised ("07" -> "7"); None for anything
+    else (a bool, "²", "-1", thousands of digits): every place that takes a version from outside uses this."""
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        return None
+    text = str(raw)
+    if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) < 1:
+        return None
+    return str(int(text))
+
+
 def version_key(version: str) -> tuple[int, int | str]:
     return (0, int(version)) if version.isdigit() else (1, version)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ErrorCode, InferenceError, invalid
-from ..model_config import VersionPolicy
+from ..model_config import VersionPolicy, version_number
 from ..stats import Duration
 from ..tensors import DATATYPES, RAW_ONLY, InferRequest, InferResponse, Tensor, decode_raw, decode_values, encode_raw
 from ..views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
@@ -179,9 +179,10 @@ def unload_version(parameters: Any) -> str | None:
 
 def _version_param(value: Any, choice: str | None) -> str:
     raw = getattr(value, choice) if choice in ("int64_param", "string_param") else None
-    if raw is None or not (str(raw).isascii() and str(raw).isdigit()) or int(raw) < 1:
+    version = version_number(raw)
+    if version is None:
         raise invalid(f"parameter 'version' must be a positive version number (int64 or string), got {raw!r}")
-    return str(int(raw))
+    return version
 
 
 def _duration(d: Duration) -> pb.StatisticDuration:

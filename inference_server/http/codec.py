@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from ..errors import ErrorCode, InferenceError, invalid
-from ..model_config import VersionPolicy
+from ..model_config import VersionPolicy, version_number
 from ..stats import Duration
 from ..tensors import (
     DATATYPES, DataType, InferRequest, InferResponse, Tensor, datatype, decode_raw, decode_values, element_count,
@@ -484,10 +484,10 @@ def unload_parameters(body: bytes) -> str | None:
 
 
 def _version(raw: Any) -> str:
-    text = str(raw) if _is_int(raw) or isinstance(raw, str) else ""
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+    version = version_number(raw)
+    if version is None:
         raise invalid(f"parameter 'version' must be a positive version number (integer or string), got {raw!r}")
-    return str(int(text))
+    return version
 
 
 def error_json(message: str) -> bytes:

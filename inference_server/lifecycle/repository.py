@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config import read_toml
 from ..errors import ConfigError, ModelLoadError, invalid
-from ..model_config import ModelConfig, ModelDefaults, parse_model, version_key
+from ..model_config import ModelConfig, ModelDefaults, parse_model, version_key, version_number
 from .triton_config import model_config_from_triton
 
 CONFIG_TOML = "config.toml"
@@ -55,8 +55,11 @@ class Repository:
         if not model_dir.is_dir():
             raise ModelLoadError(f"model '{name}' is not in the model repository {self.root}")
         config = self._config(model_dir, override)
-        versions = {str(int(v.name)): v / config.filename for v in model_dir.iterdir()
-                    if v.name.isdigit() and int(v.name) > 0 and (v / config.filename).is_file()}
+        versions = {}
+        for entry in model_dir.iterdir():
+            version = version_number(entry.name)
+            if version is not None and (entry / config.filename).is_file():
+                versions[version] = entry / config.filename
         if not versions:
             raise ModelLoadError(f"model '{name}': {model_dir} has no <version>/{config.filename} "
                                  "(versions are positive integers)")
@@ -118,8 +121,7 @@ def write_upload(cache_dir: Path, name: str, files: Mapping[str, bytes]) -> Path
     root = cache_dir / "uploads" / f"{os.getpid()}-{next(_upload_ids)}"
     for key, data in files.items():
         rel = PurePosixPath(key)
-        if (rel.is_absolute() or len(rel.parts) < 2 or ".." in rel.parts or not rel.parts[0].isdigit()
-                or int(rel.parts[0]) < 1):
+        if rel.is_absolute() or len(rel.parts) < 2 or ".." in rel.parts or version_number(rel.parts[0]) is None:
             raise invalid(f"parameter 'file:{key}': expected file:<version>/<file name> with a positive version "
                           "number and no '..'")
         path = root / name / rel

@@ -288,3 +288,13 @@ def test_a_redis_url_option_redis_cannot_read_is_a_config_error_naming_no_passwo
     with pytest.raises(ConfigError) as e:
         build_cache(cfg)
     assert e.value.key == "server.cache" and "socket_timeout" in str(e.value) and "s3cret" not in str(e.value)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (3, "3"), ("07", "7"), ("12", "12"), (0, None), ("0", None), (-1, None), ("-1", None), ("²", None),
+    (True, None), (2.0, None), ("1" * 5000, None), ("v2", None), (None, None),
+])
+def test_one_reading_of_a_version_number_for_every_place_that_takes_one(raw, expected):
+    from inference_server.model_config import version_number
+
+    assert version_number(raw) == expected
