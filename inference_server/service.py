@@ -120,7 +120,8 @@ class InferenceService:
             models = [self.registry.find(name, version)]
         else:
             self.registry.find(name)  # NOT_FOUND / UNAVAILABLE for a model with no version serving
-            models = [self.registry.find(name, v) for v in self.registry.versions(name)]
+            serving = self.registry.serving_versions(name)
+            models = [serving[v] for v in self.registry.versions(name)]
         return [statistics_view(m) for m in models]
 
     # -- inference -------------------------------------------------------------------------------

@@ -137,10 +137,7 @@ class ModelManager:
         if self._closing:
             operation.close()
             raise unavailable("server is shutting down")
-        task = asyncio.get_running_loop().create_task(operation)
-        self._ops.add(task)
-        task.add_done_callback(self._ops.discard)
-        return await asyncio.shield(task)
+        return await asyncio.shield(self._spawn(operation))
 
     async def load(self, name: str, *, config: str | None = None, files: Mapping[str, bytes] | None = None,
                    version: str | None = None) -> None:
@@ -179,7 +176,7 @@ class ModelManager:
 
     async def _unload(self, name: str, version: str | None) -> None:
         async with self._lock(name):
-            serving = {v: self.registry.find(name, v) for v in self.registry.versions(name)}
+            serving = self.registry.serving_versions(name)
             if version:
                 if version not in serving:
                     raise InferenceError(ErrorCode.NOT_FOUND, f"model '{name}' version {version} is not loaded")
@@ -258,7 +255,7 @@ class ModelManager:
     async def _apply(self, name: str, wanted: dict[str, ModelConfig], *, keep_others: bool,
                      reload: set[str] | None) -> None:
         """Load what `wanted` adds or replaces beside what serves, then publish and drain what left."""
-        current = {v: self.registry.find(name, v) for v in self.registry.versions(name)}
+        current = self.registry.serving_versions(name)
         to_load = {v: c for v, c in wanted.items() if v not in current or reload is None or v in reload}
         for v in to_load:
             if v not in current:

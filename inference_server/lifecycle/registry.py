@@ -91,6 +91,10 @@ class ModelRegistry:
         """The serving versions of a model, oldest first."""
         return sorted(self._serving.get(name, {}), key=version_key)
 
+    def serving_versions(self, name: str) -> dict[str, ModelVersion]:
+        """A model's serving versions by number (a copy: the caller may build the next serving set from it)."""
+        return dict(self._serving.get(name, {}))
+
     def serving(self) -> list[ModelVersion]:
         return [m for versions in self._serving.values() for m in versions.values()]
 
