@@ -73,16 +73,8 @@ class ModelVersion:
         return self.batching.max_batch_size or 0
 
     @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(o.name for o in self.outputs)
-
-    @property
     def platform(self) -> str:
         return self.backend.platform
-
-    @property
-    def ready(self) -> bool:
-        return self.state is State.READY
 
     @classmethod
     def start(cls, prepared: Prepared) -> ModelVersion:
