@@ -25,6 +25,7 @@ from starlette.routing import Route
 from ..config import ServerConfig
 from ..errors import InferenceError
 from ..service import InferenceService
+from ..tensors import InferRequest
 from . import codec
 from .bodies import (JSON, OFFLOAD_BYTES, HttpError, accepted_encoding, compress, error_response, header_length,
                      read_body)
@@ -86,6 +87,15 @@ def endpoint(handler: Handler) -> Handler:
 
     run.__name__ = handler.__name__
     return run
+
+
+def _from_headers(request: Request, infer_request: InferRequest) -> None:
+    """What an inference request takes from the HTTP headers: the request id when the body gives none, and the
+    routing key. The id is also kept for the error log."""
+    if not infer_request.id:
+        infer_request.id = request.headers.get(REQUEST_ID_HEADER, "")
+    infer_request.routing_key = request.headers.get(ROUTING_KEY_HEADER)
+    request.scope["inference_server.request_id"] = infer_request.id
 
 
 def _model(request: Request) -> tuple[str, str]:
@@ -176,10 +186,7 @@ class Routes:
             infer_request, fmt = await asyncio.to_thread(codec.decode_infer_request, body, length, model, version)
         else:
             infer_request, fmt = codec.decode_infer_request(body, length, model, version)
-        if not infer_request.id:
-            infer_request.id = request.headers.get(REQUEST_ID_HEADER, "")
-        infer_request.routing_key = request.headers.get(ROUTING_KEY_HEADER)
-        request.scope["inference_server.request_id"] = infer_request.id
+        _from_headers(request, infer_request)
         # No deadline from HTTP itself: the request's `timeout` parameter reaches the service in the request.
         response = await self.service.infer(infer_request, None)
         content, json_length = codec.encode_infer_response(response, fmt)
@@ -204,9 +211,7 @@ class Routes:
             raise HttpError(413, f"{len(body)} bytes of JSON exceed the {MAX_JSON_BYTES >> 20} MiB JSON limit")
         inputs = self.service.model_metadata(model).inputs
         infer_request = codec.decode_v1_predict(body, model, "", inputs)
-        if not infer_request.id:
-            infer_request.id = request.headers.get(REQUEST_ID_HEADER, "")
-        request.scope["inference_server.request_id"] = infer_request.id
+        _from_headers(request, infer_request)
         response = await self.service.infer(infer_request, None)
         return Response(codec.encode_v1_predict(response), media_type=JSON)
 
