@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .lifecycle.registry import ModelRegistry
 from .logs import configure_logging
 from .metrics import MetricsServer
 from .predictions import PredictionLog
+from .routing.metrics import RouteCollector
 from .routing.router import Router
 from .service import InferenceService
 from .workers import supervise
@@ -63,8 +65,9 @@ class FrontEnd(Protocol):
 class App:
     """The running server. `start()` returns the bound port; `stop()` drains and shuts down."""
 
-    def __init__(self, cfg: ServerConfig) -> None:
+    def __init__(self, cfg: ServerConfig, reread: Callable[[], ServerConfig] | None = None) -> None:
         self.cfg = cfg
+        self._reread = reread  # SIGHUP: the config as the file and flags say now
         self.registry = ModelRegistry()
         m = cfg.monitoring
         self.predictions = None
@@ -90,6 +93,7 @@ class App:
         self.front_ends: list[FrontEnd] = []  # started in this order, stopped in this order
         self.metrics: MetricsServer | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
+        self._canaries: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Bind every front end and serve health first (NOT_SERVING), then load the models: probes see a live
@@ -107,7 +111,9 @@ class App:
             if self.cfg.metrics:
                 self.metrics = MetricsServer(self.registry.snapshot, self.cfg.metrics_host, self.cfg.metrics_port,
                                              drift=self.drift, predictions=self.predictions, cache=self.cache,
-                                             lifecycle=self.manager, routes=self.service.route_stats)
+                                             lifecycle=self.manager, collectors=[RouteCollector(
+                                                 lambda: self.service.routes(), self.service.router.stats,
+                                                 self.service.shadow_stats)])
             for monitor in self._monitors:
                 monitor.start()
             if self.cache is not None:
@@ -115,6 +121,7 @@ class App:
             for front_end in self.front_ends:
                 await front_end.start()
             await self.manager.start()
+            self._canaries = asyncio.get_running_loop().create_task(self.service.run_canaries(), name="canaries")
         except BaseException as e:
             # Stopped while models loaded (a signal): requests already being answered finish first.
             grace = self.cfg.drain_grace_s if isinstance(e, asyncio.CancelledError) else 0.0
@@ -152,8 +159,31 @@ class App:
         if self._scratch is not None:
             self._scratch.cleanup()
 
+    def reload(self) -> bool:
+        """SIGHUP: re-read the config and apply its [routes] (a bad file is refused and the running routes
+        stay). Other settings need a restart; a change to them is logged, not applied."""
+        if self._reread is None:
+            return False
+        try:
+            new = self._reread()
+            companions = {m.name for m in new.models if not m.required} - {m.name for m in self.cfg.models}
+            if companions:
+                raise ConfigError("routes", f"variants following MLflow aliases the server does not follow yet "
+                                            f"({', '.join(sorted(companions))}) need a restart")
+        except ConfigError as e:
+            log.error("SIGHUP: config refused, the running routes stay: %s", e)
+            return False
+        self.service.reload_routes(new.routes)
+        if dataclasses.replace(new, routes=self.cfg.routes) != self.cfg:
+            log.warning("SIGHUP: only [routes] is applied while running; the other changes need a restart")
+        self.cfg = dataclasses.replace(self.cfg, routes=new.routes)
+        return True
+
     async def stop(self) -> None:
         """Health goes NOT_SERVING, new requests get UNAVAILABLE, in-flight ones finish, then stop."""
+        if self._canaries is not None:
+            self._canaries.cancel()
+            await asyncio.gather(self._canaries, return_exceptions=True)
         for front_end in self.front_ends:
             await front_end.begin_drain()
         await self.service.drain(self.cfg.drain_grace_s)
@@ -169,13 +199,14 @@ class App:
         log.info("stopped")
 
 
-async def serve(cfg: ServerConfig) -> int:
+async def serve(cfg: ServerConfig, reread: Callable[[], ServerConfig] | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # also while models load: a stop then ends the start cleanly
         loop.add_signal_handler(sig, stop.set)
     try:
-        app = App(cfg)
+        app = App(cfg, reread)
+        loop.add_signal_handler(signal.SIGHUP, app.reload)
         starting = asyncio.create_task(app.start())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
@@ -208,8 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(cfg.log_level, cfg.log_format)
     if cfg.workers > 1:
         return supervise(cfg, sys.argv[1:] if argv is None else argv)
+    server = serve(cfg, lambda: load_config(argv, os.environ))
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(serve(cfg))
-    return uvloop.run(serve(cfg))
+        return asyncio.run(server)
+    return uvloop.run(server)

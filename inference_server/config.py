@@ -14,8 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .routing.config import RouteConfig, parse_routes, with_aliases
 from .model_config import (DEVICES, EXECUTIONS, BatchingConfig, ModelConfig, _choice, _count, _get, _reject_unknown,
-                           _seconds, parse_batching, parse_model, version_number)
+                           _seconds, parse_batching, parse_model)
 
 MODEL_CONTROL_MODES = ("none", "explicit", "poll")
 DEFAULT_REPOSITORY = Path(__file__).parent / "default_repository"
@@ -46,22 +47,6 @@ class CacheConfig:
     breaker_cooldown_s: float = 5.0  # Redis: how long an open circuit waits before probing again
     write_queue_size: int = 1024  # Redis: writes waiting to be sent; more are dropped and counted
     near_cache_mib: int = 0  # Redis: an in-process LRU of this size in front of it for hot entries; 0 = none
-
-
-@dataclass(frozen=True, slots=True)
-class VariantConfig:
-    name: str
-    model: str
-    version: str
-    weight: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RouteConfig:
-    """`[routes.NAME]`: requests for model NAME with an empty version are split over the variants."""
-    name: str
-    variants: tuple[VariantConfig, ...]
-    routing_key: str = "routing_key"  # the request parameter hashed for stickiness
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -218,47 +203,8 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         raise ConfigError("server.workers", "several workers need a fixed port (port 0 picks one per process)")
     models = _get(doc, "models", "", list, [])
     parsed = tuple(parse_model(m, f"models[{i}].", cfg) for i, m in enumerate(models))
-    routes = tuple(parse_route(name, table) for name, table in _get(doc, "routes", "", dict, {}).items())
-    return dataclasses.replace(cfg, models=parsed, routes=routes)
-
-
-NOT_YET = ("canary", "shadow", "fallback")  # parts of a route this server does not implement yet
-
-
-def parse_route(name: str, table: Any) -> RouteConfig:
-    prefix = f"routes.{name}."
-    if not isinstance(table, dict):
-        raise ConfigError(prefix.rstrip("."), f"expected a table, got {table!r}")
-    for key in NOT_YET:
-        if key in table:
-            raise ConfigError(f"{prefix}{key}", f"{key} is not implemented yet by this server: remove the table "
-                                                "(weighted, sticky variants are)")
-    _reject_unknown(table, ["variants", "routing_key"], prefix)
-    variants = _get(table, "variants", prefix, list, None)
-    if not variants:
-        raise ConfigError(f"{prefix}variants", "is required: a list of { name, version, weight }")
-    parsed = []
-    for i, v in enumerate(variants):
-        where = f"{prefix}variants[{i}]."
-        if not isinstance(v, dict):
-            raise ConfigError(where.rstrip("."), f"expected a table, got {v!r}")
-        _reject_unknown(v, ["name", "model", "version", "weight"], where)
-        version = version_number(v.get("version"))
-        if version is None:
-            raise ConfigError(f"{where}version", f"must be a version number, got {v.get('version')!r}")
-        weight = _get(v, "weight", where, (int, float), None)
-        if weight is None or weight < 0:
-            raise ConfigError(f"{where}weight", f"must be a number >= 0, got {weight!r}")
-        parsed.append(VariantConfig(name=_get(v, "name", where, str, None) or f"v{version}",
-                                    model=_get(v, "model", where, str, name), version=version,
-                                    weight=float(weight)))
-    names = [v.name for v in parsed]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{prefix}variants", f"variant names must be unique, got {names}")
-    if not any(v.weight > 0 for v in parsed):
-        raise ConfigError(f"{prefix}variants", "at least one variant needs a weight > 0")
-    return RouteConfig(name=name, variants=tuple(parsed),
-                       routing_key=_get(table, "routing_key", prefix, str, "routing_key"))
+    routes, companions = with_aliases(parse_routes(_get(doc, "routes", "", dict, {})), parsed)
+    return dataclasses.replace(cfg, models=parsed + companions, routes=routes)
 
 
 def _names(table: Mapping[str, Any], key: str, prefix: str) -> list[str]:

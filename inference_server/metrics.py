@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.registry import Collector
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.utils import floatToGoString
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
@@ -33,7 +34,6 @@ from .drift import DriftMonitor
 from .gpu_metrics import GpuCollector, open_nvml
 from .lifecycle.events import LifecycleStats
 from .lifecycle.version import State
-from .routing.stats import RouteStats
 from .predictions import PredictionLog
 from .stats import Histogram, ModelStats
 
@@ -76,10 +76,9 @@ class StatsCollector:
 
     def __init__(self, source: Source, drift: DriftMonitor | None = None,
                  predictions: PredictionLog | None = None, cache: ResponseCache | None = None,
-                 lifecycle: Lifecycle | None = None, routes: RouteStats | None = None) -> None:
+                 lifecycle: Lifecycle | None = None) -> None:
         self._source = source
         self._lifecycle = lifecycle
-        self._routes = routes
         self._drift = drift
         self._predictions = predictions
         self._cache = cache
@@ -117,7 +116,6 @@ class StatsCollector:
         yield from (request, requests, failures, pending, *histograms, cache, lookup)
         yield from self._triton(models)
         yield from self._lifecycle_metrics()
-        yield from self._route_metrics()
         yield from self._monitoring()
         yield from self._cache_tier()
 
@@ -195,20 +193,6 @@ class StatsCollector:
                 family.add_metric([model], _buckets(h), h.sum)
             durations.append(family)
         yield from (state, loads, unloads, polls, *durations)
-
-    def _route_metrics(self) -> Iterator[Metric]:
-        """Routed requests by route and variant (copies: the loop may add a series while this thread reads)."""
-        if self._routes is None:
-            return
-        requests = CounterMetricFamily("inference_route_requests", "Requests a route sent to a variant, by outcome "
-                                       "code", labels=["route", "variant", "code"])
-        for (route, variant, code), n in sorted(dict(self._routes.requests).items()):
-            requests.add_metric([route, variant, code], n)
-        duration = HistogramMetricFamily("inference_route_request_duration_seconds", "End-to-end duration of the "
-                                         "requests a route sent to a variant", labels=["route", "variant"])
-        for (route, variant), h in sorted(dict(self._routes.duration_s).items()):
-            duration.add_metric([route, variant], _buckets(h), h.sum)
-        yield from (requests, duration)
 
     def _monitoring(self) -> Iterator[Metric]:
         if self._drift is not None:
@@ -293,9 +277,11 @@ class MetricsServer:
 
     def __init__(self, source: Source, host: str, port: int, *, drift: DriftMonitor | None = None,
                  predictions: PredictionLog | None = None, cache: ResponseCache | None = None,
-                 lifecycle: Lifecycle | None = None, routes: RouteStats | None = None) -> None:
+                 lifecycle: Lifecycle | None = None, collectors: Sequence[Collector] = ()) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(StatsCollector(source, drift, predictions, cache, lifecycle, routes))
+        self.registry.register(StatsCollector(source, drift, predictions, cache, lifecycle))
+        for collector in collectors:  # the routes' families
+            self.registry.register(collector)
         nvml = open_nvml()
         if nvml is not None:
             self.registry.register(GpuCollector(nvml))

@@ -92,6 +92,7 @@ class ModelConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     filename: str = MODEL_FILE  # the model file's name inside a repository version directory
     declared: tuple[TensorDecl, ...] = ()  # inputs and outputs a config.pbtxt lists (checked at load)
+    required: bool = True  # strict readiness waits for it (a route's MLflow alias companion does not)
 
 
 class ModelDefaults(Protocol):

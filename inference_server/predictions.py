@@ -47,12 +47,15 @@ class PredictionLog:
         log.info("logging %.3g of predictions to %s", self.sample_rate, self.path)
 
     def offer(self, model: str, version: str, request_id: str, inputs: Mapping[str, np.ndarray],
-              outputs: Mapping[str, np.ndarray], latency_s: float) -> None:
-        """From the request path: samples, never blocks, never raises."""
+              outputs: Mapping[str, np.ndarray], latency_s: float, *, shadow: bool = False) -> None:
+        """From the request path: samples, never blocks, never raises. `shadow`: a shadow model's answer (never
+        returned to the client), marked as such."""
         if random.random() >= self.sample_rate:
             return
         record = {"ts": datetime.now(UTC).isoformat(timespec="microseconds"), "model": model, "version": version,
                   "id": request_id, "latency_ms": round(latency_s * 1e3, 3), "inputs": inputs, "outputs": outputs}
+        if shadow:
+            record["shadow"] = True
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:

@@ -12,11 +12,13 @@ from .backend import TensorSpec
 from .lifecycle.registry import IndexEntry
 from .lifecycle.version import ModelVersion
 from .model_config import BatchingConfig, VersionPolicy
+from .routing.views import CanaryView, RouteView, VariantView
 from .stats import ModelStats
 
 
-__all__ = ["IndexEntry", "ModelConfigView", "ModelMetadataView", "StatisticsView", "TensorView"]  # IndexEntry:
-# RepositoryIndex's rows, a view the registry builds itself
+__all__ = ["CanaryView", "IndexEntry", "ModelConfigView", "ModelMetadataView", "RouteView", "StatisticsView",
+           "TensorView", "VariantView"]  # IndexEntry: RepositoryIndex's rows, a view the registry builds itself;
+# the route views: what the router builds of each route
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,13 +51,13 @@ def supervise(cfg: ServerConfig, argv: Sequence[str], poll_s: float = 0.2) -> in
 
     def forward(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
-        stopping = True
+        stopping = stopping or signum != signal.SIGHUP  # SIGHUP: each worker re-reads its routes
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
     procs: list[subprocess.Popen[bytes]] = []
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         procs = [subprocess.Popen(worker_command(i)) for i in range(cfg.workers)]
         if stopping:  # the signal came while they were starting

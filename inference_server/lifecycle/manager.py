@@ -112,7 +112,8 @@ class ModelManager:
 
     def ready(self) -> bool:
         """Every model the server means to serve has a ready version (or readiness is not strict)."""
-        return self._started and (not self.cfg.strict_readiness or self.registry.all_ready(self._wanted))
+        return self._started and (not self.cfg.strict_readiness
+                                  or self.registry.all_ready({n for n in self._wanted if self.sources.required(n)}))
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
         entries = self.registry.index(ready_only)

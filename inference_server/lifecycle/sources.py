@@ -59,6 +59,11 @@ class ModelSources:
         """A model the repository provides (not a [[models]] entry): poll mode follows these."""
         return name not in self._entries
 
+    def required(self, name: str) -> bool:
+        """Whether strict readiness waits for the model (a route's MLflow alias companion does not)."""
+        entries = self._entries.get(name)
+        return not entries or entries[0].required
+
     def registry_entries(self) -> dict[str, ModelConfig]:
         """The [[models]] entries served from an MLflow registry, by model name."""
         return {name: entries[0] for name, entries in self._entries.items() if entries[0].source is not None}

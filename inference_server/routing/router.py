@@ -1,39 +1,245 @@
-"""Router: which variant of a route serves a request. Decides only (no I/O); the service resolves and leases
-the chosen version.
+"""Router: the routes' state (weights, canaries, breakers) and which variant serves a request. It decides and
+keeps state only (no I/O); the service resolves and leases the chosen version and runs it.
 
 A variant whose version is not ready gets no traffic: its weight goes to the others, by the same sticky
-split over the variants that are ready (the keys of the missing variant move; no other key does).
+split over the variants that are ready (the keys of the missing variant move; no other key does). When no
+variant with a share is ready (say a promoted candidate was unloaded), the ready variants share by their
+configured weights.
+
+State has one owner: this router, changed on the event loop (requests, the canary clock, administration,
+a SIGHUP reload) and read by the metrics thread through `views()`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from ..config import RouteConfig, VariantConfig
+from ..breaker import CircuitBreaker
+from .canary import OFF, CanaryConflict, CanaryState, advance, command
+from .config import RouteConfig, VariantConfig
 from .split import Split
+from .stats import RouteStats
+from .views import CanaryView, RouteView, VariantView
+
+log = logging.getLogger(__name__)
+
+Ready = Callable[[str, str], bool]
+MAX_SPLITS = 256  # cached splits (by route, ready variants and shares); cleared past this
+
+
+class RouteError(ValueError):
+    """An administration request that cannot be applied (the message says why)."""
+
+
+class RouteState:
+    """One route: its config, its weights (configured, or set by an administrator), its canary and breakers."""
+
+    def __init__(self, cfg: RouteConfig, now: float, clock: Callable[[], float]) -> None:
+        self.cfg = cfg
+        self.weights = {v.name: v.weight for v in cfg.variants}
+        self.canary = CanaryState(window_start=now) if cfg.canary else None
+        fb = cfg.fallback
+        self.breakers = {v.name: CircuitBreaker(f"route '{cfg.name}' variant '{v.name}'", fb.breaker_failures,
+                                                fb.breaker_cooldown_s, clock) for v in cfg.variants} if fb else {}
+        self.shadow: Any = None  # the service's Shadow for this route, if it has one
+        self.shares = self._shares()
+
+    def _shares(self) -> dict[str, float]:
+        """Each variant's share in percent: the canary sets the candidate's, the others split the rest by
+        their weights."""
+        share = self.canary.share(self.cfg.canary) if self.canary and self.cfg.canary else None
+        if share is None:
+            total = sum(self.weights.values())
+            return {n: 100.0 * w / total if total else 0.0 for n, w in self.weights.items()}
+        candidate = self.cfg.canary.candidate  # type: ignore[union-attr]
+        others = {n: w for n, w in self.weights.items() if n != candidate}
+        total = sum(others.values())
+        out = {n: (100.0 - share) * w / total if total else 0.0 for n, w in others.items()}
+        out[candidate] = share
+        return out
+
+    def changed(self) -> None:
+        self.shares = self._shares()
+
+    def adopt(self, old: RouteState) -> None:
+        """A reload kept this route: keep what it had learned where the config still means the same."""
+        same_variants = [(v.name, v.weight) for v in old.cfg.variants] == [(v.name, v.weight)
+                                                                           for v in self.cfg.variants]
+        if same_variants:
+            self.weights = old.weights  # an administrator's weights outlive a reload that left them alone
+        if self.canary and old.canary and old.cfg.canary and self.cfg.canary \
+                and (old.cfg.canary.candidate, old.cfg.canary.steps_percent) == (self.cfg.canary.candidate,
+                                                                                 self.cfg.canary.steps_percent):
+            self.canary = old.canary
+        if [v.name for v in old.cfg.variants] == [v.name for v in self.cfg.variants] \
+                and old.cfg.fallback == self.cfg.fallback:
+            self.breakers = old.breakers
+        self.changed()
 
 
 class Router:
-    def __init__(self, routes: Sequence[RouteConfig]) -> None:
-        self._routes = {r.name: r for r in routes}
-        self._splits: dict[tuple[str, tuple[str, ...]], Split] = {}  # by route and its ready variants
+    def __init__(self, routes: Sequence[RouteConfig] = (), clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self._clock = clock
+        self._rng = rng
+        self.stats = RouteStats()
+        self._routes = {r.name: RouteState(r, clock(), clock) for r in routes}
+        self._splits: dict[tuple[str, tuple[tuple[str, float], ...]], Split] = {}
 
-    def route(self, model: str) -> RouteConfig | None:
+    def route(self, model: str) -> RouteState | None:
         return self._routes.get(model)
 
-    def choose(self, route: RouteConfig, parameters: dict[str, Any], routing_key: str | None, request_id: str,
-               ready: Callable[[str, str], bool]) -> VariantConfig | None:
-        """The variant for a request, or None when no variant with weight is ready. The key: the request
-        parameter the route names, else the routing-key header or metadata, else the request id; with none
-        of them, a random split."""
-        live = tuple(v for v in route.variants if v.weight > 0 and ready(v.model, v.version))
-        if not live:
-            return None
-        key = (route.name, tuple(v.name for v in live))
-        split = self._splits.get(key)
+    def routes(self) -> list[RouteState]:
+        return list(self._routes.values())
+
+    def key(self, state: RouteState, parameters: Mapping[str, Any], routing_key: str | None,
+            request_id: str) -> str | None:
+        """The request parameter the route names, else the routing-key header or metadata, else the request
+        id; None: no key (a random split)."""
+        value = parameters.get(state.cfg.routing_key)
+        return str(value) if value not in (None, "") else routing_key or request_id or None
+
+    def choose(self, state: RouteState, key: str | None, ready: Ready) -> VariantConfig | None:
+        """The variant for a routing key, or None when no variant is ready."""
+        shares = state.shares
+        live = [v for v in state.cfg.variants if shares[v.name] > 0 and ready(v.model, v.version)]
+        if live:
+            weighted = tuple((v.name, shares[v.name]) for v in live)
+        else:  # nothing with a share is ready: whatever is ready, by its configured weight
+            weighted = tuple((v.name, v.weight) for v in state.cfg.variants
+                             if v.weight > 0 and ready(v.model, v.version))
+            if not weighted:
+                return None
+        split_key = (state.cfg.name, weighted)
+        split = self._splits.get(split_key)
         if split is None:
-            split = self._splits[key] = Split.of([(v, v.weight) for v in live])
-        value = parameters.get(route.routing_key)
-        sticky = str(value) if value not in (None, "") else routing_key or request_id or None
-        return split.choose(sticky)  # type: ignore[return-value]
+            if len(self._splits) >= MAX_SPLITS:
+                self._splits.clear()
+            split = self._splits[split_key] = Split.of(weighted)
+        return state.cfg.variant(split.choose(key, self._rng))  # type: ignore[arg-type]
+
+    def record(self, state: RouteState, variant: str, code: str, duration_s: float) -> None:
+        """A routed request's outcome ("OK" or an error code; a fallback answer is the variant's failure)."""
+        self.stats.record(state.cfg.name, variant, code, duration_s)
+        canary = state.canary
+        if canary is not None and canary.status != OFF:
+            window = canary.candidate if variant == state.cfg.canary.candidate else canary.others  # type: ignore
+            window.record(code, duration_s)
+
+    # -- the canary clock --------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> list[tuple[str, str]]:
+        """Judge every canary whose window is over; returns (route, decision) for each decision made."""
+        now = self._clock() if now is None else now
+        made = []
+        for state in self._routes.values():
+            if state.canary is not None and advance(state.cfg.canary, state.canary, now):  # type: ignore[arg-type]
+                state.changed()
+                made.append((state.cfg.name, state.canary.decision))
+                level = logging.WARNING if state.canary.decision in ("rollback", "fail") else logging.INFO
+                log.log(level, "route '%s' canary '%s': %s: %s", state.cfg.name, state.cfg.canary.candidate,  # type: ignore
+                        state.canary.decision, state.canary.reason)
+        return made
+
+    def next_window_s(self, now: float | None = None) -> float | None:
+        """Seconds until the next running canary's window ends; None with no canary running."""
+        now = self._clock() if now is None else now
+        ends = [s.canary.window_start + s.cfg.canary.interval_s - now  # type: ignore[union-attr]
+                for s in self._routes.values() if s.canary is not None and s.canary.status == "running"]
+        return max(0.0, min(ends)) if ends else None
+
+    # -- administration ------------------------------------------------------------------------
+
+    def _state(self, name: str) -> RouteState:
+        state = self._routes.get(name)
+        if state is None:
+            raise KeyError(name)
+        return state
+
+    def set_weights(self, name: str, weights: Mapping[str, float]) -> RouteState:
+        """Replace some or all of a route's weights. A canary that is running or paused owns the candidate's
+        share: abort it first. Afterwards the weights decide every share (the canary is off until started)."""
+        state = self._state(name)
+        unknown = sorted(set(weights) - set(state.weights))
+        if unknown:
+            raise RouteError(f"route '{name}' has no variant {', '.join(map(repr, unknown))} "
+                             f"(its variants: {', '.join(state.weights)})")
+        for variant, weight in weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
+                raise RouteError(f"variant '{variant}': a weight is a number >= 0, got {weight!r}")
+        if state.canary is not None and state.canary.status in ("running", "paused"):
+            raise CanaryConflict(f"route '{name}': a canary is {state.canary.status}; abort it before setting weights")
+        new = {**state.weights, **{k: float(v) for k, v in weights.items()}}
+        if not any(new.values()):
+            raise RouteError(f"route '{name}': at least one variant needs a weight > 0")
+        state.weights = new
+        if state.canary is not None:
+            state.canary.status = OFF  # the weights now decide the candidate's share too
+            state.canary.decide("weights", "weights set by an administrator")
+        state.changed()
+        log.info("route '%s': weights set to %s", name, ", ".join(f"{k} = {v:g}" for k, v in new.items()))
+        return state
+
+    def canary_command(self, name: str, action: str) -> RouteState:
+        state = self._state(name)
+        if state.canary is None:
+            raise RouteError(f"route '{name}' has no canary ([routes.{name}.canary] in the config)")
+        command(state.canary, action, self._clock())
+        state.changed()
+        log.info("route '%s' canary '%s': %s: %s", name, state.cfg.canary.candidate,  # type: ignore[union-attr]
+                 state.canary.decision, state.canary.reason)
+        return state
+
+    def reload(self, routes: Iterable[RouteConfig]) -> tuple[list[RouteState], list[RouteState]]:
+        """Swap in re-read routes. A route that stays keeps its canary's progress (same candidate and steps),
+        an administrator's weights (same variants and weights in the file) and its breakers, and its shadow
+        when the shadow table is the same. Returns the new states and the old ones (the caller starts the new
+        states' missing shadows and closes those still attached to old states)."""
+        now = self._clock()
+        fresh = {r.name: RouteState(r, now, self._clock) for r in routes}
+        for name, state in fresh.items():
+            old = self._routes.get(name)
+            if old is not None:
+                state.adopt(old)
+                if old.cfg.shadow == state.cfg.shadow:
+                    state.shadow, old.shadow = old.shadow, None
+        old_states = list(self._routes.values())
+        self._routes = fresh
+        self._splits = {}
+        return list(fresh.values()), old_states
+
+    # -- views -----------------------------------------------------------------------------------
+
+    def views(self, ready: Ready) -> list[RouteView]:
+        return [view(s, ready) for s in list(self._routes.values())]
+
+
+def view(state: RouteState, ready: Ready) -> RouteView:
+    cfg = state.cfg
+    variants = tuple(VariantView(name=v.name, model=v.model, version=v.version, alias=v.alias,
+                                 configured_weight=v.weight, weight=state.weights[v.name],
+                                 share_percent=state.shares[v.name],
+                                 state="READY" if ready(v.model, v.version) else "UNAVAILABLE",
+                                 breaker=state.breakers[v.name].state if v.name in state.breakers else "")
+                     for v in cfg.variants)
+    canary = None
+    if state.canary is not None and cfg.canary is not None:
+        c = state.canary
+        share = c.share(cfg.canary)
+        canary = CanaryView(candidate=cfg.canary.candidate, state=c.status, step=c.step,
+                            steps_percent=cfg.canary.steps_percent,
+                            share_percent=state.shares[cfg.canary.candidate] if share is None else share,
+                            failed_windows=c.failed_windows, last_decision=c.decision, last_reason=c.reason,
+                            decisions=dict(c.decisions))
+    shadow = fallback = ""
+    if cfg.shadow is not None:
+        shadow = f"{cfg.shadow.model}{' v' + cfg.shadow.version if cfg.shadow.version else ''} " \
+                 f"({cfg.shadow.percent:g}%)"
+    if cfg.fallback is not None:
+        fallback = cfg.fallback.model or f"constant outputs ({', '.join(cfg.fallback.outputs or {})})"
+    return RouteView(name=cfg.name, routing_key=cfg.routing_key, variants=variants, canary=canary, shadow=shadow,
+                     shadow_queued=state.shadow.queued if state.shadow is not None else 0, fallback=fallback)

@@ -1,5 +1,5 @@
 """Per-variant counts and latencies of routed requests (changed on the loop, read by the scrape thread through
-copies): what A/B comparisons, and the canary analysis to come, are judged from."""
+copies): what A/B comparisons and the canary's windows are judged from."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ class RouteStats:
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str, str]] = Counter()  # (route, variant, outcome code)
         self.duration_s: dict[tuple[str, str], Histogram] = {}  # (route, variant): answered requests
+        self.fallbacks: Counter[tuple[str, str, str]] = Counter()  # (route, variant, why): fallback answers
 
     def record(self, route: str, variant: str, code: str, duration_s: float) -> None:
         self.requests[(route, variant, code)] += 1
@@ -20,3 +21,6 @@ class RouteStats:
         if histogram is None:
             histogram = self.duration_s[key] = Histogram(DURATION_BUCKETS_S)
         histogram.observe(duration_s)
+
+    def fallback(self, route: str, variant: str, why: str) -> None:
+        self.fallbacks[(route, variant, why)] += 1

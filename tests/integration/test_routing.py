@@ -10,7 +10,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from inference_server.config import parse_route
+from inference_server.routing.config import parse_route
 from inference_server.errors import ConfigError
 from inference_server.grpc._generated import grpc_service_pb2 as pb
 from inference_server.routing.split import Split
@@ -97,8 +97,16 @@ def test_a_variant_that_is_not_loaded_gets_no_traffic(routed):
 
 
 @pytest.mark.parametrize("table, key", [
-    ({**ROUTE, "canary": {"candidate": "candidate"}}, "routes.r.canary"),
-    ({**ROUTE, "shadow": {"version": "5"}}, "routes.r.shadow"),
+    ({**ROUTE, "canary": {"candidate": "nobody"}}, "routes.r.canary.candidate"),
+    ({**ROUTE, "canary": {"candidate": "candidate", "steps_percent": [10, 50]}}, "routes.r.canary.steps_percent"),
+    ({**ROUTE, "canary": {"candidate": "candidate", "steps_percent": [50, 20, 100]}},
+     "routes.r.canary.steps_percent"),
+    ({**ROUTE, "canary": {"candidate": "candidate", "max_error_ratio": 2}}, "routes.r.canary.max_error_ratio"),
+    ({**ROUTE, "shadow": {"version": "5", "percent": 0}}, "routes.r.shadow.percent"),
+    ({**ROUTE, "shadow": {"version": "5", "queue": 3}}, "routes.r.shadow.queue"),
+    ({**ROUTE, "fallback": {"model": "m", "outputs": {"y": 0}}}, "routes.r.fallback"),
+    ({**ROUTE, "fallback": {"outputs": {"y": {"nested": 1}}}}, "routes.r.fallback.outputs.y"),
+    ({"variants": [{"name": "a", "version": "@", "weight": 1}]}, "routes.r.variants[0].version"),
     ({"variants": [{"name": "a", "version": 1, "weight": 0}]}, "routes.r.variants"),
     ({"variants": [{"name": "a", "version": "x", "weight": 1}]}, "routes.r.variants[0].version"),
     ({"variants": [{"name": "a", "version": 1, "weight": 1}, {"name": "a", "version": 2, "weight": 1}]},

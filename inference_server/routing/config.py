@@ -1,0 +1,240 @@
+"""`[routes.NAME]` tables: variants, and the optional canary, shadow and fallback tables. Frozen dataclasses;
+every bad value raises ConfigError naming its dotted key (at start-up, or when SIGHUP re-reads the file).
+
+A variant's version may be an MLflow alias (`version = "@challenger"`) when its model comes from an MLflow
+registry: the server then follows that alias as a companion model named `MODEL@ALIAS` (see `with_aliases`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..model_config import ModelConfig, _count, _get, _reject_unknown, _seconds, check_source, version_number
+
+
+@dataclass(frozen=True, slots=True)
+class VariantConfig:
+    name: str
+    model: str
+    version: str  # a version number, or "" for the model's default version
+    weight: float
+    alias: str = ""  # "@challenger": the MLflow alias this variant follows (model is then MODEL@ALIAS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CanaryConfig:
+    """Ramp one variant automatically, judged each window from the server's own per-variant measurements."""
+    candidate: str
+    steps_percent: tuple[float, ...] = (10.0, 25.0, 50.0, 100.0)  # the candidate's share at each step; ends at 100
+    interval_s: float = 60.0  # evaluation window
+    min_requests: int = 100  # fewer candidate requests in a window: hold (neither step nor fail)
+    max_error_ratio: float = 0.01  # the candidate's server-side error share (client errors excluded)
+    max_p99_ms: float | None = None  # the candidate's p99 bound...
+    max_p99_ratio: float | None = None  # ...and/or against the other variants' p99 in the same window
+    failed_windows_to_rollback: int = 1  # failed windows in a row that roll the candidate back to 0 %
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowConfig:
+    """Mirror a share of the route's requests to another model version; the answers are recorded, never
+    returned."""
+    model: str
+    version: str = ""  # "" = the model's default version
+    percent: float = 100.0
+    queue_size: int = 64  # copies waiting for the shadow; more are dropped and counted
+    concurrency: int = 1  # shadow requests running at once
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackConfig:
+    """Answer from here when the routed variant fails (internal error, unavailable, queue full, breaker open)."""
+    model: str | None = None
+    version: str = ""
+    outputs: Mapping[str, Any] | None = None  # constant answers by output name (instead of a model)
+    breaker_failures: int = 5  # server-side failures in a row that open a variant's circuit breaker
+    breaker_cooldown_s: float = 10.0  # how long an open breaker sends the variant's requests to the fallback
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    """`[routes.NAME]`: requests for model NAME with an empty version are split over the variants."""
+    name: str
+    variants: tuple[VariantConfig, ...]
+    routing_key: str = "routing_key"  # the request parameter hashed for stickiness
+    canary: CanaryConfig | None = None
+    shadow: ShadowConfig | None = None
+    fallback: FallbackConfig | None = None
+
+    def variant(self, name: str) -> VariantConfig | None:
+        return next((v for v in self.variants if v.name == name), None)
+
+
+def parse_routes(table: Any) -> tuple[RouteConfig, ...]:
+    if not isinstance(table, dict):
+        raise ConfigError("routes", f"expected a table of routes, got {table!r}")
+    return tuple(parse_route(name, t) for name, t in table.items())
+
+
+def parse_route(name: str, table: Any) -> RouteConfig:
+    prefix = f"routes.{name}."
+    if not isinstance(table, dict):
+        raise ConfigError(prefix.rstrip("."), f"expected a table, got {table!r}")
+    _reject_unknown(table, ["variants", "routing_key", "canary", "shadow", "fallback"], prefix)
+    variants = _get(table, "variants", prefix, list, None)
+    if not variants:
+        raise ConfigError(f"{prefix}variants", "is required: a list of { name, version, weight }")
+    parsed = [_variant(v, f"{prefix}variants[{i}].", name) for i, v in enumerate(variants)]
+    names = [v.name for v in parsed]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{prefix}variants", f"variant names must be unique, got {names}")
+    canary = _canary(_get(table, "canary", prefix, dict, None), f"{prefix}canary.", parsed)
+    if canary is None and not any(v.weight > 0 for v in parsed):
+        raise ConfigError(f"{prefix}variants", "at least one variant needs a weight > 0")
+    return RouteConfig(name=name, variants=tuple(parsed),
+                       routing_key=_get(table, "routing_key", prefix, str, "routing_key"), canary=canary,
+                       shadow=_shadow(_get(table, "shadow", prefix, dict, None), f"{prefix}shadow.", name),
+                       fallback=_fallback(_get(table, "fallback", prefix, dict, None), f"{prefix}fallback."))
+
+
+def _version(raw: Any, key: str, aliases: bool) -> str:
+    """A version number; with `aliases`, also "@ALIAS" (an MLflow alias)."""
+    if aliases and isinstance(raw, str) and raw.startswith("@"):
+        if len(raw) < 2 or "/" in raw or "@" in raw[1:]:
+            raise ConfigError(key, f"an MLflow alias is '@' and a name, got {raw!r}")
+        return raw
+    version = version_number(raw)
+    if version is None:
+        raise ConfigError(key, f"must be a version number{' or an MLflow alias (@name)' if aliases else ''}, "
+                               f"got {raw!r}")
+    return version
+
+
+def _variant(v: Any, where: str, route: str) -> VariantConfig:
+    if not isinstance(v, dict):
+        raise ConfigError(where.rstrip("."), f"expected a table, got {v!r}")
+    _reject_unknown(v, ["name", "model", "version", "weight"], where)
+    version = _version(v["version"], f"{where}version", aliases=True) if "version" in v else ""
+    weight = _get(v, "weight", where, (int, float), None)
+    if weight is None or weight < 0 or not math.isfinite(weight):
+        raise ConfigError(f"{where}weight", f"must be a number >= 0, got {weight!r}")
+    model = _get(v, "model", where, str, route)
+    default = version[1:] if version.startswith("@") else f"v{version}" if version else model
+    return VariantConfig(name=_get(v, "name", where, str, None) or default, model=model, version=version,
+                         weight=float(weight))
+
+
+def _percent(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 100:
+        raise ConfigError(key, f"must be a number in (0, 100], got {value!r}")
+    return float(value)
+
+
+def _canary(table: dict[str, Any] | None, prefix: str, variants: Sequence[VariantConfig]) -> CanaryConfig | None:
+    if table is None:
+        return None
+    _reject_unknown(table, [f.name for f in dataclasses.fields(CanaryConfig)], prefix)
+    candidate = _get(table, "candidate", prefix, str, None)
+    names = [v.name for v in variants]
+    if candidate not in names:
+        raise ConfigError(f"{prefix}candidate", f"must name one of the route's variants ({', '.join(names)}), got "
+                                                f"{candidate!r}")
+    if not any(v.weight > 0 for v in variants if v.name != candidate):
+        raise ConfigError(f"{prefix}candidate", "the route needs another variant with a weight > 0 to compare the "
+                                                "candidate with and to serve the rest")
+    steps = [_percent(s, f"{prefix}steps_percent") for s in _get(table, "steps_percent", prefix, list,
+                                                                   [10, 25, 50, 100])]
+    if not steps or steps != sorted(set(steps)) or steps[-1] != 100:
+        raise ConfigError(f"{prefix}steps_percent", f"must rise strictly and end at 100, got {steps}")
+    ratio = _get(table, "max_error_ratio", prefix, (int, float), 0.01)
+    if not 0 <= ratio <= 1:
+        raise ConfigError(f"{prefix}max_error_ratio", f"must be between 0 and 1, got {ratio}")
+    p99_ratio = _seconds(table, "max_p99_ratio", prefix, None)
+    if p99_ratio is not None and p99_ratio < 1:
+        raise ConfigError(f"{prefix}max_p99_ratio", f"must be >= 1 (the candidate against the others), got "
+                                                    f"{p99_ratio}")
+    interval = _seconds(table, "interval_s", prefix, 60.0)
+    if interval <= 0:
+        raise ConfigError(f"{prefix}interval_s", f"must be > 0, got {interval}")
+    p99_ms = _seconds(table, "max_p99_ms", prefix, None)
+    if p99_ms is not None and p99_ms <= 0:
+        raise ConfigError(f"{prefix}max_p99_ms", f"must be > 0, got {p99_ms}")
+    return CanaryConfig(candidate=candidate, steps_percent=tuple(steps), interval_s=interval,
+                        min_requests=_count(table, "min_requests", prefix, 100, minimum=1),
+                        max_error_ratio=float(ratio), max_p99_ms=p99_ms, max_p99_ratio=p99_ratio,
+                        failed_windows_to_rollback=_count(table, "failed_windows_to_rollback", prefix, 1, minimum=1))
+
+
+def _shadow(table: dict[str, Any] | None, prefix: str, route: str) -> ShadowConfig | None:
+    if table is None:
+        return None
+    _reject_unknown(table, [f.name for f in dataclasses.fields(ShadowConfig)], prefix)
+    version = _version(table["version"], f"{prefix}version", aliases=False) if "version" in table else ""
+    return ShadowConfig(model=_get(table, "model", prefix, str, route), version=version,
+                        percent=_percent(table.get("percent", 100), f"{prefix}percent"),
+                        queue_size=_count(table, "queue_size", prefix, 64, minimum=1, maximum=1 << 20),
+                        concurrency=_count(table, "concurrency", prefix, 1, minimum=1, maximum=256))
+
+
+def _fallback(table: dict[str, Any] | None, prefix: str) -> FallbackConfig | None:
+    if table is None:
+        return None
+    _reject_unknown(table, [f.name for f in dataclasses.fields(FallbackConfig)], prefix)
+    model = _get(table, "model", prefix, str, None)
+    outputs = _get(table, "outputs", prefix, dict, None)
+    if (model is None) == (outputs is None):
+        raise ConfigError(prefix.rstrip("."), "needs either `model` (a model to answer from) or `outputs` (constant "
+                                              "answers by output name), not both")
+    if outputs is not None:
+        if not outputs:
+            raise ConfigError(f"{prefix}outputs", "needs at least one output")
+        for key, value in outputs.items():
+            if not _constant(value):
+                raise ConfigError(f"{prefix}outputs.{key}", f"must be a number, a boolean, a string or a (nested) "
+                                                            f"list of one of them, got {value!r}")
+    version = _version(table["version"], f"{prefix}version", aliases=False) if "version" in table else ""
+    if version and model is None:
+        raise ConfigError(f"{prefix}version", "names a version of the fallback `model`, which is not set")
+    cooldown = _seconds(table, "breaker_cooldown_s", prefix, 10.0)
+    return FallbackConfig(model=model, version=version, outputs=outputs,
+                          breaker_failures=_count(table, "breaker_failures", prefix, 5, minimum=1),
+                          breaker_cooldown_s=cooldown)
+
+
+def _constant(value: Any) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(_constant(v) for v in value)
+    return isinstance(value, bool | int | float | str)
+
+
+def with_aliases(routes: Sequence[RouteConfig], models: Sequence[ModelConfig]
+                 ) -> tuple[tuple[RouteConfig, ...], tuple[ModelConfig, ...]]:
+    """Variants that name an MLflow alias become variants of a companion model `MODEL@ALIAS`, a copy of the
+    model's MLflow entry that follows that alias (and does not hold back the server's readiness). Returns the
+    routes and the companions to add to the models."""
+    entries = {m.name: m for m in models}
+    companions: dict[str, ModelConfig] = {}
+    out = []
+    for route in routes:
+        variants = []
+        for i, v in enumerate(route.variants):
+            if not v.version.startswith("@"):
+                variants.append(v)
+                continue
+            entry = entries.get(v.model)
+            key = f"routes.{route.name}.variants[{i}].version"
+            if entry is None or entry.source is None:
+                raise ConfigError(key, f"an MLflow alias needs model '{v.model}' to come from an MLflow registry "
+                                       "(a [[models]] entry with source = \"models:/…\")")
+            registered, _ = check_source(entry.source, key)
+            name = f"{v.model}{v.version}"
+            companions.setdefault(name, dataclasses.replace(entry, name=name, version="1",
+                                                            source=f"models:/{registered}{v.version}",
+                                                            required=False))
+            variants.append(dataclasses.replace(v, model=name, version="", alias=v.version))
+        out.append(dataclasses.replace(route, variants=tuple(variants)))
+    return tuple(out), tuple(companions.values())

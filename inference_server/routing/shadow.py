@@ -1,0 +1,161 @@
+"""Shadow traffic: copies of a route's requests sent to another model version after the real answer, through
+a bounded queue with its own concurrency. A copy that finds the queue full is dropped and counted.
+
+Shadow answers are recorded (outcome counts, durations, the prediction log with a shadow mark, and how far
+they are from the primary's answer) and are never returned, never cached, and never delay or fail the real
+answer: the request path only does a `put_nowait`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InferenceError
+from ..lifecycle.registry import ModelRegistry
+from ..predictions import PredictionLog
+from ..stats import DURATION_BUCKETS_S, Histogram
+from .config import ShadowConfig
+from .split import BUCKETS, bucket
+
+log = logging.getLogger(__name__)
+
+# Outcomes: ok; error (the shadow failed); unavailable (its version is not loaded); incompatible (its inputs
+# differ from the primary's); dropped (the queue was full, or the server stopped before it ran).
+OUTCOMES = ("ok", "error", "unavailable", "incompatible", "dropped")
+# The largest absolute difference between a shadow output and the primary's (for text outputs: the share of
+# elements that differ); an output whose shape differs counts as infinitely different.
+DIFFERENCE_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+class ShadowStats:
+    """Every route's shadow figures (changed on the loop, read by the scrape thread through copies)."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str]] = Counter()  # (route, outcome)
+        self.duration_s: dict[str, Histogram] = {}  # by route: the shadow's own duration
+        self.difference: dict[tuple[str, str], Histogram] = {}  # (route, output)
+
+    def count(self, route: str, outcome: str) -> None:
+        self.requests[(route, outcome)] += 1
+
+    def observe(self, route: str, duration_s: float, differences: dict[str, float]) -> None:
+        self.requests[(route, "ok")] += 1
+        histogram = self.duration_s.get(route)
+        if histogram is None:
+            histogram = self.duration_s[route] = Histogram(DURATION_BUCKETS_S)
+        histogram.observe(duration_s)
+        for output, value in differences.items():
+            h = self.difference.get((route, output))
+            if h is None:
+                h = self.difference[(route, output)] = Histogram(DIFFERENCE_BUCKETS)
+            h.observe(value)
+
+
+def difference(shadow: np.ndarray, primary: np.ndarray) -> float:
+    if shadow.shape != primary.shape:
+        return float("inf")
+    if not shadow.size:
+        return 0.0
+    if shadow.dtype.kind in "biuf" and primary.dtype.kind in "biuf":
+        return float(np.max(np.abs(shadow.astype(np.float64) - primary.astype(np.float64))))
+    return float(np.mean(shadow != primary))
+
+
+@dataclass(slots=True)
+class _Copy:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    primary: dict[str, np.ndarray]
+    request_id: str
+
+
+class Shadow:
+    def __init__(self, route: str, cfg: ShadowConfig, registry: ModelRegistry, stats: ShadowStats,
+                 predictions: PredictionLog | None = None) -> None:
+        self.route = route
+        self.cfg = cfg
+        self._registry = registry
+        self._stats = stats
+        self._predictions = predictions
+        self._queue: asyncio.Queue[_Copy] = asyncio.Queue(cfg.queue_size)
+        self._workers: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    def wants(self, key: str | None) -> bool:
+        """Whether this request is one of the mirrored share (sticky by routing key; random without one)."""
+        b = bucket("shadow:" + key) if key is not None else random.randrange(BUCKETS)
+        return b < self.cfg.percent * BUCKETS / 100
+
+    def offer(self, inputs: dict[str, np.ndarray], rows: int, primary: dict[str, np.ndarray],
+              request_id: str) -> None:
+        """From the request path, after its answer: never blocks, never raises."""
+        if self._closed:
+            return
+        if not self._workers:
+            self._workers = [asyncio.get_running_loop().create_task(self._work(), name=f"shadow-{self.route}-{i}")
+                             for i in range(self.cfg.concurrency)]
+        try:
+            self._queue.put_nowait(_Copy(inputs, rows, primary, request_id))
+        except asyncio.QueueFull:
+            self._stats.count(self.route, "dropped")
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    async def _work(self) -> None:
+        while True:
+            copy = await self._queue.get()
+            try:
+                await self._run(copy)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a shadow must never take the server down; it is counted and logged
+                log.exception("route '%s': shadow request %s failed", self.route, copy.request_id)
+                self._stats.count(self.route, "error")
+
+    async def _run(self, copy: _Copy) -> None:
+        cfg = self.cfg
+        try:
+            model = self._registry.resolve(cfg.model, cfg.version)
+        except InferenceError:
+            self._stats.count(self.route, "unavailable")
+            return
+        try:
+            if {s.name for s in model.inputs} != set(copy.inputs):
+                self._stats.count(self.route, "incompatible")
+                return
+            start = time.perf_counter()
+            try:
+                outputs = await model.submit(copy.inputs, copy.rows, None, copy.request_id)
+            except InferenceError as e:
+                model.stats.record_request(e.code, time.perf_counter() - start)
+                self._stats.count(self.route, "error")
+                log.debug("route '%s': shadow %s v%s failed: %s", self.route, model.name, model.version, e.message)
+                return
+            duration_s = time.perf_counter() - start
+            model.stats.record_request(None, duration_s)
+            self._stats.observe(self.route, duration_s, {name: difference(outputs[name], copy.primary[name])
+                                                         for name in outputs if name in copy.primary})
+            if self._predictions is not None:
+                self._predictions.offer(model.name, model.version, copy.request_id, copy.inputs, outputs,
+                                        duration_s, shadow=True)
+        finally:
+            model.release()
+
+    async def close(self) -> None:
+        """Stop: copies still queued are dropped and counted (shadows never hold up a shutdown)."""
+        self._closed = True
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._stats.count(self.route, "dropped")
