@@ -275,3 +275,42 @@ def test_a_registry_outage_keeps_the_current_version_serving(registry: Registry,
     messages = [r.getMessage() for r in caplog.records if r.name.startswith(LIFECYCLE_LOG)]
     assert sum("cannot read" in m for m in messages) == 1
     assert sum("the registry answers again" in m for m in messages) == 1
+
+
+def test_a_route_variant_follows_an_mlflow_alias(registry: Registry, tmp_path: Path) -> None:
+    """`version = "@challenger"`: the server follows that alias too, as the companion model routed@challenger,
+    and the variant's answers come from the version the alias names, moving with it."""
+    name = "routed"
+    champion = registry.register(name, ONNX["1"], alias="champion")
+    challenger = registry.register(name, ONNX["2"], alias="challenger")
+    cfg = parse_server({
+        "server": {"port": 0, "metrics_port": 0, "drain_grace_s": 5, "model_cache_dir": str(tmp_path / "cache")},
+        "models": [{"name": name, "source": f"models:/{name}@champion", "poll_interval_s": POLL_S}],
+        "routes": {name: {"variants": [{"name": "stable", "weight": 50},
+                                       {"name": "candidate", "version": "@challenger", "weight": 50}]}}})
+    server = ServerThread(cfg).start()
+    try:
+        def answers(client: grpcclient.InferenceServerClient) -> dict[str, set[tuple[str, str]]]:
+            seen: dict[str, set[tuple[str, str]]] = {}
+            for i in range(40):
+                x = grpcclient.InferInput("x", list(X.shape), "FP32")
+                x.set_data_from_numpy(X)
+                result = client.infer(name, [x], parameters={"routing_key": f"user-{i}"})
+                response = result.get_response()
+                version = response.model_version
+                np.testing.assert_allclose(result.as_numpy("y"), EXPECTED[{champion: "1", challenger: "2"}.get(
+                    version, "1")], rtol=1e-5, atol=1e-6)
+                seen.setdefault(response.parameters["variant"].string_param, set()).add(
+                    (response.model_name, version))
+            return seen
+
+        with grpcclient.InferenceServerClient(server.url) as client:
+            assert answers(client) == {"stable": {(name, champion)}, "candidate": {(f"{name}@challenger", challenger)}}
+            view = server.app.service.routes(name)[0]
+            assert [(v.name, v.alias, v.state) for v in view.variants] == [("stable", "", "READY"),
+                                                                            ("candidate", "@challenger", "READY")]
+            moved = registry.register(name, ONNX["1"], alias="challenger")  # the alias moves to a new version
+            wait_for(lambda: answers(client)["candidate"] == {(f"{name}@challenger", moved)}, "the alias move")
+            assert answers(client)["stable"] == {(name, champion)}
+    finally:
+        server.stop()
