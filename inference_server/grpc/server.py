@@ -1,4 +1,5 @@
-"""Builds the grpc.aio server: every GRPCInferenceService method, grpc.health.v1, message limits."""
+"""Builds the grpc.aio server: every GRPCInferenceService method, RouteAdmin (admin.py), grpc.health.v1, message
+limits."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..config import ServerConfig
 from ..service import InferenceService
+from . import admin
 from ._generated import grpc_service_pb2 as pb
 from .servicer import InferenceServicer, Malformed
 
@@ -64,6 +66,7 @@ def build_server(service: InferenceService,
     ])
     # Registered with grpc core: calls are matched in C, not by a Python lookup per call.
     server.add_registered_method_handlers(SERVICE_NAME, method_handlers(InferenceServicer(service)))
+    server.add_registered_method_handlers(admin.SERVICE_NAME, admin.method_handlers(service))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{cfg.host}:{cfg.port}"

@@ -1,4 +1,5 @@
-"""The HTTP/REST front end: KServe v2 routes (+ Triton's extensions and KServe v1 `:predict`) on an embedded uvicorn.
+"""The HTTP/REST front end: KServe v2 routes (+ Triton's extensions and KServe v1 `:predict`) on an embedded uvicorn,
+and route administration under /v2/routes (admin.py).
 
 Thin handlers over InferenceService, as grpc/servicer.py is: read the body (bounded), decode with codec.py, call the
 service, encode. InferenceError -> codec.STATUS and `{"error": message}`; anything else -> 500 "internal error",
@@ -26,7 +27,7 @@ from ..config import ServerConfig
 from ..errors import InferenceError
 from ..service import InferenceService
 from ..tensors import InferRequest
-from . import codec
+from . import admin, codec
 from .bodies import (JSON, OFFLOAD_BYTES, HttpError, accepted_encoding, compress, error_response, header_length,
                      read_body)
 from .transport import EmbeddedServer, GuardedHttpTools, bind, connection_limit
@@ -215,6 +216,25 @@ class Routes:
         response = await self.service.infer(infer_request, None)
         return Response(codec.encode_v1_predict(response), media_type=JSON)
 
+    # -- route administration (JSON in admin.py) --
+
+    @endpoint
+    async def route_status(self, request: Request) -> Response:
+        name = request.path_params.get("route", "")
+        views = self.service.routes(name)
+        return Response(admin.route_json(views[0]) if name else admin.routes_json(views), media_type=JSON)
+
+    @endpoint
+    async def route_weights(self, request: Request) -> Response:
+        weights = admin.weights_request(await read_body(request, self.limit))
+        return admin.route_change(lambda: self.service.set_route_weights(request.path_params["route"], weights))
+
+    @endpoint
+    async def route_canary(self, request: Request) -> Response:
+        admin.no_body(await read_body(request, self.limit))
+        params = request.path_params
+        return admin.route_change(lambda: self.service.canary(params["route"], params["action"]))
+
 
 def routes(r: Routes) -> list[Route]:
     get, post = ["GET"], ["POST"]
@@ -227,6 +247,10 @@ def routes(r: Routes) -> list[Route]:
         Route("/v2/repository/models/{model}/load", r.load, methods=post),
         Route("/v2/repository/models/{model}/unload", r.unload, methods=post),
         Route("/v1/models/{model}:predict", r.v1_predict, methods=post),
+        Route("/v2/routes", r.route_status, methods=get),
+        Route("/v2/routes/{route}", r.route_status, methods=get),
+        Route("/v2/routes/{route}/weights", r.route_weights, methods=post),
+        Route("/v2/routes/{route}/canary/{action}", r.route_canary, methods=post),
     ]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         table += [
