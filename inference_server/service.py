@@ -164,6 +164,8 @@ class InferenceService:
             state = change()
         except KeyError:
             raise _no_route(name, self.router.views(self.registry.ready)) from None
+        except LookupError as e:  # a canary command for a route without a canary
+            raise InferenceError(ErrorCode.NOT_FOUND, str(e)) from None
         except CanaryConflict as e:
             raise InferenceError(ErrorCode.FAILED_PRECONDITION, f"route '{name}': {e}") from None
         except ValueError as e:  # RouteError, or an unknown canary action

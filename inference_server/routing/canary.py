@@ -141,7 +141,7 @@ def advance(cfg: CanaryConfig, state: CanaryState, now: float) -> bool:
                                f"{reason}")
     else:
         state.failed_windows = 0
-        state.step += 1
+        state.step = min(state.step + 1, len(cfg.steps_percent) - 1)  # steps_percent = [100]: promote
         share = cfg.steps_percent[state.step]
         if share >= 100:
             state.status = PROMOTED
@@ -152,9 +152,13 @@ def advance(cfg: CanaryConfig, state: CanaryState, now: float) -> bool:
 
 
 def command(state: CanaryState, action: str, now: float) -> None:
-    """An administrator's START (resume a paused canary, else restart at the first step), PAUSE (hold the
+    """An administrator's START (resume a paused canary, else restart a rolled back, aborted or off one at the
+    first step; a promoted one is done), PAUSE (hold the
     share, stop judging) or ABORT (candidate to 0 %)."""
     if action == START:
+        if state.status == PROMOTED:
+            raise CanaryConflict("the candidate is already promoted (to ramp again, set weights or change the "
+                                 "canary's steps in the config and reload)")
         resumed = state.status == PAUSED
         if not resumed:
             state.step, state.failed_windows = 0, 0

@@ -153,10 +153,7 @@ def _canary(table: dict[str, Any] | None, prefix: str, variants: Sequence[Varian
     ratio = _get(table, "max_error_ratio", prefix, (int, float), 0.01)
     if not 0 <= ratio <= 1:
         raise ConfigError(f"{prefix}max_error_ratio", f"must be between 0 and 1, got {ratio}")
-    p99_ratio = _seconds(table, "max_p99_ratio", prefix, None)
-    if p99_ratio is not None and p99_ratio < 1:
-        raise ConfigError(f"{prefix}max_p99_ratio", f"must be >= 1 (the candidate against the others), got "
-                                                    f"{p99_ratio}")
+    p99_ratio = _seconds(table, "max_p99_ratio", prefix, None, minimum=1.0)  # the candidate against the others
     interval = _seconds(table, "interval_s", prefix, 60.0)
     if interval <= 0:
         raise ConfigError(f"{prefix}interval_s", f"must be > 0, got {interval}")

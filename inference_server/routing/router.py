@@ -35,6 +35,10 @@ class RouteError(ValueError):
     """An administration request that cannot be applied (the message says why)."""
 
 
+class NoCanary(LookupError):
+    """A canary command for a route that has none."""
+
+
 class RouteState:
     """One route: its config, its weights (configured, or set by an administrator), its canary and breakers."""
 
@@ -106,21 +110,32 @@ class Router:
     def choose(self, state: RouteState, key: str | None, ready: Ready) -> VariantConfig | None:
         """The variant for a routing key, or None when no variant is ready."""
         shares = state.shares
-        live = [v for v in state.cfg.variants if shares[v.name] > 0 and ready(v.model, v.version)]
+        owners = [v for v in state.cfg.variants if shares[v.name] > 0]
+        live = [v for v in owners if ready(v.model, v.version)]
         if live:
+            # The split over every variant with a share, so that a key keeps its variant while that one is
+            # ready; only the keys of a variant that is not ready are split again over the ready ones (hashed
+            # afresh, so that they spread by the shares).
+            name = self._split(state, tuple((v.name, shares[v.name]) for v in owners)).choose(key, self._rng)
+            if len(live) == len(owners) or any(v.name == name for v in live):
+                return state.cfg.variant(name)  # type: ignore[arg-type]
             weighted = tuple((v.name, shares[v.name]) for v in live)
+            key = None if key is None else f"{name}:{key}"
         else:  # nothing with a share is ready: whatever is ready, by its configured weight
             weighted = tuple((v.name, v.weight) for v in state.cfg.variants
                              if v.weight > 0 and ready(v.model, v.version))
             if not weighted:
                 return None
+        return state.cfg.variant(self._split(state, weighted).choose(key, self._rng))  # type: ignore[arg-type]
+
+    def _split(self, state: RouteState, weighted: tuple[tuple[str, float], ...]) -> Split:
         split_key = (state.cfg.name, weighted)
         split = self._splits.get(split_key)
         if split is None:
             if len(self._splits) >= MAX_SPLITS:
                 self._splits.clear()
             split = self._splits[split_key] = Split.of(weighted)
-        return state.cfg.variant(split.choose(key, self._rng))  # type: ignore[arg-type]
+        return split
 
     def record(self, state: RouteState, variant: str, code: str, duration_s: float) -> None:
         """A routed request's outcome ("OK" or an error code; a fallback answer is the variant's failure)."""
@@ -164,6 +179,8 @@ class Router:
         """Replace some or all of a route's weights. A canary that is running or paused owns the candidate's
         share: abort it first. Afterwards the weights decide every share (the canary is off until started)."""
         state = self._state(name)
+        if not weights:
+            raise RouteError(f"route '{name}': no weights given (its variants: {', '.join(state.weights)})")
         unknown = sorted(set(weights) - set(state.weights))
         if unknown:
             raise RouteError(f"route '{name}' has no variant {', '.join(map(repr, unknown))} "
@@ -186,8 +203,10 @@ class Router:
 
     def canary_command(self, name: str, action: str) -> RouteState:
         state = self._state(name)
-        if state.canary is None:
-            raise RouteError(f"route '{name}' has no canary ([routes.{name}.canary] in the config)")
+        if state.canary is None or state.cfg.canary is None:
+            raise NoCanary(f"route '{name}' has no canary ([routes.{name}.canary] in the config)")
+        if action == "start" and not any(w > 0 for n, w in state.weights.items() if n != state.cfg.canary.candidate):
+            raise CanaryConflict("no other variant has a weight > 0 to serve the rest: set weights first")
         command(state.canary, action, self._clock())
         state.changed()
         log.info("route '%s' canary '%s': %s: %s", name, state.cfg.canary.candidate,  # type: ignore[union-attr]

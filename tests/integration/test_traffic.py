@@ -40,7 +40,7 @@ def repo(tmp_path_factory):
     w(root, "simple", onnx_models.mlp([4, 8, 2], seed=3), BATCHED)
     w(root, "broken", onnx_models.drops_a_row(), BATCHED)  # every batch fails with INTERNAL
     w(root, "scorer", onnx_models.mlp([1, 8, 2], seed=4), BATCHED)
-    w(root, "slow", onnx_models.slow(384), "[batching]\nmax_batch_size = 1\n")  # FP32 x [N, 1], tens of ms
+    w(root, "slow", onnx_models.slow(768), "[batching]\nmax_batch_size = 1\n")  # FP32 x [N, 1], tens of ms
     return root
 
 
