@@ -7,16 +7,14 @@ the canary's state forbids FAILED_PRECONDITION.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from ..service import InferenceService
 from ..views import CanaryView, RouteView, VariantView
 from ._generated import route_admin_pb2 as admin_pb
-from .servicer import Malformed, rpc
+from .servicer import parser, rpc
 
 SERVICE_NAME = "inference_server.admin.RouteAdmin"
 
@@ -63,24 +61,12 @@ class RouteAdminServicer:
         return routes_response([self.service.canary(request.name, request.action)])
 
 
-def _parser(message_class: Any) -> Callable[[bytes], Any]:
-    """Parse a request, or hand the handler a Malformed marker (answered INVALID_ARGUMENT by servicer.rpc)."""
-
-    def parse(data: bytes) -> Any:
-        try:
-            return message_class.FromString(data)
-        except DecodeError:
-            return Malformed(message_class.DESCRIPTOR.name)
-
-    return parse
-
-
 def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandler]:
     """RouteAdmin's handlers, one per method of its descriptor, for server.add_registered_method_handlers."""
     servicer = RouteAdminServicer(service)
     handlers = {}
     for method in admin_pb.DESCRIPTOR.services_by_name["RouteAdmin"].methods:
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name), request_deserializer=_parser(getattr(admin_pb, method.input_type.name)),
+            getattr(servicer, method.name), request_deserializer=parser(getattr(admin_pb, method.input_type.name)),
             response_serializer=getattr(admin_pb, method.output_type.name).SerializeToString)
     return handlers

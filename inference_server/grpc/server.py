@@ -8,30 +8,17 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..config import ServerConfig
 from ..service import InferenceService
 from . import admin
 from ._generated import grpc_service_pb2 as pb
-from .servicer import InferenceServicer, Malformed
+from .servicer import InferenceServicer, parser
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-
-
-def _parser(message_class: Any) -> Callable[[bytes], Any]:
-    """Parse a request, or hand the handler a Malformed marker so it can answer INVALID_ARGUMENT."""
-
-    def parse(data: bytes) -> Any:
-        try:
-            return message_class.FromString(data)
-        except DecodeError:
-            return Malformed(message_class.DESCRIPTOR.name)
-
-    return parse
 
 
 def _unimplemented(name: str) -> Callable[..., Any]:
@@ -49,7 +36,7 @@ def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHand
         response_class = getattr(pb, method.output_type.name)
         behaviour = getattr(servicer, method.name, None) or _unimplemented(method.name)
         make = grpc.stream_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = make(behaviour, request_deserializer=_parser(request_class),
+        handlers[method.name] = make(behaviour, request_deserializer=parser(request_class),
                                      response_serializer=response_class.SerializeToString)
     return handlers
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from ..errors import ErrorCode, InferenceError
 from ..service import InferenceService
@@ -35,6 +36,18 @@ class Malformed:
 
     def __init__(self, type_name: str) -> None:
         self.type_name = type_name
+
+
+def parser(message_class: Any) -> Callable[[bytes], Any]:
+    """A request deserializer: the message, or a Malformed marker so that `rpc` answers INVALID_ARGUMENT."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return Malformed(message_class.DESCRIPTOR.name)
+
+    return parse
 
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
