@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,26 +22,18 @@ from .lifecycle.version import ModelVersion
 from .logs import ACCESS, REQUEST_ID
 from .model_config import version_key
 from .predictions import PredictionLog
-from .routing.canary import SERVER_ERRORS, CanaryConflict
-from .routing.config import RouteConfig, VariantConfig
-from .routing.fallback import FALLBACK_CODES, constant_outputs
+from .routing.canary import CanaryConflict
+from .routing.config import RouteConfig
+from .routing.dispatch import Answer, Dispatcher
 from .routing.router import Router, RouteState
 from .routing.router import view as route_view
 from .routing.shadow import Shadow, ShadowStats
-from .tensors import InferRequest, InferResponse, Tensor, bytes_to_text
+from .tensors import InferRequest, InferResponse, Tensor
+from .validation import select_outputs, validate_inputs
 from .views import (IndexEntry, ModelConfigView, ModelMetadataView, RouteView, StatisticsView, config_view,
                     metadata_view, statistics_view)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class _Answer:
-    """A version's answer, with what a shadow copy needs: the validated inputs and every computed output."""
-    response: InferResponse
-    inputs: dict[str, np.ndarray]
-    rows: int
-    outputs: dict[str, np.ndarray]
 
 SERVER_NAME = "inference_server"
 # Only what is implemented end to end; perf_analyzer and clients trust this list.
@@ -59,6 +50,7 @@ class InferenceService:
         self.registry = registry
         self.manager = manager
         self.router = router or Router(())
+        self._dispatch = Dispatcher(self.router, registry, self._answer)
         self.shadow_stats = ShadowStats()
         self._closing: set[asyncio.Task[None]] = set()  # shadows of routes a reload removed, closing
         self.cache = cache
@@ -211,7 +203,7 @@ class InferenceService:
         try:
             route = None if request.model_version else self.router.route(request.model_name)
             if route is not None:
-                return await self._routed(route, request, deadline)
+                return await self._dispatch.infer(route, request, deadline)
             model = self.registry.resolve(request.model_name, request.model_version)  # unknown: nothing to count
             try:
                 return (await self._answer(model, request, deadline)).response
@@ -223,100 +215,7 @@ class InferenceService:
             if not self._in_flight:
                 self._idle.set()
 
-    async def _routed(self, route: RouteState, request: InferRequest, deadline: float | None) -> InferResponse:
-        """The route's variant answers; if it fails on the server's side (or its breaker is open, or no
-        variant is ready) the route's fallback answers instead, marked `fallback`, and the variant is
-        counted as failed. A successful answer may be copied to the route's shadow."""
-        router, cfg = self.router, route.cfg
-        key = router.key(route, request.parameters, request.routing_key, request.id)
-        variant = router.choose(route, key, self.registry.ready)
-        if variant is None:
-            variants = ", ".join(f"{v.name} = {v.model}{' v' + v.version if v.version else ''}" for v in cfg.variants)
-            failure = unavailable(f"route '{cfg.name}': no variant is ready ({variants})")
-            return await self._fallback(route, None, request, deadline, failure, "no_variant_ready")
-        breaker = route.breakers.get(variant.name)
-        if breaker is not None and not breaker.allow():
-            router.record(route, variant.name, ErrorCode.UNAVAILABLE.name, 0.0)
-            failure = unavailable(f"route '{cfg.name}' variant '{variant.name}': circuit breaker open")
-            return await self._fallback(route, variant, request, deadline, failure, "breaker_open")
-        start = time.perf_counter()
-        code = ErrorCode.INTERNAL.name
-        try:
-            model = self.registry.resolve(variant.model, variant.version)
-            try:
-                answer = await self._answer(model, request, deadline)
-            finally:
-                model.release()
-            code = "OK"
-        except InferenceError as e:
-            code = e.code.name
-            if breaker is not None and code in SERVER_ERRORS:
-                breaker.failure(e.message)
-            elif breaker is not None:
-                breaker.success()  # the variant answered (the client's mistake)
-            if e.code not in FALLBACK_CODES:
-                raise
-            failure = e
-        except asyncio.CancelledError:
-            code = ErrorCode.CANCELLED.name
-            raise
-        finally:
-            router.record(route, variant.name, code, time.perf_counter() - start)
-        if code != "OK":
-            return await self._fallback(route, variant, request, deadline, failure, code.lower())
-        if breaker is not None:
-            breaker.success()
-        answer.response.parameters["variant"] = variant.name
-        if route.shadow is not None and route.shadow.wants(key):
-            route.shadow.offer(answer.inputs, answer.rows, answer.outputs, request.id)
-        return answer.response
-
-    async def _fallback(self, route: RouteState, variant: VariantConfig | None, request: InferRequest,
-                        deadline: float | None, failure: InferenceError, why: str) -> InferResponse:
-        """The route's fallback answer (the failure itself without one, or when the fallback fails too)."""
-        fb = route.cfg.fallback
-        if fb is None:
-            raise failure
-        self.router.stats.fallback(route.cfg.name, variant.name if variant else "", why)
-        if fb.model is not None:
-            try:
-                model = self.registry.resolve(fb.model, fb.version)
-                try:
-                    response = (await self._answer(model, request, deadline)).response
-                finally:
-                    model.release()
-            except InferenceError as e:
-                raise InferenceError(failure.code, f"{failure.message}; the fallback '{fb.model}' failed too: "
-                                                   f"{e.message}") from None
-        else:
-            response = self._constant(route, variant, request, failure)
-        log.debug("route '%s': fallback answer (%s)", route.cfg.name, why)
-        response.parameters["fallback"] = True
-        if variant is not None:
-            response.parameters["variant"] = variant.name
-        return response
-
-    def _constant(self, route: RouteState, variant: VariantConfig | None, request: InferRequest,
-                  failure: InferenceError) -> InferResponse:
-        """The fallback's constant outputs, in the datatypes of a serving variant's outputs where one is known,
-        a row per request row when the model batches (or, with no model to ask, when the first input has
-        dimensions)."""
-        outputs = route.cfg.fallback.outputs  # type: ignore[union-attr]
-        assert outputs is not None
-        candidates = [variant] if variant is not None else list(route.cfg.variants)
-        known = next((self.registry.find(v.model, v.version) for v in candidates
-                      if self.registry.ready(v.model, v.version)), None)
-        first = request.inputs[0].shape if request.inputs else ()
-        batched = known.max_batch_size > 0 if known is not None else len(first) > 0
-        rows = first[0] if batched and first else None
-        datatypes = {spec.name: spec.datatype for spec in known.outputs} if known is not None else {}
-        tensors = constant_outputs(outputs, rows, datatypes, request.requested_outputs)
-        if tensors is None:
-            raise InferenceError(failure.code, f"{failure.message}; the fallback has no constant for every "
-                                               f"requested output ({', '.join(request.requested_outputs or [])})")
-        return InferResponse(route.cfg.name, "", request.id, tensors)
-
-    async def _answer(self, model: ModelVersion, request: InferRequest, deadline: float | None) -> _Answer:
+    async def _answer(self, model: ModelVersion, request: InferRequest, deadline: float | None) -> Answer:
         """Run a request on a leased version, counted in its statistics (and the access log)."""
         start = time.perf_counter()
         code: ErrorCode | None = ErrorCode.INTERNAL
@@ -340,7 +239,7 @@ class InferenceService:
                                                      "duration_ms": round(duration_s * 1e3, 3)})
 
     async def _infer(self, model: ModelVersion, request: InferRequest, deadline: float | None,
-                     start: float) -> _Answer:
+                     start: float) -> Answer:
         inputs, rows = validate_inputs(model, request.inputs)
         wanted = select_outputs(model, request.requested_outputs)
         if request.timeout_us:
@@ -356,7 +255,7 @@ class InferenceService:
             self.predictions.offer(model.name, model.version, request.id, inputs, outputs,
                                    time.perf_counter() - start)
         tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name].shape, outputs[spec.name]) for spec in wanted]
-        return _Answer(InferResponse(model.name, model.version, request.id, tensors), inputs, rows, outputs)
+        return Answer(InferResponse(model.name, model.version, request.id, tensors), inputs, rows, outputs)
 
     def caches(self, model: ModelVersion) -> bool:
         return self.cache is not None and model.config.cache
@@ -411,64 +310,3 @@ class InferenceService:
 def _no_route(name: str, views: Sequence[RouteView]) -> InferenceError:
     return InferenceError(ErrorCode.NOT_FOUND, f"no route named '{name}' (routes: "
                                                f"{', '.join(v.name for v in views) or 'none'})")
-
-
-def validate_inputs(model: ModelVersion, tensors: Sequence[Tensor]) -> tuple[dict[str, np.ndarray], int]:
-    """Check names, datatypes and shapes against the model; returns the arrays in model order and the rows."""
-    given: dict[str, Tensor] = {}
-    for tensor in tensors:
-        if tensor.name in given:
-            raise invalid(f"input '{tensor.name}' is given more than once")
-        given[tensor.name] = tensor
-    expected = {spec.name for spec in model.inputs}
-    for name in given:
-        if name not in expected:
-            raise invalid(f"unexpected input '{name}' for model '{model.name}' "
-                          f"(its inputs: {', '.join(sorted(expected))})")
-    batching = model.max_batch_size > 0
-    arrays: dict[str, np.ndarray] = {}
-    rows = None
-    for spec in model.inputs:
-        found = given.get(spec.name)
-        if found is None:
-            raise invalid(f"missing input '{spec.name}' for model '{model.name}'")
-        if found.datatype != spec.datatype:
-            raise invalid(f"input '{spec.name}': datatype {found.datatype} does not match the model's {spec.datatype}")
-        shape = found.shape
-        matches = len(shape) == len(spec.shape) and all(
-            want == -1 or got == want for got, want in zip(shape[batching:], spec.shape[batching:], strict=True))
-        if not matches:
-            raise invalid(f"input '{spec.name}': shape {list(shape)} does not match the model's "
-                          f"{list(spec.shape)}")
-        if batching:
-            if rows is not None and shape[0] != rows:
-                raise invalid(f"input '{spec.name}': batch size {shape[0]} differs from the other inputs' {rows}")
-            rows = shape[0]
-        data = found.data
-        if spec.datatype == "BYTES":
-            data = bytes_to_text(data, spec.name)
-        arrays[spec.name] = data
-    if not batching:
-        return arrays, 1
-    if not rows:
-        raise invalid(f"batch size must be at least 1 for model '{model.name}'")
-    if rows > model.max_batch_size:
-        raise invalid(f"batch size {rows} exceeds the maximum batch size {model.max_batch_size} "
-                      f"of model '{model.name}'")
-    return arrays, rows
-
-
-def select_outputs(model: ModelVersion, requested: Sequence[str] | None) -> list[TensorSpec]:
-    if not requested:
-        return list(model.outputs)
-    by_name = {spec.name: spec for spec in model.outputs}
-    selected = []
-    for name in requested:
-        spec = by_name.get(name)
-        if spec is None:
-            raise invalid(f"unknown output '{name}' requested from model '{model.name}' "
-                          f"(its outputs: {', '.join(by_name)})")
-        if spec in selected:
-            raise invalid(f"output '{name}' is requested more than once")
-        selected.append(spec)
-    return selected

@@ -1,0 +1,137 @@
+"""A routed request, from the variant the router chooses to its answer: on the variant's server-side failure
+(or an open breaker, or no ready variant) the route's fallback answers instead, marked `fallback`, and the
+variant is counted as failed; a success may be copied to the route's shadow. The service runs each version
+(`run`: validation, the cache, the batcher, statistics) and owns the request's accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ErrorCode, InferenceError, unavailable
+from ..lifecycle.registry import ModelRegistry
+from ..lifecycle.version import ModelVersion
+from ..tensors import InferRequest, InferResponse
+from .canary import SERVER_ERRORS
+from .config import VariantConfig
+from .fallback import FALLBACK_CODES, constant_outputs
+from .router import Router, RouteState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Answer:
+    """A version's answer, with what a shadow copy needs: the validated inputs and every computed output."""
+    response: InferResponse
+    inputs: dict[str, np.ndarray]
+    rows: int
+    outputs: dict[str, np.ndarray]
+
+
+Run = Callable[[ModelVersion, InferRequest, "float | None"], Awaitable[Answer]]
+
+
+class Dispatcher:
+    def __init__(self, router: Router, registry: ModelRegistry, run: Run) -> None:
+        self.router = router
+        self.registry = registry
+        self._run = run
+
+    async def infer(self, route: RouteState, request: InferRequest, deadline: float | None) -> InferResponse:
+        """The route's variant answers; if it fails on the server's side (or its breaker is open, or no
+        variant is ready) the route's fallback answers instead, marked `fallback`, and the variant is
+        counted as failed. A successful answer may be copied to the route's shadow."""
+        router, cfg = self.router, route.cfg
+        key = router.key(route, request.parameters, request.routing_key, request.id)
+        variant = router.choose(route, key, self.registry.ready)
+        if variant is None:
+            variants = ", ".join(f"{v.name} = {v.model}{' v' + v.version if v.version else ''}" for v in cfg.variants)
+            failure = unavailable(f"route '{cfg.name}': no variant is ready ({variants})")
+            return await self._fallback(route, None, request, deadline, failure, "no_variant_ready")
+        breaker = route.breakers.get(variant.name)
+        if breaker is not None and not breaker.allow():
+            router.record(route, variant.name, ErrorCode.UNAVAILABLE.name, 0.0)
+            failure = unavailable(f"route '{cfg.name}' variant '{variant.name}': circuit breaker open")
+            return await self._fallback(route, variant, request, deadline, failure, "breaker_open")
+        start = time.perf_counter()
+        code = ErrorCode.INTERNAL.name
+        try:
+            model = self.registry.resolve(variant.model, variant.version)
+            try:
+                answer = await self._run(model, request, deadline)
+            finally:
+                model.release()
+            code = "OK"
+        except InferenceError as e:
+            code = e.code.name
+            if breaker is not None and code in SERVER_ERRORS:
+                breaker.failure(e.message)
+            elif breaker is not None:
+                breaker.success()  # the variant answered (the client's mistake)
+            if e.code not in FALLBACK_CODES:
+                raise
+            failure = e
+        except asyncio.CancelledError:
+            code = ErrorCode.CANCELLED.name
+            raise
+        finally:
+            router.record(route, variant.name, code, time.perf_counter() - start)
+        if code != "OK":
+            return await self._fallback(route, variant, request, deadline, failure, code.lower())
+        if breaker is not None:
+            breaker.success()
+        answer.response.parameters["variant"] = variant.name
+        if route.shadow is not None and route.shadow.wants(key):
+            route.shadow.offer(answer.inputs, answer.rows, answer.outputs, request.id)
+        return answer.response
+
+    async def _fallback(self, route: RouteState, variant: VariantConfig | None, request: InferRequest,
+                        deadline: float | None, failure: InferenceError, why: str) -> InferResponse:
+        """The route's fallback answer (the failure itself without one, or when the fallback fails too)."""
+        fb = route.cfg.fallback
+        if fb is None:
+            raise failure
+        self.router.stats.fallback(route.cfg.name, variant.name if variant else "", why)
+        if fb.model is not None:
+            try:
+                model = self.registry.resolve(fb.model, fb.version)
+                try:
+                    response = (await self._run(model, request, deadline)).response
+                finally:
+                    model.release()
+            except InferenceError as e:
+                raise InferenceError(failure.code, f"{failure.message}; the fallback '{fb.model}' failed too: "
+                                                   f"{e.message}") from None
+        else:
+            response = self._constant(route, variant, request, failure)
+        log.debug("route '%s': fallback answer (%s)", route.cfg.name, why)
+        response.parameters["fallback"] = True
+        if variant is not None:
+            response.parameters["variant"] = variant.name
+        return response
+
+    def _constant(self, route: RouteState, variant: VariantConfig | None, request: InferRequest,
+                  failure: InferenceError) -> InferResponse:
+        """The fallback's constant outputs, in the datatypes of a serving variant's outputs where one is known,
+        a row per request row when the model batches (or, with no model to ask, when the first input has
+        dimensions)."""
+        outputs = route.cfg.fallback.outputs  # type: ignore[union-attr]
+        assert outputs is not None
+        candidates = [variant] if variant is not None else list(route.cfg.variants)
+        known = next((self.registry.find(v.model, v.version) for v in candidates
+                      if self.registry.ready(v.model, v.version)), None)
+        first = request.inputs[0].shape if request.inputs else ()
+        batched = known.max_batch_size > 0 if known is not None else len(first) > 0
+        rows = first[0] if batched and first else None
+        datatypes = {spec.name: spec.datatype for spec in known.outputs} if known is not None else {}
+        tensors = constant_outputs(outputs, rows, datatypes, request.requested_outputs)
+        if tensors is None:
+            raise InferenceError(failure.code, f"{failure.message}; the fallback has no constant for every "
+                                               f"requested output ({', '.join(request.requested_outputs or [])})")
+        return InferResponse(route.cfg.name, "", request.id, tensors)
