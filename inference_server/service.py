@@ -188,7 +188,10 @@ class InferenceService:
         while True:
             wait = self.router.next_window_s()
             await asyncio.sleep(1.0 if wait is None else min(max(wait, 0.01), 1.0))
-            self.router.tick()
+            try:
+                self.router.tick()
+            except Exception:  # a defect must not stop every canary for good: logged, and the clock goes on
+                log.exception("canary evaluation failed")
 
     # -- inference -------------------------------------------------------------------------------
 

@@ -57,9 +57,13 @@ def supervise(cfg: ServerConfig, argv: Sequence[str], poll_s: float = 0.2) -> in
                 proc.send_signal(signum)
 
     procs: list[subprocess.Popen[bytes]] = []
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Workers start with SIGHUP ignored (an ignored signal stays ignored across exec) until their event loop
+    # takes it over: a reload sent while they import would otherwise kill them.
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         procs = [subprocess.Popen(worker_command(i)) for i in range(cfg.workers)]
+        signal.signal(signal.SIGHUP, forward)
         if stopping:  # the signal came while they were starting
             forward(signal.SIGTERM, None)
         log.info("started %d worker processes on %s:%d (pids %s)", cfg.workers, cfg.host, cfg.port,

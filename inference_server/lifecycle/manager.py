@@ -100,7 +100,7 @@ class ModelManager:
             if isinstance(result, InferenceError):  # an unknown --load-model name
                 self.registry.set_model_reason(name, result.message)
                 failures.append(result.message)
-            elif isinstance(result, Exception):
+            elif isinstance(result, Exception) and self.sources.required(name):  # not a route's alias companion
                 failures.append(str(result))
             elif isinstance(result, BaseException):
                 raise result

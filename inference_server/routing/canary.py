@@ -24,11 +24,12 @@ STATES = (RUNNING, PAUSED, PROMOTED, ROLLED_BACK, ABORTED, OFF)
 STEP, HOLD, FAIL, ROLLBACK, PROMOTE = "step", "hold", "fail", "rollback", "promote"
 START, PAUSE, ABORT = "start", "pause", "abort"
 DECISIONS = (STEP, HOLD, FAIL, ROLLBACK, PROMOTE, START, PAUSE, ABORT)
-# Outcomes that count against a variant: it failed, or could not answer in time. The rest (OK, and the
-# client's own errors) are either successes or not counted.
-SERVER_ERRORS = frozenset({"INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN", "RESOURCE_EXHAUSTED"})
-CLIENT_ERRORS = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "FAILED_PRECONDITION",
-                           "UNIMPLEMENTED", "ALREADY_EXISTS"})
+# Outcomes that count against a variant: it failed, or could not take the request. The client's own mistakes,
+# its cancellations and its deadlines (a timeout the client chose; a slow variant shows in the p99) say
+# nothing about the variant and are not counted at all.
+SERVER_ERRORS = frozenset({"INTERNAL", "UNAVAILABLE", "UNKNOWN", "RESOURCE_EXHAUSTED"})
+NOT_COUNTED = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION",
+                         "UNIMPLEMENTED", "ALREADY_EXISTS"})
 
 
 
@@ -47,12 +48,14 @@ class Window:
     errors: int = 0
     _latency: Counter[int] = field(default_factory=Counter)
 
-    def record(self, code: str, duration_s: float) -> None:
-        if code in CLIENT_ERRORS:
+    def record(self, code: str, duration_s: float | None) -> None:
+        if code in NOT_COUNTED:
             return
         self.requests += 1
         if code != "OK":
             self.errors += 1
+        if duration_s is None:  # refused without a call (an open breaker): an error with no latency
+            return
         self._latency[max(0, math.ceil(math.log(max(duration_s, 1e-6) / 1e-6) / _LOG_RATIO))] += 1
 
     @property

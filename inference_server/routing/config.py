@@ -8,13 +8,17 @@ registry: the server then follows that alias as a companion model named `MODEL@A
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigError
 from ..model_config import ModelConfig, _count, _get, _reject_unknown, _seconds, check_source, version_number
+
+
+MAX_WEIGHT = 1e9  # weights are relative; a bound keeps their sum finite
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +99,16 @@ def parse_route(name: str, table: Any) -> RouteConfig:
     canary = _canary(_get(table, "canary", prefix, dict, None), f"{prefix}canary.", parsed)
     if canary is None and not any(v.weight > 0 for v in parsed):
         raise ConfigError(f"{prefix}variants", "at least one variant needs a weight > 0")
+    shadow = _shadow(_get(table, "shadow", prefix, dict, None), f"{prefix}shadow.", name)
+    if shadow is not None:
+        for v in parsed:
+            if v.model == shadow.model and (not shadow.version or not v.version or v.version == shadow.version):
+                raise ConfigError(f"{prefix}shadow.version", f"the shadow may be variant '{v.name}' itself "
+                                  f"({v.model}{' v' + v.version if v.version else ''}): its copies would wait in "
+                                  "the same queue as the real requests. Name another version or model")
     return RouteConfig(name=name, variants=tuple(parsed),
                        routing_key=_get(table, "routing_key", prefix, str, "routing_key"), canary=canary,
-                       shadow=_shadow(_get(table, "shadow", prefix, dict, None), f"{prefix}shadow.", name),
+                       shadow=shadow,
                        fallback=_fallback(_get(table, "fallback", prefix, dict, None), f"{prefix}fallback."))
 
 
@@ -120,8 +131,8 @@ def _variant(v: Any, where: str, route: str) -> VariantConfig:
     _reject_unknown(v, ["name", "model", "version", "weight"], where)
     version = _version(v["version"], f"{where}version", aliases=True) if "version" in v else ""
     weight = _get(v, "weight", where, (int, float), None)
-    if weight is None or weight < 0 or not math.isfinite(weight):
-        raise ConfigError(f"{where}weight", f"must be a number >= 0, got {weight!r}")
+    if weight is None or not 0 <= weight <= MAX_WEIGHT:
+        raise ConfigError(f"{where}weight", f"must be a number from 0 to {MAX_WEIGHT:g}, got {weight!r}")
     model = _get(v, "model", where, str, route)
     default = version[1:] if version.startswith("@") else f"v{version}" if version else model
     return VariantConfig(name=_get(v, "name", where, str, None) or default, model=model, version=version,
@@ -191,8 +202,8 @@ def _fallback(table: dict[str, Any] | None, prefix: str) -> FallbackConfig | Non
             raise ConfigError(f"{prefix}outputs", "needs at least one output")
         for key, value in outputs.items():
             if not _constant(value):
-                raise ConfigError(f"{prefix}outputs.{key}", f"must be a number, a boolean, a string or a (nested) "
-                                                            f"list of one of them, got {value!r}")
+                raise ConfigError(f"{prefix}outputs.{key}", f"must be a number, a boolean, a string or a (nested, "
+                                                            f"rectangular) list of one kind of them, got {value!r}")
     version = _version(table["version"], f"{prefix}version", aliases=False) if "version" in table else ""
     if version and model is None:
         raise ConfigError(f"{prefix}version", "names a version of the fallback `model`, which is not set")
@@ -203,9 +214,17 @@ def _fallback(table: dict[str, Any] | None, prefix: str) -> FallbackConfig | Non
 
 
 def _constant(value: Any) -> bool:
-    if isinstance(value, list):
-        return bool(value) and all(_constant(v) for v in value)
-    return isinstance(value, bool | int | float | str)
+    """One kind of scalar, in a rectangular array (what an output tensor can hold), within int64 for integers."""
+    def scalars(v: Any) -> list[Any]:
+        return [x for item in v for x in scalars(item)] if isinstance(v, list) else [v]
+    try:
+        array = np.asarray(value)
+    except (ValueError, OverflowError):  # ragged lists
+        return False
+    found = scalars(value)
+    kinds = {bool if isinstance(x, bool) else (int | float) if isinstance(x, int | float) else type(x) for x in found}
+    return (array.size > 0 and array.dtype.kind in "biufU" and len(kinds) == 1 and kinds <= {bool, int | float, str}
+            and all(abs(x) < 2**63 for x in found if isinstance(x, int) and not isinstance(x, bool)))
 
 
 def with_aliases(routes: Sequence[RouteConfig], models: Sequence[ModelConfig]

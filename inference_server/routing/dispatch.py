@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ErrorCode, InferenceError, unavailable
+from ..errors import ErrorCode, InferenceError, internal, unavailable
 from ..lifecycle.registry import ModelRegistry
 from ..lifecycle.version import ModelVersion
 from ..tensors import InferRequest, InferResponse
@@ -55,12 +55,14 @@ class Dispatcher:
             failure = unavailable(f"route '{cfg.name}': no variant is ready ({variants})")
             return await self._fallback(route, None, request, deadline, failure, "no_variant_ready")
         breaker = route.breakers.get(variant.name)
-        if breaker is not None and not breaker.allow():
-            router.record(route, variant.name, ErrorCode.UNAVAILABLE.name, 0.0)
+        ticket = breaker.enter() if breaker is not None else None
+        if breaker is not None and ticket is None:
+            router.record(route, variant.name, ErrorCode.UNAVAILABLE.name, None)  # counted; it took no time
             failure = unavailable(f"route '{cfg.name}' variant '{variant.name}': circuit breaker open")
             return await self._fallback(route, variant, request, deadline, failure, "breaker_open")
         start = time.perf_counter()
         code = ErrorCode.INTERNAL.name
+        failure: InferenceError | None = None
         try:
             model = self.registry.resolve(variant.model, variant.version)
             try:
@@ -70,22 +72,27 @@ class Dispatcher:
             code = "OK"
         except InferenceError as e:
             code = e.code.name
-            if breaker is not None and code in SERVER_ERRORS:
-                breaker.failure(e.message)
-            elif breaker is not None:
-                breaker.success()  # the variant answered (the client's mistake)
-            if e.code not in FALLBACK_CODES:
-                raise
             failure = e
         except asyncio.CancelledError:
             code = ErrorCode.CANCELLED.name
             raise
+        except Exception:  # a defect, not the client's doing: the variant failed (the fallback may answer)
+            log.exception("route '%s' variant '%s': request failed unexpectedly", cfg.name, variant.name)
+            failure = internal(f"route '{cfg.name}' variant '{variant.name}': the request failed unexpectedly")
         finally:
             router.record(route, variant.name, code, time.perf_counter() - start)
-        if code != "OK":
+            if breaker is None:
+                pass
+            elif code == ErrorCode.CANCELLED.name:
+                breaker.abandon(ticket)  # no outcome: a probe is replaced at once
+            elif code in SERVER_ERRORS:
+                breaker.failure(failure.message if failure is not None else "", ticket)
+            else:
+                breaker.success(ticket)  # answered (a client's mistake is an answer too)
+        if failure is not None:
+            if failure.code not in FALLBACK_CODES:
+                raise failure
             return await self._fallback(route, variant, request, deadline, failure, code.lower())
-        if breaker is not None:
-            breaker.success()
         answer.response.parameters["variant"] = variant.name
         if route.shadow is not None and route.shadow.wants(key):
             route.shadow.offer(answer.inputs, answer.rows, answer.outputs, request.id)
@@ -130,7 +137,11 @@ class Dispatcher:
         batched = known.max_batch_size > 0 if known is not None else len(first) > 0
         rows = first[0] if batched and first else None
         datatypes = {spec.name: spec.datatype for spec in known.outputs} if known is not None else {}
-        tensors = constant_outputs(outputs, rows, datatypes, request.requested_outputs)
+        try:
+            tensors = constant_outputs(outputs, rows, datatypes, request.requested_outputs)
+        except (ValueError, TypeError, OverflowError) as e:  # a constant the model's datatype cannot hold
+            raise InferenceError(failure.code, f"{failure.message}; the fallback's constant outputs do not fit "
+                                               f"the model's outputs ({e})") from None
         if tensors is None:
             raise InferenceError(failure.code, f"{failure.message}; the fallback has no constant for every "
                                                f"requested output ({', '.join(request.requested_outputs or [])})")

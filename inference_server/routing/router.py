@@ -20,7 +20,7 @@ from typing import Any
 
 from ..breaker import CircuitBreaker
 from .canary import OFF, CanaryConflict, CanaryState, advance, command
-from .config import RouteConfig, VariantConfig
+from .config import MAX_WEIGHT, RouteConfig, VariantConfig
 from .split import Split
 from .stats import RouteStats
 from .views import CanaryView, RouteView, VariantView
@@ -70,18 +70,21 @@ class RouteState:
         self.shares = self._shares()
 
     def adopt(self, old: RouteState) -> None:
-        """A reload kept this route: keep what it had learned where the config still means the same."""
-        same_variants = [(v.name, v.weight) for v in old.cfg.variants] == [(v.name, v.weight)
-                                                                           for v in self.cfg.variants]
-        if same_variants:
-            self.weights = old.weights  # an administrator's weights outlive a reload that left them alone
-        if self.canary and old.canary and old.cfg.canary and self.cfg.canary \
-                and (old.cfg.canary.candidate, old.cfg.canary.steps_percent) == (self.cfg.canary.candidate,
-                                                                                 self.cfg.canary.steps_percent):
+        """A reload kept this route: keep what it had learned where the config still means the same: an
+        administrator's weights (the same variants and weights in the file), the canary's progress (the same
+        steps, and the same candidate: name, model and version) and each breaker (the same variant)."""
+        if [(v.name, v.weight) for v in old.cfg.variants] == [(v.name, v.weight) for v in self.cfg.variants]:
+            self.weights = old.weights
+        new_canary, old_canary = self.cfg.canary, old.cfg.canary
+        if self.canary and old.canary and new_canary and old_canary \
+                and new_canary.steps_percent == old_canary.steps_percent \
+                and old.cfg.variant(old_canary.candidate) == self.cfg.variant(new_canary.candidate):
             self.canary = old.canary
-        if [v.name for v in old.cfg.variants] == [v.name for v in self.cfg.variants] \
-                and old.cfg.fallback == self.cfg.fallback:
-            self.breakers = old.breakers
+        if self.cfg.fallback is not None and old.cfg.fallback == self.cfg.fallback:
+            for v in self.cfg.variants:
+                before = old.cfg.variant(v.name)
+                if before is not None and (before.model, before.version) == (v.model, v.version):
+                    self.breakers[v.name] = old.breakers[v.name]
         self.changed()
 
 
@@ -137,8 +140,9 @@ class Router:
             split = self._splits[split_key] = Split.of(weighted)
         return split
 
-    def record(self, state: RouteState, variant: str, code: str, duration_s: float) -> None:
-        """A routed request's outcome ("OK" or an error code; a fallback answer is the variant's failure)."""
+    def record(self, state: RouteState, variant: str, code: str, duration_s: float | None) -> None:
+        """A routed request's outcome ("OK" or an error code; a fallback answer is the variant's failure).
+        `duration_s` None: refused without calling the variant (an open breaker): counted, but no latency."""
         self.stats.record(state.cfg.name, variant, code, duration_s)
         canary = state.canary
         if canary is not None and canary.status != OFF:
@@ -186,8 +190,8 @@ class Router:
             raise RouteError(f"route '{name}' has no variant {', '.join(map(repr, unknown))} "
                              f"(its variants: {', '.join(state.weights)})")
         for variant, weight in weights.items():
-            if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
-                raise RouteError(f"variant '{variant}': a weight is a number >= 0, got {weight!r}")
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= MAX_WEIGHT:
+                raise RouteError(f"variant '{variant}': a weight is a number from 0 to {MAX_WEIGHT:g}, got {weight!r}")
         if state.canary is not None and state.canary.status in ("running", "paused"):
             raise CanaryConflict(f"route '{name}': a canary is {state.canary.status}; abort it before setting weights")
         new = {**state.weights, **{k: float(v) for k, v in weights.items()}}
@@ -261,4 +265,4 @@ def view(state: RouteState, ready: Ready) -> RouteView:
     if cfg.fallback is not None:
         fallback = cfg.fallback.model or f"constant outputs ({', '.join(cfg.fallback.outputs or {})})"
     return RouteView(name=cfg.name, routing_key=cfg.routing_key, variants=variants, canary=canary, shadow=shadow,
-                     shadow_queued=state.shadow.queued if state.shadow is not None else 0, fallback=fallback)
+                     shadow_queued=running.queued if (running := state.shadow) is not None else 0, fallback=fallback)

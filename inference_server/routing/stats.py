@@ -14,8 +14,11 @@ class RouteStats:
         self.duration_s: dict[tuple[str, str], Histogram] = {}  # (route, variant): answered requests
         self.fallbacks: Counter[tuple[str, str, str]] = Counter()  # (route, variant, why): fallback answers
 
-    def record(self, route: str, variant: str, code: str, duration_s: float) -> None:
+    def record(self, route: str, variant: str, code: str, duration_s: float | None) -> None:
+        """One routed request's outcome; `duration_s` None: refused without a call (an open breaker)."""
         self.requests[(route, variant, code)] += 1
+        if duration_s is None:
+            return
         key = (route, variant)
         histogram = self.duration_s.get(key)
         if histogram is None:

@@ -216,7 +216,7 @@ def test_weights_of_a_route_without_a_canary_apply_at_once(server, admin):
 
 
 def test_bad_weights_are_invalid_arguments(server, admin):
-    for weights, fragment in (({"nobody": 1}, "has no variant 'nobody'"), ({"a": -1}, "a weight is a number >= 0"),
+    for weights, fragment in (({"nobody": 1}, "has no variant 'nobody'"), ({"a": -1}, "a weight is a number from 0 to"),
                               ({"a": 0, "b": 0}, "at least one variant needs a weight > 0")):
         e = grpc_error(lambda w=weights: admin.RouteWeights(admin_pb.RouteWeightsRequest(name="plain", weights=w)))
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in e.details()

@@ -64,3 +64,32 @@ def test_failures_reported_while_open_do_not_extend_the_cooldown():
     breaker.failure()  # a call that was already out when it opened
     clock.now += 1
     assert breaker.allow() and breaker.opened == 1
+
+
+def test_with_tickets_only_calls_let_in_since_the_last_change_of_state_report():
+    clock = Clock()
+    breaker = CircuitBreaker("x", failure_threshold=2, cooldown_s=5, clock=clock)
+    early = [breaker.enter() for _ in range(3)]  # three calls in flight while closed
+    breaker.failure("boom", early[0])
+    breaker.failure("boom", early[1])
+    assert breaker.state == OPEN
+    breaker.success(early[2])  # it was let in before the breaker opened: it cannot close it
+    assert breaker.state == OPEN and breaker.enter() is None
+    clock.now += 5
+    probe = breaker.enter()
+    assert probe is not None and breaker.state == HALF_OPEN and breaker.enter() is None
+    breaker.failure("late", early[2])  # an old call failing does not fail the probe
+    assert breaker.state == HALF_OPEN
+    breaker.success(probe)
+    assert breaker.state == CLOSED and breaker.opened == 1
+
+
+def test_an_abandoned_probe_is_replaced_at_the_next_call():
+    clock = Clock()
+    breaker = CircuitBreaker("x", failure_threshold=1, cooldown_s=60, clock=clock)
+    breaker.failure("boom", breaker.enter())
+    clock.now += 60
+    probe = breaker.enter()
+    assert breaker.enter() is None  # the probe is out
+    breaker.abandon(probe)  # cancelled: no outcome
+    assert breaker.enter() is not None  # the next call probes at once, not a cool-down later

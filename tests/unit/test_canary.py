@@ -58,7 +58,8 @@ def make(**canary) -> tuple[Router, RouteState, Clock]:
     return router, state, clock
 
 
-def feed(router: Router, state: RouteState, variant: str, n: int, code: str = "OK", duration_s: float = 0.005) -> None:
+def feed(router: Router, state: RouteState, variant: str, n: int, code: str = "OK",
+         duration_s: float | None = 0.005) -> None:
     for _ in range(n):
         router.record(state, variant, code, duration_s)
 
@@ -216,10 +217,10 @@ def test_a_hold_between_failed_windows_does_not_reset_nor_add_to_the_count():
 
 def test_client_errors_are_not_counted_against_the_candidate():
     router, state, clock = make()
-    for code in ("INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED"):
+    for code in ("INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "DEADLINE_EXCEEDED"):  # the last: the client's timeout
         feed(router, state, "candidate", 500, code=code)
     assert state.canary.candidate.requests == 0 and state.canary.candidate.errors == 0
-    # 100 good requests among 1,500 client errors: a healthy window, and only the 100 count.
+    # 100 good requests among 2,000 client errors: a healthy window, and only the 100 count.
     assert window(router, state, clock) == [("churn", "step")]
     assert "candidate 100 requests, 0 errors" in state.canary.reason
 
@@ -230,11 +231,19 @@ def test_client_errors_alone_do_not_reach_min_requests():
     assert window(router, state, clock, candidate=0) == [("churn", "hold")]
 
 
-@pytest.mark.parametrize("code", ["INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED"])
+@pytest.mark.parametrize("code", ["INTERNAL", "UNAVAILABLE", "RESOURCE_EXHAUSTED"])
 def test_server_errors_count_against_the_candidate(code):
     router, state, clock = make()
     assert window(router, state, clock, errors=2, error_code=code) == [("churn", "rollback")]
     assert "2 errors" in state.canary.reason
+
+
+def test_refusals_by_an_open_breaker_count_as_errors_without_a_latency():
+    router, state, clock = make(max_p99_ms=50)
+    feed(router, state, "candidate", 100, duration_s=0.001)
+    feed(router, state, "candidate", 1, code="UNAVAILABLE", duration_s=None)
+    window_ = state.canary.candidate
+    assert (window_.requests, window_.errors, round(window_.p99_ms(), 1)) == (101, 1, 1.0)
 
 
 def test_the_others_errors_do_not_count_against_the_candidate():

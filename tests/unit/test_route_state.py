@@ -530,3 +530,45 @@ def test_with_aliases_leaves_routes_without_aliases_alone():
     route = contract()
     routes, companions = with_aliases([route], [ModelConfig(name="churn")])
     assert routes == (route,) and companions == ()
+
+
+def test_a_reload_that_changes_the_candidates_version_starts_its_canary_afresh():
+    """A promoted canary must not carry over to another version under the same variant name."""
+    table = {"variants": [{"name": "stable", "version": 3, "weight": 90},
+                          {"name": "candidate", "version": 4, "weight": 10}],
+             "canary": {"candidate": "candidate", "steps_percent": [50, 100], "interval_s": 1, "min_requests": 1},
+             "fallback": {"model": "simple"}}
+    clock = Clock()
+    router = Router([parse_route("churn", table)], clock=clock)
+    state = router.route("churn")
+    router.record(state, "candidate", "OK", 0.001)
+    clock.now += 1
+    assert router.tick(now=clock.now) == [("churn", "promote")]
+    same, _ = router.reload([parse_route("churn", table)])
+    assert same[0].canary.status == "promoted" and same[0].shares["candidate"] == 100.0
+    assert same[0].breakers["stable"] is state.breakers["stable"]
+    table["variants"][1]["version"] = 5
+    fresh, _ = router.reload([parse_route("churn", table)])
+    assert (fresh[0].canary.status, fresh[0].canary.step, fresh[0].shares["candidate"]) == ("running", 0, 50.0)
+    assert fresh[0].canary.decisions == {}  # a new canary, not the promoted one
+    assert fresh[0].breakers["stable"] is same[0].breakers["stable"]  # an unchanged variant keeps its breaker
+    assert fresh[0].breakers["candidate"] is not same[0].breakers["candidate"]
+
+
+@pytest.mark.parametrize("table, key", [
+    ({"version": 3}, "routes.churn.shadow.version"),  # variant 'stable' itself
+    ({}, "routes.churn.shadow.version"),  # the model's default version: maybe a variant
+])
+def test_a_shadow_that_may_be_a_variant_is_refused(table, key):
+    route = {"variants": [{"name": "stable", "version": 3, "weight": 1}], "shadow": table}
+    with pytest.raises(ConfigError) as e:
+        parse_route("churn", route)
+    assert e.value.key == key
+
+
+@pytest.mark.parametrize("value", [[[0.5, 0.5], [1.0]], 2**70, ["a", 1], [True, 1], []])
+def test_constant_outputs_that_no_tensor_can_hold_are_refused(value):
+    route = {"variants": [{"name": "stable", "version": 3, "weight": 1}], "fallback": {"outputs": {"y": value}}}
+    with pytest.raises(ConfigError) as e:
+        parse_route("churn", route)
+    assert e.value.key == "routes.churn.fallback.outputs.y"
