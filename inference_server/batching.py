@@ -30,6 +30,7 @@ import numpy as np
 
 from .backend import ModelInstance
 from .errors import ErrorCode, InferenceError, internal, invalid, unavailable
+from .logs import Throttled
 from .stats import ModelStats
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class DynamicBatcher:
         if not instances:
             raise ValueError("a batcher needs at least one model instance")
         self.name = name
+        self._failures = Throttled(log)  # a model failing every batch logs about once a second
         self._instances = list(instances)
         self._max_rows = max_batch_size  # 0: no batching, every request runs on its own
         self._delay_s = max_queue_delay_us / 1e6
@@ -235,10 +237,12 @@ class DynamicBatcher:
             self.stats.record_batch(rows, [0.0], 0.0, time.perf_counter() - start, 0.0)
             return outputs
         except InferenceError as error:
-            log.error("model '%s': batch failed (requests %s): %s", self.name, request_id or "-", error.message)
+            self._failures.log(logging.ERROR, "model '%s': batch failed (requests %s): %s", self.name,
+                               request_id or "-", error.message)
             raise
         except Exception:
-            log.exception("model '%s': batch execution raised (requests %s)", self.name, request_id or "-")
+            self._failures.log(logging.ERROR, "model '%s': batch execution raised (requests %s)", self.name,
+                               request_id or "-", exc_info=True)
             raise internal(f"model '{self.name}' failed to execute the batch") from None
 
     async def _execute(self, instance: ModelInstance, batch: list[_Item]) -> None:
@@ -275,10 +279,12 @@ class DynamicBatcher:
             self.stats.record_batch(rows, [item.waited_s for item in live], input_s, infer_s,
                                     time.perf_counter() - answering)
         except InferenceError as error:
-            log.error("model '%s': batch failed (requests %s): %s", self.name, _ids(batch), error.message)
+            self._failures.log(logging.ERROR, "model '%s': batch failed (requests %s): %s", self.name, _ids(batch),
+                               error.message)
             self._fail(batch, error)
         except Exception:
-            log.exception("model '%s': batch execution raised (requests %s)", self.name, _ids(batch))
+            self._failures.log(logging.ERROR, "model '%s': batch execution raised (requests %s)", self.name,
+                               _ids(batch), exc_info=True)
             self._fail(batch, internal(f"model '{self.name}' failed to execute the batch"))
         finally:
             if not released:

@@ -70,3 +70,27 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+class Throttled:
+    """A repeating event logged at most once per `interval_s` (a model failing every batch must not flood the
+    log); the next line that gets through says how many were left out."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._log = logger
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last = -float("inf")
+        self._left_out = 0
+
+    def log(self, level: int, msg: str, *args: Any, exc_info: bool = False) -> None:
+        now = self._clock()
+        if now - self._last < self._interval_s:
+            self._left_out += 1
+            return
+        if self._left_out:
+            msg += " (%d more like it left out of the log since the last)"
+            args = (*args, self._left_out)
+        self._last, self._left_out = now, 0
+        self._log.log(level, msg, *args, exc_info=exc_info)

@@ -181,7 +181,7 @@ class InferenceService:
         for state in states:
             if state.cfg.shadow is not None and state.shadow is None:
                 state.shadow = Shadow(state.cfg.name, state.cfg.shadow, self.registry, self.shadow_stats,
-                                      self.predictions)
+                                      self.predictions, in_flight=lambda: self._in_flight)
 
     async def run_canaries(self) -> None:
         """The canary clock: judge each running canary when its window ends (runs until cancelled)."""

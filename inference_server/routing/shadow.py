@@ -3,7 +3,9 @@ a bounded queue with its own concurrency. A copy that finds the queue full is dr
 
 Shadow answers are recorded (outcome counts, durations, the prediction log with a shadow mark, and how far
 they are from the primary's answer) and are never returned, never cached, and never delay or fail the real
-answer: the request path only does a `put_nowait`.
+answer: the request path only does a `put_nowait`. Shadows take spare capacity only: while more than
+`pause_above_in_flight` real requests are in flight, copies wait (and new ones are dropped once the queue is
+full), so a busy server spends nothing on them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 OUTCOMES = ("ok", "error", "unavailable", "incompatible", "dropped")
 # The largest absolute difference between a shadow output and the primary's (for text outputs: the share of
 # elements that differ); an output whose shape differs counts as infinitely different.
+PAUSE_POLL_S = 0.005  # how often a paused shadow looks at the real traffic again
 DIFFERENCE_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0)
 
 
@@ -78,8 +82,9 @@ class _Copy:
 
 class Shadow:
     def __init__(self, route: str, cfg: ShadowConfig, registry: ModelRegistry, stats: ShadowStats,
-                 predictions: PredictionLog | None = None) -> None:
+                 predictions: PredictionLog | None = None, in_flight: Callable[[], int] = lambda: 0) -> None:
         self.route = route
+        self._in_flight = in_flight  # real requests in flight now
         self.cfg = cfg
         self._registry = registry
         self._stats = stats
@@ -111,8 +116,15 @@ class Shadow:
         return self._queue.qsize()
 
     async def _work(self) -> None:
+        limit = self.cfg.pause_above_in_flight
         while True:
             copy = await self._queue.get()
+            try:
+                while limit and self._in_flight() > limit:  # real traffic first
+                    await asyncio.sleep(PAUSE_POLL_S)
+            except asyncio.CancelledError:  # closed while it waited: dropped like the queued ones
+                self._stats.count(self.route, "dropped")
+                raise
             try:
                 await self._run(copy)
             except asyncio.CancelledError:

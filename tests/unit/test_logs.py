@@ -52,3 +52,17 @@ def test_text_lines_show_the_request_id_in_brackets():
     first, second = out.getvalue().splitlines()
     assert first.endswith("INFO inference_server.test [abc]: one")
     assert second.endswith("INFO inference_server.test: two")
+
+
+def test_a_repeating_event_is_logged_once_per_interval_and_says_how_many_were_left_out(caplog):
+    from inference_server.logs import Throttled
+
+    now = [0.0]
+    throttled = Throttled(logging.getLogger("throttle-test"), interval_s=1.0, clock=lambda: now[0])
+    with caplog.at_level(logging.ERROR, logger="throttle-test"):
+        for _ in range(100):
+            throttled.log(logging.ERROR, "model '%s': batch failed", "m")
+        now[0] = 1.0
+        throttled.log(logging.ERROR, "model '%s': batch failed", "m")
+    assert [r.getMessage() for r in caplog.records] == [
+        "model 'm': batch failed", "model 'm': batch failed (99 more like it left out of the log since the last)"]

@@ -1,0 +1,86 @@
+"""The shadow's queue and workers, with a stand-in model version (no ONNX Runtime): copies wait while the real
+traffic is busy, a full queue drops and counts, failures are counted, and closing drops what is left."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import numpy as np
+
+from inference_server.errors import internal
+from inference_server.routing.config import ShadowConfig
+from inference_server.routing.shadow import Shadow, ShadowStats
+from inference_server.stats import ModelStats
+
+
+class Version:
+    def __init__(self, fail: bool = False) -> None:
+        self.name, self.version, self.fail = "shadow", "1", fail
+        self.inputs = [SimpleNamespace(name="x")]
+        self.stats = ModelStats()
+        self.runs = 0
+        self.leases = 0
+
+    async def submit(self, inputs, rows, deadline, request_id):
+        self.runs += 1
+        if self.fail:
+            raise internal("broken")
+        return {"y": inputs["x"] * 2}
+
+    def release(self) -> None:
+        self.leases -= 1
+
+
+class Registry:
+    def __init__(self, version: Version) -> None:
+        self.version = version
+
+    def resolve(self, name: str, version: str = "") -> Version:
+        self.version.leases += 1
+        return self.version
+
+
+def copy(shadow: Shadow, value: float) -> None:
+    x = np.array([[value]], np.float32)
+    shadow.offer({"x": x}, 1, {"y": x * 2 + 0.5}, f"r{value}")
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+
+
+async def test_copies_wait_while_real_traffic_is_busy_and_a_full_queue_drops():
+    busy = [10]
+    version, stats = Version(), ShadowStats()
+    shadow = Shadow("r", ShadowConfig(model="shadow", queue_size=2, pause_above_in_flight=4), Registry(version),
+                    stats, in_flight=lambda: busy[0])
+    for i in range(5):
+        copy(shadow, i)
+    await settle()
+    assert version.runs == 0  # 10 real requests in flight: nothing runs
+    assert stats.requests[("r", "dropped")] == 3  # offered at once: two fit the queue
+    assert shadow.queued == 1  # the paused worker holds the other
+    busy[0] = 4
+    await settle()
+    assert version.runs == 2 and stats.requests[("r", "ok")] == 2 and version.leases == 0
+    assert stats.difference[("r", "y")].sum == 2 * 0.5  # each answer differs from the primary's by 0.5
+    await shadow.close()
+
+
+async def test_failures_are_counted_and_close_drops_what_is_queued():
+    version, stats = Version(fail=True), ShadowStats()
+    shadow = Shadow("r", ShadowConfig(model="shadow", pause_above_in_flight=0), Registry(version), stats)
+    copy(shadow, 1)
+    await settle()
+    assert stats.requests[("r", "error")] == 1 and version.leases == 0
+    blocked = Shadow("b", ShadowConfig(model="shadow", queue_size=8, pause_above_in_flight=1), Registry(version),
+                     stats, in_flight=lambda: 5)
+    for i in range(3):
+        copy(blocked, i)
+    await settle()
+    await blocked.close()
+    assert stats.requests[("b", "dropped")] == 3  # the waiting one and the queued ones, at close
+    copy(blocked, 9)  # after close: ignored
+    assert stats.requests[("b", "dropped")] == 3
