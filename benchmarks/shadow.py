@@ -1,6 +1,6 @@
-"""The shadow scenario: a primary model under closed-loop load (c=32) through a route with no shadow, with a slow
-shadow (tests/onnx_models.slow, ONNX Runtime's default intra-op threads, and again with one thread), with a
-shadow that fails at run time, and with a fast shadow that succeeds (a copy of the primary: the mirroring's own
+"""The shadow scenario: a primary model under a light fixed-rate load and under closed-loop load (c=32) through a
+route with no shadow, with a slow shadow (tests/onnx_models.slow, at normal CPU priority and again with
+cpu_priority = "background"), with a shadow that fails at run time, and with a fast shadow that succeeds (a copy of the primary: the mirroring's own
 cost); one server, five routes over the same primary model, points interleaved (the order rotates every round).
 Every answer is compared, byte for byte, with the no-shadow route's answer to the same input; the shadows'
 outcomes come from the metrics endpoint, read after each point once the shadow's queue has drained. scenarios.py
@@ -14,7 +14,9 @@ import asyncio
 import dataclasses
 import shutil
 import statistics
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +33,19 @@ from tests import onnx_models
 
 WORK = Path(__file__).resolve().parent / ".work" / "shadow"
 SLOW_SIDE = 1024  # onnx_models.slow(1024): about 8 ms a row with 2 intra-op threads on 2 cores, 14 ms with one
-# c=2: the real traffic leaves the shadows room (2 in flight, under pause_above_in_flight's default of 4), so
-# every shadow runs and its cost shows; c=32: a busy server, where shadows wait and their copies are dropped.
-LEVELS = (2, 32)
+# A light load at a fixed rate (open loop), where the event loop has room and the shadows run, and a closed
+# loop at c=32 (the server as busy as the machine lets it be), where shadows wait and their copies are dropped.
+OPEN_RATE_PER_S = 200
+LEVELS = (f"{OPEN_RATE_PER_S}/s", "c=32")
 REPEATS = 3
 OUTCOMES = ("ok", "error", "unavailable", "incompatible", "dropped")
 # label -> (route, its shadow model or None)
 CONFIGS = {"no shadow": ("plain", None),
            "slow shadow": ("slow_shadow", "slow"),
-           "slow shadow, 1 intra-op thread": ("slow1_shadow", "slow_1thread"),
+           "slow shadow, background priority": ("slow_bg_shadow", "slow_background"),
            "failing shadow": ("failing_shadow", "failing"),
            "fast shadow (a copy of the primary)": ("fast_shadow", "primary_copy")}
-POINT_COLUMNS = [("c", "concurrency", "d"), ("round", "rep", "d"), ("config", "config", "s"),
+POINT_COLUMNS = [("load", "load", "s"), ("round", "rep", "d"), ("config", "config", "s"),
                  ("infer/s", "infer_per_s", ".0f"),
                  ("p50 ms", "p50_ms", ".2f"), ("p90 ms", "p90_ms", ".2f"), ("p99 ms", "p99_ms", ".2f"),
                  ("errors", "error_count", "d"), ("answers checked", "checked", "d"),
@@ -52,7 +55,7 @@ POINT_COLUMNS = [("c", "concurrency", "d"), ("round", "rep", "d"), ("config", "c
                  ("shadow mean ms", "shadow_mean_ms", ".2f"), ("drain s", "drain_s", ".2f"),
                  ("server CPU cores", "server_cores", ".2f"), ("server CPU µs/infer", "server_us_per_infer", ".0f"),
                  ("load generator CPU cores", "loadgen_cores", ".2f"), ("other CPU cores", "other_cores", ".2f")]
-SUMMARY_COLUMNS = [("c", "concurrency", "d"), ("config", "config", "s"), ("infer/s (mean)", "infer_per_s", ".0f"),
+SUMMARY_COLUMNS = [("load", "load", "s"), ("config", "config", "s"), ("infer/s (mean)", "infer_per_s", ".0f"),
                    ("infer/s vs no shadow", "rate_ratio", ".3f"), ("p99 ms (median)", "p99_ms", ".2f"),
                    ("p99 vs no shadow", "p99_ratio", ".3f"),
                    ("p99 per round vs that round's no shadow", "p99_pairs", "s"),
@@ -84,7 +87,8 @@ def write_repo(repo: Path) -> None:
     w = onnx_models.write_model
     w(repo, "primary", onnx_models.mlp([1, 256, 1], seed=0), BATCHING)  # FP32 x [N, 1], like slow()'s
     w(repo, "slow", onnx_models.slow(SLOW_SIDE), "[batching]\nmax_batch_size = 4\n")
-    w(repo, "slow_1thread", onnx_models.slow(SLOW_SIDE), "intra_op_threads = 1\n[batching]\nmax_batch_size = 4\n")
+    w(repo, "slow_background", onnx_models.slow(SLOW_SIDE),
+      'cpu_priority = "background"\n[batching]\nmax_batch_size = 4\n')  # one intra-op thread, nice 19
     w(repo, "failing", fails_at_run_time(), BATCHING)
     w(repo, "primary_copy", onnx_models.mlp([1, 256, 1], seed=0), BATCHING)  # the mirroring cost alone
 
@@ -147,7 +151,7 @@ def summary_rows(points: list[dict]) -> list[dict]:
         pairs = [f"{p['p99_ms'] / b['p99_ms']:.2f}" for p in ps for b in base if b["rep"] == p["rep"]]
         within = "–" if noise is None or config == "no shadow" else \
             f"{'yes' if abs(ratio - 1) <= noise else 'no'} (noise ±{noise:.0%})"
-        rows.append({"concurrency": ps[0]["concurrency"], "config": config,
+        rows.append({"load": ps[0]["load"], "config": config,
                      "infer_per_s": round(statistics.mean(p["infer_per_s"] for p in ps), 1),
                      "rate_ratio": round(statistics.mean(p["infer_per_s"] for p in ps) / base_rate, 3),
                      "p99_ms": p99, "p99_ratio": round(ratio, 3), "p99_pairs": ", ".join(pairs),
@@ -158,8 +162,53 @@ def summary_rows(points: list[dict]) -> list[dict]:
     return rows
 
 
+async def drive(url: str, work: loadgen.Workload, level: str, duration_s: float, label: str,
+                check: Any) -> tuple[loadgen.LoadResult, Counter]:
+    if level.startswith("c="):
+        return await checked_closed_loop(url, work, version="", concurrency=int(level[2:]), duration_s=duration_s,
+                                         label=label, check=check)
+    return await checked_open_loop(url, work, rate_per_s=OPEN_RATE_PER_S, duration_s=duration_s, label=label,
+                                   check=check)
+
+
+async def checked_open_loop(url: str, work: loadgen.Workload, *, rate_per_s: float, duration_s: float,
+                            label: str, check: Any, warmup_s: float = 1.0) -> tuple[loadgen.LoadResult, Counter]:
+    """loadgen.open_loop's fixed rate (latency from each request's scheduled time), every request with its own
+    request id and every answer through `check`."""
+    client = loadgen._clients(url, 1)[0]
+    result = loadgen.LoadResult("open", rate_per_s, duration_s, work.rows)
+    tally: Counter = Counter()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    measure_from = start + warmup_s
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(i: int, scheduled: float) -> None:
+        inputs = work.requests[i % len(work.requests)]
+        try:
+            answer = await client.infer(work.model, inputs, request_id=f"o{i}", client_timeout=60)
+        except Exception as e:
+            result.record_error(e)
+            return
+        tally[check(inputs, answer.get_response())] += 1
+        if scheduled >= measure_from:
+            result.latencies_s.append(loop.time() - scheduled)
+
+    sys.stderr.write(f"{label} {rate_per_s:.0f}/s\n")
+    for i in range(int((warmup_s + duration_s) * rate_per_s)):
+        scheduled = start + i / rate_per_s
+        if (delay := scheduled - loop.time()) > 0:
+            await asyncio.sleep(delay)
+        task = loop.create_task(one(i, scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    await client.close()
+    return result, tally
+
+
 def checked(points: list[dict], row: dict) -> int:
-    return sum(p["checked"] for p in points if (p["config"], p["concurrency"]) == (row["config"], row["concurrency"]))
+    return sum(p["checked"] for p in points if (p["config"], p["load"]) == (row["config"], row["load"]))
 
 
 def shadow_scenario(args: argparse.Namespace) -> dict:
@@ -187,15 +236,14 @@ def shadow_scenario(args: argparse.Namespace) -> dict:
                 work = dataclasses.replace(pool, model=route)
                 before = shadow_counts(scrape(metrics), route)
                 point, tally = measured(server, sampler, lambda w=work, c=config, n=level: asyncio.run(
-                    checked_closed_loop(server.url, w, version="", concurrency=n, duration_s=args.duration_s,
-                    label=f"shadow: {c}", check=check)))
+                    drive(server.url, w, n, args.duration_s, f"shadow: {c}", check)))
                 if CONFIGS[config][1] is None:
                     after, drain_s = shadow_counts(scrape(metrics), route), 0.0
                 else:
                     after, drain_s = drained(metrics, route)
                 d = {k: int(after[k] - before[k]) for k in OUTCOMES + ("offered", "duration_count")}
                 dur = after["duration_sum"] - before["duration_sum"]
-                points.append({**point, "concurrency": level, "rep": rep + 1, "config": config, "route": route,
+                points.append({**point, "load": level, "rep": rep + 1, "config": config, "route": route,
                                "tally": dict(tally),
                                "checked": sum(tally.values()), "differing": tally.get("differs", 0),
                                "missing_variant": tally.get("no variant", 0), "offered": d["offered"],
@@ -207,32 +255,36 @@ def shadow_scenario(args: argparse.Namespace) -> dict:
         code = server.terminate()
     problems = log_problems(server)
     batch_failures = sum("batch failed" in line for line in problems)
-    rows = [row for level in LEVELS for row in summary_rows([p for p in points if p["concurrency"] == level])]
+    rows = [row for level in LEVELS for row in summary_rows([p for p in points if p["load"] == level])]
     base = [p for p in points if p["config"] == "no shadow"]
-    notes = [f"c={r['concurrency']}, {r['config']}: p99 {r['p99_ms']:.2f} ms = {r['p99_ratio']:.2f}x the no-shadow "
+    notes = [f"{r['load']}, {r['config']}: p99 {r['p99_ms']:.2f} ms = {r['p99_ratio']:.2f}x the no-shadow "
              f"run's (per round "
              f"{r['p99_pairs']}), infer/s {r['rate_ratio']:.2f}x; shadow copies: {r['offered']} offered, "
              f"{r['shadow_ok']} ran ok, {r['shadow_error']} failed, {r['shadow_dropped']} dropped, "
              f"{r['shadow_other']} unavailable or incompatible; answers differing from the no-shadow answer: "
              f"{r['differing']} of {checked(points, r)}"
              for r in rows if r["config"] != "no shadow"]
-    cpu = {r["config"]: r["server_us_per_infer"] for r in rows if r["concurrency"] == LEVELS[0]}  # every copy ran
+    cpu = {r["config"]: r["server_us_per_infer"] for r in rows if r["load"] == LEVELS[0]}  # copies ran
     if None not in (cpu["no shadow"], cpu["failing shadow"], cpu["fast shadow (a copy of the primary)"]):
         fast, failing = cpu["fast shadow (a copy of the primary)"], cpu["failing shadow"]
-        notes.append(f"Server CPU per primary answer at c={LEVELS[0]}: {cpu['no shadow']:.0f} µs with no shadow, "
+        notes.append(f"Server CPU per primary answer at {LEVELS[0]}: {cpu['no shadow']:.0f} µs with no shadow, "
                      f"{fast:.0f} µs with the "
                      f"fast shadow (every copy runs: about {fast - cpu['no shadow']:.0f} µs a copy), {failing:.0f} µs "
                      f"with the failing one (every copy fails: about {failing - cpu['no shadow']:.0f} µs a copy, its "
                      "ERROR log line included).")
     notes += [
         *(f"Noise at c={level}: the no-shadow points alone spread p99 "
-          f"{spread([p['p99_ms'] for p in base if p['concurrency'] == level])} ms and infer/s "
-          f"{spread([p['infer_per_s'] for p in base if p['concurrency'] == level])}" for level in LEVELS),
+          f"{spread([p['p99_ms'] for p in base if p['load'] == level])} ms and infer/s "
+          f"{spread([p['infer_per_s'] for p in base if p['load'] == level])}" for level in LEVELS),
         "'within no-shadow noise' means |p99 ratio - 1| is at most half the no-shadow points' p99 range over their "
         "median (a crude test with this few rounds).",
-        f"Shadows take spare capacity only (pause_above_in_flight, default 4): at c={LEVELS[0]} the real traffic "
-        f"leaves room and every shadow runs, so what they cost shows; at c={LEVELS[-1]} the server is busy, copies "
-        "wait and, once the queue (64) is full, are dropped and counted, so the primary pays almost nothing.",
+        "What a shadow costs the primary is CPU taken from it on these 2 shared cores: the slow shadow at normal "
+        "priority runs ONNX Runtime's intra-op threads (which also spin after each run) against the primary and the "
+        "load generator; the same model with cpu_priority = \"background\" runs in one thread of nice 19, which "
+        "gets only CPU nothing else wants. The fast shadow shows what mirroring itself costs on the event loop "
+        "(every copy's dispatch, run and comparison), which no priority can hide. The primary runs inline on the "
+        "event loop, so the shadows' in-flight gate (pause_above_in_flight, default 4) seldom sees more than one "
+        "real request in flight here: it matters for models that queue (threads, a GPU).",
         f"Answers: every answer of every point (warm-up included) compared byte for byte with the no-shadow route's "
         f"answer to the same input, taken before the load (itself equal to the primary's asked for by version): "
         f"{sum(p['differing'] for p in points)} differed, {sum(p['missing_variant'] for p in points)} lacked the "
@@ -242,18 +294,18 @@ def shadow_scenario(args: argparse.Namespace) -> dict:
                                             if o in OUTCOMES)
                     for route, shadow in CONFIGS.values() if shadow) + ".",
         f"The slow shadow is onnx_models.slow({SLOW_SIDE}): in-process, one row costs {slow_cost[0]:.1f} ms with "
-        f"ONNX Runtime's default intra-op threads and {slow_cost[1]:.1f} ms with one (max_batch_size 4; the shadow's "
-        "concurrency 1 sends one row at a time), so it falls behind and most of its copies are dropped (counted). "
+        f"ONNX Runtime's default intra-op threads and {slow_cost[1]:.1f} ms with one, as the background one runs "
+        "(max_batch_size 4; the shadow's concurrency 1 sends one row at a time), so it falls behind and most of its "
+        "copies are dropped (counted). "
         "The failing shadow (x [N, 1] -> x without its first row) fails every batch with INTERNAL; the server logs "
         f"such failures at most about once a second per model: {batch_failures} 'batch failed' lines in its log.",
-        "Honest cost: the shadow runs in the primary's server process on the same 2 cores as the primary and the "
-        "load generator, so its CPU (ONNX Runtime's intra-op threads, which also spin after each run by default) is "
-        "taken from the primary: that is the shadow's real cost on this machine and is part of the figures. One "
-        "server with five routes over the same primary model (version 1 of 'primary', MLP FP32 1->256->1, "
+        "One server with five routes over the same primary model (version 1 of 'primary', MLP FP32 1->256->1, "
         "max_batch_size 64, no queue delay), so the primary is the same instance in every configuration; between "
         "points the scenario waits until the shadow's queue has drained (drain s), so no point inherits another's "
         "backlog.",
-        f"Load: loadgen's closed loop (tritonclient.grpc.aio, one connection), c in {LEVELS}, {args.duration_s:g} s "
+        f"Load: tritonclient.grpc.aio on one connection, {OPEN_RATE_PER_S} requests/s at a fixed rate (open loop: "
+        "latency from each request's scheduled time) and loadgen's closed loop at c=32; "
+        f"{args.duration_s:g} s "
         f"per point after 1 s of warm-up, {repeats} rounds, the order rotating each round; every request carries "
         "its own request id (the routing key). Shadow columns are the metrics' increments over the point "
         "(inference_shadow_requests_total by outcome; shadow mean ms from inference_shadow_request_duration_seconds).",
@@ -265,7 +317,7 @@ def shadow_scenario(args: argparse.Namespace) -> dict:
         + (" — " + " | ".join(p for p in problems if "batch failed" not in p)[:600] if len(problems) > batch_failures
            else "") + ".",
     ]
-    return {"title": f"shadow traffic: the primary at c={' and '.join(map(str, LEVELS))} with no shadow, a slow, a "
+    return {"title": f"shadow traffic: the primary at {' and '.join(LEVELS)} with no shadow, a slow, a "
                      "failing and a fast one",
             "points": points, "summary": rows, "slow_row_ms_in_process": slow_cost, "exit_code": code,
             "log_problems": problems[:20], "log_batch_failures": batch_failures,

@@ -12,6 +12,8 @@ import asyncio
 import ctypes
 import importlib.metadata
 import logging
+import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -178,8 +180,11 @@ class OnnxBackend:
 
     def __init__(self, path: Path, *, model: str, device: str = "auto", instance_count: int = 1,
                  intra_op_threads: int = 0, inter_op_threads: int = 0, graph_optimization_level: str = "all",
-                 execution_mode: str = "sequential") -> None:
+                 execution_mode: str = "sequential", background: bool = False) -> None:
         ort = import_onnxruntime()
+        self.background = background
+        if background and not intra_op_threads:
+            intra_op_threads = 1  # ONNX Runtime then runs on the (lowered) calling thread, with no pool of its own
         if not path.is_file():
             raise ModelLoadError(f"model '{model}': file {path} does not exist")
         self._ort, self._path, self._model = ort, path, model
@@ -196,7 +201,8 @@ class OnnxBackend:
         if {"BF16", "BYTES"} <= kinds:
             raise ModelLoadError(f"model '{model}': BF16 and string tensors in one model are not supported "
                                  "(ONNX Runtime's Python API feeds BF16 only as OrtValues, strings never)")
-        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model}-{i}")
+        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model}-{i}",
+                                              initializer=lower_priority if background else None, initargs=(model,))
                            for i in range(instance_count)]
         io_bound = None
         if self.device == "cuda" and can_bind(self.inputs + self.outputs):
@@ -227,6 +233,8 @@ class OnnxBackend:
 
     def choose_execution(self, wanted: str, rows: int, model: str) -> str:
         """Decide, and apply, where batches of this model run: "inline" or "thread"."""
+        if self.background:
+            wanted = "thread"  # its own lowered thread: never the event loop's priority
         if wanted == "auto":
             if self.device == "cuda":
                 wanted = "thread"  # a GPU run waits on the device with the GIL released: keep the loop free
@@ -269,6 +277,17 @@ class OnnxBackend:
         """Release the threads; never blocks the event loop on a run that outlived the drain."""
         for executor in self._executors:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+BACKGROUND_NICE = 19  # the lowest priority: under contention such a thread gets about 1/70 of a normal one's share
+
+
+def lower_priority(model: str) -> None:
+    """A background model's executor thread (its initializer): Linux niceness applies to this thread alone."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except (AttributeError, OSError) as e:  # not Linux, or not allowed
+        log.warning("model '%s': cannot lower its thread's CPU priority (%s); it runs at normal priority", model, e)
 
 
 def sample_inputs(specs: Sequence[TensorSpec], rows: int) -> dict[str, np.ndarray]:

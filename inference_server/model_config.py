@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from .errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+CPU_PRIORITIES = ("normal", "background")  # background: the model's threads take only CPU nothing else wants
 EXECUTIONS = ("auto", "inline", "thread")  # where a batch runs: measured at load, the event loop, a thread
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")  # ONNX Runtime's GraphOptimizationLevel
 EXECUTION_MODES = ("sequential", "parallel")  # ONNX Runtime's ExecutionMode (parallel uses inter_op_threads)
@@ -85,6 +86,7 @@ class ModelConfig:
     graph_optimization_level: str = "all"
     execution_mode: str = "sequential"
     execution: str = "auto"
+    cpu_priority: str = "normal"  # background: a thread of lowest priority (Linux nice 19), one intra-op thread
     cache: bool = True  # use the server's response cache, when it has one
     cache_ttl_s: float | None = None  # None: [cache] ttl_s; 0: entries live until evicted
     batching: BatchingConfig = field(default_factory=BatchingConfig)
@@ -207,7 +209,7 @@ def parse_warmup(table: Mapping[str, Any], prefix: str) -> WarmupConfig:
 
 
 MODEL_KEYS = ["device", "intra_op_threads", "inter_op_threads", "graph_optimization_level", "execution_mode",
-              "execution", "cache", "cache_ttl_s", "batching", "version_policy", "warmup"]
+              "execution", "cpu_priority", "cache", "cache_ttl_s", "batching", "version_policy", "warmup"]
 
 
 def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, *, name: str | None = None,
@@ -234,6 +236,10 @@ def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, 
     version = version or str(_count(table, "version", prefix, 1, minimum=1))
     batching = parse_batching(_get(table, "batching", prefix, dict, {}), f"{prefix}batching.", defaults.batching)
     policy = _get(table, "version_policy", prefix, dict, None)
+    priority = _choice(table, "cpu_priority", prefix, CPU_PRIORITIES, "normal")
+    if priority == "background" and table.get("execution") == "inline":
+        raise ConfigError(f"{prefix}cpu_priority", "a background model runs in its own thread, not inline on the "
+                                                   "event loop (execution = \"inline\")")
     return ModelConfig(
         name=name,
         path=Path(raw_path) if raw_path is not None else None,
@@ -246,6 +252,7 @@ def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, 
         graph_optimization_level=_choice(table, "graph_optimization_level", prefix, GRAPH_OPTIMIZATION_LEVELS, "all"),
         execution_mode=_choice(table, "execution_mode", prefix, EXECUTION_MODES, "sequential"),
         execution=_choice(table, "execution", prefix, EXECUTIONS, defaults.execution),
+        cpu_priority=priority,
         cache=_get(table, "cache", prefix, bool, True),
         cache_ttl_s=_seconds(table, "cache_ttl_s", prefix, None),
         batching=batching,

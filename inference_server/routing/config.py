@@ -52,7 +52,8 @@ class ShadowConfig:
     percent: float = 100.0
     queue_size: int = 64  # copies waiting for the shadow; more are dropped and counted
     concurrency: int = 1  # shadow requests running at once
-    pause_above_in_flight: int = 4  # copies wait while more real requests are in flight (0: never wait)
+    pause_above_in_flight: int = 4  # copies wait while more real requests are in flight (0: never wait)...
+    pause_above_loop_busy_percent: float = 50.0  # ...or while the event loop is busier than this (100: never)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,7 +188,9 @@ def _shadow(table: dict[str, Any] | None, prefix: str, route: str) -> ShadowConf
                         percent=_percent(table.get("percent", 100), f"{prefix}percent"),
                         queue_size=_count(table, "queue_size", prefix, 64, minimum=1, maximum=1 << 20),
                         concurrency=_count(table, "concurrency", prefix, 1, minimum=1, maximum=256),
-                        pause_above_in_flight=_count(table, "pause_above_in_flight", prefix, 4))
+                        pause_above_in_flight=_count(table, "pause_above_in_flight", prefix, 4),
+                        pause_above_loop_busy_percent=_percent(table.get("pause_above_loop_busy_percent", 50),
+                                                               f"{prefix}pause_above_loop_busy_percent"))
 
 
 def _fallback(table: dict[str, Any] | None, prefix: str) -> FallbackConfig | None:

@@ -3,9 +3,14 @@ a bounded queue with its own concurrency. A copy that finds the queue full is dr
 
 Shadow answers are recorded (outcome counts, durations, the prediction log with a shadow mark, and how far
 they are from the primary's answer) and are never returned, never cached, and never delay or fail the real
-answer: the request path only does a `put_nowait`. Shadows take spare capacity only: while more than
-`pause_above_in_flight` real requests are in flight, copies wait (and new ones are dropped once the queue is
-full), so a busy server spends nothing on them.
+answer: the request path only does a `put_nowait`.
+
+Shadows take spare capacity only: before each copy a worker waits until the event loop (which parses,
+batches and answers every real request) has been busy at most `pause_above_loop_busy_percent` of the last
+tenth of a second, and at most `pause_above_in_flight` real requests are in flight (work queued for models
+that run in threads or on a GPU). New copies meanwhile fill the queue and are then dropped and counted. The
+CPU a shadow model itself takes is its model's: `cpu_priority = "background"` in its config runs it in a
+thread of the lowest priority.
 """
 
 from __future__ import annotations
@@ -35,7 +40,24 @@ OUTCOMES = ("ok", "error", "unavailable", "incompatible", "dropped")
 # The largest absolute difference between a shadow output and the primary's (for text outputs: the share of
 # elements that differ); an output whose shape differs counts as infinitely different.
 PAUSE_POLL_S = 0.005  # how often a paused shadow looks at the real traffic again
+BUSY_WINDOW_S = 0.1  # the event loop's load is measured over windows this long
 DIFFERENCE_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+class LoopLoad:
+    """The share of wall time the event loop's thread spent on the CPU over about the last BUSY_WINDOW_S.
+    Made and called on the loop's thread only (time.thread_time is the calling thread's CPU time); it reads as
+    fully busy until its first window has passed."""
+
+    def __init__(self) -> None:
+        self._wall, self._cpu, self._busy = time.perf_counter(), time.thread_time(), 1.0
+
+    def busy(self) -> float:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        if wall - self._wall >= BUSY_WINDOW_S:
+            self._busy = (cpu - self._cpu) / (wall - self._wall)
+            self._wall, self._cpu = wall, cpu
+        return self._busy
 
 
 class ShadowStats:
@@ -91,6 +113,7 @@ class Shadow:
         self._predictions = predictions
         self._queue: asyncio.Queue[_Copy] = asyncio.Queue(cfg.queue_size)
         self._workers: list[asyncio.Task[None]] = []
+        self._loop_load: LoopLoad | None = None  # made on the loop's thread with the first copy
         self._closed = False
 
     def wants(self, key: str | None) -> bool:
@@ -104,6 +127,7 @@ class Shadow:
         if self._closed:
             return
         if not self._workers:
+            self._loop_load = LoopLoad()
             self._workers = [asyncio.get_running_loop().create_task(self._work(), name=f"shadow-{self.route}-{i}")
                              for i in range(self.cfg.concurrency)]
         try:
@@ -116,12 +140,10 @@ class Shadow:
         return self._queue.qsize()
 
     async def _work(self) -> None:
-        limit = self.cfg.pause_above_in_flight
         while True:
             copy = await self._queue.get()
             try:
-                while limit and self._in_flight() > limit:  # real traffic first
-                    await asyncio.sleep(PAUSE_POLL_S)
+                await self._spare_capacity()
             except asyncio.CancelledError:  # closed while it waited: dropped like the queued ones
                 self._stats.count(self.route, "dropped")
                 raise
@@ -132,6 +154,13 @@ class Shadow:
             except Exception:  # a shadow must never take the server down; it is counted and logged
                 log.exception("route '%s': shadow request %s failed", self.route, copy.request_id)
                 self._stats.count(self.route, "error")
+
+    async def _spare_capacity(self) -> None:
+        """Until the real traffic leaves room (see the module's docstring)."""
+        limit, busy = self.cfg.pause_above_in_flight, self.cfg.pause_above_loop_busy_percent / 100
+        assert self._loop_load is not None
+        while (limit and self._in_flight() > limit) or (busy < 1 and self._loop_load.busy() > busy):
+            await asyncio.sleep(PAUSE_POLL_S)
 
     async def _run(self, copy: _Copy) -> None:
         cfg = self.cfg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -170,3 +171,31 @@ def test_sample_inputs_follow_the_model_shapes():
     out = sample_inputs(specs, 5)
     assert {k: (v.shape, v.dtype.kind) for k, v in out.items()} == {"a": ((5, 3), "f"), "s": ((5, 1), "O"),
                                                                     "f": ((2, 2), "i")}
+
+
+def test_a_background_model_runs_in_one_thread_of_the_lowest_priority(repo):
+    import os
+    import threading
+
+    backend = backend_for(repo, onnx_models.mlp([4, 8, 2]), background=True)
+    try:
+        nice = backend._executors[0].submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        assert nice.result() == 19
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 19  # only that thread
+        assert backend.choose_execution("inline", 1, "m") == "thread"  # never on the event loop
+        assert backend.instances[0].session.get_session_options().intra_op_num_threads == 1
+    finally:
+        backend.close()
+
+
+def test_background_priority_cannot_run_inline():
+    from inference_server.config import ServerConfig
+    from inference_server.errors import ConfigError
+    from inference_server.model_config import parse_model
+
+    cfg = parse_model({"cpu_priority": "background"}, "", ServerConfig(), name="m", path=Path("m.onnx"))
+    assert cfg.cpu_priority == "background"
+    with pytest.raises(ConfigError) as e:
+        parse_model({"cpu_priority": "background", "execution": "inline"}, "", ServerConfig(), name="m",
+                    path=Path("m.onnx"))
+    assert e.value.key == "cpu_priority"

@@ -4,13 +4,14 @@ traffic is busy, a full queue drops and counts, failures are counted, and closin
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import numpy as np
 
 from inference_server.errors import internal
 from inference_server.routing.config import ShadowConfig
-from inference_server.routing.shadow import Shadow, ShadowStats
+from inference_server.routing.shadow import LoopLoad, Shadow, ShadowStats
 from inference_server.stats import ModelStats
 
 
@@ -54,7 +55,8 @@ async def settle() -> None:
 async def test_copies_wait_while_real_traffic_is_busy_and_a_full_queue_drops():
     busy = [10]
     version, stats = Version(), ShadowStats()
-    shadow = Shadow("r", ShadowConfig(model="shadow", queue_size=2, pause_above_in_flight=4), Registry(version),
+    shadow = Shadow("r", ShadowConfig(model="shadow", queue_size=2, pause_above_in_flight=4,
+                                                pause_above_loop_busy_percent=100), Registry(version),
                     stats, in_flight=lambda: busy[0])
     for i in range(5):
         copy(shadow, i)
@@ -71,7 +73,8 @@ async def test_copies_wait_while_real_traffic_is_busy_and_a_full_queue_drops():
 
 async def test_failures_are_counted_and_close_drops_what_is_queued():
     version, stats = Version(fail=True), ShadowStats()
-    shadow = Shadow("r", ShadowConfig(model="shadow", pause_above_in_flight=0), Registry(version), stats)
+    shadow = Shadow("r", ShadowConfig(model="shadow", pause_above_in_flight=0, pause_above_loop_busy_percent=100),
+                    Registry(version), stats)
     copy(shadow, 1)
     await settle()
     assert stats.requests[("r", "error")] == 1 and version.leases == 0
@@ -84,3 +87,30 @@ async def test_failures_are_counted_and_close_drops_what_is_queued():
     assert stats.requests[("b", "dropped")] == 3  # the waiting one and the queued ones, at close
     copy(blocked, 9)  # after close: ignored
     assert stats.requests[("b", "dropped")] == 3
+
+
+async def test_copies_wait_while_the_event_loop_is_busy():
+    version, stats = Version(), ShadowStats()
+    shadow = Shadow("r", ShadowConfig(model="shadow", pause_above_in_flight=0, pause_above_loop_busy_percent=50),
+                    Registry(version), stats)
+    copy(shadow, 1)
+    for _ in range(30):  # the loop's thread on the CPU for 0.3 s, with brief turns for the shadow's worker
+        end = time.perf_counter() + 0.01
+        while time.perf_counter() < end:
+            pass
+        await asyncio.sleep(0)
+    assert version.runs == 0
+    await asyncio.sleep(0.3)  # now idle: the next window reads quiet
+    assert version.runs == 1
+    await shadow.close()
+
+
+def test_loop_load_reads_the_calling_threads_share_of_the_cpu():
+    load = LoopLoad()
+    assert load.busy() == 1.0  # no window yet
+    end = time.perf_counter() + 0.15
+    while time.perf_counter() < end:
+        pass
+    assert load.busy() > 0.8
+    time.sleep(0.15)
+    assert load.busy() < 0.2
