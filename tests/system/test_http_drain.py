@@ -17,13 +17,13 @@ from tests.server_process import free_port
 
 pytestmark = pytest.mark.system
 
-IN_FLIGHT = 6
+IN_FLIGHT = 8  # about 0.25 s a row here (slow(3072)): the drain outlasts the checks made during it
 SLOW_INPUT = json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]})
 
 
 @pytest.fixture
 def slow_repository(tmp_path):
-    onnx_models.write_model(tmp_path / "repo", "slow", onnx_models.slow(2048), "[batching]\nmax_batch_size = 1\n")
+    onnx_models.write_model(tmp_path / "repo", "slow", onnx_models.slow(3072), "[batching]\nmax_batch_size = 1\n")
     return tmp_path / "repo"
 
 
