@@ -58,6 +58,7 @@ class FrontEnd(Protocol):
 
     async def start(self) -> None: ...
     async def readiness(self, ready: bool) -> None: ...
+    def reload(self, cfg: ServerConfig) -> None: ...  # SIGHUP: certificates and tokens; raises ConfigError
     async def begin_drain(self) -> None: ...
     async def stop(self, grace_s: float | None) -> None: ...
 
@@ -160,8 +161,9 @@ class App:
             self._scratch.cleanup()
 
     def reload(self) -> bool:
-        """SIGHUP: re-read the config and apply its [routes] (a bad file is refused and the running routes
-        stay). Other settings need a restart; a change to them is logged, not applied."""
+        """SIGHUP: re-read the config and apply its [routes], and have each front end re-read its certificates
+        and tokens. A bad file (or certificate, or tokens file) is refused and what runs stays. Other settings
+        need a restart; a change to them is logged, not applied."""
         if self._reread is None:
             return False
         try:
@@ -170,13 +172,18 @@ class App:
             if companions:
                 raise ConfigError("routes", f"variants following MLflow aliases the server does not follow yet "
                                             f"({', '.join(sorted(companions))}) need a restart")
+            for front_end in self.front_ends:
+                front_end.reload(new)
         except ConfigError as e:
             log.error("SIGHUP: config refused, the running routes stay: %s", e)
             return False
         self.service.reload_routes(new.routes)
-        if dataclasses.replace(new, routes=self.cfg.routes) != self.cfg:
-            log.warning("SIGHUP: only [routes] is applied while running; the other changes need a restart")
-        self.cfg = dataclasses.replace(self.cfg, routes=new.routes)
+        kept = dataclasses.replace(self.cfg, routes=new.routes, tls_cert=new.tls_cert, tls_key=new.tls_key,
+                                   tls_client_ca=new.tls_client_ca, auth=new.auth)
+        if new != kept:
+            log.warning("SIGHUP: only [routes], certificates and tokens apply while running; the other changes "
+                        "need a restart")
+        self.cfg = kept
         return True
 
     async def stop(self) -> None:

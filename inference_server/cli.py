@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from . import __version__
 from .config import (CONFIG_ENV, DEVICES, EXECUTIONS, LOG_FORMATS, MODEL_CONTROL_MODES, REDIS_PASSWORD_ENV,
                      REDIS_URL_ENV, ServerConfig, _get, parse_server, read_toml)
 from .errors import ConfigError
@@ -57,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", type=str.upper, help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
     p.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json: one object per line")
     p.add_argument("--access-log", action="store_true", default=None, help="log one line per answered request")
+    p.add_argument("--tls-cert", help="PEM certificate (chain) for gRPC and HTTP TLS (with --tls-key)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", help="PEM CA certificate(s): clients must present a certificate it signed "
+                                           "(mutual TLS)")
+    p.add_argument("--auth-tokens", help="file of bearer tokens, one 'SCOPE[,SCOPE...] TOKEN' per line (scopes: "
+                                         "infer, admin); re-read on SIGHUP")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
@@ -78,11 +86,14 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Serve
     for key in ("host", "port", "http_port", "max_message_bytes", "drain_grace_s", "log_level", "device", "log_format",
                 "access_log", "execution", "cache", "workers", "reuse_port", "metrics", "metrics_host",
                 "metrics_port", "model_control_mode", "load_models", "repository_poll_secs", "exit_on_error",
-                "strict_readiness", "model_cache_dir"):  # each flag sets the [server] key of its name
+                "strict_readiness", "model_cache_dir", "tls_cert", "tls_key",
+                "tls_client_ca"):  # each flag sets the [server] key of its name
         if getattr(args, key) is not None:
             server[key] = getattr(args, key)
     if args.model_repository is not None:
         server["model_repository"] = str(args.model_repository)
+    if args.auth_tokens is not None:
+        server["auth"] = {**_get(server, "auth", "server.", dict, {}), "tokens_file": args.auth_tokens}
     for key in ("max_batch_size", "max_queue_delay_us", "max_queue_size", "instance_count"):
         if getattr(args, key) is not None:
             batching[key] = getattr(args, key)

@@ -50,6 +50,14 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfig:
+    """`[server.auth]`: bearer tokens. `tokens_file` holds one `SCOPE[,SCOPE...] TOKEN` per line (scopes `infer`
+    and `admin`); it is re-read on SIGHUP. Health stays open; `open_metadata` leaves metadata open too."""
+    tokens_file: Path | None = None
+    open_metadata: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
     host: str = "127.0.0.1"  # both front ends bind here
     port: int = 8001  # gRPC; 0 picks a free one
@@ -84,6 +92,11 @@ class ServerConfig:
     exit_on_error: bool = False  # a model that fails to load at start stops the server (else: UNAVAILABLE)
     strict_readiness: bool = True  # ServerReady only when every configured model is ready
     model_cache_dir: Path | None = None  # MLflow downloads and uploaded model files; None: a temporary dir
+    # TLS for gRPC and HTTP from PEM files (re-read on SIGHUP); a client CA turns on mutual TLS.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # clients must present a certificate this CA signed
+    auth: AuthConfig = field(default_factory=lambda: AuthConfig())
 
 
 def cache_size_bytes(spec: str, key: str = "server.cache") -> int:
@@ -163,7 +176,8 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     _reject_unknown(s, ["host", "port", "http_port", "max_message_bytes", "drain_grace_s", "log_level", "log_format",
                         "access_log", "model_repository", "device", "execution", "cache", "workers", "reuse_port",
                         "metrics", "metrics_host", "metrics_port", "model_control_mode", "load_models",
-                        "repository_poll_secs", "exit_on_error", "strict_readiness", "model_cache_dir"], "server.")
+                        "repository_poll_secs", "exit_on_error", "strict_readiness", "model_cache_dir", "tls_cert",
+                        "tls_key", "tls_client_ca", "auth"], "server.")
     repo = _get(s, "model_repository", "server.", str, None)
     drain = _get(s, "drain_grace_s", "server.", (int, float), 30.0)
     if drain < 0:
@@ -195,7 +209,12 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         exit_on_error=_get(s, "exit_on_error", "server.", bool, False),
         strict_readiness=_get(s, "strict_readiness", "server.", bool, True),
         model_cache_dir=Path(cache_dir) if (cache_dir := _get(s, "model_cache_dir", "server.", str, None)) else None,
+        tls_cert=_path(s, "tls_cert", "server."),
+        tls_key=_path(s, "tls_key", "server."),
+        tls_client_ca=_path(s, "tls_client_ca", "server."),
+        auth=parse_auth(_get(s, "auth", "server.", dict, {})),
     )
+    _check_tls(cfg)
     _check_model_control(cfg)
     if cfg.cache:
         check_cache(cfg.cache)
@@ -205,6 +224,26 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     parsed = tuple(parse_model(m, f"models[{i}].", cfg) for i, m in enumerate(models))
     routes, companions = with_aliases(parse_routes(_get(doc, "routes", "", dict, {})), parsed)
     return dataclasses.replace(cfg, models=parsed + companions, routes=routes)
+
+
+def _path(table: Mapping[str, Any], key: str, prefix: str) -> Path | None:
+    value = _get(table, key, prefix, str, None)
+    if value == "":
+        raise ConfigError(f"{prefix}{key}", "must be a file's path, got an empty string")
+    return Path(value) if value is not None else None
+
+
+def parse_auth(table: Mapping[str, Any]) -> AuthConfig:
+    _reject_unknown(table, ["tokens_file", "open_metadata"], "server.auth.")
+    return AuthConfig(tokens_file=_path(table, "tokens_file", "server.auth."),
+                      open_metadata=_get(table, "open_metadata", "server.auth.", bool, False))
+
+
+def _check_tls(cfg: ServerConfig) -> None:
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ConfigError("server.tls_cert", "TLS needs both --tls-cert and --tls-key")
+    if cfg.tls_client_ca is not None and cfg.tls_cert is None:
+        raise ConfigError("server.tls_client_ca", "mutual TLS (--tls-client-ca) needs --tls-cert and --tls-key")
 
 
 def _names(table: Mapping[str, Any], key: str, prefix: str) -> list[str]:

@@ -87,6 +87,9 @@ class GrpcFrontEnd:
     async def readiness(self, ready: bool) -> None:
         await set_serving(self._health, ready)
 
+    def reload(self, cfg: ServerConfig) -> None:
+        """SIGHUP: re-read what may change while running (certificates, tokens). Raises ConfigError."""
+
     async def begin_drain(self) -> None:
         """Health answers NOT_SERVING from now on (later readiness updates are ignored)."""
         await self._health.enter_graceful_shutdown()

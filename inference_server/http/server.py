@@ -336,6 +336,9 @@ class HttpFrontEnd:
     async def readiness(self, ready: bool) -> None:
         """Nothing to push: /v2/health/ready asks the service on every probe."""
 
+    def reload(self, cfg: ServerConfig) -> None:
+        """SIGHUP: re-read what may change while running (certificates, tokens). Raises ConfigError."""
+
     async def begin_drain(self) -> None:
         """Nothing to do here: the service refuses new inferences (503) and readiness answers 400 once it
         drains, while requests already accepted finish and are answered."""
