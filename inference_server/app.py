@@ -33,6 +33,19 @@ from .workers import supervise
 
 log = logging.getLogger(__name__)
 
+SETTLE_QUIET_S = 0.1  # after a drain: no request refused for this long means the clients have noticed...
+SETTLE_LIMIT_S = 2.0  # ...or stop waiting for that after this long
+
+
+def describe_cache(cfg: ServerConfig) -> str:
+    """The response cache tier in words, for the start-up log (a Redis URL without its password)."""
+    if not cfg.cache:
+        return "off"
+    if check_cache(cfg.cache) == "memory":
+        return f"in-process memory, {cache_size_bytes(cfg.cache) >> 20} MiB"
+    near = cfg.cache_config.near_cache_mib
+    return f"Redis at {redact_url(cfg.cache)}" + (f" with a {near} MiB in-process near cache" if near else "")
+
 
 def build_cache(cfg: ServerConfig) -> ResponseCache | None:
     if not cfg.cache:
@@ -138,6 +151,7 @@ class App:
             self._cleanup()
             raise
         await self._update_readiness()
+        log.info("response cache: %s", describe_cache(self.cfg))
         log.info("serving %d model(s) on %s:%d%s%s", len({m.name for m in self.registry.serving()}), self.cfg.host,
                  self.port, f" (gRPC), HTTP on port {self.http_port}" if self.http_port else "",
                  "" if self.service.ready else " (not ready: a configured model is not loaded)")
@@ -194,6 +208,9 @@ class App:
         for front_end in self.front_ends:
             await front_end.begin_drain()
         await self.service.drain(self.cfg.drain_grace_s)
+        # Clients still sending get UNAVAILABLE until they stop; closing at once would cut off the requests the
+        # transports have already received (gRPC: CANCELLED).
+        await self.service.settle(SETTLE_QUIET_S, min(SETTLE_LIMIT_S, self.cfg.drain_grace_s))
         for front_end in self.front_ends:
             await front_end.stop(2.0)  # answers already computed still get sent
         if self.cache is not None:

@@ -285,7 +285,10 @@ class MetricsServer:
         nvml = open_nvml()
         if nvml is not None:
             self.registry.register(GpuCollector(nvml))
-        self._server = _metrics_server(host, port, only_metrics(make_wsgi_app(self.registry)))
+        try:
+            self._server = _metrics_server(host, port, only_metrics(make_wsgi_app(self.registry)))
+        except OSError as e:  # name the port: the gRPC and HTTP ports are bound by then, so it is this one
+            raise OSError(f"cannot listen on {host}:{port} for metrics: {e.strerror or e}") from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
         self._thread.start()
         self.port = int(self._server.server_address[1])

@@ -65,6 +65,7 @@ class InferenceService:
         self.extensions = (EXTENSIONS + (HTTP_EXTENSIONS if http else ())
                            + (REPOSITORY_EXTENSIONS if manager.mode == "explicit" else ()))
         self._draining = False
+        self._last_refused = -float("inf")  # monotonic time of the last request refused while draining
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -106,7 +107,7 @@ class InferenceService:
         """Load, or reload, a model (explicit mode). `config`: a Triton ModelConfig as JSON text, replacing the
         model's. A failure leaves what served serving and says why."""
         if self._draining:
-            raise unavailable("server is shutting down")
+            raise self._refuse()
         try:
             await self.manager.load(name, config=config, files=files, version=version)
         except ModelLoadError as e:
@@ -115,7 +116,7 @@ class InferenceService:
 
     async def unload_model(self, name: str, version: str | None = None) -> None:
         if self._draining:
-            raise unavailable("server is shutting down")
+            raise self._refuse()
         await self.manager.unload(name, version)
 
     def statistics(self, name: str = "", version: str = "") -> list[StatisticsView]:
@@ -199,7 +200,7 @@ class InferenceService:
         """Run one request: routed (a route for the model and no version named) or straight to the version.
         `deadline` is in event-loop time (the transport's deadline), or None."""
         if self._draining:
-            raise unavailable("server is shutting down")
+            raise self._refuse()
         self._in_flight += 1
         self._idle.clear()
         token = REQUEST_ID.set(request.id)  # every log line about this request carries its id
@@ -295,16 +296,30 @@ class InferenceService:
             stats.record_cache(True, None)
         return outputs
 
+    def _refuse(self) -> InferenceError:
+        """A request that arrives while draining: refused, and remembered (see `settle`)."""
+        self._last_refused = time.monotonic()
+        return unavailable("server is shutting down")
+
+    async def settle(self, quiet_s: float, limit_s: float) -> None:
+        """After a drain, before the front ends close: until no request has been refused for `quiet_s` (at most
+        `limit_s`). Requests a transport has already received are then answered UNAVAILABLE by us; a transport
+        that closes with requests still unanswered cuts them off (gRPC's answer to those is CANCELLED)."""
+        deadline = time.monotonic() + limit_s
+        while (now := time.monotonic()) < deadline and now - self._last_refused < quiet_s:
+            await asyncio.sleep(min(quiet_s, deadline - now))
+
     async def drain(self, grace_s: float) -> None:
         """Refuse new requests, let in-flight ones finish (up to `grace_s`), then close every model."""
         self._draining = True
-        log.info("draining: %d requests in flight", self._in_flight)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        try:
-            await asyncio.wait_for(self._idle.wait(), grace_s)
-        except TimeoutError:
-            log.warning("drain grace of %.1fs expired with %d requests in flight", grace_s, self._in_flight)
+        if self._in_flight:  # nothing to wait for (or to say) otherwise, as when a start fails
+            log.info("draining: %d requests in flight", self._in_flight)
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace_s)
+            except TimeoutError:
+                log.warning("drain grace of %.1fs expired with %d requests in flight", grace_s, self._in_flight)
         await asyncio.gather(*(s.shadow.close() for s in self.router.routes() if s.shadow is not None),
                              *self._closing)
         await self.manager.close(max(0.0, grace_s - (loop.time() - start)))

@@ -118,17 +118,31 @@ def test_a_model_that_cannot_load_leaves_the_server_up_but_not_ready(tmp_path):
 def test_port_in_use_fails_at_start(launch):
     first = launch()
     done = run_server("--port", str(first.port))
-    assert done.returncode == 1 and "cannot listen" in done.stderr
+    assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{first.port}" in done.stderr
+    assert "drain" not in done.stderr  # nothing was running: no misleading drain warning
     with grpc.insecure_channel(first.url) as channel:  # the first server is unharmed
         grpc.channel_ready_future(channel).result(timeout=5)
 
 
-def test_metrics_port_in_use_fails_at_start():
+def test_metrics_port_in_use_fails_at_start_naming_the_port():
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
-        done = run_server("--port", "0", "--metrics-port", str(holder.getsockname()[1]))
-    assert done.returncode == 1 and "cannot start" in done.stderr and "Address already in use" in done.stderr
+        port = holder.getsockname()[1]
+        done = run_server("--port", "0", "--metrics-port", str(port))
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port} for metrics: Address already in use" in errors[0]
+    assert "drain" not in done.stderr
+
+
+def test_version_and_the_cache_tier_at_start(launch):
+    from inference_server import __version__
+
+    done = subprocess.run([sys.executable, "-m", "inference_server", "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == f"python -m inference_server {__version__}"
+    assert "response cache: in-process memory, 16 MiB" in launch("--cache", "memory:16").log()
 
 
 def test_json_log_format_writes_one_object_per_line(launch):

@@ -1,0 +1,96 @@
+"""SIGTERM while gRPC clients keep calling: every request is answered OK or UNAVAILABLE, none is cut off.
+
+Closing the gRPC server at once after the drain cut off the calls its transport had already received but not yet
+handed to us: their clients saw CANCELLED (8 clients: 5 of them, the moment the signal came). The server now
+answers UNAVAILABLE until no request has been refused for a moment, then closes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+
+import grpc
+import numpy as np
+import pytest
+
+from inference_server.grpc._generated import grpc_service_pb2 as pb
+from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
+from tests import onnx_models
+
+pytestmark = pytest.mark.system
+
+X = np.zeros((1, 64), np.float32)
+REQUEST = pb.ModelInferRequest(
+    model_name="digits", inputs=[pb.ModelInferRequest.InferInputTensor(name="pixels", datatype="FP32", shape=[1, 64])],
+    raw_input_contents=[X.tobytes()])
+
+
+async def load(url: str, clients: int, signal_after_s: float, send_signal) -> Counter:
+    """`clients` callers, each calling until its first error (as a load generator's worker does), on one
+    channel; the signal goes out while they call. Returns every call's status."""
+    codes: Counter = Counter()
+    async with grpc.aio.insecure_channel(url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        async def caller() -> None:
+            while True:
+                try:
+                    await stub.ModelInfer(REQUEST, timeout=30)
+                except grpc.aio.AioRpcError as e:
+                    codes[e.code().name] += 1
+                    return
+                codes["OK"] += 1
+
+        tasks = [asyncio.create_task(caller()) for _ in range(clients)]
+        await asyncio.sleep(signal_after_s)
+        send_signal()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    return codes
+
+
+@pytest.mark.parametrize("clients", [8, 16])
+def test_sigterm_under_load_answers_every_call_and_cancels_none(launch, clients):
+    server = launch()
+    sent = []
+
+    def terminate() -> None:
+        sent.append(time.monotonic())
+        server.proc.send_signal(signal.SIGTERM)
+
+    codes = asyncio.run(load(server.url, clients, 1.0, terminate))
+    assert server.proc.wait(30) == 0, server.log()
+    assert codes["OK"] > 100  # it was serving when the signal came
+    assert set(codes) == {"OK", "UNAVAILABLE"} and codes["UNAVAILABLE"] == clients, codes  # no CANCELLED
+
+
+def test_sigterm_answers_queued_requests_of_a_slow_model(launch, tmp_path):
+    """Requests waiting in a slow model's queue when the signal comes are answered, not failed."""
+    onnx_models.write_model(tmp_path / "repo", "slow", onnx_models.slow(3072), "[batching]\nmax_batch_size = 1\n")
+    server = launch("--model-repository", str(tmp_path / "repo"))
+    request = pb.ModelInferRequest(
+        model_name="slow", inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
+        raw_input_contents=[np.ones((1, 1), np.float32).tobytes()])
+
+    async def burst() -> Counter:
+        codes: Counter = Counter()
+        async with grpc.aio.insecure_channel(server.url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def one() -> None:
+                try:
+                    await stub.ModelInfer(request, timeout=60)
+                    codes["OK"] += 1
+                except grpc.aio.AioRpcError as e:
+                    codes[e.code().name] += 1
+
+            tasks = [asyncio.create_task(one()) for _ in range(12)]
+            await asyncio.sleep(0.3)  # all sent; most wait in the queue behind the running one
+            server.proc.send_signal(signal.SIGTERM)
+            await asyncio.gather(*tasks)
+        return codes
+
+    assert asyncio.run(burst()) == Counter({"OK": 12})
+    assert server.proc.wait(60) == 0
+    assert "draining:" in server.log()
