@@ -29,7 +29,7 @@ from .predictions import PredictionLog
 from .routing.metrics import RouteCollector
 from .routing.router import Router
 from .service import InferenceService
-from .workers import supervise
+from .workers import port_is_free, supervise
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,9 @@ class App:
         """Bind every front end and serve health first (NOT_SERVING), then load the models: probes see a live
         server that is not ready while models load and warm up; readiness follows once they are."""
         try:
+            if self.cfg.port and not self.cfg.reuse_port and not port_is_free(self.cfg.host, self.cfg.port):
+                # Said here in one line: gRPC's own bind error comes after a line of its C core's logging.
+                raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port} for gRPC: Address already in use")
             grpc_front_end = GrpcFrontEnd(self.service, self.cfg)
             self.front_ends.append(grpc_front_end)
             self.port = grpc_front_end.port

@@ -23,9 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def port_is_free(host: str, port: int) -> bool:
-    """Bind without SO_REUSEPORT: fails when anything, a server of ours included, holds the port."""
+    """Bind without SO_REUSEPORT: fails when anything, a server of ours included, listens on the port (with
+    SO_REUSEADDR, as the servers bind, so connections of an earlier server in TIME_WAIT do not count)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
