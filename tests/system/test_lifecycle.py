@@ -118,7 +118,8 @@ def test_a_model_that_cannot_load_leaves_the_server_up_but_not_ready(tmp_path):
 def test_port_in_use_fails_at_start(launch):
     first = launch()
     done = run_server("--port", str(first.port))
-    assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{first.port} for gRPC: Address already in use" in done.stderr
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{first.port} for gRPC: Address already in use" in done.stderr
     assert "add_port" not in done.stderr  # one line of ours, not the gRPC core's log first
     assert "drain" not in done.stderr  # nothing was running: no misleading drain warning
     with grpc.insecure_channel(first.url) as channel:  # the first server is unharmed
