@@ -71,7 +71,8 @@ class FrontEnd(Protocol):
 
     async def start(self) -> None: ...
     async def readiness(self, ready: bool) -> None: ...
-    def reload(self, cfg: ServerConfig) -> None: ...  # SIGHUP: certificates and tokens; raises ConfigError
+    # SIGHUP: read and check certificates and tokens (ConfigError), returning what applies them
+    def reload(self, cfg: ServerConfig) -> Callable[[], None]: ...
     async def begin_drain(self) -> None: ...
     async def stop(self, grace_s: float | None) -> None: ...
 
@@ -189,11 +190,12 @@ class App:
             if companions:
                 raise ConfigError("routes", f"variants following MLflow aliases the server does not follow yet "
                                             f"({', '.join(sorted(companions))}) need a restart")
-            for front_end in self.front_ends:
-                front_end.reload(new)
+            applies = [front_end.reload(new) for front_end in self.front_ends]  # every file read before any applies
         except ConfigError as e:
-            log.error("SIGHUP: config refused, the running routes stay: %s", e)
+            log.error("SIGHUP: config refused, the running routes, certificates and tokens stay: %s", e)
             return False
+        for apply in applies:
+            apply()
         self.service.reload_routes(new.routes)
         kept = dataclasses.replace(self.cfg, routes=new.routes, tls_cert=new.tls_cert, tls_key=new.tls_key,
                                    tls_client_ca=new.tls_client_ca, auth=new.auth)

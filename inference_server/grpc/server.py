@@ -4,15 +4,19 @@ limits."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ..auth import load as load_auth, reload as reload_auth
 from ..config import ServerConfig
 from ..service import InferenceService
+from ..tls import ServerTls, load as load_tls, plaintext_warning, reload as reload_tls
 from . import admin
+from .auth import AuthInterceptor
 from ._generated import grpc_service_pb2 as pb
 from .servicer import InferenceServicer, parser
 
@@ -41,11 +45,13 @@ def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHand
     return handlers
 
 
-def build_server(service: InferenceService,
-                 cfg: ServerConfig) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
-    """An unstarted server bound to cfg.host:cfg.port; returns it, its health servicer and the bound port."""
+def build_server(service: InferenceService, cfg: ServerConfig, interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+                 credentials: grpc.ServerCredentials | None = None,
+                 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """An unstarted server bound to cfg.host:cfg.port (with TLS when given credentials); returns it, its health
+    servicer and the bound port."""
     limit = cfg.max_message_bytes
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(interceptors=list(interceptors), options=[
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
         # A port already in use is an error, not a silent share, unless workers share it on purpose.
@@ -58,7 +64,10 @@ def build_server(service: InferenceService,
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{cfg.host}:{cfg.port}"
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as e:
         raise OSError(f"cannot listen on {address}: {e}") from None
     if port == 0:
@@ -72,13 +81,52 @@ async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool)
         await health_servicer.set(name, status)
 
 
+def certificate_configuration(files: ServerTls) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration([(files.private_key, files.certificate_chain)],
+                                                     root_certificates=files.client_ca)
+
+
+class CertificateRotation:
+    """gRPC's certificate fetcher (grpc.dynamic_ssl_server_credentials): grpc core calls it from its own threads
+    before every TLS handshake. It hands over the configuration a reload prepared, once, and otherwise None (keep
+    the current one); connections already open keep the certificate they were made with."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+
+    def replace(self, files: ServerTls) -> None:
+        config = certificate_configuration(files)
+        with self._lock:
+            self._pending = config
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            config, self._pending = self._pending, None
+        return config
+
+
 class GrpcFrontEnd:
     """The gRPC front end as the App drives every front end: bind, start, follow readiness, drain, stop."""
 
     name = "gRPC"
 
     def __init__(self, service: InferenceService, cfg: ServerConfig) -> None:
-        self._server, self._health, self.port = build_server(service, cfg)
+        auth = load_auth(cfg.auth.tokens_file, cfg.auth.open_metadata)  # ConfigError: a bad tokens file
+        self._auth = None if auth is None else AuthInterceptor(auth)  # bearer tokens (grpc/auth.py)
+        if auth is not None:
+            log.log(logging.WARNING if auth.tokens.exposed else logging.INFO, "%s", auth.describe())
+        # TLS from PEM files (tls.py); the fetcher hands grpc core the certificates each SIGHUP re-reads.
+        self._tls = load_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert and cfg.tls_key else None
+        self._rotation = CertificateRotation()
+        credentials = None if self._tls is None else grpc.dynamic_ssl_server_credentials(
+            certificate_configuration(self._tls), self._rotation, require_client_authentication=self._tls.mutual)
+        self._server, self._health, self.port = build_server(service, cfg, [self._auth] if self._auth else [],
+                                                             credentials)
+        if self._tls is not None:
+            log.info("gRPC port %d: %s", self.port, self._tls.describe())
+        elif (warning := plaintext_warning(self.name, cfg.host, self.port)) is not None:
+            log.warning("%s", warning)
 
     async def start(self) -> None:
         await set_serving(self._health, False)  # until the models have loaded
@@ -87,8 +135,23 @@ class GrpcFrontEnd:
     async def readiness(self, ready: bool) -> None:
         await set_serving(self._health, ready)
 
-    def reload(self, cfg: ServerConfig) -> None:
-        """SIGHUP: re-read what may change while running (certificates, tokens). Raises ConfigError."""
+    def reload(self, cfg: ServerConfig) -> Callable[[], None]:
+        """SIGHUP, first half: read and check what may change while running (certificates, tokens), raising
+        ConfigError before anything has changed. Returns the second half, which applies them (the App applies
+        every front end's only once all of them have read theirs)."""
+        files = reload_tls(self._tls, cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        auth = reload_auth(self._auth and self._auth.auth, cfg.auth.tokens_file, cfg.auth.open_metadata)
+
+        def apply() -> None:
+            if self._auth is not None and auth is not None:  # the new tokens apply to calls from now on
+                self._auth.auth = auth
+                log.log(logging.WARNING if auth.tokens.exposed else logging.INFO, "SIGHUP: %s", auth.describe())
+            if files is not None:  # new connections get the new certificates
+                self._rotation.replace(files)
+                self._tls = files
+                log.info("SIGHUP: gRPC certificates re-read: %s", files.describe())
+
+        return apply
 
     async def begin_drain(self) -> None:
         """Health answers NOT_SERVING from now on (later readiness updates are ignored)."""

@@ -23,14 +23,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..auth import Auth, load as load_auth, reload as reload_auth
 from ..config import ServerConfig
 from ..errors import InferenceError
 from ..service import InferenceService
 from ..tensors import InferRequest
-from . import admin, codec
+from ..tls import load as load_tls, plaintext_warning, reload as reload_tls
+from . import admin, auth, codec
 from .bodies import (JSON, OFFLOAD_BYTES, HttpError, accepted_encoding, compress, error_response, header_length,
                      read_body)
-from .transport import EmbeddedServer, GuardedHttpTools, bind, connection_limit
+from .transport import EmbeddedServer, GuardedHttpTools, RotatingContext, bind, connection_limit
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,15 @@ Handler = Callable[["Routes", Request], Awaitable[Response]]
 def endpoint(handler: Handler) -> Handler:
     """Every route goes through here: errors become JSON with their status; x-request-id is echoed; while the
     server drains, responses ask the client to close the connection (so it reconnects to a server that serves)."""
+    operation = auth.operation(handler.__name__)  # what a bearer token needs for this route (http/auth.py)
 
     async def run(self: Routes, request: Request) -> Response:
         header_id = request.headers.get(REQUEST_ID_HEADER)
         self.begin()
         try:
-            response = await handler(self, request)
+            response = auth.refusal(self.auth, operation, request.method, request.headers)  # bearer tokens
+            if response is None:
+                response = await handler(self, request)
         except HttpError as e:  # the body may be left unread: the connection cannot carry another request
             response = error_response(e.status, e.message, {"connection": "close"})
         except InferenceError as e:
@@ -110,6 +115,8 @@ def _status(ok: bool) -> Response:
 
 
 class Routes:
+    auth: Auth | None = None  # bearer tokens, when [server.auth] names a file (replaced on SIGHUP)
+
     def __init__(self, service: InferenceService, max_body_bytes: int) -> None:
         self.service = service
         self.limit = max_body_bytes
@@ -310,9 +317,13 @@ class HttpFrontEnd:
     name = "HTTP"
 
     def __init__(self, service: InferenceService, cfg: ServerConfig) -> None:
+        tokens = load_auth(cfg.auth.tokens_file, cfg.auth.open_metadata)  # before binding; gRPC's front end logs it
+        self._tls = load_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert and cfg.tls_key else None
+        self._contexts = None if self._tls is None else RotatingContext(self._tls.context)
         self._sockets = bind(cfg.host, cfg.http_port, cfg.reuse_port)
         self.port: int = self._sockets[0].getsockname()[1]
         self._routes = Routes(service, cfg.max_message_bytes)
+        self._routes.auth = tokens
         config = uvicorn.Config(
             build_app(self._routes),
             http=GuardedHttpTools, loop="none", lifespan="off", ws="none", interface="asgi3",
@@ -320,8 +331,12 @@ class HttpFrontEnd:
             proxy_headers=False, server_header=False, limit_concurrency=connection_limit(),
             timeout_keep_alive=75,  # longer than the usual load balancer idle timeout (60 s)
         )
-        self._server = EmbeddedServer(config)
+        self._server = EmbeddedServer(config, None if self._contexts is None else self._contexts.listening)
         self._task: asyncio.Task[None] | None = None
+        if self._tls is not None:
+            log.info("HTTP port %d: %s", self.port, self._tls.describe())
+        elif (warning := plaintext_warning(self.name, cfg.host, self.port)) is not None:
+            log.warning("%s", warning)
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=self._sockets),
@@ -336,8 +351,20 @@ class HttpFrontEnd:
     async def readiness(self, ready: bool) -> None:
         """Nothing to push: /v2/health/ready asks the service on every probe."""
 
-    def reload(self, cfg: ServerConfig) -> None:
-        """SIGHUP: re-read what may change while running (certificates, tokens). Raises ConfigError."""
+    def reload(self, cfg: ServerConfig) -> Callable[[], None]:
+        """SIGHUP, first half: read and check what may change while running (certificates, tokens), raising
+        ConfigError before anything has changed. Returns the second half, which applies them."""
+        files = reload_tls(self._tls, cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        auth = reload_auth(self._routes.auth, cfg.auth.tokens_file, cfg.auth.open_metadata)
+
+        def apply() -> None:
+            self._routes.auth = auth
+            if files is not None and self._contexts is not None:  # new connections get the new certificates
+                self._contexts.current = files.context
+                self._tls = files
+                log.info("SIGHUP: HTTP certificates re-read: %s", files.describe())
+
+        return apply
 
     async def begin_drain(self) -> None:
         """Nothing to do here: the service refuses new inferences (503) and readiness answers 400 once it

@@ -1,6 +1,6 @@
 """The HTTP front end's connections: listening sockets bound here (so a port in use fails the start as gRPC's
-does), uvicorn's httptools protocol with bounds on request heads, a connection cap, and uvicorn embedded in
-the loop that already runs gRPC (no signal handlers of its own)."""
+does), uvicorn's httptools protocol with bounds on request heads, a connection cap, TLS with certificates that
+change without a restart, and uvicorn embedded in the loop that already runs gRPC (no signal handlers of its own)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import contextlib
 import errno
 import resource
 import socket
+import ssl
 from collections.abc import Iterator
 
 import uvicorn
@@ -129,13 +130,34 @@ def connection_limit() -> int:
     return max(64, min(soft // 2, 16384)) if soft != resource.RLIM_INFINITY else 16384
 
 
+class RotatingContext:
+    """TLS whose certificates change without a restart. uvicorn listens with one SSLContext for good (asyncio and
+    uvloop keep the one given to create_server), so `listening` is the first context, and its SNI callback (which
+    OpenSSL calls on every ClientHello, with or without a server name) moves each new connection onto `current`:
+    a whole context built from the files a reload read (tls.py). Connections already open keep theirs. Replacing
+    the context rather than loading new files into the live one never leaves a certificate beside the old key,
+    and drops a client CA that is no longer trusted (load_verify_locations only adds)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.listening = self.current = context
+        context.sni_callback = self._select
+
+    def _select(self, connection: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
+        current = self.current
+        if current is not context:
+            connection.context = current
+
+
 class EmbeddedServer(uvicorn.Server):
     """uvicorn.Server for a loop that already runs: the process's SIGTERM/SIGINT stay with the App (uvicorn would
-    otherwise take them over: `capture_signals` since 0.29, `install_signal_handlers` before)."""
+    otherwise take them over: `capture_signals` since 0.29, `install_signal_handlers` before). With `ssl_context`,
+    it serves TLS with that context, set where uvicorn has built its own (Config.load) and not yet listened: the
+    same on every uvicorn from 0.30 (`ssl_context_factory` came in 0.47)."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(config)
         self.listening = asyncio.Event()
+        self.ssl_context = ssl_context
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -145,6 +167,8 @@ class EmbeddedServer(uvicorn.Server):
         pass
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.ssl_context is not None:
+            self.config.ssl = self.ssl_context
         await super().startup(sockets=sockets)
         self.listening.set()
 

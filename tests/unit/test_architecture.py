@@ -13,7 +13,7 @@ GRPC_MODULES = ("grpc", "grpc_health", "google.protobuf")
 HTTP_MODULES = ("starlette", "uvicorn", "httptools")
 PROTOCOL_MODULES = GRPC_MODULES + HTTP_MODULES
 FRONT_ENDS = {"grpc": GRPC_MODULES, "http": HTTP_MODULES}  # package folder -> the protocol stack it may use
-LEAVES = {"errors.py", "tensors.py", "config.py", "model_config.py"}
+LEAVES = {"errors.py", "tensors.py", "config.py", "model_config.py", "auth.py", "tls.py"}
 # Leaves may use the error types; config uses model_config and the routes' config (itself a leaf, routing/config.py).
 LEAF_ALLOWED = {"errors", "model_config", "routing.config"}
 
@@ -114,7 +114,10 @@ def test_base_dependencies_carry_no_onnx_runtime():
     assert runtimes("gpu") == ["onnxruntime-gpu"]  # beside nvidia-ml-py for the GPU gauges, never both ORTs
 
 
-FRONT_END_ALLOWED = {"service", "views", "errors", "tensors", "stats", "model_config", "config"}
+# auth: the bearer-token decision and the scope of each operation, a leaf both front ends translate (one table
+# for gRPC and HTTP, so the two cannot disagree on what a token may do). tls: PEM files read and checked once for
+# both front ends (a leaf on the standard library's ssl), so both refuse the same bad certificate the same way.
+FRONT_END_ALLOWED = {"service", "views", "errors", "tensors", "stats", "model_config", "config", "auth", "tls"}
 
 
 def test_front_ends_reach_the_core_only_through_the_service_and_its_views():
