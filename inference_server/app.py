@@ -24,7 +24,7 @@ from .grpc.triton_config import json_to_dict, pbtxt_to_dict
 from .lifecycle.manager import ModelManager
 from .lifecycle.registry import ModelRegistry
 from .logs import configure_logging
-from .metrics import MetricsServer
+from .metrics import MetricsServer, RejectionCollector
 from .predictions import PredictionLog
 from .routing.metrics import RouteCollector
 from .routing.router import Router
@@ -131,7 +131,8 @@ class App:
                                              drift=self.drift, predictions=self.predictions, cache=self.cache,
                                              lifecycle=self.manager, collectors=[RouteCollector(
                                                  lambda: self.service.routes(), self.service.router.stats,
-                                                 self.service.shadow_stats)])
+                                                 self.service.shadow_stats),
+                                                 RejectionCollector(self.service.rejected)])
             for monitor in self._monitors:
                 monitor.start()
             if self.cache is not None:

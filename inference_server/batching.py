@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import ModelInstance
-from .errors import ErrorCode, InferenceError, internal, invalid, unavailable
+from .errors import ErrorCode, InferenceError, QueueFull, internal, invalid, unavailable
 from .logs import Throttled
 from .stats import ModelStats
 
@@ -111,7 +111,7 @@ class DynamicBatcher:
         if self._max_rows and rows > self._max_rows:
             raise invalid(f"batch size {rows} exceeds the maximum batch size {self._max_rows} of model '{self.name}'")
         if self._max_queue and len(self._queue) >= self._max_queue:
-            raise unavailable(f"Exceeds maximum queue size ({self._max_queue}) of model '{self.name}'")
+            raise QueueFull(f"Exceeds maximum queue size ({self._max_queue}) of model '{self.name}'")
         loop = asyncio.get_running_loop()
         now = loop.time()
         if deadline is not None and deadline <= now:

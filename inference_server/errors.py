@@ -15,6 +15,7 @@ class ErrorCode(enum.Enum):
     UNIMPLEMENTED = "UNIMPLEMENTED"
     ALREADY_EXISTS = "ALREADY_EXISTS"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 
 
 class InferenceError(Exception):
@@ -27,6 +28,13 @@ class InferenceError(Exception):
 
     def __repr__(self) -> str:
         return f"InferenceError({self.code.name}, {self.message!r})"
+
+
+class QueueFull(InferenceError):
+    """A model's queue is at its bound: UNAVAILABLE at once, as Triton answers (the client may retry)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, message)
 
 
 def invalid(message: str) -> InferenceError:

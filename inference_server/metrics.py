@@ -18,7 +18,7 @@ import logging
 import socket
 import threading
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -270,6 +270,21 @@ def _metrics_server(host: str, port: int, app: Callable[..., Any]) -> WSGIServer
         address_family = family
 
     return make_server(host, port, app, Server, handler_class=_QuietHandler)
+
+
+class RejectionCollector:
+    """Requests the service refused at once, by reason (draining, max_in_flight, queue_full): a copy of its
+    Counter at each scrape."""
+
+    def __init__(self, rejected: Mapping[str, int]) -> None:
+        self._rejected = rejected
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("inference_rejected_requests", "Inference requests refused at once, by reason",
+                                     labels=["reason"])
+        for reason, n in sorted(dict(self._rejected).items()):
+            family.add_metric([reason], n)
+        yield family
 
 
 class MetricsServer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -14,7 +15,7 @@ from .backend import TensorSpec
 from .cache import Coalescer, ResponseCache, cache_key, outputs_nbytes
 from .config import CacheConfig
 from .drift import DriftMonitor
-from .errors import ErrorCode, InferenceError, ModelLoadError, invalid, unavailable
+from .errors import ErrorCode, InferenceError, ModelLoadError, QueueFull, invalid, unavailable
 from .lifecycle.manager import ModelManager
 from .lifecycle.mlflow_source import RegistryUnreachable
 from .lifecycle.registry import ModelRegistry
@@ -46,7 +47,8 @@ class InferenceService:
     def __init__(self, registry: ModelRegistry, manager: ModelManager, *, router: Router | None = None,
                  http: bool = False, access_log: bool = False,
                  predictions: PredictionLog | None = None, drift: DriftMonitor | None = None,
-                 cache: ResponseCache | None = None, cache_config: CacheConfig | None = None) -> None:
+                 cache: ResponseCache | None = None, cache_config: CacheConfig | None = None,
+                 max_in_flight: int = 0) -> None:
         self.registry = registry
         self.manager = manager
         self.router = router or Router(())
@@ -66,6 +68,8 @@ class InferenceService:
                            + (REPOSITORY_EXTENSIONS if manager.mode == "explicit" else ()))
         self._draining = False
         self._last_refused = -float("inf")  # monotonic time of the last request refused while draining
+        self.max_in_flight = max_in_flight  # inference requests at once; more are refused at once (0: no cap)
+        self.rejected: Counter[str] = Counter()  # requests refused at once, by reason (metrics)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -201,6 +205,10 @@ class InferenceService:
         `deadline` is in event-loop time (the transport's deadline), or None."""
         if self._draining:
             raise self._refuse()
+        if self.max_in_flight and self._in_flight >= self.max_in_flight:
+            self.rejected["max_in_flight"] += 1
+            raise InferenceError(ErrorCode.RESOURCE_EXHAUSTED, f"the server has {self._in_flight} requests in "
+                                                               f"flight, its limit (max_in_flight); try again shortly")
         self._in_flight += 1
         self._idle.clear()
         token = REQUEST_ID.set(request.id)  # every log line about this request carries its id
@@ -229,6 +237,8 @@ class InferenceService:
             return answer
         except InferenceError as e:
             code = e.code
+            if isinstance(e, QueueFull):
+                self.rejected["queue_full"] += 1
             raise
         except asyncio.CancelledError:
             code = ErrorCode.CANCELLED
@@ -299,6 +309,7 @@ class InferenceService:
     def _refuse(self) -> InferenceError:
         """A request that arrives while draining: refused, and remembered (see `settle`)."""
         self._last_refused = time.monotonic()
+        self.rejected["draining"] += 1
         return unavailable("server is shutting down")
 
     async def settle(self, quiet_s: float, limit_s: float) -> None:

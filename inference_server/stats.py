@@ -24,6 +24,7 @@ ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 # Triton's failure reasons (nv_inference_request_failure{reason}).
 REASONS = {ErrorCode.UNAVAILABLE: "REJECTED", ErrorCode.DEADLINE_EXCEEDED: "REJECTED",
+           ErrorCode.RESOURCE_EXHAUSTED: "REJECTED",
            ErrorCode.CANCELLED: "CANCELED", ErrorCode.INTERNAL: "BACKEND"}
 
 

@@ -30,6 +30,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_ARGUMENT: 400, ErrorCode.NOT_FOUND: 404, ErrorCode.UNAVAILABLE: 503,
     ErrorCode.DEADLINE_EXCEEDED: 504, ErrorCode.CANCELLED: 499, ErrorCode.INTERNAL: 500,
     ErrorCode.UNIMPLEMENTED: 501, ErrorCode.ALREADY_EXISTS: 409, ErrorCode.FAILED_PRECONDITION: 400,
+    ErrorCode.RESOURCE_EXHAUSTED: 503,  # the server's in-flight cap: try again shortly (Retry-After)
 }
 HEADER_LENGTH = "inference-header-content-length"
 SHARED_MEMORY_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")

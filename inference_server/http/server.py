@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from ..auth import Auth, load as load_auth, reload as reload_auth
 from ..config import ServerConfig
-from ..errors import InferenceError
+from ..errors import ErrorCode, InferenceError, QueueFull
 from ..service import InferenceService
 from ..tensors import InferRequest
 from ..tls import load as load_tls, plaintext_warning, reload as reload_tls
@@ -35,6 +35,7 @@ from .bodies import (JSON, OFFLOAD_BYTES, HttpError, accepted_encoding, compress
 from .transport import EmbeddedServer, GuardedHttpTools, RotatingContext, bind, connection_limit
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_S = "1"  # seconds, on a 503 for a full queue or the in-flight cap
 
 BINARY = "application/octet-stream"
 REQUEST_ID_HEADER = "x-request-id"
@@ -77,8 +78,9 @@ def endpoint(handler: Handler) -> Handler:
                 response = await handler(self, request)
         except HttpError as e:  # the body may be left unread: the connection cannot carry another request
             response = error_response(e.status, e.message, {"connection": "close"})
-        except InferenceError as e:
-            response = error_response(codec.STATUS[e.code], e.message)
+        except InferenceError as e:  # over a bound (a full queue, the in-flight cap): worth another try soon
+            busy = isinstance(e, QueueFull) or e.code is ErrorCode.RESOURCE_EXHAUSTED
+            response = error_response(codec.STATUS[e.code], e.message, {"retry-after": RETRY_AFTER_S} if busy else None)
         except Exception:
             request_id = request.scope.get("inference_server.request_id") or header_id or "-"
             log.exception("request %s: %s %s failed unexpectedly", request_id, request.method, request.url.path)

@@ -1,0 +1,97 @@
+"""Admission control over a real server: past the server's in-flight cap a request is refused at once with
+RESOURCE_EXHAUSTED (HTTP 503 with Retry-After), past a model's queue bound with UNAVAILABLE (as Triton;
+HTTP 503 with Retry-After), and every refusal is counted by reason."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
+
+from inference_server.config import parse_server
+from tests import onnx_models
+from tests.conftest import ServerThread
+from tests.server_process import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("admission")
+    onnx_models.write_model(repo, "slow", onnx_models.slow(3072), "[batching]\nmax_batch_size = 1\n")
+    onnx_models.write_model(repo, "bounded", onnx_models.slow(2048),
+                            "[batching]\nmax_batch_size = 1\nmax_queue_size = 1\n")
+    cfg = parse_server({"server": {"port": 0, "metrics_port": 0, "http_port": free_port(),
+                                   "model_repository": str(repo), "drain_grace_s": 5}})
+    thread = ServerThread(dataclasses.replace(cfg)).start()
+    yield thread
+    thread.stop()
+
+
+def grpc_call(url: str, model: str) -> str:
+    x = grpcclient.InferInput("x", [1, 1], "FP32")
+    x.set_data_from_numpy(np.ones((1, 1), np.float32))
+    with grpcclient.InferenceServerClient(url) as client:
+        try:
+            client.infer(model, [x], client_timeout=60)
+            return "OK"
+        except InferenceServerException as e:
+            return e.status()
+
+
+def rejected(server: ServerThread) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.app.metrics.port}/metrics", timeout=10).read().decode()
+    return {s.labels["reason"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "inference_rejected_requests_total"}
+
+
+def burst(server: ServerThread, model: str, n: int) -> list[str]:
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(grpc_call, server.url, model) for _ in range(n)]
+        time.sleep(0.05)
+        return sorted(f.result() for f in futures)
+
+
+def test_past_the_in_flight_cap_requests_are_refused_at_once_and_counted(server):
+    server.app.service.max_in_flight = 2
+    try:
+        before = rejected(server).get("max_in_flight", 0)
+        start = time.monotonic()
+        outcomes = burst(server, "slow", 6)
+        assert outcomes.count("OK") >= 2 and "StatusCode.RESOURCE_EXHAUSTED" in outcomes, outcomes
+        assert set(outcomes) <= {"OK", "StatusCode.RESOURCE_EXHAUSTED"}
+        assert rejected(server)["max_in_flight"] - before == outcomes.count("StatusCode.RESOURCE_EXHAUSTED")
+        assert time.monotonic() - start < 30
+        # HTTP: 503 with Retry-After while the cap is reached
+        with ThreadPoolExecutor(2) as pool:
+            busy = [pool.submit(grpc_call, server.url, "slow") for _ in range(2)]
+            time.sleep(0.1)
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{server.app.http_port}/v2/models/slow/infer", method="POST",
+                data=b'{"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}')
+            try:
+                urllib.request.urlopen(request, timeout=30)
+                status, retry_after = 200, None
+            except urllib.error.HTTPError as e:
+                status, retry_after = e.code, e.headers.get("retry-after")
+            assert [f.result() for f in busy] == ["OK", "OK"]
+        assert (status, retry_after) == (503, "1")
+    finally:
+        server.app.service.max_in_flight = 0
+
+
+def test_past_a_models_queue_bound_requests_are_unavailable_and_counted(server):
+    before = rejected(server).get("queue_full", 0)
+    outcomes = burst(server, "bounded", 5)
+    # one running and one queued are answered; the others find the queue full
+    assert outcomes.count("OK") >= 2 and "StatusCode.UNAVAILABLE" in outcomes, outcomes
+    assert rejected(server)["queue_full"] - before == outcomes.count("StatusCode.UNAVAILABLE")
