@@ -102,7 +102,7 @@ class App:
         self.service = InferenceService(self.registry, self.manager, router=Router(cfg.routes),
                                         http=bool(cfg.http_port), access_log=cfg.access_log,
                                         predictions=self.predictions, drift=self.drift, cache=self.cache,
-                                        cache_config=cfg.cache_config)
+                                        cache_config=cfg.cache_config, max_in_flight=cfg.limits.max_in_flight)
         self.port = 0  # the gRPC port, once bound
         self.http_port = 0  # the HTTP port, once bound (0: no HTTP front end)
         self.front_ends: list[FrontEnd] = []  # started in this order, stopped in this order

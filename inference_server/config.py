@@ -58,11 +58,27 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    """`[server.limits]`: sizes a request may have, each checked before memory is allocated for its payload. A tensor
+    or request over a tensor limit can never be served as sent: INVALID_ARGUMENT / 400 naming the limit."""
+    # A gRPC message or HTTP body, compressed and decompressed (gRPC: RESOURCE_EXHAUSTED; HTTP: 413). Unset, it is
+    # [server] max_message_bytes (--max-message-bytes), which also bounds gRPC responses.
+    max_request_bytes: int = 2**31 - 1
+    max_tensor_elements: int = 1 << 25  # elements of one input tensor (the product of its shape)
+    max_tensor_bytes: int = 1 << 28  # one input tensor decoded: elements x item size; BYTES: its elements' bytes
+    max_request_elements: int = 1 << 26  # the elements of all a request's inputs together
+    max_bytes_element_bytes: int = 1 << 26  # one BYTES element
+    max_concurrent_streams: int = 4096  # gRPC calls at once on one HTTP/2 connection; more wait in the client
+    max_requests_per_stream: int = 1024  # ModelStreamInfer requests of one stream read and not yet answered
+    max_in_flight: int = 0  # inference requests in the server at once; more: RESOURCE_EXHAUSTED / 503. 0 = no cap
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
     host: str = "127.0.0.1"  # both front ends bind here
     port: int = 8001  # gRPC; 0 picks a free one
     http_port: int = 8000  # HTTP/REST (KServe v2), Triton's port; 0 = no HTTP front end
-    max_message_bytes: int = 2**31 - 1
+    max_message_bytes: int = 2**31 - 1  # gRPC responses; the default of limits.max_request_bytes
     drain_grace_s: float = 30.0
     log_level: str = "INFO"
     log_format: str = "text"  # text | json
@@ -97,6 +113,7 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # clients must present a certificate this CA signed
     auth: AuthConfig = field(default_factory=lambda: AuthConfig())
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 def cache_size_bytes(spec: str, key: str = "server.cache") -> int:
@@ -177,16 +194,17 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
                         "access_log", "model_repository", "device", "execution", "cache", "workers", "reuse_port",
                         "metrics", "metrics_host", "metrics_port", "model_control_mode", "load_models",
                         "repository_poll_secs", "exit_on_error", "strict_readiness", "model_cache_dir", "tls_cert",
-                        "tls_key", "tls_client_ca", "auth"], "server.")
+                        "tls_key", "tls_client_ca", "auth", "limits"], "server.")
     repo = _get(s, "model_repository", "server.", str, None)
     drain = _get(s, "drain_grace_s", "server.", (int, float), 30.0)
     if drain < 0:
         raise ConfigError("server.drain_grace_s", f"must be >= 0, got {drain}")
+    message_bytes = _count(s, "max_message_bytes", "server.", 2**31 - 1, minimum=1, maximum=2**31 - 1)
     cfg = ServerConfig(
         host=_get(s, "host", "server.", str, "127.0.0.1"),
         port=_count(s, "port", "server.", 8001, maximum=65535),
         http_port=_count(s, "http_port", "server.", 8000, maximum=65535),
-        max_message_bytes=_count(s, "max_message_bytes", "server.", 2**31 - 1, minimum=1),
+        max_message_bytes=message_bytes,
         drain_grace_s=float(drain),
         log_level=_choice(s, "log_level", "server.", LOG_LEVELS, "INFO"),
         log_format=_choice(s, "log_format", "server.", LOG_FORMATS, "text"),
@@ -213,6 +231,7 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         tls_key=_path(s, "tls_key", "server."),
         tls_client_ca=_path(s, "tls_client_ca", "server."),
         auth=parse_auth(_get(s, "auth", "server.", dict, {})),
+        limits=parse_limits(_get(s, "limits", "server.", dict, {}), message_bytes),
     )
     _check_tls(cfg)
     _check_model_control(cfg)
@@ -237,6 +256,27 @@ def parse_auth(table: Mapping[str, Any]) -> AuthConfig:
     _reject_unknown(table, ["tokens_file", "open_metadata"], "server.auth.")
     return AuthConfig(tokens_file=_path(table, "tokens_file", "server.auth."),
                       open_metadata=_get(table, "open_metadata", "server.auth.", bool, False))
+
+
+def parse_limits(table: Mapping[str, Any], max_message_bytes: int = 2**31 - 1,
+                 prefix: str = "server.limits.") -> LimitsConfig:
+    _reject_unknown(table, [f.name for f in dataclasses.fields(LimitsConfig)], prefix)
+    d = LimitsConfig()
+    return LimitsConfig(
+        # gRPC takes these as C ints: 2**31 - 1 at most.
+        max_request_bytes=_count(table, "max_request_bytes", prefix, max_message_bytes, minimum=1,
+                                 maximum=2**31 - 1),
+        max_tensor_elements=_count(table, "max_tensor_elements", prefix, d.max_tensor_elements, minimum=1),
+        max_tensor_bytes=_count(table, "max_tensor_bytes", prefix, d.max_tensor_bytes, minimum=1),
+        max_request_elements=_count(table, "max_request_elements", prefix, d.max_request_elements, minimum=1),
+        max_bytes_element_bytes=_count(table, "max_bytes_element_bytes", prefix, d.max_bytes_element_bytes,
+                                       minimum=1),
+        max_concurrent_streams=_count(table, "max_concurrent_streams", prefix, d.max_concurrent_streams, minimum=1,
+                                      maximum=2**31 - 1),
+        max_requests_per_stream=_count(table, "max_requests_per_stream", prefix, d.max_requests_per_stream,
+                                       minimum=1),
+        max_in_flight=_count(table, "max_in_flight", prefix, d.max_in_flight),
+    )
 
 
 def _check_tls(cfg: ServerConfig) -> None:

@@ -2,16 +2,19 @@
 
 Everything here is protocol-neutral. Sizes are validated against shape x datatype before any array is
 allocated; fixed-size data is wrapped with ``np.frombuffer`` (no copy). BYTES elements are held as an
-object array of ``bytes`` and travel as ``<u32 little-endian length><bytes>`` per element.
+object array of ``bytes`` and travel as ``<u32 little-endian length><bytes>`` per element. The decoders take the
+server's limits (`TensorLimits`, `[server.limits]`) as an argument and check them before allocating: the
+elements from the shape, the bytes from the shape or the BYTES content, each BYTES length as it is framed.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -87,6 +90,22 @@ class InferResponse:
 _U32 = struct.Struct("<I")
 
 
+class TensorLimits(Protocol):
+    """The limits the decoders check (config.LimitsConfig is one). None instead: only what the buffers bound."""
+
+    @property
+    def max_tensor_elements(self) -> int: ...
+
+    @property
+    def max_tensor_bytes(self) -> int: ...
+
+    @property
+    def max_bytes_element_bytes(self) -> int: ...
+
+    @property
+    def max_request_elements(self) -> int: ...
+
+
 def datatype(name: str, tensor: str) -> DataType:
     try:
         return DATATYPES[name]
@@ -99,21 +118,50 @@ def datatype(name: str, tensor: str) -> DataType:
 _MAX_DIMS_PRODUCT = 2**60
 
 
-def element_count(shape: Sequence[int], tensor: str) -> int:
-    if any(d < 0 for d in shape):
+MAX_DIMS = 32  # dimensions of one tensor: numpy 1.x holds 32 (numpy 2: 64), and the package supports both
+
+
+def element_count(shape: Sequence[int], tensor: str, limits: TensorLimits | None = None) -> int:
+    """The elements of `shape`, from the shape alone: at most limits.max_tensor_elements."""
+    if len(shape) > MAX_DIMS:
+        raise invalid(f"input '{tensor}': shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    if shape and min(shape) < 0:
         raise invalid(f"input '{tensor}': shape {list(shape)} has a negative dimension")
-    if math.prod(max(d, 1) for d in shape) > _MAX_DIMS_PRODUCT:
+    count = math.prod(shape)
+    if limits is not None and count > limits.max_tensor_elements:
+        raise invalid(f"input '{tensor}': shape {list(shape)} holds {count} elements, which exceeds "
+                      f"max_tensor_elements ({limits.max_tensor_elements})")
+    if count > _MAX_DIMS_PRODUCT or (not count and math.prod(max(d, 1) for d in shape) > _MAX_DIMS_PRODUCT):
         raise invalid(f"input '{tensor}': shape {list(shape)} is too large")
-    return math.prod(shape)
+    return count
 
 
-def decode_raw(name: str, dtype_name: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
-    """A raw, row-major, little-endian blob -> an array of `shape`; checks the size first."""
+def check_tensor_bytes(name: str, dt: DataType, count: int, limits: TensorLimits | None) -> None:
+    """A fixed-size tensor of `count` elements against limits.max_tensor_bytes, before it is built."""
+    if limits is not None and dt.itemsize and count * dt.itemsize > limits.max_tensor_bytes:
+        raise invalid(f"input '{name}': {count} elements of {dt.name} are {count * dt.itemsize} bytes, which exceeds "
+                      f"max_tensor_bytes ({limits.max_tensor_bytes})")
+
+
+def add_request_elements(total: int, count: int, name: str, limits: TensorLimits | None) -> int:
+    """The elements of a request's inputs so far, with input `name`'s `count` added: at most
+    limits.max_request_elements. Called before the input is decoded."""
+    total += count
+    if limits is not None and total > limits.max_request_elements:
+        raise invalid(f"input '{name}' brings the request to {total} elements, which exceeds max_request_elements "
+                      f"({limits.max_request_elements})")
+    return total
+
+
+def decode_raw(name: str, dtype_name: str, shape: Sequence[int], raw: bytes | memoryview,
+               limits: TensorLimits | None = None) -> np.ndarray:
+    """A raw, row-major, little-endian blob -> an array of `shape`; checks the size (and limits) first."""
     dt = datatype(dtype_name, name)
-    count = element_count(shape, name)
+    count = element_count(shape, name, limits)
     if dt.itemsize == 0:
-        return decode_bytes(raw, count, name).reshape(shape)
+        return decode_bytes(raw, count, name, limits).reshape(shape)
     expected = count * dt.itemsize
+    check_tensor_bytes(name, dt, count, limits)
     if len(raw) != expected:
         raise invalid(
             f"input '{name}': raw content is {len(raw)} bytes but shape {list(shape)} "
@@ -125,12 +173,22 @@ def decode_raw(name: str, dtype_name: str, shape: Sequence[int], raw: bytes) -> 
     return array
 
 
-def decode_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
-    """Split 4-byte-length-framed elements; the whole buffer must be exactly `count` elements."""
+def decode_bytes(raw: bytes | memoryview, count: int, name: str, limits: TensorLimits | None = None) -> np.ndarray:
+    """Split 4-byte-length-framed elements; the whole buffer must be exactly `count` elements. With limits, the
+    elements' bytes (the buffer less its lengths) are checked first, and each length before its element is copied."""
     if count * 4 > len(raw):
         raise invalid(
             f"input '{name}': BYTES content of {len(raw)} bytes cannot hold {count} elements"
         )
+    max_element = sys.maxsize
+    if limits is not None:
+        payload = len(raw) - 4 * count  # what the elements add up to, when the framing is right
+        if payload > limits.max_tensor_bytes:
+            raise invalid(f"input '{name}': BYTES content of {len(raw)} bytes holds {payload} bytes of elements, "
+                          f"which exceeds max_tensor_bytes ({limits.max_tensor_bytes})")
+        max_element = limits.max_bytes_element_bytes
+    if isinstance(raw, memoryview):
+        raw = bytes(raw)
     out = np.empty(count, dtype=object)
     pos, end = 0, len(raw)
     for i in range(count):
@@ -138,6 +196,9 @@ def decode_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
             raise invalid(f"input '{name}': BYTES element {i} is missing its 4-byte length")
         (length,) = _U32.unpack_from(raw, pos)
         pos += 4
+        if length > max_element:
+            raise invalid(f"input '{name}': BYTES element {i} is {length} bytes, which exceeds "
+                          f"max_bytes_element_bytes ({max_element})")
         if pos + length > end:
             raise invalid(f"input '{name}': BYTES element {i} is truncated")
         out[i] = raw[pos : pos + length]
@@ -149,24 +210,42 @@ def decode_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
     return out
 
 
-def decode_values(name: str, dtype_name: str, shape: Sequence[int], values: Sequence[Any]) -> np.ndarray:
+def decode_values(name: str, dtype_name: str, shape: Sequence[int], values: Sequence[Any],
+                  limits: TensorLimits | None = None) -> np.ndarray:
     """Typed contents (a sequence of Python values) -> an array of `shape`."""
     dt = datatype(dtype_name, name)
     if dt.name in RAW_ONLY:
         raise invalid(f"input '{name}': {dt.name} data must be sent in raw_input_contents")
-    count = element_count(shape, name)
+    count = element_count(shape, name, limits)
     if len(values) != count:
         raise invalid(
             f"input '{name}': {len(values)} elements given but shape {list(shape)} needs {count}"
         )
     if dt.itemsize == 0:
+        if limits is not None:
+            _check_bytes_values(name, values, limits)
         out = np.empty(count, dtype=object)
         out[:] = [bytes(v) for v in values]
         return out.reshape(shape)
+    check_tensor_bytes(name, dt, count, limits)
     try:
         return np.asarray(values, dtype=dt.dtype).reshape(shape)
     except OverflowError:
         raise invalid(f"input '{name}': a value is out of range for {dt.name}") from None
+
+
+def _check_bytes_values(name: str, values: Sequence[Any], limits: TensorLimits) -> None:
+    """Typed BYTES elements against max_bytes_element_bytes each and max_tensor_bytes together."""
+    max_element, total = limits.max_bytes_element_bytes, 0
+    for i, value in enumerate(values):
+        length = len(value)
+        if length > max_element:
+            raise invalid(f"input '{name}': BYTES element {i} is {length} bytes, which exceeds "
+                          f"max_bytes_element_bytes ({max_element})")
+        total += length
+    if total > limits.max_tensor_bytes:
+        raise invalid(f"input '{name}': BYTES elements of {total} bytes exceed max_tensor_bytes "
+                      f"({limits.max_tensor_bytes})")
 
 
 def encode_raw(array: np.ndarray, dtype_name: str) -> bytes:

@@ -7,7 +7,8 @@ from typing import Any
 from ..errors import ErrorCode, InferenceError, invalid
 from ..model_config import VersionPolicy, version_number
 from ..stats import Duration
-from ..tensors import DATATYPES, RAW_ONLY, InferRequest, InferResponse, Tensor, decode_raw, decode_values, encode_raw
+from ..tensors import (DATATYPES, RAW_ONLY, InferRequest, InferResponse, Tensor, TensorLimits, add_request_elements,
+                       decode_raw, decode_values, element_count, encode_raw)
 from ..views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
 from ._generated import grpc_service_pb2 as pb
 from ._generated import model_config_pb2 as mc
@@ -29,28 +30,32 @@ def param_value(p: pb.InferParameter) -> Any:
     return None if choice is None else getattr(p, choice)
 
 
-def decode_request(request: pb.ModelInferRequest) -> InferRequest:
+def decode_request(request: pb.ModelInferRequest, limits: TensorLimits | None = None) -> InferRequest:
+    """The core's request; with `limits` ([server.limits]) each input is checked against them before it is decoded."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise invalid(f"{len(raw)} raw_input_contents given for {len(request.inputs)} inputs; "
                       "every input needs one when raw contents are used")
     tensors = []
+    elements = 0
     for i, t in enumerate(request.inputs):
         if t.parameters and any(k in t.parameters for k in SHARED_MEMORY_PARAMS):
             raise _unsupported(f"input '{t.name}': shared memory is not supported by this server")
         shape = tuple(t.shape)
+        if limits is not None:
+            elements = add_request_elements(elements, element_count(shape, t.name, limits), t.name, limits)
         if raw:
             if t.HasField("contents"):
                 raise invalid(f"input '{t.name}': contents field must not be specified when using "
                               "raw_input_contents")
-            data = decode_raw(t.name, t.datatype, shape, raw[i])
+            data = decode_raw(t.name, t.datatype, shape, raw[i], limits)
         else:
             field = TYPED_FIELD.get(t.datatype)
             if field is None:
                 if t.datatype in RAW_ONLY:
                     raise invalid(f"input '{t.name}': {t.datatype} data must be sent in raw_input_contents")
                 raise invalid(f"input '{t.name}': unknown datatype '{t.datatype}'")
-            data = decode_values(t.name, t.datatype, shape, getattr(t.contents, field))
+            data = decode_values(t.name, t.datatype, shape, getattr(t.contents, field), limits)
         tensors.append(Tensor(t.name, t.datatype, shape, data))
     outputs = []
     for o in request.outputs:

@@ -1,5 +1,5 @@
 """Builds the grpc.aio server: every GRPCInferenceService method, RouteAdmin (admin.py), grpc.health.v1, message
-limits."""
+and stream limits ([server.limits])."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ..service import InferenceService
 from ..tls import ServerTls, load as load_tls, plaintext_warning, reload as reload_tls
 from . import admin
 from .auth import AuthInterceptor
+from .limits import requests_in_flight
 from ._generated import grpc_service_pb2 as pb
 from .servicer import InferenceServicer, parser
 
@@ -32,13 +33,17 @@ def _unimplemented(name: str) -> Callable[..., Any]:
     return handler
 
 
-def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
-    """One handler per method of the service descriptor; methods the servicer lacks answer UNIMPLEMENTED."""
+def method_handlers(servicer: InferenceServicer,
+                    max_requests_per_stream: int | None = None) -> dict[str, grpc.RpcMethodHandler]:
+    """One handler per method of the service descriptor; methods the servicer lacks answer UNIMPLEMENTED. A stream
+    reads its next request only while fewer than max_requests_per_stream of its requests are unanswered."""
     handlers = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
         request_class = getattr(pb, method.input_type.name)
         response_class = getattr(pb, method.output_type.name)
         behaviour = getattr(servicer, method.name, None) or _unimplemented(method.name)
+        if method.name == "ModelStreamInfer" and max_requests_per_stream is not None:
+            behaviour = requests_in_flight(behaviour, max_requests_per_stream)
         make = grpc.stream_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(behaviour, request_deserializer=parser(request_class),
                                      response_serializer=response_class.SerializeToString)
@@ -50,15 +55,17 @@ def build_server(service: InferenceService, cfg: ServerConfig, interceptors: Seq
                  ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """An unstarted server bound to cfg.host:cfg.port (with TLS when given credentials); returns it, its health
     servicer and the bound port."""
-    limit = cfg.max_message_bytes
+    limits = cfg.limits
     server = grpc.aio.server(interceptors=list(interceptors), options=[
-        ("grpc.max_send_message_length", limit),
-        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.max_receive_message_length", limits.max_request_bytes),  # over it: grpc's own RESOURCE_EXHAUSTED
+        ("grpc.max_concurrent_streams", limits.max_concurrent_streams),  # per connection; clients queue the rest
         # A port already in use is an error, not a silent share, unless workers share it on purpose.
         ("grpc.so_reuseport", int(cfg.reuse_port)),
     ])
     # Registered with grpc core: calls are matched in C, not by a Python lookup per call.
-    server.add_registered_method_handlers(SERVICE_NAME, method_handlers(InferenceServicer(service)))
+    server.add_registered_method_handlers(SERVICE_NAME, method_handlers(InferenceServicer(service, limits),
+                                                                        limits.max_requests_per_stream))
     server.add_registered_method_handlers(admin.SERVICE_NAME, admin.method_handlers(service))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from ..config import LimitsConfig
 from ..errors import ErrorCode, InferenceError
 from ..service import InferenceService
 from . import codec
@@ -92,8 +93,9 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 class InferenceServicer:
     """The RPCs this server implements; the others answer UNIMPLEMENTED (see server.py)."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, limits: LimitsConfig | None = None) -> None:
         self.service = service
+        self.limits = limits  # tensor limits, checked while decoding, before anything is allocated
 
     @rpc
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
@@ -143,7 +145,7 @@ class InferenceServicer:
 
     @rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        decoded = codec.decode_request(request)
+        decoded = codec.decode_request(request, self.limits)
         decoded.routing_key = routing_key(context)
         response = await self.service.infer(decoded, deadline_of(context))
         return codec.encode_response(response)
@@ -185,7 +187,7 @@ class InferenceServicer:
             if isinstance(request, Malformed):
                 raise InferenceError(ErrorCode.INVALID_ARGUMENT,
                                      f"request is not a valid {request.type_name} protobuf message")
-            response = await self.service.infer(codec.decode_request(request), deadline)
+            response = await self.service.infer(codec.decode_request(request, self.limits), deadline)
             return pb.ModelStreamInferResponse(infer_response=codec.encode_response(response))
         except InferenceError as e:
             message = e.message

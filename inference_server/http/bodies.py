@@ -13,7 +13,7 @@ from . import codec
 
 JSON = "application/json"
 # Compressing a response larger than this runs in a thread (zlib releases the GIL). Compressed request bodies
-# are always inflated in a thread: a small one may inflate to max_message_bytes.
+# are always inflated in a thread: a small one may inflate to max_request_bytes.
 OFFLOAD_BYTES = 1 << 20
 MAX_GZIP_MEMBERS = 64  # concatenated gzip members in one body (a client sends one)
 BODY_IDLE_TIMEOUT_S = 30.0  # between two pieces of a request body

@@ -4,6 +4,8 @@ statistics and the repository extension. Pure functions from bytes to core objec
 Binary tensors use the gRPC raw layouts (tensors.decode_raw / encode_raw). JSON tensor data is converted with one
 numpy call, then checked by kind and range: a fractional number never truncates into an integer input (integral
 ones such as 2.0 are taken), an integer never wraps, and a number past FP16/FP32's range is refused, not made inf.
+With the server's limits, a tensor's size is checked from its shape, and JSON data's from its nesting, before any
+array or list is built.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from ..errors import ErrorCode, InferenceError, invalid
 from ..model_config import VersionPolicy, version_number
 from ..stats import Duration
 from ..tensors import (
-    DATATYPES, DataType, InferRequest, InferResponse, Tensor, datatype, decode_raw, decode_values, element_count,
-    encode_raw,
+    DATATYPES, DataType, InferRequest, InferResponse, Tensor, TensorLimits, add_request_elements, check_tensor_bytes,
+    datatype, decode_raw, decode_values, element_count, encode_raw,
 )
 from ..views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
 
@@ -67,10 +69,11 @@ def _is_int(value: Any) -> bool:
 
 # -- infer requests ------------------------------------------------------------------------------------------------
 
-def decode_infer_request(body: bytes, header_length: int | None, model: str,
-                         version: str) -> tuple[InferRequest, OutputFormat]:
+def decode_infer_request(body: bytes, header_length: int | None, model: str, version: str,
+                         limits: TensorLimits | None = None) -> tuple[InferRequest, OutputFormat]:
     """A v2 infer body: all JSON (header_length None), or a JSON header of header_length bytes followed by the
-    binary tensors of the inputs that carry parameters.binary_data_size, in input order."""
+    binary tensors of the inputs that carry parameters.binary_data_size, in input order. With `limits`, each input
+    is checked against them before it is decoded."""
     view = memoryview(body)
     if header_length is None:
         header, binary = view, view[:0]
@@ -83,13 +86,15 @@ def decode_infer_request(body: bytes, header_length: int | None, model: str,
     inputs = doc.get("inputs")
     if not isinstance(inputs, list):
         raise invalid("'inputs' must be an array of input tensors")
-    tensors, offset = [], 0
+    tensors, offset, elements = [], 0, 0
     for i, item in enumerate(inputs):
         name, dt, shape, params = _input_header(item, i)
         if ("data" in item) == ("binary_data_size" in params):
             raise invalid(f"input '{name}': give exactly one of 'data' and parameters.binary_data_size")
+        if limits is not None:
+            elements = add_request_elements(elements, element_count(shape, name, limits), name, limits)
         if "data" in item:
-            data = _json_input(name, dt, shape, item["data"])
+            data = _json_input(name, dt, shape, item["data"], limits)
         else:
             size = params["binary_data_size"]
             if not _is_int(size) or size < 0:
@@ -100,7 +105,7 @@ def decode_infer_request(body: bytes, header_length: int | None, model: str,
                               f"{len(binary) - offset} bytes left{hint}")
             chunk = binary[offset:offset + size]
             offset += size
-            data = decode_raw(name, dt.name, shape, bytes(chunk) if dt.itemsize == 0 else chunk)
+            data = decode_raw(name, dt.name, shape, chunk, limits)  # BYTES: copied once their size is checked
         tensors.append(Tensor(name, dt.name, shape, data))
     if offset != len(binary):
         raise invalid(f"{len(binary) - offset} unexpected bytes follow the binary tensors "
@@ -131,23 +136,42 @@ def _input_header(item: Any, i: int) -> tuple[str, DataType, tuple[int, ...], di
     return name, dt, tuple(shape), params
 
 
-def _json_input(name: str, dt: DataType, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    count = element_count(shape, name)
-    array = _json_tensor(name, dt, data)
+def _json_input(name: str, dt: DataType, shape: tuple[int, ...], data: Any,
+                limits: TensorLimits | None = None) -> np.ndarray:
+    count = element_count(shape, name, limits)
+    check_tensor_bytes(name, dt, count, limits)
+    given = _nested_elements(data)
+    if given > count:  # before converting: more than the shape allows is never built
+        raise invalid(f"input '{name}': {given} elements given but shape {list(shape)} needs {count}")
+    array = _json_tensor(name, dt, data, limits)
     if array.size != count:
         raise invalid(f"input '{name}': {array.size} elements given but shape {list(shape)} needs {count}")
     return array.reshape(shape)
 
 
-def _json_tensor(name: str, dt: DataType, data: Any) -> np.ndarray:
-    """JSON data (nested lists) -> an array of the shape the nesting gives, checked against the datatype."""
+def _nested_elements(data: Any) -> int:
+    """The elements of nested JSON lists as their first elements' nesting gives them, without converting anything
+    (data that is not regular is refused when it is converted; data that is not a list counts 0, refused later)."""
+    if not isinstance(data, list):
+        return 0
+    count, node, depth = 1, data, 0
+    while isinstance(node, list) and depth <= _MAX_NESTING:
+        count *= len(node)
+        node = node[0] if node else None
+        depth += 1
+    return count
+
+
+def _json_tensor(name: str, dt: DataType, data: Any, limits: TensorLimits | None = None) -> np.ndarray:
+    """JSON data (nested lists) -> an array of the shape the nesting gives, checked against the datatype. The caller
+    has checked its size (_nested_elements) against the limits."""
     if not isinstance(data, list):
         raise invalid(f"input '{name}': data must be a JSON array")
     if dt.name == "BF16":
         raise invalid(f"input '{name}': BF16 data cannot travel as JSON; send it binary (binary_data_size)")
     if dt.name == "BYTES":
         shape, flat = _strings(name, data)
-        return decode_values(name, "BYTES", shape, flat)
+        return decode_values(name, "BYTES", shape, flat, limits)
     try:
         array = np.asarray(data)
     except ValueError:
@@ -277,7 +301,8 @@ def _json_data(t: Tensor) -> np.ndarray | list[str] | None:
 
 # -- KServe v1 predict ---------------------------------------------------------------------------------------------
 
-def decode_v1_predict(body: bytes, model: str, version: str, inputs: Sequence[TensorView]) -> InferRequest:
+def decode_v1_predict(body: bytes, model: str, version: str, inputs: Sequence[TensorView],
+                      limits: TensorLimits | None = None) -> InferRequest:
     """{"instances": [row, ...]} (rows stacked into a batch) or {"inputs": {name: tensor}} (columns as given)."""
     doc = _object(_loads(body, "request body"), "the request body")
     names = [t.name for t in inputs]
@@ -289,10 +314,17 @@ def decode_v1_predict(body: bytes, model: str, version: str, inputs: Sequence[Te
             else {names[0]: value}
     else:
         raise invalid("a v1 predict body needs 'instances' (rows) or 'inputs' (columns)")
-    tensors = []
+    tensors, elements = [], 0
     for spec in inputs:
         dt = datatype(spec.datatype, spec.name)
-        array = _json_tensor(spec.name, dt, columns[spec.name])
+        if limits is not None:  # no shape is given: the data's nesting is counted before anything is built
+            given = _nested_elements(columns[spec.name])
+            if given > limits.max_tensor_elements:
+                raise invalid(f"input '{spec.name}': data of {given} elements exceeds max_tensor_elements "
+                              f"({limits.max_tensor_elements})")
+            check_tensor_bytes(spec.name, dt, given, limits)
+            elements = add_request_elements(elements, given, spec.name, limits)
+        array = _json_tensor(spec.name, dt, columns[spec.name], limits)
         tensors.append(Tensor(spec.name, dt.name, array.shape, array))
     return InferRequest(model_name=model, model_version=version, inputs=tensors)
 

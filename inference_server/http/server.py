@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..auth import Auth, load as load_auth, reload as reload_auth
-from ..config import ServerConfig
+from ..config import LimitsConfig, ServerConfig
 from ..errors import ErrorCode, InferenceError, QueueFull
 from ..service import InferenceService
 from ..tensors import InferRequest
@@ -119,9 +119,10 @@ def _status(ok: bool) -> Response:
 class Routes:
     auth: Auth | None = None  # bearer tokens, when [server.auth] names a file (replaced on SIGHUP)
 
-    def __init__(self, service: InferenceService, max_body_bytes: int) -> None:
+    def __init__(self, service: InferenceService, max_body_bytes: int, limits: LimitsConfig | None = None) -> None:
         self.service = service
-        self.limit = max_body_bytes
+        self.limit = max_body_bytes  # [server.limits] max_request_bytes: bodies, compressed and decompressed (413)
+        self.limits = limits  # what a tensor may hold, checked as it is decoded
         self.in_flight = 0  # requests being read or answered (the front end's drain waits for them)
         self.idle = asyncio.Event()
         self.idle.set()
@@ -193,9 +194,10 @@ class Routes:
             raise HttpError(413, f"{json_bytes} bytes of JSON exceed the {MAX_JSON_BYTES >> 20} MiB JSON limit: send "
                                  "the tensors binary (Triton's binary tensor extension, as tritonclient.http does)")
         if json_bytes > OFFLOAD_BYTES:
-            infer_request, fmt = await asyncio.to_thread(codec.decode_infer_request, body, length, model, version)
+            infer_request, fmt = await asyncio.to_thread(codec.decode_infer_request, body, length, model, version,
+                                                         self.limits)
         else:
-            infer_request, fmt = codec.decode_infer_request(body, length, model, version)
+            infer_request, fmt = codec.decode_infer_request(body, length, model, version, self.limits)
         _from_headers(request, infer_request)
         # No deadline from HTTP itself: the request's `timeout` parameter reaches the service in the request.
         response = await self.service.infer(infer_request, None)
@@ -220,7 +222,7 @@ class Routes:
         if len(body) > MAX_JSON_BYTES:
             raise HttpError(413, f"{len(body)} bytes of JSON exceed the {MAX_JSON_BYTES >> 20} MiB JSON limit")
         inputs = self.service.model_metadata(model).inputs
-        infer_request = codec.decode_v1_predict(body, model, "", inputs)
+        infer_request = codec.decode_v1_predict(body, model, "", inputs, self.limits)
         _from_headers(request, infer_request)
         response = await self.service.infer(infer_request, None)
         return Response(codec.encode_v1_predict(response), media_type=JSON)
@@ -324,7 +326,7 @@ class HttpFrontEnd:
         self._contexts = None if self._tls is None else RotatingContext(self._tls.context)
         self._sockets = bind(cfg.host, cfg.http_port, cfg.reuse_port)
         self.port: int = self._sockets[0].getsockname()[1]
-        self._routes = Routes(service, cfg.max_message_bytes)
+        self._routes = Routes(service, cfg.limits.max_request_bytes, cfg.limits)
         self._routes.auth = tokens
         config = uvicorn.Config(
             build_app(self._routes),
