@@ -33,7 +33,7 @@ from .workers import port_is_free, supervise
 
 log = logging.getLogger(__name__)
 
-SETTLE_QUIET_S = 0.1  # after a drain: no request refused for this long means the clients have noticed...
+SETTLE_QUIET_S = 0.25  # after a drain: no request refused for this long means the clients have noticed...
 SETTLE_LIMIT_S = 2.0  # ...or stop waiting for that after this long
 
 
