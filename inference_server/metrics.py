@@ -280,7 +280,7 @@ class RejectionCollector:
         self._rejected = rejected
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily("inference_rejected_requests", "Inference requests refused at once, by reason",
+        family = CounterMetricFamily("inference_rejected_requests", "Requests refused at once, by reason",
                                      labels=["reason"])
         for reason, n in sorted(dict(self._rejected).items()):
             family.add_metric([reason], n)
