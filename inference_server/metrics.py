@@ -67,7 +67,8 @@ TRITON_DURATIONS_US = [  # (name, help, attribute holding a Duration)
 ]
 
 
-def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
+def buckets(histogram: Histogram) -> list[tuple[str, float]]:
+    """A Histogram as Prometheus cumulative buckets (also the routes' families, routing/metrics.py)."""
     return [(floatToGoString(le), float(n)) for le, n in histogram.cumulative()]
 
 
@@ -101,18 +102,18 @@ class StatsCollector:
         for name, version, s in models:
             # Copies (one C-level step each): the event loop may add a code or reason while this thread reads.
             for code, h in sorted(dict(s.request_s).items()):
-                request.add_metric([name, version, code], _buckets(h), h.sum)
+                request.add_metric([name, version, code], buckets(h), h.sum)
                 requests.add_metric([name, version, code], h.count)
             for reason, n in sorted(dict(s.failures).items()):
                 failures.add_metric([name, version, reason], n)
             pending.add_metric([name, version], s.pending())
             for family, (_, _, attribute) in zip(histograms, HISTOGRAMS, strict=True):
                 h = getattr(s, attribute)
-                family.add_metric([name, version], _buckets(h), h.sum)
+                family.add_metric([name, version], buckets(h), h.sum)
             if s.cache_hit.count or s.cache_miss.count:
                 cache.add_metric([name, version, "hit"], s.cache_hit.count)
                 cache.add_metric([name, version, "miss"], s.cache_miss.count)
-                lookup.add_metric([name, version], _buckets(s.cache_lookup_s), s.cache_lookup_s.sum)
+                lookup.add_metric([name, version], buckets(s.cache_lookup_s), s.cache_lookup_s.sum)
         yield from (request, requests, failures, pending, *histograms, cache, lookup)
         yield from self._triton(models)
         yield from self._lifecycle_metrics()
@@ -190,7 +191,7 @@ class StatsCollector:
                  "closing (its requests drained)", events.unload_s)):
             family = HistogramMetricFamily(name, text, labels=["model"])
             for model, h in sorted(dict(table).items()):
-                family.add_metric([model], _buckets(h), h.sum)
+                family.add_metric([model], buckets(h), h.sum)
             durations.append(family)
         yield from (state, loads, unloads, polls, *durations)
 

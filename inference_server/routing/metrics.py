@@ -7,18 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
 
 from ..breaker import STATES as BREAKER_STATES
-from ..stats import Histogram
+from ..metrics import buckets
 from .canary import DECISIONS, STATES
 from .shadow import ShadowStats
 from .stats import RouteStats
 from .views import RouteView
-
-
-def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
-    return [(floatToGoString(le), float(n)) for le, n in histogram.cumulative()]
 
 
 class RouteCollector:
@@ -41,7 +36,7 @@ class RouteCollector:
         duration = HistogramMetricFamily("inference_route_request_duration_seconds", "End-to-end duration of the "
                                          "requests a route sent to a variant", labels=["route", "variant"])
         for (route, variant), h in sorted(dict(self._stats.duration_s).items()):
-            duration.add_metric([route, variant], _buckets(h), h.sum)
+            duration.add_metric([route, variant], buckets(h), h.sum)
         fallbacks = CounterMetricFamily("inference_route_fallbacks", "Answers from a route's fallback, by the "
                                         "variant that failed and why", labels=["route", "variant", "reason"])
         for (route, variant, reason), n in sorted(dict(self._stats.fallbacks).items()):
@@ -97,10 +92,10 @@ class RouteCollector:
         duration = HistogramMetricFamily("inference_shadow_request_duration_seconds", "Time the shadow took to "
                                          "answer a copy", labels=["route"])
         for route, h in sorted(dict(s.duration_s).items()):
-            duration.add_metric([route], _buckets(h), h.sum)
+            duration.add_metric([route], buckets(h), h.sum)
         difference = HistogramMetricFamily("inference_shadow_output_difference", "Largest absolute difference of "
                                            "a shadow output from the primary's answer (text: the share of elements "
                                            "that differ; +Inf: another shape)", labels=["route", "output"])
         for (route, output), h in sorted(dict(s.difference).items()):
-            difference.add_metric([route, output], _buckets(h), h.sum)
+            difference.add_metric([route, output], buckets(h), h.sum)
         yield from (requests, duration, difference)
