@@ -314,10 +314,13 @@ class InferenceService:
 
     async def settle(self, quiet_s: float, limit_s: float) -> None:
         """After a drain, before the front ends close: until no request has been refused for `quiet_s` (at most
-        `limit_s`). Requests a transport has already received are then answered UNAVAILABLE by us; a transport
-        that closes with requests still unanswered cuts them off (gRPC's answer to those is CANCELLED)."""
-        deadline = time.monotonic() + limit_s
-        while (now := time.monotonic()) < deadline and now - self._last_refused < quiet_s:
+        `limit_s`), counted from now when nothing has been refused yet. Requests a transport has already received
+        are then answered UNAVAILABLE by us; a transport that closes with requests still unanswered cuts them off
+        (gRPC's answer to those is CANCELLED). Calls sent as the drain began may not have reached us yet, so even
+        a drain that refused nothing waits `quiet_s`."""
+        start = time.monotonic()
+        deadline = start + limit_s
+        while (now := time.monotonic()) < deadline and now - max(start, self._last_refused) < quiet_s:
             await asyncio.sleep(min(quiet_s, deadline - now))
 
     async def drain(self, grace_s: float) -> None:

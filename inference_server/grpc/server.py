@@ -24,6 +24,7 @@ from .servicer import InferenceServicer, parser
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+PENDING_CALLS_UNLIMITED = 2**31 - 1  # grpc core's backlog of calls not yet taken by the application
 
 
 def _unimplemented(name: str) -> Callable[..., Any]:
@@ -62,6 +63,11 @@ def build_server(service: InferenceService, cfg: ServerConfig, interceptors: Seq
         ("grpc.max_concurrent_streams", limits.max_concurrent_streams),  # per connection; clients queue the rest
         # A port already in use is an error, not a silent share, unless workers share it on purpose.
         ("grpc.so_reuseport", int(cfg.reuse_port)),
+        # grpc core kills calls it has read but we have not yet taken once more than 1,000 wait (at random; all
+        # past 3,000) with CANCELLED and no message. Overload is answered by our own limits instead (the streams
+        # per connection above, max_in_flight, each model's queue bound, the deadline), each with its status.
+        ("grpc.server.max_pending_requests", PENDING_CALLS_UNLIMITED),
+        ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_UNLIMITED),
     ])
     # Registered with grpc core: calls are matched in C, not by a Python lookup per call.
     server.add_registered_method_handlers(SERVICE_NAME, method_handlers(InferenceServicer(service, limits),

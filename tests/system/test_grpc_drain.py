@@ -51,20 +51,15 @@ async def load(url: str, clients: int, signal_after_s: float, send_signal) -> Co
 
 @pytest.mark.parametrize("clients", [8, 16])
 def test_sigterm_under_load_answers_every_call_and_cancels_none(launch, clients):
-    """Before the fix every run cut calls off (4 of 8, 13 of 16). A rarer case remains, about one run in ten here:
-    most callers see CANCELLED about 2 ms after the signal, before the server has closed anything (cause not found
-    yet). So: up to three servers, and one of them must answer every call OK or UNAVAILABLE."""
-    runs = []
-    for _ in range(3):
+    """Before the fix every run cut calls off (4 of 8, 13 of 16). A rarer case followed, about one run in eight:
+    when no call had been refused yet as the drain ended, the server closed at once, and most callers, whose next
+    calls were already in the transport, saw CANCELLED about 2 ms after the signal. Two servers, both clean."""
+    for _ in range(2):
         server = launch()
         codes = asyncio.run(load(server.url, clients, 1.0, lambda s=server: s.proc.send_signal(signal.SIGTERM)))
         assert server.proc.wait(30) == 0, server.log()
         assert codes["OK"] > 100  # it was serving when the signal came
-        assert codes["UNAVAILABLE"] + codes["CANCELLED"] == clients and set(codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}
-        runs.append(codes)
-        if "CANCELLED" not in codes:
-            break
-    assert "CANCELLED" not in runs[-1], runs
+        assert codes["UNAVAILABLE"] == clients and set(codes) == {"OK", "UNAVAILABLE"}, codes
 
 
 def test_sigterm_answers_queued_requests_of_a_slow_model(launch, tmp_path):
