@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,14 +26,14 @@ from starlette.routing import Route
 
 from ..auth import Auth, load as load_auth, reload as reload_auth
 from ..config import LimitsConfig, ServerConfig
-from ..errors import ErrorCode, InferenceError, QueueFull
+from ..errors import ErrorCode, InferenceError, QueueFull, invalid
 from ..service import InferenceService
-from ..tensors import InferRequest
+from ..tensors import InferRequest, InferResponse
 from ..tls import load as load_tls, plaintext_warning, reload as reload_tls
 from . import admin, auth, codec
 from .bodies import (JSON, OFFLOAD_BYTES, HttpError, accepted_encoding, compress, error_response, header_length,
                      read_body)
-from .transport import EmbeddedServer, GuardedHttpTools, RotatingContext, bind, connection_limit
+from .transport import CLIENT_GONE, EmbeddedServer, GuardedHttpTools, RotatingContext, bind, connection_limit
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = "1"  # seconds, on a 503 for a full queue or the in-flight cap
@@ -40,6 +41,8 @@ RETRY_AFTER_S = "1"  # seconds, on a 503 for a full queue or the in-flight cap
 BINARY = "application/octet-stream"
 REQUEST_ID_HEADER = "x-request-id"
 ROUTING_KEY_HEADER = "routing-key"  # what a route hashes for stickiness when the request names no key itself
+# How long the client waits, in milliseconds: ours, and the one Envoy (and Istio) add for the route's timeout.
+TIMEOUT_HEADERS = ("request-timeout-ms", "x-envoy-expected-rq-timeout-ms")
 # JSON tensors cost about 14x their size in memory and seconds per 100 MB to decode: beyond this, send binary
 # tensors (Triton's --http-max-input-size defaults to 64 MB as well). Larger JSON bodies decode in a thread.
 MAX_JSON_BYTES = 64 << 20
@@ -104,6 +107,45 @@ def _from_headers(request: Request, infer_request: InferRequest) -> None:
         infer_request.id = request.headers.get(REQUEST_ID_HEADER, "")
     infer_request.routing_key = request.headers.get(ROUTING_KEY_HEADER)
     request.scope["inference_server.request_id"] = infer_request.id
+
+
+def deadline_of(request: Request) -> float | None:
+    """The request's deadline in event-loop time from its timeout headers (the earliest), or None without one."""
+    deadline = None
+    for name in TIMEOUT_HEADERS:
+        value = request.headers.get(name)
+        if value is None:
+            continue
+        try:
+            timeout_ms = float(value)
+        except ValueError:
+            timeout_ms = math.nan
+        if not (math.isfinite(timeout_ms) and timeout_ms >= 0):
+            raise invalid(f"header '{name}' must be a non-negative number of milliseconds, got {value[:32]!r}")
+        at = asyncio.get_running_loop().time() + timeout_ms / 1e3
+        deadline = at if deadline is None else min(deadline, at)
+    return deadline
+
+
+async def answer(service: InferenceService, request: Request, infer_request: InferRequest,
+                 deadline: float | None) -> InferResponse:
+    """service.infer, given up when the client closes its connection first: a queued request then leaves its
+    queue and never runs (CANCELLED, 499, counted in the model's statistics)."""
+    gone = request.scope.get(CLIENT_GONE)
+    if gone is None:
+        return await service.infer(infer_request, deadline)
+    if gone.closed:
+        raise InferenceError(ErrorCode.CANCELLED, "the client closed the connection before its answer")
+    task = asyncio.current_task()
+    gone.waiter = task
+    try:
+        return await service.infer(infer_request, deadline)
+    except asyncio.CancelledError:
+        if not gone.closed or task is None or task.uncancel() > 0:  # also stopped for another reason: go on
+            raise
+        raise InferenceError(ErrorCode.CANCELLED, "the client closed the connection before its answer") from None
+    finally:
+        gone.waiter = None
 
 
 def _model(request: Request) -> tuple[str, str]:
@@ -187,6 +229,7 @@ class Routes:
     @endpoint
     async def infer(self, request: Request) -> Response:
         model, version = _model(request)
+        deadline = deadline_of(request)
         length = header_length(request)
         body = await read_body(request, self.limit)
         json_bytes = len(body) if length is None else length
@@ -199,8 +242,7 @@ class Routes:
         else:
             infer_request, fmt = codec.decode_infer_request(body, length, model, version, self.limits)
         _from_headers(request, infer_request)
-        # No deadline from HTTP itself: the request's `timeout` parameter reaches the service in the request.
-        response = await self.service.infer(infer_request, None)
+        response = await answer(self.service, request, infer_request, deadline)
         content, json_length = codec.encode_infer_response(response, fmt)
         headers = {}
         if json_length is not None:
@@ -218,13 +260,14 @@ class Routes:
     @endpoint
     async def v1_predict(self, request: Request) -> Response:
         model = request.path_params["model"]
+        deadline = deadline_of(request)
         body = await read_body(request, self.limit)
         if len(body) > MAX_JSON_BYTES:
             raise HttpError(413, f"{len(body)} bytes of JSON exceed the {MAX_JSON_BYTES >> 20} MiB JSON limit")
         inputs = self.service.model_metadata(model).inputs
         infer_request = codec.decode_v1_predict(body, model, "", inputs, self.limits)
         _from_headers(request, infer_request)
-        response = await self.service.infer(infer_request, None)
+        response = await answer(self.service, request, infer_request, deadline)
         return Response(codec.encode_v1_predict(response), media_type=JSON)
 
     # -- route administration (JSON in admin.py) --

@@ -1,6 +1,7 @@
 """The HTTP front end's connections: listening sockets bound here (so a port in use fails the start as gRPC's
-does), uvicorn's httptools protocol with bounds on request heads, a connection cap, TLS with certificates that
-change without a restart, and uvicorn embedded in the loop that already runs gRPC (no signal handlers of its own)."""
+does), uvicorn's httptools protocol with bounds on request heads and word of clients that leave, a connection cap,
+TLS with certificates that change without a restart, and uvicorn embedded in the loop that already runs gRPC (no
+signal handlers of its own)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import resource
 import socket
 import ssl
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -65,6 +67,25 @@ def bind(host: str, port: int, reuse_port: bool, backlog: int = 2048) -> list[so
     return sockets
 
 
+CLIENT_GONE = "inference_server.client_gone"  # the scope key of a request's ClientGone
+
+
+class ClientGone:
+    """One request's tie to its connection. When the client closes the connection before its answer, the task
+    waiting on that answer (`waiter`) is cancelled, so a queued request leaves its queue and never runs."""
+
+    __slots__ = ("closed", "waiter")
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.waiter: asyncio.Task[Any] | None = None
+
+    def close(self) -> None:
+        self.closed = True
+        if self.waiter is not None:
+            self.waiter.cancel()
+
+
 class GuardedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol with the two bounds it leaves out: a request's line and headers must arrive
     within HEAD_TIMEOUT_S (from the connection's opening, or the request's first byte) and within
@@ -91,6 +112,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_open = False
         self._cancel_head_timer()
+        self.scope[CLIENT_GONE] = ClientGone()  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -99,7 +121,12 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and cycle.disconnected:  # closed before its answer was complete
+            gone = cycle.scope.get(CLIENT_GONE)
+            if isinstance(gone, ClientGone):
+                gone.close()
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
