@@ -63,6 +63,8 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict:
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     (RESULTS / f"{name}.md").write_text(table)
+    for path in result.get("also_write", ()):  # a report the project points to by name
+        (HERE / path).write_text(table)
     print(table, flush=True)
     return result
 

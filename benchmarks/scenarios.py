@@ -21,6 +21,7 @@ import tritonclient.grpc as grpcclient
 from benchmarks import ceiling, loadgen, peers, perf_analyzer
 from benchmarks.http import http_scenario
 from benchmarks.lifecycle import lifecycle_scenario
+from benchmarks.reliability import reliability_scenario
 from benchmarks.models import MODELS, write
 from benchmarks.routing import routing_scenario
 from benchmarks.shadow import shadow_scenario
@@ -444,4 +445,5 @@ def batch_score(args: argparse.Namespace) -> dict:
 SCENARIOS = {"closed-loop": closed_loop, "batching": batching, "execution": execution, "open-loop": open_loop,
              "workers": workers, "peers": peer_comparison, "batch-score": batch_score, "metrics": metrics_cost,
              "cache": cache_scenario, "lifecycle": lifecycle_scenario,
-             "http": http_scenario, "routing": routing_scenario, "shadow": shadow_scenario}
+             "http": http_scenario, "routing": routing_scenario, "shadow": shadow_scenario,
+             "reliability": reliability_scenario}

@@ -23,6 +23,11 @@ EXECUTION_MODES = ("sequential", "parallel")  # ONNX Runtime's ExecutionMode (pa
 WARMUP_DATA = ("zeros", "random")
 MODEL_FILE = "model.onnx"
 MLFLOW_SCHEME = "models:/"
+# Queued requests per model before new ones get UNAVAILABLE. Chosen in the reliability benchmark
+# (benchmarks/reliability.md): at twice a model's capacity with no client deadline, an unbounded queue grew the
+# server by ~150 MiB in 5 s and its p99 to 4.6 s, both still climbing; 256 held them at ~22 MiB and 0.8 s for the
+# same answers per second, refusing the excess (64: 0.23 s; 1024: 79 MiB and 2.9 s). 0 = unbounded, as Triton.
+DEFAULT_MAX_QUEUE_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,7 +35,7 @@ class BatchingConfig:
     max_batch_size: int | None = None  # rows (dim 0); None: 32 when the model can batch, else 0
     max_queue_delay_us: int = 0  # measured from the oldest queued request's arrival
     preferred_batch_size: tuple[int, ...] = ()
-    max_queue_size: int = 0  # queued requests; 0 = unbounded
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE  # queued requests; 0 = unbounded
     instance_count: int = 1  # model instances = batches that may run at once
 
 

@@ -61,19 +61,29 @@ def rpc(method: Handler) -> Handler:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"request body is not a valid {request.type_name} protobuf message")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"request body is not a valid {request.type_name} protobuf message")
         try:
             return await method(self, request, context)
         except InferenceError as e:
-            await context.abort(TO_GRPC[e.code], e.message)
+            await abort(context, TO_GRPC[e.code], e.message)
         except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("request %s: %s failed unexpectedly", getattr(request, "id", "") or "-", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            await abort(context, grpc.StatusCode.INTERNAL, "internal error")
 
     return wrapper
+
+
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+    """context.abort, for a call that may have ended meanwhile: a request that expired in its queue at its deadline
+    races grpc core, which ends the call with DEADLINE_EXCEEDED itself at that moment. A status that can no longer
+    be sent is not an error of ours (grpc would log one, with a traceback): the call ends as cancelled."""
+    try:
+        await context.abort(code, message)
+    except grpc.aio.InternalError:  # grpc's ExecuteBatchError: the call was over before the status went out
+        raise asyncio.CancelledError from None
 
 
 def routing_key(context: grpc.aio.ServicerContext) -> str | None:

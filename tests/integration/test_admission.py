@@ -4,12 +4,15 @@ HTTP 503 with Retry-After), and every refusal is counted by reason."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -17,6 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from inference_server.config import parse_server
+from inference_server.grpc._generated import grpc_service_pb2 as pb
+from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
+from inference_server.model_config import DEFAULT_MAX_QUEUE_SIZE
 from tests import onnx_models
 from tests.conftest import ServerThread
 from tests.server_process import free_port
@@ -95,3 +101,30 @@ def test_past_a_models_queue_bound_requests_are_unavailable_and_counted(server):
     # one running and one queued are answered; the others find the queue full
     assert outcomes.count("OK") >= 2 and "StatusCode.UNAVAILABLE" in outcomes, outcomes
     assert rejected(server)["queue_full"] - before == outcomes.count("StatusCode.UNAVAILABLE")
+
+
+def test_a_model_without_a_bound_of_its_own_queues_the_default_256(server):
+    """The default max_queue_size: while one request runs, 256 wait and the rest are refused at once."""
+    before = rejected(server).get("queue_full", 0)
+    request = pb.ModelInferRequest(
+        model_name="slow", inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
+        raw_input_contents=[np.ones((1, 1), np.float32).tobytes()])
+
+    async def flood(calls: int) -> Counter:
+        async with grpc.aio.insecure_channel(server.url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def one() -> str:
+                try:
+                    await stub.ModelInfer(request, timeout=3)
+                    return "OK"
+                except grpc.aio.AioRpcError as e:
+                    return e.code().name
+
+            return Counter(await asyncio.gather(*(one() for _ in range(calls))))
+
+    codes = asyncio.run(flood(300))
+    refused = codes["UNAVAILABLE"]
+    assert 300 - DEFAULT_MAX_QUEUE_SIZE - 1 <= refused <= 300 - DEFAULT_MAX_QUEUE_SIZE, codes
+    assert set(codes) <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}  # the queued ones wait out their deadline
+    assert rejected(server)["queue_full"] - before == refused

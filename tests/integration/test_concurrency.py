@@ -72,10 +72,14 @@ async def test_client_deadline_drops_the_request_before_the_model_runs_it(server
 
 
 async def test_cancelled_client_call_never_reaches_the_model(server):
-    async with slow_model_kept_busy(server) as client:
+    stats = server.app.registry.find("slow").stats
+    before = stats.failures["CANCELED"]
+    async with slow_model_kept_busy(server) as client:  # checks on exit that the model ran nothing else
         doomed = asyncio.create_task(slow_call(client))
         await asyncio.sleep(0.02)
         doomed.cancel()
+        await asyncio.sleep(0.05)
+        assert stats.failures["CANCELED"] == before + 1  # out of the queue at once, counted (Triton's reason)
 
 
 async def test_stream_answers_every_request_and_a_bad_one_does_not_end_it(server):

@@ -5,6 +5,8 @@ extension, compression, random headers), plus random paths and methods.
 The properties, for every example: the answer is a status a client mistake may get (never UNKNOWN or a crash;
 INTERNAL / 500 only from `drops_row`, the model that fails at run time); an OK answer is well formed; nothing hangs;
 and the server still answers its liveness check afterwards. Examples are derandomized, so CI runs the same cases.
+With FUZZ_OUTCOMES_FILE set, each example's outcome is tallied per test and merged into that JSON file at the end
+(benchmarks/fuzz.py reports it).
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import os
 import socket
 import struct
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -34,6 +39,41 @@ pytestmark = pytest.mark.integration
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 FAILS_AT_RUN_TIME = "drops_row"  # its INTERNAL / 500 is the server's failure, not the client's
 CALL_TIMEOUT_S = 20.0  # far above any answer here: reaching it means a hang
+
+
+# -- outcomes, for benchmarks/fuzz.py -----------------------------------------------------------------------------
+
+OUTCOMES_FILE = os.environ.get("FUZZ_OUTCOMES_FILE")  # unset: nothing is tallied
+OUTCOMES: dict[str, Counter[str]] = {}  # test function -> outcome ("OK", "INVALID_ARGUMENT", "HTTP 400") -> examples
+current_test = ""  # the running test function (hypothesis runs all its examples in one call)
+
+
+@pytest.fixture(autouse=True)
+def name_current_test(request):
+    global current_test
+    current_test = request.node.originalname
+
+
+def tally(outcome: str) -> None:
+    if OUTCOMES_FILE:
+        OUTCOMES.setdefault(current_test, Counter())[outcome] += 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def write_outcomes():
+    """At the end of the module: the tallies, added to what the file already holds."""
+    yield
+    if not OUTCOMES_FILE:
+        return
+    path = Path(OUTCOMES_FILE)
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    for test, counts in OUTCOMES.items():
+        entry = merged.setdefault(test, {"cases": 0, "outcomes": {}})
+        entry["cases"] += sum(counts.values())
+        for outcome, n in counts.items():
+            entry["outcomes"][outcome] = entry["outcomes"].get(outcome, 0) + n
+    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    OUTCOMES.clear()
 
 
 def fuzz_settings(examples: int) -> settings:
@@ -442,6 +482,7 @@ def check_grpc(channel: grpc.Channel, stub: pb_grpc.GRPCInferenceServiceStub, bo
     except Exception:  # not a message at all: the server must say so
         request = None
     code, data, details = call_raw(channel, body)
+    tally(code.name)
     event(f"{code.name}" if request is not None else f"{code.name} (not a message)")
     if request is None:
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
@@ -772,10 +813,12 @@ def check_http(port: int, request: HttpRequest) -> None:
     try:
         status, headers, body = exchange(port, request)
     except NoAnswer:
+        tally("closed without an answer")
         event("closed without an answer")
         assert request.malformed, "a well-formed request got no response"
         http_live(port)
         return
+    tally(f"HTTP {status}")
     event(f"{status}{' (malformed HTTP)' if request.malformed else ''}")
     if request.malformed:  # uvicorn's own refusal, or our answer if the parser let it through
         assert status in request.statuses | {400}, (status, body[:300])
@@ -915,6 +958,7 @@ def test_more_dimensions_than_numpy_allows(channel, stub, http_port, send):
     became INTERNAL / 500): a client mistake, so INVALID_ARGUMENT / 400 (each element count here is right: only the
     number of dimensions is wrong)."""
     status = send(channel, http_port)
+    tally(status.name if isinstance(status, grpc.StatusCode) else f"HTTP {status}")
     assert_live(stub)
     http_live(http_port)
     assert status in (grpc.StatusCode.INVALID_ARGUMENT, 400)
