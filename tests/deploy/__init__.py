@@ -1,0 +1,1 @@
+"""Deployment artefacts checked offline: container images, Kubernetes manifests, alert rules."""
