@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance-count", type=int, help="default model instances per model")
     p.add_argument("--max-message-bytes", type=int, help="gRPC send/receive limit")
     p.add_argument("--drain-grace-s", type=float, help="how long SIGTERM waits for in-flight requests")
+    p.add_argument("--max-connection-age-s", type=float,
+                   help="end gRPC connections after this many seconds (GOAWAY; clients reconnect, spreading over "
+                        "replicas behind a Service); default 0: never")
+    p.add_argument("--max-connection-age-grace-s", type=float,
+                   help="after that GOAWAY, how long running calls may still finish (default 0: however long)")
     p.add_argument("--log-level", type=str.upper, help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
     p.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json: one object per line")
     p.add_argument("--access-log", action="store_true", default=None, help="log one line per answered request")
@@ -83,7 +88,8 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Serve
     doc = read_toml(path, "--config") if path else {}
     server = dict(_get(doc, "server", "", dict, {}))
     batching = dict(_get(doc, "batching", "", dict, {}))
-    for key in ("host", "port", "http_port", "max_message_bytes", "drain_grace_s", "log_level", "device", "log_format",
+    for key in ("host", "port", "http_port", "max_message_bytes", "drain_grace_s", "max_connection_age_s",
+                "max_connection_age_grace_s", "log_level", "device", "log_format",
                 "access_log", "execution", "cache", "workers", "reuse_port", "metrics", "metrics_host",
                 "metrics_port", "model_control_mode", "load_models", "repository_poll_secs", "exit_on_error",
                 "strict_readiness", "model_cache_dir", "tls_cert", "tls_key",

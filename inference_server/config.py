@@ -80,6 +80,10 @@ class ServerConfig:
     http_port: int = 8000  # HTTP/REST (KServe v2), Triton's port; 0 = no HTTP front end
     max_message_bytes: int = 2**31 - 1  # gRPC responses; the default of limits.max_request_bytes
     drain_grace_s: float = 30.0
+    # gRPC connections end after this age (grpc core adds +-10 % jitter) with a GOAWAY: clients reconnect, and
+    # behind a connection-balancing Service (kube-proxy) new replicas get their share. 0 = connections live on.
+    max_connection_age_s: float = 0.0
+    max_connection_age_grace_s: float = 0.0  # after the GOAWAY, calls still running may finish; 0 = however long
     log_level: str = "INFO"
     log_format: str = "text"  # text | json
     access_log: bool = False  # one line per answered request (logger inference_server.access)
@@ -190,8 +194,9 @@ def parse_monitoring(table: Mapping[str, Any], prefix: str = "monitoring.") -> M
 def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     _reject_unknown(doc, ["server", "batching", "monitoring", "cache", "models", "routes"], "")
     s = _get(doc, "server", "", dict, {})
-    _reject_unknown(s, ["host", "port", "http_port", "max_message_bytes", "drain_grace_s", "log_level", "log_format",
-                        "access_log", "model_repository", "device", "execution", "cache", "workers", "reuse_port",
+    _reject_unknown(s, ["host", "port", "http_port", "max_message_bytes", "drain_grace_s", "max_connection_age_s",
+                        "max_connection_age_grace_s", "log_level", "log_format", "access_log", "model_repository",
+                        "device", "execution", "cache", "workers", "reuse_port",
                         "metrics", "metrics_host", "metrics_port", "model_control_mode", "load_models",
                         "repository_poll_secs", "exit_on_error", "strict_readiness", "model_cache_dir", "tls_cert",
                         "tls_key", "tls_client_ca", "auth", "limits"], "server.")
@@ -206,6 +211,8 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         http_port=_count(s, "http_port", "server.", 8000, maximum=65535),
         max_message_bytes=message_bytes,
         drain_grace_s=float(drain),
+        max_connection_age_s=_seconds(s, "max_connection_age_s", "server.", 0.0),
+        max_connection_age_grace_s=_seconds(s, "max_connection_age_grace_s", "server.", 0.0),
         log_level=_choice(s, "log_level", "server.", LOG_LEVELS, "INFO"),
         log_format=_choice(s, "log_format", "server.", LOG_FORMATS, "text"),
         access_log=_get(s, "access_log", "server.", bool, False),
@@ -237,6 +244,9 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     _check_model_control(cfg)
     if cfg.cache:
         check_cache(cfg.cache)
+    if cfg.max_connection_age_grace_s and not cfg.max_connection_age_s:
+        raise ConfigError("server.max_connection_age_grace_s", "needs max_connection_age_s (no age, nothing to "
+                          "grant grace to)")
     if cfg.workers > 1 and cfg.port == 0:
         raise ConfigError("server.workers", "several workers need a fixed port (port 0 picks one per process)")
     models = _get(doc, "models", "", list, [])

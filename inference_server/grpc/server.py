@@ -51,13 +51,23 @@ def method_handlers(servicer: InferenceServicer,
     return handlers
 
 
+def connection_age(cfg: ServerConfig) -> list[tuple[str, int]]:
+    """grpc core's max connection age and its grace, in ms; none when the age is 0 (connections live on)."""
+    if not cfg.max_connection_age_s:
+        return []
+    options = [("grpc.max_connection_age_ms", max(1, round(cfg.max_connection_age_s * 1e3)))]
+    if cfg.max_connection_age_grace_s:
+        options.append(("grpc.max_connection_age_grace_ms", max(1, round(cfg.max_connection_age_grace_s * 1e3))))
+    return options
+
+
 def build_server(service: InferenceService, cfg: ServerConfig, interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
                  credentials: grpc.ServerCredentials | None = None,
                  ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """An unstarted server bound to cfg.host:cfg.port (with TLS when given credentials); returns it, its health
     servicer and the bound port."""
     limits = cfg.limits
-    server = grpc.aio.server(interceptors=list(interceptors), options=[
+    server = grpc.aio.server(interceptors=list(interceptors), options=[*connection_age(cfg),
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         ("grpc.max_receive_message_length", limits.max_request_bytes),  # over it: grpc's own RESOURCE_EXHAUSTED
         ("grpc.max_concurrent_streams", limits.max_concurrent_streams),  # per connection; clients queue the rest

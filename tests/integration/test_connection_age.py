@@ -1,0 +1,64 @@
+"""[server] max_connection_age_s: grpc core ends each connection at that age with a GOAWAY, so a client reconnects
+(behind kube-proxy, possibly to another replica) and no call fails on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from inference_server.config import parse_server
+from inference_server.errors import ConfigError
+from inference_server.grpc._generated import grpc_service_pb2 as pb
+from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
+from tests.conftest import ServerThread
+
+pytestmark = pytest.mark.integration
+
+
+def serve(**server: object) -> ServerThread:
+    return ServerThread(parse_server({"server": {"port": 0, "metrics": False, "http_port": 0, **server}})).start()
+
+
+async def connections_used(url: str, duration_s: float) -> tuple[int, int]:
+    """Calls one channel for duration_s; returns (calls that failed, times the channel had to connect again)."""
+    failed = reconnects = 0
+    async with grpc.aio.insecure_channel(url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        await stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
+        end = time.monotonic() + duration_s
+        while time.monotonic() < end:
+            if channel.get_state() != grpc.ChannelConnectivity.READY:
+                reconnects += 1
+            try:
+                await stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
+            except grpc.aio.AioRpcError:
+                failed += 1
+            await asyncio.sleep(0.02)
+    return failed, reconnects
+
+
+def test_connections_older_than_the_age_are_ended_and_clients_reconnect_without_a_failed_call():
+    server = serve(max_connection_age_s=0.3, max_connection_age_grace_s=1)
+    try:
+        failed, reconnects = asyncio.run(connections_used(server.url, 2.0))
+    finally:
+        server.stop()
+    assert failed == 0
+    assert reconnects >= 2  # about one per 0.3 s (+-10 % jitter): the connection did not live on
+
+
+def test_without_an_age_a_connection_lives_on():
+    server = serve()
+    try:
+        failed, reconnects = asyncio.run(connections_used(server.url, 1.0))
+    finally:
+        server.stop()
+    assert (failed, reconnects) == (0, 0)
+
+
+def test_a_grace_without_an_age_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="server.max_connection_age_grace_s"):
+        parse_server({"server": {"max_connection_age_grace_s": 5}})
