@@ -91,6 +91,7 @@ class DynamicBatcher:
         # len of the queue itself, not a closure over the batcher: batcher -> stats -> batcher would be a
         # reference cycle that keeps a closed version's sessions in memory until a full garbage collection.
         self.stats.pending = functools.partial(len, self._queue)
+        self.stats.max_queue_size = max_queue_size
 
     @property
     def pending(self) -> int:

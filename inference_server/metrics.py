@@ -3,9 +3,9 @@
 Two families of names:
 - ours, Prometheus style (seconds, histograms, `_total` counters, labels model/version[/code]):
   inference_request_duration_seconds, inference_queue_wait_seconds, inference_compute_{input,infer,output}
-  _seconds, inference_batch_rows, inference_pending_requests, inference_requests_total,
-  inference_request_failures_total{reason}, inference_cache_* (lookups per model; the cache tier's own
-  size, errors, writes and circuit state);
+  _seconds, inference_batch_rows, inference_pending_requests, inference_max_queue_size (its bound),
+  inference_requests_total, inference_request_failures_total{reason}, inference_cache_* (lookups per model;
+  the cache tier's own size, errors, writes and circuit state);
 - Triton's (protocol.md §3.4), so its Grafana dashboards and HPA rules keep working: nv_inference_request_
   {success,failure}, nv_inference_count, nv_inference_exec_count, nv_inference_pending_request_count and the
   cumulative nv_inference_*_duration_us. They keep Triton's exact names, exposed untyped (prometheus_client
@@ -94,6 +94,8 @@ class StatsCollector:
                                        labels=[*LABELS, "reason"])
         pending = GaugeMetricFamily("inference_pending_requests", "Requests waiting in the batch queue",
                                     labels=LABELS)
+        bound = GaugeMetricFamily("inference_max_queue_size", "Queued requests past which new ones are refused "
+                                  "(max_queue_size); 0 = unbounded", labels=LABELS)
         histograms = [HistogramMetricFamily(name, text, labels=LABELS) for name, text, _ in HISTOGRAMS]
         cache = CounterMetricFamily("inference_cache_requests", "Response cache lookups, by result",
                                     labels=[*LABELS, "result"])
@@ -107,6 +109,7 @@ class StatsCollector:
             for reason, n in sorted(dict(s.failures).items()):
                 failures.add_metric([name, version, reason], n)
             pending.add_metric([name, version], s.pending())
+            bound.add_metric([name, version], s.max_queue_size)
             for family, (_, _, attribute) in zip(histograms, HISTOGRAMS, strict=True):
                 h = getattr(s, attribute)
                 family.add_metric([name, version], buckets(h), h.sum)
@@ -114,7 +117,7 @@ class StatsCollector:
                 cache.add_metric([name, version, "hit"], s.cache_hit.count)
                 cache.add_metric([name, version, "miss"], s.cache_miss.count)
                 lookup.add_metric([name, version], buckets(s.cache_lookup_s), s.cache_lookup_s.sum)
-        yield from (request, requests, failures, pending, *histograms, cache, lookup)
+        yield from (request, requests, failures, pending, bound, *histograms, cache, lookup)
         yield from self._triton(models)
         yield from self._lifecycle_metrics()
         yield from self._monitoring()

@@ -54,10 +54,19 @@ def grpc_call(url: str, model: str) -> str:
             return e.status()
 
 
-def rejected(server: ServerThread) -> dict[str, float]:
+def samples(server: ServerThread, name: str) -> list:
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.app.metrics.port}/metrics", timeout=10).read().decode()
-    return {s.labels["reason"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name == "inference_rejected_requests_total"}
+    return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+def rejected(server: ServerThread) -> dict[str, float]:
+    return {s.labels["reason"]: s.value for s in samples(server, "inference_rejected_requests_total")}
+
+
+def test_each_models_queue_bound_is_exported_for_alerts(server):
+    """inference_max_queue_size: what an alert compares inference_pending_requests with."""
+    bounds = {s.labels["model"]: s.value for s in samples(server, "inference_max_queue_size")}
+    assert bounds == {"slow": DEFAULT_MAX_QUEUE_SIZE, "bounded": 1}
 
 
 def burst(server: ServerThread, model: str, n: int) -> list[str]:

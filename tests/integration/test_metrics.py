@@ -69,6 +69,7 @@ def test_histograms_and_counters_grow_by_what_was_served(server):
     assert grew("nv_inference_queue_duration_us") >= 0 and grew("nv_inference_compute_infer_duration_us") > 0
     assert after[("nv_inference_pending_request_count", mlp())] == 0
     assert after[("inference_pending_requests", mlp())] == 0
+    assert after[("inference_max_queue_size", mlp())] == 256  # the default bound; 0 would be unbounded
 
 
 def test_sub_millisecond_requests_land_in_sub_millisecond_buckets(server):
