@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 from pathlib import Path
 
+from prometheus_client import generate_latest
+
 from .breaker import CircuitBreaker
 from .cache import MemoryCache, ResponseCache
 from .cli import load_config
@@ -24,7 +26,8 @@ from .grpc.triton_config import json_to_dict, pbtxt_to_dict
 from .lifecycle.manager import ModelManager
 from .lifecycle.registry import ModelRegistry
 from .logs import configure_logging
-from .metrics import MetricsServer, RejectionCollector
+from .metrics import MetricServerThread, RejectionCollector, build_registry, serve_registry
+from .pod import PeerServer, PodStatistics, WorkerSlot, own_figures
 from .predictions import PredictionLog
 from .routing.metrics import RouteCollector
 from .routing.router import Router
@@ -80,8 +83,10 @@ class FrontEnd(Protocol):
 class App:
     """The running server. `start()` returns the bound port; `stop()` drains and shuts down."""
 
-    def __init__(self, cfg: ServerConfig, reread: Callable[[], ServerConfig] | None = None) -> None:
+    def __init__(self, cfg: ServerConfig, reread: Callable[[], ServerConfig] | None = None,
+                 slot: WorkerSlot | None = None) -> None:
         self.cfg = cfg
+        self.slot = slot  # one worker of several (--workers N): the pod's statistics and metrics need its peers
         self._reread = reread  # SIGHUP: the config as the file and flags say now
         self.registry = ModelRegistry()
         m = cfg.monitoring
@@ -106,7 +111,8 @@ class App:
         self.port = 0  # the gRPC port, once bound
         self.http_port = 0  # the HTTP port, once bound (0: no HTTP front end)
         self.front_ends: list[FrontEnd] = []  # started in this order, stopped in this order
-        self.metrics: MetricsServer | None = None
+        self.metrics: MetricServerThread | None = None  # None as a worker: the supervisor serves the pod's
+        self._peer_server: PeerServer | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
         self._canaries: asyncio.Task[None] | None = None
 
@@ -126,13 +132,7 @@ class App:
                 http_front_end = HttpFrontEnd(self.service, self.cfg)
                 self.front_ends.append(http_front_end)
                 self.http_port = http_front_end.port
-            if self.cfg.metrics:
-                self.metrics = MetricsServer(self.registry.snapshot, self.cfg.metrics_host, self.cfg.metrics_port,
-                                             drift=self.drift, predictions=self.predictions, cache=self.cache,
-                                             lifecycle=self.manager, collectors=[RouteCollector(
-                                                 lambda: self.service.routes(), self.service.router.stats,
-                                                 self.service.shadow_stats),
-                                                 RejectionCollector(self.service.rejected)])
+            await self._start_metrics()
             for monitor in self._monitors:
                 monitor.start()
             if self.cache is not None:
@@ -147,8 +147,7 @@ class App:
             await self.service.drain(grace)
             for front_end in self.front_ends:
                 await front_end.stop(None)
-            if self.metrics is not None:
-                self.metrics.stop()
+            await self._stop_metrics()
             for monitor in self._monitors:
                 await monitor.close()
             if self.cache is not None:
@@ -161,6 +160,24 @@ class App:
                  self.port, f" (gRPC), HTTP on port {self.http_port}" if self.http_port else "",
                  "" if self.service.ready else " (not ready: a configured model is not loaded)")
         return self.port
+
+    async def _start_metrics(self) -> None:
+        """Alone: the metrics endpoint. As one of several workers: the socket the other workers ask for this one's
+        statistics and the supervisor for its metrics (it serves the pod's merged metrics itself)."""
+        if not self.cfg.metrics and self.slot is None:
+            return
+        registry = build_registry(self.registry.snapshot, drift=self.drift, predictions=self.predictions,
+                                  cache=self.cache, lifecycle=self.manager, collectors=[
+                                      RouteCollector(lambda: self.service.routes(), self.service.router.stats,
+                                                     self.service.shadow_stats),
+                                      RejectionCollector(self.service.rejected)])
+        if self.slot is None:
+            self.metrics = serve_registry(registry, self.cfg.metrics_host, self.cfg.metrics_port)
+            return
+        self._peer_server = PeerServer(self.slot.path, lambda: own_figures(self.service.local_statistics()),
+                                       lambda: generate_latest(registry))
+        await self._peer_server.start()
+        self.service.pod = PodStatistics(self.slot)
 
     def _readiness_changed(self) -> None:
         """The manager changed a model's state: every front end's health follows ServerReady."""
@@ -223,19 +240,25 @@ class App:
             await self.cache.close()  # queued Redis writes are sent (briefly) first
         for monitor in self._monitors:
             await monitor.close()
-        if self.metrics is not None:
-            self.metrics.stop()
+        await self._stop_metrics()
         self._cleanup()
         log.info("stopped")
 
+    async def _stop_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self._peer_server is not None:
+            await self._peer_server.stop()
 
-async def serve(cfg: ServerConfig, reread: Callable[[], ServerConfig] | None = None) -> int:
+
+async def serve(cfg: ServerConfig, reread: Callable[[], ServerConfig] | None = None,
+                slot: WorkerSlot | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # also while models load: a stop then ends the start cleanly
         loop.add_signal_handler(sig, stop.set)
     try:
-        app = App(cfg, reread)
+        app = App(cfg, reread, slot)
         loop.add_signal_handler(signal.SIGHUP, app.reload)
         starting = asyncio.create_task(app.start())
         stopped = asyncio.create_task(stop.wait())
@@ -269,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(cfg.log_level, cfg.log_format)
     if cfg.workers > 1:
         return supervise(cfg, sys.argv[1:] if argv is None else argv)
-    server = serve(cfg, lambda: load_config(argv, os.environ))
+    server = serve(cfg, lambda: load_config(argv, os.environ), WorkerSlot.from_environ(os.environ))
     try:
         import uvloop
     except ImportError:

@@ -291,21 +291,27 @@ class RejectionCollector:
         yield family
 
 
-class MetricsServer:
-    """The /metrics endpoint on its own thread (prometheus_client's HTTP server); stop() closes it."""
+def build_registry(source: Source, *, drift: DriftMonitor | None = None, predictions: PredictionLog | None = None,
+                   cache: ResponseCache | None = None, lifecycle: Lifecycle | None = None,
+                   collectors: Sequence[Collector] = ()) -> CollectorRegistry:
+    """Every family this process exports: its models' statistics, its monitors and cache, the given collectors
+    (routes, rejections) and, on a GPU node, the GPUs."""
+    registry = CollectorRegistry()
+    registry.register(StatsCollector(source, drift, predictions, cache, lifecycle))
+    for collector in collectors:
+        registry.register(collector)
+    nvml = open_nvml()
+    if nvml is not None:
+        registry.register(GpuCollector(nvml))
+    return registry
 
-    def __init__(self, source: Source, host: str, port: int, *, drift: DriftMonitor | None = None,
-                 predictions: PredictionLog | None = None, cache: ResponseCache | None = None,
-                 lifecycle: Lifecycle | None = None, collectors: Sequence[Collector] = ()) -> None:
-        self.registry = CollectorRegistry()
-        self.registry.register(StatsCollector(source, drift, predictions, cache, lifecycle))
-        for collector in collectors:  # the routes' families
-            self.registry.register(collector)
-        nvml = open_nvml()
-        if nvml is not None:
-            self.registry.register(GpuCollector(nvml))
+
+class MetricServerThread:
+    """A /metrics endpoint on its own thread (prometheus_client's threading WSGI server); stop() closes it."""
+
+    def __init__(self, host: str, port: int, app: Callable[..., Any]) -> None:
         try:
-            self._server = _metrics_server(host, port, only_metrics(make_wsgi_app(self.registry)))
+            self._server = _metrics_server(host, port, app)
         except OSError as e:  # name the port: the gRPC and HTTP ports are bound by then, so it is this one
             raise OSError(f"cannot listen on {host}:{port} for metrics: {e.strerror or e}") from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
@@ -317,3 +323,7 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+
+
+def serve_registry(registry: CollectorRegistry, host: str, port: int) -> MetricServerThread:
+    return MetricServerThread(host, port, only_metrics(make_wsgi_app(registry)))

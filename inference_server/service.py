@@ -22,6 +22,7 @@ from .lifecycle.registry import ModelRegistry
 from .lifecycle.version import ModelVersion
 from .logs import ACCESS, REQUEST_ID
 from .model_config import version_key
+from .pod import PodStatistics, with_peers
 from .predictions import PredictionLog
 from .routing.canary import CanaryConflict
 from .routing.config import RouteConfig
@@ -73,6 +74,7 @@ class InferenceService:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.pod: PodStatistics | None = None  # with --workers N: the other workers' statistics
 
     # -- health ----------------------------------------------------------------------------------
 
@@ -123,7 +125,14 @@ class InferenceService:
             raise self._refuse()
         await self.manager.unload(name, version)
 
-    def statistics(self, name: str = "", version: str = "") -> list[StatisticsView]:
+    async def statistics(self, name: str = "", version: str = "") -> list[StatisticsView]:
+        """ModelStatistics: this process's figures, plus those of the pod's other workers when it has them."""
+        views = self.local_statistics(name, version)
+        if self.pod is None:
+            return views
+        return with_peers(views, await self.pod.peers())
+
+    def local_statistics(self, name: str = "", version: str = "") -> list[StatisticsView]:
         """The model versions a statistics request names: "" is every serving model, or every version of one."""
         if not name:
             if version:

@@ -3,12 +3,16 @@
 The kernel spreads new connections across the processes; each worker is a complete server with its own
 models and batchers. The supervisor runs no event loop and no models: it checks the port is free, starts
 `workers` copies of this command line with `--workers 1 --reuse-port`, forwards SIGTERM/SIGINT, and when
-any worker exits on its own, stops the others, so a half-dead server never keeps answering.
+any worker exits on its own, stops the others, so a half-dead server never keeps answering. It also serves
+the pod's one metrics endpoint, merging the workers' (pod_metrics.py); the workers answer it, and each other's
+ModelStatistics, on Unix sockets in a private directory (pod.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +22,8 @@ from collections.abc import Sequence
 from types import FrameType
 
 from .config import ServerConfig
+from .pod import WorkerSlot, new_peer_directory
+from .pod_metrics import pod_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +48,25 @@ def supervise(cfg: ServerConfig, argv: Sequence[str], poll_s: float = 0.2) -> in
             log.error("cannot start: %s:%d is already in use", cfg.host, port)
             return 1
     command = [sys.executable, "-m", "inference_server", *argv, "--workers", "1", "--reuse-port"]
+    peer_dir = new_peer_directory()
+    slots = [WorkerSlot(peer_dir, i, cfg.workers) for i in range(cfg.workers)]
+    try:
+        # The pod's one metrics endpoint: every worker's figures, merged at each scrape.
+        metrics = pod_metrics_server([s.path for s in slots], cfg.metrics_host, cfg.metrics_port) if cfg.metrics \
+            else None
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        shutil.rmtree(peer_dir, ignore_errors=True)
+        return 1
+    try:
+        return _run(cfg, command, slots, poll_s)
+    finally:
+        if metrics is not None:
+            metrics.stop()
+        shutil.rmtree(peer_dir, ignore_errors=True)
 
-    def worker_command(index: int) -> list[str]:
-        # Until the workers' statistics are aggregated, each serves its own metrics on the next port up.
-        if cfg.metrics and cfg.metrics_port:
-            return [*command, "--metrics-port", str(cfg.metrics_port + index)]
-        return command
 
+def _run(cfg: ServerConfig, command: list[str], slots: list[WorkerSlot], poll_s: float) -> int:
     stopping = False
 
     def forward(signum: int, frame: FrameType | None) -> None:
@@ -64,7 +82,7 @@ def supervise(cfg: ServerConfig, argv: Sequence[str], poll_s: float = 0.2) -> in
     # takes it over: a reload sent while they import would otherwise kill them.
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        procs = [subprocess.Popen(worker_command(i)) for i in range(cfg.workers)]
+        procs = [subprocess.Popen(command, env={**os.environ, **slot.environ()}) for slot in slots]
         signal.signal(signal.SIGHUP, forward)
         if stopping:  # the signal came while they were starting
             forward(signal.SIGTERM, None)

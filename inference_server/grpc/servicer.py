@@ -134,7 +134,7 @@ class InferenceServicer:
 
     @rpc
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
-        return codec.model_statistics(self.service.statistics(request.name, request.version))
+        return codec.model_statistics(await self.service.statistics(request.name, request.version))
 
     @rpc
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:

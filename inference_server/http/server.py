@@ -206,7 +206,7 @@ class Routes:
     @endpoint
     async def statistics(self, request: Request) -> Response:
         params = request.path_params
-        views = self.service.statistics(params.get("model", ""), params.get("version", ""))
+        views = await self.service.statistics(params.get("model", ""), params.get("version", ""))
         return Response(codec.model_statistics_json(views), media_type=JSON)
 
     @endpoint

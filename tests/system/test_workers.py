@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
+import urllib.request
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import onnx_models
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, free_port
 
 pytestmark = pytest.mark.system
 
@@ -91,3 +94,43 @@ def test_workers_refuse_to_start_when_the_http_port_is_taken(repo):
                                "--http-port", str(taken), "--model-repository", str(repo)], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and f"127.0.0.1:{taken} is already in use" in done.stderr
+
+
+def pod_metrics(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The supervisor's one endpoint (its own log line names the port it bound)."""
+    port = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", server.log())[1]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_the_pods_one_scrape_and_its_statistics_count_every_workers_requests(launch, repo):
+    http_port = free_port()
+    server = launch("--model-repository", str(repo), "--workers", "2", "--http-port", str(http_port)).wait_workers(2)
+    infer_on_new_connections(server.url, 40)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}]}).encode()
+    for _ in range(10):  # urllib: a connection per request
+        urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/mlp/infer", body, timeout=10).read()
+    mlp = (("model", "mlp"), ("version", "1"))
+
+    samples = pod_metrics(server)
+    assert samples[("inference_requests_total", (("code", "OK"), *mlp))] == 50
+    assert samples[("nv_inference_request_success", mlp)] == 50
+    assert samples[("inference_batch_rows_sum", mlp)] == 50  # a histogram, summed bucket by bucket
+    assert samples[("inference_pod_workers", (("scrape", "answered"),))] == 2
+    assert samples[("inference_max_queue_size", mlp)] == 2 * 256  # one queue per worker
+    # a gauge of state each worker holds on its own: one series per worker
+    assert {dict(labels)["worker"] for name, labels in samples
+            if name == "inference_model_state" and dict(labels)["state"] == "READY"} == {"0", "1"}
+
+    for _ in range(6):  # new connections, so both workers answer some: each counts the pod's requests
+        with grpcclient.InferenceServerClient(server.url) as client:
+            stats = client.get_inference_statistics("mlp", as_json=True)["model_stats"][0]
+        assert int(stats["inference_stats"]["success"]["count"]) == 50
+        assert int(stats["inference_count"]) == 50
+        http_stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/mlp/stats",
+                                                       timeout=10).read())["model_stats"][0]
+        assert http_stats["inference_stats"]["success"]["count"] == 50
+    assert server.terminate() == 0
+    served = [int(n) for n in BATCH_LINE.findall(server.log())]
+    assert len(served) == 2 and all(served), f"one worker got no connection: {served}"  # it was a pod of two
