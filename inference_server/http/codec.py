@@ -21,7 +21,7 @@ import orjson
 
 from ..errors import ErrorCode, InferenceError, invalid
 from ..model_config import VersionPolicy, version_number
-from ..stats import Duration
+from ..stats import BATCH_DURATIONS, INFER_DURATIONS, Duration
 from ..tensors import (
     DATATYPES, DataType, InferRequest, InferResponse, Tensor, TensorLimits, add_request_elements, check_tensor_bytes,
     datatype, decode_raw, decode_values, element_count, encode_raw,
@@ -435,9 +435,6 @@ def _version_policy(policy: VersionPolicy) -> dict[str, Any]:
     return {"latest": {"num_versions": policy.latest}}
 
 
-_INFER_STATS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
-                "cache_miss")
-_BATCH_STATS = ("compute_input", "compute_infer", "compute_output")
 
 
 def _duration(d: Duration) -> dict[str, int]:
@@ -453,8 +450,8 @@ def model_statistics_json(views: Sequence[StatisticsView]) -> bytes:
         stats.append({
             "name": view.name, "version": view.version, "last_inference": s.last_inference_ms,
             "inference_count": s.inference_count, "execution_count": s.execution_count,
-            "inference_stats": {k: _duration(getattr(s, k)) for k in _INFER_STATS}, "response_stats": {},
-            "batch_stats": [{"batch_size": size, **{k: _duration(getattr(s.batches[size], k)) for k in _BATCH_STATS}}
+            "inference_stats": {k: _duration(getattr(s, k)) for k in INFER_DURATIONS}, "response_stats": {},
+            "batch_stats": [{"batch_size": size, **{k: _duration(getattr(s.batches[size], k)) for k in BATCH_DURATIONS}}
                             for size in sorted(s.batches)],
             "memory_usage": []})
     return orjson.dumps({"model_stats": stats})
