@@ -85,11 +85,33 @@ def import_onnxruntime() -> ModuleType:
     return onnxruntime
 
 
+_preloaded = threading.Lock()
+_preload_done = False
+
+
+def preload_cuda_libraries(ort: ModuleType) -> None:
+    """Once per process: onnxruntime-gpu's preload_dlls() loads CUDA and cuDNN from the nvidia-* wheels (the
+    `[cuda,cudnn]` extra of onnxruntime-gpu) when they are installed, else from the default library path (a CUDA
+    base image). Without it, wheels-only CUDA is not found and ONNX Runtime silently runs on CPU."""
+    global _preload_done
+    preload = getattr(ort, "preload_dlls", None)
+    with _preloaded:
+        if _preload_done or preload is None:
+            return
+        _preload_done = True
+        try:
+            preload()
+        except Exception as e:  # noqa: BLE001 (a library it could not load: the session's own check reports it)
+            log.warning("onnxruntime.preload_dlls() failed (%s); CUDA libraries are left to the system's search "
+                        "path", e)
+
+
 def choose_providers(ort: ModuleType, device: str, model: str) -> list[str]:
     available = ort.get_available_providers()
     if device == "cpu":
         return [CPU]
     if CUDA in available:
+        preload_cuda_libraries(ort)
         return [CUDA, CPU]
     if device == "cuda":
         raise ModelLoadError(

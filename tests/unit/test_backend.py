@@ -199,3 +199,20 @@ def test_background_priority_cannot_run_inline():
         parse_model({"cpu_priority": "background", "execution": "inline"}, "", ServerConfig(), name="m",
                     path=Path("m.onnx"))
     assert e.value.key == "cpu_priority"
+
+
+def test_cuda_libraries_are_preloaded_once_and_only_when_cuda_is_used(monkeypatch):
+    """onnxruntime-gpu's preload_dlls() finds CUDA from the nvidia-* wheels; without it ORT would run on CPU."""
+    import types
+
+    from inference_server import backend
+
+    calls = []
+    ort = types.SimpleNamespace(get_available_providers=lambda: [backend.CUDA, backend.CPU],
+                                preload_dlls=lambda: calls.append(1))
+    monkeypatch.setattr(backend, "_preload_done", False)
+    assert backend.choose_providers(ort, "cpu", "m") == [backend.CPU]
+    assert calls == []
+    assert backend.choose_providers(ort, "auto", "m") == [backend.CUDA, backend.CPU]
+    assert backend.choose_providers(ort, "cuda", "m") == [backend.CUDA, backend.CPU]
+    assert calls == [1]
