@@ -37,7 +37,8 @@ def markdown(result: dict) -> str:
              f"{env['date']}, {env['cpus']} CPUs ({env['machine']}), Python {env['python']}, ONNX Runtime "
              f"{env['onnxruntime']}, grpcio {env['grpcio']}; perf_analyzer: {env['perf_analyzer']}. "
              f"{result['duration_s']} s per point after 1 s of warm-up (perf_analyzer: 3 windows of "
-             f"{result['duration_s']:g} s); server and load generator share the CPUs.", ""]
+             f"{result['duration_s']:g} s); server and load generator share the CPUs; our servers' device: "
+             f"{env.get('device', 'auto')}.", ""]
     for table in result["tables"]:
         if table.get("title"):
             lines += [f"## {table['title']}", ""]
@@ -58,7 +59,8 @@ def markdown(result: dict) -> str:
 def run_scenario(name: str, args: argparse.Namespace) -> dict:
     sys.stderr.write(f"== scenario {name}\n")
     result = scenarios.SCENARIOS[name](args)
-    result.update(scenario=name, environment=environment(), duration_s=args.duration_s)
+    result.update(scenario=name, environment={**environment(), "device": getattr(args, "device", None) or "auto"},
+                  duration_s=args.duration_s)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
@@ -76,6 +78,8 @@ def main() -> int:
     run.add_argument("--scenario", choices=[*scenarios.SCENARIOS, "all"], required=True)
     run.add_argument("--duration-s", type=float, default=5.0, help="measured seconds per point")
     run.add_argument("--quick", action="store_true", help="fewer points (a smoke run of the suite)")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                     help="our servers' --device (default: the server's own, auto); the peers are not changed")
     args = parser.parse_args()
     names = list(scenarios.SCENARIOS) if args.scenario == "all" else [args.scenario]
     for name in names:

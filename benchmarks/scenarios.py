@@ -86,6 +86,8 @@ def ours_point(model: str, config: str, concurrency: int, args: argparse.Namespa
                command: list[str] | None = None) -> dict:
     """One fresh server process per point, so its batch statistics belong to this point alone."""
     write(REPO, model, config)
+    if getattr(args, "device", None):  # `run --device cuda`: the closed-loop points on the GPU
+        extra = (*extra, "--device", args.device)
     with our_server(*extra, command=command) as server:
         summary = drive(server.url, samples(model), gen, concurrency, args, label or model, connections)
         code = server.terminate()
