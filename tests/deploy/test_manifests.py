@@ -1,0 +1,531 @@
+"""The Kubernetes manifests, offline: every overlay renders, every object validates strictly (core kinds against
+the Kubernetes OpenAPI schemas of a pinned version, CRDs against vendored CRD schemas), and the semantics no
+schema sees hold: GPU request == limit, probes on real ports and health endpoints, selectors that match, the
+autoscaler on the Deployment and on metrics the server really exports, a grace period that covers the drain,
+a ConfigMap the server's own loader accepts, and secrets that are referenced, never committed."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import tomllib
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from inference_server.cli import load_config
+from inference_server.config import ServerConfig
+from inference_server.grpc.server import SERVICE_NAME
+from tests.deploy.conftest import (GPU_OVERLAYS, K8S, OVERLAYS, SERVER, Doc, adapter_rules, autoscaler_queries,
+                                   container, find, find_all, mount_for, pod_spec, promql_metric_names,
+                                   promql_selectors, server_config_text)
+
+K8S_VERSION = "1.33"  # the oldest Kubernetes these manifests support (lifecycle.preStop.sleep needs >= 1.30)
+NEWEST_K8S_VERSION = "1.37"  # the newest kubernetes-validate 1.37.0 knows: nothing used has been removed since
+SCHEMAS = Path(__file__).parent / "schemas"
+NAMESPACE = "inference"
+PRESTOP_DRAIN_LINGER_S = 2  # after drain_grace_s the server keeps refusing for up to 2 s before closing its ports
+HEALTH_PATHS = {"/v2/health/live", "/v2/health/ready"}
+DEFAULT_REDIS_URL = "redis://inference-redis:6379/0"  # the documented value of the Secret's redis-url key
+
+
+# --- strict validation -----------------------------------------------------------------------------------------
+
+def strict(schema: Any) -> Any:
+    """A CRD's OpenAPI schema in which an unknown field fails: additionalProperties false wherever properties
+    are listed, unless the schema keeps unknown fields (x-kubernetes-preserve-unknown-fields) or already says."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if "properties" in schema:
+        out["properties"] = {name: strict(s) for name, s in schema["properties"].items()}
+        if not schema.get("x-kubernetes-preserve-unknown-fields") and "additionalProperties" not in schema:
+            out["additionalProperties"] = False
+    if isinstance(schema.get("additionalProperties"), dict):
+        out["additionalProperties"] = strict(schema["additionalProperties"])
+    if isinstance(schema.get("items"), dict):
+        out["items"] = strict(schema["items"])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            out[key] = [strict(s) for s in schema[key]]
+    return out
+
+
+@functools.cache
+def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
+    """(apiVersion, kind) -> a strict validator, from every vendored schema in tests/deploy/schemas."""
+    validators = {}
+    for path in sorted(SCHEMAS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        schema = strict(crd["openAPIV3Schema"])
+        validators[(f"{crd['group']}/{crd['version']}", crd["kind"])] = jsonschema.Draft7Validator(schema)
+    return validators
+
+
+def validate(doc: Doc, version: str = K8S_VERSION) -> None:
+    """Raises kubernetes_validate's ValidationError or SchemaNotFoundError, or jsonschema's ValidationError."""
+    crd = crd_validators().get((doc["apiVersion"], doc["kind"]))
+    if crd is None:
+        kubernetes_validate.validate(doc, version, strict=True)
+        return
+    crd.validate(doc)
+    # The CRD schemas leave metadata open: hold it to ObjectMeta's schema through a ConfigMap around it.
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]},
+                                 version, strict=True)
+
+
+INVALID = (kubernetes_validate.ValidationError, jsonschema.ValidationError)
+
+
+def load_server_config(docs: list[Doc], tmp_path: Path) -> ServerConfig:
+    """The config as the container's server loads it: the rendered ConfigMap's TOML through the server's own
+    loader (cli.load_config), given the container's args with the config path moved to a copy, and $REDIS_URL
+    (which `cache = "redis"` needs) set to the Secret's documented value."""
+    path = tmp_path / "config.toml"
+    path.write_text(server_config_text(docs))
+    args = list(container(find(docs, "Deployment", SERVER))["args"])
+    args[args.index("--config") + 1] = str(path)
+    return load_config(args, {"REDIS_URL": DEFAULT_REDIS_URL})
+
+
+def test_the_tested_overlays_are_all_the_overlays():
+    found = {p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml")
+             if yaml.safe_load(p.read_text()).get("kind", "Kustomization") == "Kustomization"}
+    assert found == set(OVERLAYS)
+    for path in (K8S / "overlays" / "components").glob("*/kustomization.yaml"):
+        assert yaml.safe_load(path.read_text())["kind"] == "Component", path
+
+
+@pytest.mark.parametrize("version", [K8S_VERSION, NEWEST_K8S_VERSION])
+def test_every_object_validates_strictly(docs, overlay, version):
+    assert docs, f"{overlay} rendered nothing"
+    failures = []
+    for doc in docs:
+        try:
+            validate(doc, version)
+        except (*INVALID, kubernetes_validate.SchemaNotFoundError) as e:
+            failures.append(f"{doc['kind']}/{doc['metadata']['name']}: {type(e).__name__}: {getattr(e, 'message', e)}")
+    assert not failures, "\n".join(failures)
+
+
+def test_an_unknown_kind_is_a_failure_not_a_warning():
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        validate({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        validate({"apiVersion": "autoscaling/v2beta2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "h"}})
+
+
+def test_strict_validation_catches_a_typo_in_a_core_object(rendered):
+    deployment = find(rendered["cpu"], "Deployment", SERVER)
+    validate(deployment)
+    typo = copy.deepcopy(deployment)
+    server = container(typo)
+    server["readinesProbe"] = server.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
+        validate(typo)
+    typo = copy.deepcopy(deployment)
+    pod_spec(typo)["securityContext"]["runAsNonroot"] = True
+    with pytest.raises(kubernetes_validate.ValidationError, match="runAsNonroot"):
+        validate(typo)
+    wrong_type = copy.deepcopy(deployment)
+    container(wrong_type)["startupProbe"]["grpc"]["port"] = "8001"  # grpc probe ports are numbers, not names
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(wrong_type)
+
+
+def test_strict_validation_catches_a_typo_in_a_crd(rendered):
+    scaled_object = find(rendered["cpu"], "ScaledObject", SERVER)
+    validate(scaled_object)
+    typo = copy.deepcopy(scaled_object)
+    typo["spec"]["triggers"][0]["metdata"] = typo["spec"]["triggers"][0].pop("metadata")
+    with pytest.raises(jsonschema.ValidationError):
+        validate(typo)
+    typo = copy.deepcopy(scaled_object)
+    typo["spec"]["minReplicas"] = 1  # the HPA's name for it; KEDA's is minReplicaCount
+    with pytest.raises(jsonschema.ValidationError, match="minReplicas"):
+        validate(typo)
+    typo = copy.deepcopy(scaled_object)
+    typo["metadata"]["labelz"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError, match="labelz"):
+        validate(typo)
+
+    monitor = find(rendered["cpu"], "ServiceMonitor", SERVER)
+    validate(monitor)
+    typo = copy.deepcopy(monitor)
+    typo["spec"]["endpoints"][0]["intervall"] = "15s"
+    with pytest.raises(jsonschema.ValidationError, match="intervall"):
+        validate(typo)
+
+
+def test_the_prometheus_rule_schema_is_strict():
+    """Vendored for the PrometheusRule in k8s/monitoring; held to it here even when no overlay renders one."""
+    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": {"name": "r"},
+            "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "up == 0", "for": "5m"}]}]}}
+    validate(rule)
+    rule["spec"]["groups"][0]["rules"][0]["exprr"] = rule["spec"]["groups"][0]["rules"][0].pop("expr")
+    with pytest.raises(jsonschema.ValidationError):
+        validate(rule)
+
+
+# --- semantics -------------------------------------------------------------------------------------------------
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def deployment_selecting(docs: list[Doc], selector: dict[str, str]) -> list[str]:
+    return [d["metadata"]["name"] for d in find_all(docs, "Deployment")
+            if matches(selector, d["spec"]["template"]["metadata"]["labels"])]
+
+
+def test_namespaced_objects_live_in_one_namespace(docs):
+    assert find(docs, "Namespace")["metadata"]["name"] == NAMESPACE
+    cluster_scoped = {"Namespace", "PriorityClass"}
+    for doc in docs:
+        namespace = doc["metadata"].get("namespace")
+        if doc["kind"] in cluster_scoped:
+            assert namespace is None, doc["metadata"]["name"]
+        elif doc["kind"] == "ConfigMap" and doc in adapter_config_maps(docs):
+            assert namespace == "monitoring"  # read by prometheus-adapter, in its namespace
+        else:
+            assert namespace == NAMESPACE, f"{doc['kind']}/{doc['metadata']['name']} is in {namespace!r}"
+
+
+def adapter_config_maps(docs: list[Doc]) -> list[Doc]:
+    return [cm for cm in find_all(docs, "ConfigMap") if "prometheus-adapter" in cm["metadata"]["name"]]
+
+
+def test_gpu_request_equals_limit(docs, overlay):
+    """Extended resources cannot be overcommitted: request == limit, a positive whole number of GPUs."""
+    for deployment in find_all(docs, "Deployment"):
+        for c in pod_spec(deployment)["containers"]:
+            requests, limits = c["resources"].get("requests", {}), c["resources"].get("limits", {})
+            for name in {*requests, *limits} - {"cpu", "memory", "ephemeral-storage"}:
+                assert str(requests.get(name)) == str(limits.get(name)), f"{c['name']}: {name}"
+                assert str(limits[name]).isdigit() and int(limits[name]) > 0, f"{c['name']}: {name}={limits[name]}"
+    deployment = find(docs, "Deployment", SERVER)
+    resources, spec = container(deployment)["resources"], pod_spec(deployment)
+    config = tomllib.loads(server_config_text(docs))["server"]
+    if overlay in GPU_OVERLAYS:
+        assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == 1
+        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        assert config["workers"] == 1  # one process per GPU
+        assert config["device"] == "cuda"
+        assert container(deployment)["image"] == "inference-server:gpu"
+    else:
+        assert "nvidia.com/gpu" not in str(deployment)
+        assert config["device"] == "cpu"
+        assert container(deployment)["image"] == "inference-server:cpu"
+
+
+def container_port(c: Doc, port: int | str) -> Doc:
+    """The container port a probe or Service names, by number or by name."""
+    found = [p for p in c.get("ports", []) if port in (p["containerPort"], p.get("name"))]
+    assert len(found) == 1, f"port {port!r} is not one of container {c['name']}'s ports"
+    return found[0]
+
+
+def test_probes_use_container_ports_and_the_health_endpoints(docs):
+    for deployment in find_all(docs, "Deployment"):
+        for c in pod_spec(deployment)["containers"]:
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                probe = c.get(kind)
+                if probe is None:
+                    continue
+                handler = {k: v for k, v in probe.items() if k in ("grpc", "httpGet", "tcpSocket", "exec")}
+                assert len(handler) == 1, f"{c['name']} {kind}: {probe}"
+                for action in handler.values():
+                    if "port" in action:
+                        container_port(c, action["port"])
+
+    server = container(find(docs, "Deployment", SERVER))
+    grpc_port = container_port(server, "grpc")["containerPort"]
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert kind in server, f"the server has no {kind}"
+    # startup and readiness: the gRPC health service, overall ("") or for the inference service, on the gRPC port
+    for kind in ("startupProbe", "readinessProbe"):
+        probe = server[kind]["grpc"]
+        assert probe["port"] == grpc_port
+        assert probe.get("service", "") in ("", SERVICE_NAME)
+    assert server["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
+    # liveness: HTTP live, which answers while the server drains (gRPC health turns NOT_SERVING then)
+    live = server["livenessProbe"]["httpGet"]
+    assert live["path"] == "/v2/health/live"
+    assert container_port(server, live["port"])["name"] == "http"
+    assert tomllib.loads(server_config_text(docs))["server"]["http_port"] != 0
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        if "httpGet" in server[kind]:
+            assert server[kind]["httpGet"]["path"] in HEALTH_PATHS
+
+
+def test_selectors_match_the_pod_labels(docs):
+    for deployment in find_all(docs, "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert set(deployment["spec"]["selector"]) == {"matchLabels"}
+        assert matches(deployment["spec"]["selector"]["matchLabels"], labels), deployment["metadata"]["name"]
+        for constraint in pod_spec(deployment).get("topologySpreadConstraints", []):
+            assert deployment_selecting(docs, constraint["labelSelector"]["matchLabels"]) == \
+                [deployment["metadata"]["name"]]
+    # Every Service routes to exactly one Deployment's pods: the server's two to the server, Redis's to Redis.
+    for service in find_all(docs, "Service"):
+        expected = "inference-redis" if service["metadata"]["name"] == "inference-redis" else SERVER
+        assert deployment_selecting(docs, service["spec"]["selector"]) == [expected], service["metadata"]["name"]
+    pdb = find(docs, "PodDisruptionBudget", SERVER)
+    assert deployment_selecting(docs, pdb["spec"]["selector"]["matchLabels"]) == [SERVER]
+    for policy in find_all(docs, "NetworkPolicy"):
+        assert deployment_selecting(docs, policy["spec"]["podSelector"]["matchLabels"]) == ["inference-redis"]
+        (rule,) = policy["spec"]["ingress"]
+        assert [deployment_selecting(docs, peer["podSelector"]["matchLabels"]) for peer in rule["from"]] == [[SERVER]]
+        redis = container(find(docs, "Deployment", "inference-redis"), "redis")
+        for port in rule["ports"]:
+            container_port(redis, port["port"])
+
+
+def test_the_headless_service_is_headless_and_the_other_is_not(docs):
+    headless = find(docs, "Service", f"{SERVER}-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert {p["name"] for p in headless["spec"]["ports"]} == {"grpc", "http"}  # no metrics: scraped once
+    assert find(docs, "Service", SERVER)["spec"]["type"] == "ClusterIP"
+    grpc = [p for s in (headless, find(docs, "Service", SERVER)) for p in s["spec"]["ports"] if p["name"] == "grpc"]
+    assert all(p["appProtocol"] == "grpc" for p in grpc)
+
+
+def test_container_ports_are_named_and_services_target_them(docs):
+    for deployment in find_all(docs, "Deployment"):
+        for c in pod_spec(deployment)["containers"]:
+            assert all(p.get("name") for p in c.get("ports", [])), f"{c['name']} has an unnamed port"
+    for service in find_all(docs, "Service"):
+        (target,) = deployment_selecting(docs, service["spec"]["selector"])
+        containers = pod_spec(find(docs, "Deployment", target))["containers"]
+        for port in service["spec"]["ports"]:
+            assert isinstance(port["targetPort"], str), f"{service['metadata']['name']}: target ports by name"
+            found = [p for c in containers for p in c.get("ports", []) if p.get("name") == port["targetPort"]]
+            assert len(found) == 1, f"{service['metadata']['name']}: no container port {port['targetPort']}"
+            assert found[0]["containerPort"] == port["port"], "Service and container port numbers agree"
+
+
+def autoscalers(docs: list[Doc]) -> list[Doc]:
+    return find_all(docs, "ScaledObject") + find_all(docs, "HorizontalPodAutoscaler")
+
+
+def test_the_autoscaler_targets_the_deployment(docs, overlay):
+    (scaler,) = autoscalers(docs)  # never KEDA and an HPA on one Deployment
+    assert scaler["kind"] == ("HorizontalPodAutoscaler" if overlay == "hpa" else "ScaledObject")
+    deployment = find(docs, "Deployment", SERVER)
+    assert scaler["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": SERVER}
+    assert scaler["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    keda = scaler["kind"] == "ScaledObject"
+    keys = ("minReplicaCount", "maxReplicaCount") if keda else ("minReplicas", "maxReplicas")
+    low, high = (scaler["spec"][key] for key in keys)
+    assert 1 <= low < high  # never to zero: without a pod there is no queue to measure
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    assert "replicas" in find(docs, "Deployment", "inference-redis")["spec"]
+
+
+@pytest.fixture(scope="module")
+def exported_metric_names(server) -> set[str]:
+    """Every sample name a real server exports (histogram/counter suffixes included), scraped after an inference
+    so that the per-model series exist."""
+    with grpcclient.InferenceServerClient(server.url) as client:
+        pixels = grpcclient.InferInput("pixels", [1, 64], "FP32")
+        pixels.set_data_from_numpy(np.zeros((1, 64), np.float32))
+        client.infer("digits", [pixels])
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.app.metrics.port}/metrics", timeout=10).read().decode()
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def test_the_promql_name_extraction():
+    assert promql_metric_names('sum by (model, pod) (rate(a_total{job="x",le=~"1|2"}[1m])) / on(pod) group_left '
+                               'clamp_min(b_us offset 5m, 1e3) or vector(0) > bool 0.5') == {"a_total", "b_us"}
+    assert promql_metric_names("sum by (<<.GroupBy>>) (rate(c{<<.LabelMatchers>>}[30s]))") == {"c"}
+    assert promql_selectors('rate(a{namespace="n", pod!="", job="j"}[1m])') == [("a", {"namespace": "n",
+                                                                                         "job": "j"})]
+
+
+def test_autoscaling_queries_read_metrics_the_server_exports(docs, exported_metric_names):
+    queries = autoscaler_queries(docs)
+    assert queries
+    for query in queries:
+        names = promql_metric_names(query)
+        assert names, query
+        assert names <= exported_metric_names, f"not exported by the server: {names - exported_metric_names}"
+    # Triton's queue:compute ratio, from the two cumulative counters
+    assert {"nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us"} <= \
+        set().union(*map(promql_metric_names, queries))
+
+
+def test_keda_queries_select_this_deployments_series(docs):
+    """KEDA's queries are global PromQL: each selector must name the Deployment's namespace and the job the
+    ServiceMonitor gives its series (the Service's name)."""
+    job = scraped_service(docs)["metadata"]["name"]
+    namespace = find(docs, "Deployment", SERVER)["metadata"]["namespace"]
+    for scaled_object in find_all(docs, "ScaledObject"):
+        for trigger in scaled_object["spec"]["triggers"]:
+            assert trigger["type"] == "prometheus"
+            assert float(trigger["metadata"]["threshold"]) > 0
+            selectors = promql_selectors(trigger["metadata"]["query"])
+            assert selectors
+            for metric, labels in selectors:
+                assert labels.get("namespace") == namespace and labels.get("job") == job, metric
+
+
+def test_the_hpa_metric_is_the_adapter_rule(docs, overlay):
+    if overlay != "hpa":
+        assert not adapter_rules(docs)
+        return
+    (hpa,) = find_all(docs, "HorizontalPodAutoscaler")
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["target"]["type"] == "AverageValue"
+    (rule,) = adapter_rules(docs)
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+    assert "<<.LabelMatchers>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
+
+
+def test_termination_grace_covers_the_prestop_sleep_and_the_drain(docs, tmp_path):
+    deployment = find(docs, "Deployment", SERVER)
+    drain = load_server_config(docs, tmp_path).drain_grace_s
+    pre_stop = container(deployment)["lifecycle"]["preStop"]
+    assert set(pre_stop) == {"sleep"}, "no shell in the image: the sleep action"
+    sleep = pre_stop["sleep"]["seconds"]
+    assert sleep >= 3
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] > drain + sleep + PRESTOP_DRAIN_LINGER_S
+
+
+def test_the_config_map_parses_with_the_servers_loader(docs, tmp_path):
+    cfg = load_server_config(docs, tmp_path)
+    deployment = find(docs, "Deployment", SERVER)
+    server = container(deployment)
+    assert server["command"] == ["python", "-m", "inference_server"]
+    assert server["args"][0] == "--config"
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert (cfg.port, cfg.http_port, cfg.metrics_port) == (ports["grpc"], ports["http"], ports["metrics"])
+    assert (cfg.host, cfg.metrics_host, cfg.metrics) == ("0.0.0.0", "0.0.0.0", True)
+    assert cfg.workers == 1
+    assert tomllib.loads(server_config_text(docs))["server"]["cache"] == "redis"  # the URL from $REDIS_URL...
+    assert cfg.cache == DEFAULT_REDIS_URL  # ...which by default names the reference Redis's Service and port
+    redis = find(docs, "Service", "inference-redis")
+    assert DEFAULT_REDIS_URL == f"redis://{redis['metadata']['name']}:{redis['spec']['ports'][0]['port']}/0"
+    assert cfg.max_connection_age_s > 0 and cfg.max_connection_age_grace_s > 0
+    assert {e["name"] for e in server["env"]} >= {"REDIS_URL", "ORT_DISABLE_TELEMETRY", "MLFLOW_DISABLE_TELEMETRY"}
+    # every path the server reads or writes is on a volume of the right kind
+    mount, volume = mount_for(deployment, str(cfg.model_repository))
+    assert (mount, set(volume) - {"name"}) == ("/models", {"persistentVolumeClaim"})
+    mount, volume = mount_for(deployment, str(cfg.model_cache_dir))
+    assert "emptyDir" in volume and not volume_mount(deployment, mount).get("readOnly")
+    mount, volume = mount_for(deployment, str(cfg.auth.tokens_file))
+    assert "secret" in volume and volume_mount(deployment, mount)["readOnly"]
+    assert [item["path"] for item in volume["secret"]["items"]] == [str(cfg.auth.tokens_file)[len(mount) + 1:]]
+    mount, volume = mount_for(deployment, "/tmp")
+    assert "emptyDir" in volume
+
+
+def volume_mount(deployment: Doc, mount_path: str) -> Doc:
+    (mount,) = [m for m in container(deployment)["volumeMounts"] if m["mountPath"] == mount_path]
+    return mount
+
+
+def test_cpu_and_gpu_configs_differ_only_in_the_device(rendered):
+    for overlay in GPU_OVERLAYS:
+        cpu = tomllib.loads(server_config_text(rendered["cpu"]))
+        gpu = tomllib.loads(server_config_text(rendered[overlay]))
+        assert (cpu["server"].pop("device"), gpu["server"].pop("device")) == ("cpu", "cuda")
+        assert gpu == cpu, f"{overlay}: the GPU config.toml drifted from k8s/base/config.toml"
+
+
+def test_secrets_are_referenced_never_defined(docs):
+    assert not find_all(docs, "Secret")
+    for path in K8S.rglob("kustomization.yaml"):
+        assert "secretGenerator" not in yaml.safe_load(path.read_text()), path
+    references = set()
+    for deployment in find_all(docs, "Deployment"):
+        for c in pod_spec(deployment)["containers"]:
+            for env in c.get("env", []):
+                if any(word in env["name"] for word in ("PASSWORD", "TOKEN", "SECRET", "REDIS_URL", "CREDENTIAL")):
+                    assert "value" not in env, f"{env['name']} has a literal value"
+                    ref = env["valueFrom"]["secretKeyRef"]
+                    references.add((ref["name"], ref["key"]))
+        for volume in pod_spec(deployment).get("volumes", []):
+            if "secret" in volume:
+                references.update((volume["secret"]["secretName"], i["key"]) for i in volume["secret"]["items"])
+    assert references == {("inference-server-secrets", "redis-url"), ("inference-server-secrets", "redis-password"),
+                          ("inference-server-secrets", "tokens")}
+    env = {e["name"]: e for e in container(find(docs, "Deployment", SERVER))["env"]}
+    assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "inference-server-secrets", "key": "redis-url"}
+
+
+def effective(deployment: Doc, c: Doc, key: str) -> Any:
+    """A security setting as it applies to the container: its own, else the pod's."""
+    return c.get("securityContext", {}).get(key, pod_spec(deployment).get("securityContext", {}).get(key))
+
+
+def test_pods_run_locked_down(docs):
+    for deployment in find_all(docs, "Deployment"):
+        spec = pod_spec(deployment)
+        assert spec["automountServiceAccountToken"] is False
+        for c in spec["containers"]:
+            assert effective(deployment, c, "runAsNonRoot") is True
+            assert effective(deployment, c, "runAsUser") > 0
+            assert effective(deployment, c, "seccompProfile") == {"type": "RuntimeDefault"}
+            security = c["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"] == {"drop": ["ALL"]}
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{c['name']} {kind}"
+    server = find(docs, "Deployment", SERVER)
+    assert effective(server, container(server), "runAsUser") == 10001
+    env = {e["name"]: e.get("value") for e in container(server)["env"]}
+    assert (env["ORT_DISABLE_TELEMETRY"], env["MLFLOW_DISABLE_TELEMETRY"]) == ("1", "true")
+
+
+def test_the_pod_uses_the_priority_class(docs):
+    priority = find(docs, "PriorityClass", "inference-critical")
+    assert 0 < priority["value"] <= 1_000_000_000  # user classes stay below the system ones
+    assert priority["preemptionPolicy"] == "PreemptLowerPriority" and not priority["globalDefault"]
+    assert pod_spec(find(docs, "Deployment", SERVER))["priorityClassName"] == "inference-critical"
+
+
+def scraped_service(docs: list[Doc]) -> Doc:
+    (monitor,) = find_all(docs, "ServiceMonitor")
+    selected = [s for s in find_all(docs, "Service")
+                if matches(monitor["spec"]["selector"]["matchLabels"], s["metadata"].get("labels", {}))]
+    assert len(selected) == 1, "one Service scraped, so each pod's series exist once"
+    return selected[0]
+
+
+def test_prometheus_scrapes_the_metrics_port(docs, tmp_path):
+    (monitor,) = find_all(docs, "ServiceMonitor")
+    service = scraped_service(docs)
+    (endpoint,) = monitor["spec"]["endpoints"]
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    deployment = find(docs, "Deployment", SERVER)
+    metrics = container_port(container(deployment), port["targetPort"])
+    assert metrics["name"] == "metrics"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(metrics["containerPort"])
+    assert annotations["prometheus.io/path"] == endpoint["path"] == "/metrics"
+    assert load_server_config(docs, tmp_path).metrics_port == metrics["containerPort"]
+
+
+def test_every_overlay_ships_the_alert_rules_and_tagged_images(docs):
+    assert find_all(docs, "PrometheusRule"), "k8s/monitoring is a resource of every overlay"
+    for deployment in find_all(docs, "Deployment"):
+        for c in pod_spec(deployment)["containers"]:
+            name, _, tag = c["image"].rpartition(":")
+            assert name and tag and tag != "latest", f"{c['name']}: image {c['image']} has no fixed tag"
