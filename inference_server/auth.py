@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -147,7 +148,7 @@ def load_tokens(path: Path) -> Tokens:
     """Read and parse the tokens file; ConfigError when it cannot be read or has a bad line."""
     try:
         data = path.read_bytes()
-        mode = path.stat().st_mode
+        info = path.stat()
     except OSError as e:
         raise ConfigError(KEY, f"cannot read the tokens file {path}: {e.strerror or e}") from None
     try:
@@ -156,7 +157,15 @@ def load_tokens(path: Path) -> Tokens:
         number = data.count(b"\n", 0, e.start) + 1
         raise ConfigError(KEY, f"{path}: line {number} is not UTF-8 text") from None
     tokens = parse_tokens(text, str(path))
-    return Tokens(tokens.entries, tokens.source, exposed=bool(mode & (stat.S_IRWXG | stat.S_IRWXO)))
+    return Tokens(tokens.entries, tokens.source, exposed=exposed(info))
+
+
+def exposed(info: os.stat_result) -> bool:
+    """Readable by anyone, or by a group this process is not in. A group of its own is not exposure: Kubernetes
+    mounts a Secret 0440 with the pod's fsGroup, the only way a non-root server can read it."""
+    if info.st_mode & stat.S_IRWXO:
+        return True
+    return bool(info.st_mode & stat.S_IRWXG) and info.st_gid not in {os.getgid(), *os.getgroups()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -254,4 +254,18 @@ def test_the_file_mode_check_uses_the_real_permissions(tmp_path):
     path = tmp_path / "tokens"
     path.write_text(FILE)
     os.chmod(path, 0o640)
+    assert not load_tokens(path).exposed  # its group is this process's own (Kubernetes: 0440 with fsGroup)
+    os.chmod(path, 0o604)
+    assert load_tokens(path).exposed  # anyone
+
+
+def test_a_file_readable_by_a_group_this_process_is_not_in_is_exposed(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text(FILE)
+    os.chmod(path, 0o640)
+    stranger = max({os.getgid(), *os.getgroups()}) + 1000
+    try:
+        os.chown(path, -1, stranger)
+    except PermissionError:
+        pytest.skip("changing a file's group to one we are not in needs root")
     assert load_tokens(path).exposed
