@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .cpus import default_intra_op_threads
 from .errors import ModelLoadError
 from .iobinding import IoBoundRun, can_bind, pinned_memory_info
 from .tensors import DATATYPES
@@ -282,7 +283,7 @@ class OnnxBackend:
 
     def _sessions(self, count: int, intra_op_threads: int) -> list[Any]:
         options = self._ort.SessionOptions()
-        if intra_op_threads:
+        if intra_op_threads := intra_op_threads or default_intra_op_threads():
             options.intra_op_num_threads = intra_op_threads
         if self._inter_op_threads:
             options.inter_op_num_threads = self._inter_op_threads

@@ -216,3 +216,13 @@ def test_cuda_libraries_are_preloaded_once_and_only_when_cuda_is_used(monkeypatc
     assert backend.choose_providers(ort, "auto", "m") == [backend.CUDA, backend.CPU]
     assert backend.choose_providers(ort, "cuda", "m") == [backend.CUDA, backend.CPU]
     assert calls == [1]
+
+
+def test_a_containers_cpu_limit_sizes_the_sessions_pools_unless_the_model_sets_its_own(repo, monkeypatch):
+    from inference_server import backend
+
+    monkeypatch.setattr(backend, "default_intra_op_threads", lambda: 3)  # as in a pod limited to 3 CPUs
+    limited = backend_for(repo, onnx_models.mlp([4, 8, 2]))
+    assert limited.instances[0].session.get_session_options().intra_op_num_threads == 3
+    own = backend_for(repo, onnx_models.mlp([4, 8, 2]), intra_op_threads=2)
+    assert own.instances[0].session.get_session_options().intra_op_num_threads == 2

@@ -1,0 +1,56 @@
+"""The CPUs this process may use: a container's CPU limit (cgroup quota) and its CPU set.
+
+ONNX Runtime sizes its default intra-op pool to the host's physical cores, and os.cpu_count() counts the host's
+too. In a Kubernetes pod limited to 2 CPUs on a 64-core node that is a 64-thread pool per session, throttled by
+the quota (latency in steps of the CFS period). A model without intra_op_threads of its own gets this instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def quota_cpus(root: Path = CGROUP) -> float | None:
+    """The cgroup's CPU quota in CPUs (cgroup v2 cpu.max, else v1 cfs_quota/period); None when unlimited."""
+    try:
+        quota, _, period = (root / "cpu.max").read_text().strip().partition(" ")
+        if quota == "max":
+            return None
+        return int(quota) / int(period or 100_000)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def limited_cpus(root: Path = CGROUP) -> int | None:
+    """Whole CPUs the process may keep busy when that is fewer than the host has (rounded up, at least 1); None
+    when nothing limits it below the host."""
+    host = os.cpu_count() or 1
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else host
+    quota = quota_cpus(root)
+    limit = min(allowed, max(1, math.ceil(quota)) if quota is not None else allowed)
+    return limit if limit < host else None
+
+
+@functools.cache
+def default_intra_op_threads() -> int:
+    """0 (ONNX Runtime's own default) on an unlimited machine, else the limit; logged once."""
+    limit = limited_cpus()
+    if limit is not None:
+        log.info("this process may use %d of the machine's %d CPUs (container limit or CPU set): ONNX Runtime "
+                 "sessions get %d intra-op thread(s) unless a model sets intra_op_threads", limit,
+                 os.cpu_count() or 1, limit)
+    return limit or 0

@@ -1,0 +1,54 @@
+"""A container's CPU limit, read from cgroup files (fakes of them here), sizes ONNX Runtime's default pool."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from inference_server import cpus
+
+
+def cgroup_v2(tmp_path, text):
+    (tmp_path / "cpu.max").write_text(text)
+    return tmp_path
+
+
+def cgroup_v1(tmp_path, quota_us, period_us):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(f"{quota_us}\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text(f"{period_us}\n")
+    return tmp_path
+
+
+def test_quota_in_cpus_from_cgroup_v2_and_v1(tmp_path):
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    assert cpus.quota_cpus(cgroup_v2(v2, "250000 100000\n")) == 2.5
+    assert cpus.quota_cpus(cgroup_v2(tmp_path, "max 100000\n")) is None
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    assert cpus.quota_cpus(cgroup_v1(v1, 150000, 100000)) == 1.5
+    unlimited = tmp_path / "v1-unlimited"
+    unlimited.mkdir()
+    assert cpus.quota_cpus(cgroup_v1(unlimited, -1, 100000)) is None
+    assert cpus.quota_cpus(tmp_path / "none") is None
+
+
+@pytest.mark.parametrize(("quota", "host", "expected"), [
+    ("50000 100000", 64, 1),     # half a CPU: one thread, never zero
+    ("250000 100000", 64, 3),    # 2.5 CPUs: rounded up
+    ("6400000 100000", 64, None),  # as many as the host: ONNX Runtime's own default
+    ("max 100000", 64, None),
+])
+def test_limited_cpus(tmp_path, monkeypatch, quota, host, expected):
+    monkeypatch.setattr(os, "cpu_count", lambda: host)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(host)), raising=False)
+    assert cpus.limited_cpus(cgroup_v2(tmp_path, quota)) == expected
+
+
+def test_a_cpu_set_smaller_than_the_host_limits_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert cpus.limited_cpus(cgroup_v2(tmp_path, "max 100000")) == 4
+    assert cpus.limited_cpus(cgroup_v2(tmp_path, "200000 100000")) == 2
