@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -529,3 +530,10 @@ def test_every_overlay_ships_the_alert_rules_and_tagged_images(docs):
         for c in pod_spec(deployment)["containers"]:
             name, _, tag = c["image"].rpartition(":")
             assert name and tag and tag != "latest", f"{c['name']}: image {c['image']} has no fixed tag"
+
+
+def test_every_overlay_ships_the_grafana_dashboard_for_the_sidecar(docs):
+    dashboard = find(docs, "ConfigMap", "inference-server-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"  # what Grafana's sidecar selects
+    [(name, text)] = dashboard["data"].items()
+    assert json.loads(text) == json.loads((K8S / "grafana" / name).read_text())
