@@ -62,7 +62,8 @@ def socket_path(directory: Path, index: int) -> Path:
 
 
 class PeerServer:
-    """A worker's answers to its peers and its supervisor, on its event loop (each is a read of counters)."""
+    """A worker's answers to its peers (statistics, read on its event loop) and its supervisor (metrics, in a
+    thread, as a lone server's metrics endpoint reads them)."""
 
     def __init__(self, path: Path, statistics: Callable[[], list[dict]], metrics: Callable[[], bytes]) -> None:
         self.path = path
@@ -86,7 +87,8 @@ class PeerServer:
             if answer is None:
                 log.warning("peer socket %s: unknown request %r", self.path, request[:40])
             else:
-                writer.write(answer())
+                # The exposition reads every collector (as the metrics thread of a lone server does): off the loop.
+                writer.write(await asyncio.to_thread(answer) if request == b"metrics" else answer())
                 await writer.drain()
         except (OSError, TimeoutError) as e:
             log.warning("peer socket %s: %s", self.path, e)
