@@ -257,6 +257,7 @@ async def serve(cfg: ServerConfig, reread: Callable[[], ServerConfig] | None = N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # also while models load: a stop then ends the start cleanly
         loop.add_signal_handler(sig, stop.set)
+    orphaned = loop.create_task(watch_supervisor(stop)) if slot is not None else None
     try:
         app = App(cfg, reread, slot)
         loop.add_signal_handler(signal.SIGHUP, app.reload)
@@ -279,7 +280,19 @@ async def serve(cfg: ServerConfig, reread: Callable[[], ServerConfig] | None = N
     await stop.wait()
     log.info("shutdown signal received; draining for up to %.1fs", cfg.drain_grace_s)
     await app.stop()
+    if orphaned is not None:
+        orphaned.cancel()
     return 0
+
+
+async def watch_supervisor(stop: asyncio.Event, poll_s: float = 1.0) -> None:
+    """A worker whose supervisor died (SIGKILL leaves it no time to stop them) drains and exits, rather than
+    serving on alone with nobody to stop it or serve the pod's metrics."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(poll_s)
+    log.error("the supervisor (pid %d) is gone; this worker stops", parent)
+    stop.set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ class PeerServer:
             self.path.unlink(missing_ok=True)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = b""
         try:
             request = (await asyncio.wait_for(reader.readline(), PEER_TIMEOUT_S)).strip()
             answer = self._answers.get(request)
@@ -92,6 +94,8 @@ class PeerServer:
                 await writer.drain()
         except (OSError, TimeoutError) as e:
             log.warning("peer socket %s: %s", self.path, e)
+        except Exception:  # a collector's failure: the asker gets nothing (counted missing), this worker serves on
+            log.exception("peer socket %s: cannot answer %r", self.path, request)
         finally:
             writer.close()
 
@@ -160,8 +164,20 @@ def own_figures(views: list[StatisticsView]) -> list[dict]:
     return [{"name": v.name, "version": v.version, "stats": v.stats.statistics()} for v in views]
 
 
-def new_peer_directory() -> Path:
-    """For the supervisor: a private directory for the workers' sockets (removed when it exits)."""
+SOCKET_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path holds 108, with its terminating NUL)
+
+
+def new_peer_directory(workers: int) -> Path:
+    """For the supervisor: a private directory (0700) for the workers' sockets, under $TMPDIR, or /tmp when that
+    is too long a path for a socket. OSError naming the path when neither will do."""
+    import shutil
     import tempfile
 
-    return Path(tempfile.mkdtemp(prefix="inference_server-pod-"))
+    for base in dict.fromkeys((tempfile.gettempdir(), "/tmp")):
+        directory = Path(tempfile.mkdtemp(prefix="inference_server-pod-", dir=base))
+        longest = socket_path(directory, workers - 1)
+        if len(os.fsencode(longest)) <= SOCKET_PATH_MAX:
+            return directory
+        shutil.rmtree(directory, ignore_errors=True)
+    raise OSError(f"the workers' socket path {longest} is longer than Unix sockets allow ({SOCKET_PATH_MAX} "
+                  "bytes): set TMPDIR to a shorter directory")

@@ -4,13 +4,19 @@ Counters, histograms and Triton's cumulative (untyped) counters are summed per l
 counts every request, whichever worker served it. Gauges that add up across workers (queued requests, their
 bounds, cache sizes) are summed too; the GPU gauges, which every worker reads from the same devices, take the
 maximum; every other gauge (a model's state, a breaker's, drift, a canary's) is one series per worker with a
-`worker` label, as each worker holds that state on its own. inference_pod_workers says how many workers answered
-the scrape: a missing worker's series are absent from it, never guessed.
+`worker` label, as each worker holds that state on its own.
+
+A worker that does not answer a scrape (stuck, or its answer cut off) is counted in
+inference_pod_workers{scrape="missing"}, and its last good answer stands in for it: dropping its series would make
+the pod's counters go down and up again, which Prometheus reads as resets and turns into bursts in rate() (false
+error ratios, a false scale-up). A worker that dies stops the pod (workers.py), so a counter never really resets
+while the supervisor serves.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -33,12 +39,20 @@ ADDED_TYPES = frozenset({"counter", "histogram", "summary", "unknown", "gaugehis
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def merge(expositions: Sequence[tuple[str, str]]) -> list[Metric]:
-    """Families from (worker index, exposition text) pairs, merged as the module says."""
+def parse(text: str) -> list[Metric]:
+    """A worker's exposition; ValueError when it is empty or not the exposition format (an answer cut off)."""
+    families = list(text_string_to_metric_families(text))
+    if not families:
+        raise ValueError("an empty answer")
+    return families
+
+
+def merge(workers: Sequence[tuple[str, Sequence[Metric]]]) -> list[Metric]:
+    """Families from (worker index, its parsed families) pairs, merged as the module says."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[SampleKey, float]] = {}
-    for worker, text in expositions:
-        for family in text_string_to_metric_families(text):
+    for worker, parsed in workers:
+        for family in parsed:
             merged = families.get(family.name)
             if merged is None:
                 merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
@@ -69,23 +83,33 @@ def _mode(family: Metric) -> str:
 
 
 class PodCollector:
-    """Asks each worker's socket for its exposition at every scrape (the metrics thread of the supervisor)."""
+    """Asks every worker's socket for its exposition at each scrape, all at once (the supervisor's metrics thread)."""
 
     def __init__(self, sockets: Sequence[Path]) -> None:
         self._sockets = list(sockets)
+        self._last: dict[int, list[Metric]] = {}  # each worker's last good answer
+        self._pool = ThreadPoolExecutor(max(1, len(self._sockets)), thread_name_prefix="pod-scrape")
+
+    def _ask(self, index: int) -> list[Metric] | None:
+        path = self._sockets[index]
+        try:
+            families = parse(ask_blocking(path, b"metrics").decode())
+        except (OSError, ValueError) as e:  # starting, stuck, or cut off (UnicodeDecodeError is a ValueError)
+            log.warning("metrics: worker %d (%s) did not answer (%s); its last answer stands in", index, path.name,
+                        e)
+            return None
+        self._last[index] = families
+        return families
 
     def collect(self) -> Iterator[Metric]:
-        expositions = []
-        for index, path in enumerate(self._sockets):
-            try:
-                expositions.append((str(index), ask_blocking(path, b"metrics").decode()))
-            except OSError as e:  # starting, stopping, or stuck: its series are left out of this scrape
-                log.warning("metrics: worker %d (%s) did not answer: %s", index, path.name, e)
-        yield from merge(expositions)
+        answers = list(self._pool.map(self._ask, range(len(self._sockets))))
+        yield from merge([(str(i), self._last[i]) for i in range(len(self._sockets)) if i in self._last])
         workers = GaugeMetricFamily("inference_pod_workers", "Worker processes of this pod, by whether they "
-                                    "answered this scrape", labels=["scrape"])
-        workers.add_metric(["answered"], len(expositions))
-        workers.add_metric(["missing"], len(self._sockets) - len(expositions))
+                                    "answered this scrape (a missing one's last answer stands in)",
+                                    labels=["scrape"])
+        answered = sum(a is not None for a in answers)
+        workers.add_metric(["answered"], answered)
+        workers.add_metric(["missing"], len(self._sockets) - answered)
         yield workers
 
 

@@ -48,7 +48,11 @@ def supervise(cfg: ServerConfig, argv: Sequence[str], poll_s: float = 0.2) -> in
             log.error("cannot start: %s:%d is already in use", cfg.host, port)
             return 1
     command = [sys.executable, "-m", "inference_server", *argv, "--workers", "1", "--reuse-port"]
-    peer_dir = new_peer_directory()
+    try:
+        peer_dir = new_peer_directory(cfg.workers)
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        return 1
     slots = [WorkerSlot(peer_dir, i, cfg.workers) for i in range(cfg.workers)]
     try:
         # The pod's one metrics endpoint: every worker's figures, merged at each scrape.

@@ -3,6 +3,7 @@ socket."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from inference_server.pod import PeerServer, PodStatistics, WorkerSlot, ask, own_figures
@@ -31,3 +32,39 @@ async def test_a_peer_answers_statistics_and_metrics_on_its_socket(tmp_path):
         await server.stop()
     assert not peer.path.exists()
     assert await PodStatistics(slot).peers() == []  # gone: left out (and logged), not an error
+
+
+async def test_a_worker_that_stops_answering_keeps_its_last_answer_so_counters_never_go_down(tmp_path):
+    slot = WorkerSlot(tmp_path, 0, 1)
+    answer = [b"# TYPE requests_total counter\nrequests_total 7\n"]
+    server = PeerServer(slot.path, list, lambda: answer[0])
+    await server.start()
+    collector = PodCollector([slot.path])
+    try:
+        def scrape() -> dict:
+            return {(s.name, s.labels.get("scrape")): s.value for f in collector.collect() for s in f.samples}
+
+        first = await asyncio.to_thread(scrape)
+        assert first[("requests_total", None)] == 7 and first[("inference_pod_workers", "answered")] == 1
+        for bad in (b"", b"requests_total{", b"\xff\xfe"):  # empty, cut off, not text
+            answer[0] = bad
+            samples = await asyncio.to_thread(scrape)
+            assert samples[("requests_total", None)] == 7, bad  # the last good answer, not a drop to 0
+            assert samples[("inference_pod_workers", "missing")] == 1, bad
+    finally:
+        await server.stop()
+
+
+async def test_a_collector_that_fails_gives_the_asker_nothing_and_the_worker_serves_on(tmp_path):
+    slot = WorkerSlot(tmp_path, 0, 1)
+
+    def broken() -> bytes:
+        raise RuntimeError("dictionary changed size during iteration")
+
+    server = PeerServer(slot.path, list, broken)
+    await server.start()
+    try:
+        assert await ask(slot.path, b"metrics") == b""
+        assert await ask(slot.path, b"statistics") == b"[]"  # the next request is answered
+    finally:
+        await server.stop()

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import time
 import urllib.request
 
 import numpy as np
@@ -134,3 +135,30 @@ def test_the_pods_one_scrape_and_its_statistics_count_every_workers_requests(lau
     assert server.terminate() == 0
     served = [int(n) for n in BATCH_LINE.findall(server.log())]
     assert len(served) == 2 and all(served), f"one worker got no connection: {served}"  # it was a pod of two
+
+
+def test_workers_stop_when_their_supervisor_is_killed(launch, repo):
+    """SIGKILL gives the supervisor no time to stop them: each worker notices it is orphaned and drains."""
+    server = launch("--model-repository", str(repo), "--workers", "2").wait_workers(2)
+    pids = worker_pids(server)
+    server.proc.kill()
+    server.proc.wait(10)
+    deadline = time.monotonic() + 20
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in alive if pid_alive(pid)]
+    assert not alive, f"workers {alive} serve on without their supervisor:\n{server.log()}"
+    assert "the supervisor (pid" in server.log()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # an exited child of a dead parent is reaped by init; a zombie is not alive either
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False

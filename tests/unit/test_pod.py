@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference_server.errors import ErrorCode
 from inference_server.pod import WorkerSlot, own_figures, with_peers
-from inference_server.pod_metrics import merge
+from inference_server.pod_metrics import merge, parse
 from inference_server.stats import ModelStats
 from inference_server.views import StatisticsView
 
@@ -70,7 +72,7 @@ nv_gpu_utilization{{gpu_uuid="GPU-1"}} {gpu}
 
 
 def merged_samples(*workers: dict) -> dict:
-    families = merge([(str(i), WORKER.format(**w)) for i, w in enumerate(workers)])
+    families = merge([(str(i), parse(WORKER.format(**w))) for i, w in enumerate(workers)])
     registry = CollectorRegistry()
     registry.register(type("Fixed", (), {"collect": lambda self: iter(families)})())
     text = generate_latest(registry).decode()  # what the supervisor serves, parsed back as Prometheus would
@@ -98,3 +100,22 @@ def test_the_slot_travels_through_the_environment(tmp_path):
     assert WorkerSlot.from_environ(slot.environ()) == slot
     assert [p.name for p in slot.peers] == ["worker-0.sock", "worker-2.sock"]
     assert WorkerSlot.from_environ({}) is None
+
+
+def test_the_peer_directory_falls_back_to_tmp_when_tmpdir_is_too_long_for_a_socket(tmp_path, monkeypatch):
+    import tempfile
+
+    from inference_server import pod
+
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(deep))
+    directory = pod.new_peer_directory(2)
+    try:
+        assert directory.parent == Path("/tmp") and len(str(pod.socket_path(directory, 1))) <= pod.SOCKET_PATH_MAX
+        assert not list(deep.iterdir())  # the too-long attempt was removed
+    finally:
+        directory.rmdir()
+    monkeypatch.setattr(pod, "SOCKET_PATH_MAX", 10)  # nowhere short enough: an error naming the path and TMPDIR
+    with pytest.raises(OSError, match="TMPDIR"):
+        pod.new_peer_directory(2)
