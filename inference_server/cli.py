@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end gRPC connections after this many seconds (GOAWAY; clients reconnect, spreading over "
                         "replicas behind a Service); default 0: never")
     p.add_argument("--max-connection-age-grace-s", type=float,
-                   help="after that GOAWAY, how long running calls may still finish (default 0: however long)")
+                   help="after that GOAWAY, cut off calls (long streams too) still running after this long "
+                        "(default 0: never)")
     p.add_argument("--log-level", type=str.upper, help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
     p.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json: one object per line")
     p.add_argument("--access-log", action="store_true", default=None, help="log one line per answered request")

@@ -421,7 +421,8 @@ def test_the_config_map_parses_with_the_servers_loader(docs, tmp_path):
     assert cfg.cache == DEFAULT_REDIS_URL  # ...which by default names the reference Redis's Service and port
     redis = find(docs, "Service", "inference-redis")
     assert DEFAULT_REDIS_URL == f"redis://{redis['metadata']['name']}:{redis['spec']['ports'][0]['port']}/0"
-    assert cfg.max_connection_age_s > 0 and cfg.max_connection_age_grace_s > 0
+    # connections end so that clients spread; no grace, so that long ModelStreamInfer streams are not cut off
+    assert cfg.max_connection_age_s > 0 and cfg.max_connection_age_grace_s == 0
     assert {e["name"] for e in server["env"]} >= {"REDIS_URL", "ORT_DISABLE_TELEMETRY", "MLFLOW_DISABLE_TELEMETRY"}
     # every path the server reads or writes is on a volume of the right kind
     mount, volume = mount_for(deployment, str(cfg.model_repository))
@@ -537,3 +538,11 @@ def test_every_overlay_ships_the_grafana_dashboard_for_the_sidecar(docs):
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"  # what Grafana's sidecar selects
     [(name, text)] = dashboard["data"].items()
     assert json.loads(text) == json.loads((K8S / "grafana" / name).read_text())
+
+
+def test_the_service_monitor_carries_the_prometheus_rules_release_label(docs):
+    """kube-prometheus-stack selects both by `release`: a ServiceMonitor without it is never scraped, so the
+    autoscaler would have no data and no alert could fire."""
+    rule_labels = find(docs, "PrometheusRule")["metadata"]["labels"]
+    monitor_labels = find(docs, "ServiceMonitor")["metadata"]["labels"]
+    assert monitor_labels.get("release") == rule_labels["release"]

@@ -59,6 +59,45 @@ def test_without_an_age_a_connection_lives_on():
     assert (failed, reconnects) == (0, 0)
 
 
+async def stream_for(url: str, duration_s: float) -> tuple[int, str | None]:
+    """One ModelStreamInfer stream kept open for duration_s, a ServerLive-sized request every 0.1 s; returns the
+    answers it got and the error that ended it, if any."""
+    async def requests():
+        end = time.monotonic() + duration_s
+        while time.monotonic() < end:
+            yield pb.ModelInferRequest(model_name="nothing-here")  # answered on the stream with an error message
+            await asyncio.sleep(0.1)
+
+    answers = 0
+    async with grpc.aio.insecure_channel(url) as channel:
+        try:
+            async for _ in pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests(), timeout=30):
+                answers += 1
+        except grpc.aio.AioRpcError as e:
+            return answers, e.code().name
+    return answers, None
+
+
+def test_a_stream_outlives_the_connection_age_when_no_grace_is_set():
+    """Without a grace, the GOAWAY only stops new calls on the old connection: a long stream runs to its end."""
+    server = serve(max_connection_age_s=0.3)
+    try:
+        answers, error = asyncio.run(stream_for(server.url, 1.5))
+    finally:
+        server.stop()
+    assert error is None and answers >= 10
+
+
+def test_a_grace_ends_a_stream_that_outlives_it():
+    """What a grace costs: a stream still open at age + grace is cut off (the manifests set no grace)."""
+    server = serve(max_connection_age_s=0.3, max_connection_age_grace_s=0.3)
+    try:
+        _, error = asyncio.run(stream_for(server.url, 3.0))
+    finally:
+        server.stop()
+    assert error == "UNAVAILABLE"
+
+
 def test_a_grace_without_an_age_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match="server.max_connection_age_grace_s"):
         parse_server({"server": {"max_connection_age_grace_s": 5}})
