@@ -86,7 +86,8 @@ def _run(cfg: ServerConfig, command: list[str], slots: list[WorkerSlot], poll_s:
     # takes it over: a reload sent while they import would otherwise kill them.
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        procs = [subprocess.Popen(command, env={**os.environ, **slot.environ()}) for slot in slots]
+        for slot in slots:  # one at a time into procs: if a start fails, the finally stops those already started
+            procs.append(subprocess.Popen(command, env={**os.environ, **slot.environ()}))
         signal.signal(signal.SIGHUP, forward)
         if stopping:  # the signal came while they were starting
             forward(signal.SIGTERM, None)
