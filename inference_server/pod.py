@@ -135,11 +135,15 @@ class PodStatistics:
         answers = await asyncio.gather(*(ask(p, b"statistics") for p in self.slot.peers), return_exceptions=True)
         figures = []
         for path, answer in zip(self.slot.peers, answers, strict=True):
+            why = answer if isinstance(answer, BaseException) else "an empty answer"
             if isinstance(answer, bytes) and answer:
-                figures.append(json.loads(answer))
-            else:
-                log.warning("statistics: worker socket %s did not answer (%s); its requests are not counted in "
-                            "this answer", path.name, answer if isinstance(answer, BaseException) else "empty")
+                try:
+                    figures.append(json.loads(answer))
+                    continue
+                except ValueError as e:  # cut off (the peer died mid-answer)
+                    why = e
+            log.warning("statistics: worker socket %s did not answer (%s); its requests are not counted in this "
+                        "answer", path.name, why)
         return figures
 
 

@@ -68,3 +68,14 @@ async def test_a_collector_that_fails_gives_the_asker_nothing_and_the_worker_ser
         assert await ask(slot.path, b"statistics") == b"[]"  # the next request is answered
     finally:
         await server.stop()
+
+
+async def test_a_peer_whose_statistics_are_cut_off_is_left_out_not_an_error(tmp_path):
+    slot, peer = WorkerSlot(tmp_path, 0, 2), WorkerSlot(tmp_path, 1, 2)
+    server = PeerServer(peer.path, list, bytes)
+    server._answers[b"statistics"] = lambda: b'[{"name": "m", "ver'  # as if the peer died mid-answer
+    await server.start()
+    try:
+        assert await PodStatistics(slot).peers() == []
+    finally:
+        await server.stop()
