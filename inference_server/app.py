@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
+from . import cpus
 from .breaker import CircuitBreaker
 from .cache import MemoryCache, ResponseCache
 from .cli import load_config
@@ -87,6 +88,8 @@ class App:
                  slot: WorkerSlot | None = None) -> None:
         self.cfg = cfg
         self.slot = slot  # one worker of several (--workers N): the pod's statistics and metrics need its peers
+        if slot is not None:
+            cpus.share_with(slot.count)  # before any model loads: ONNX Runtime pools sized to this worker's share
         self._reread = reread  # SIGHUP: the config as the file and flags say now
         self.registry = ModelRegistry()
         m = cfg.monitoring

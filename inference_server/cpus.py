@@ -35,22 +35,37 @@ def quota_cpus(root: Path = CGROUP) -> float | None:
     return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
-def limited_cpus(root: Path = CGROUP) -> int | None:
+def limited_cpus(root: Path | None = None) -> int | None:
     """Whole CPUs the process may keep busy when that is fewer than the host has (rounded up, at least 1); None
     when nothing limits it below the host."""
     host = os.cpu_count() or 1
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else host
-    quota = quota_cpus(root)
+    quota = quota_cpus(root or CGROUP)
     limit = min(allowed, max(1, math.ceil(quota)) if quota is not None else allowed)
     return limit if limit < host else None
 
 
+_processes = 1  # server processes sharing this machine's CPUs (--workers N): set once, before models load
+
+
+def share_with(processes: int) -> None:
+    """This process is one of `processes` workers of a pod: each gets its share of the CPUs."""
+    global _processes
+    _processes = max(1, processes)
+    default_intra_op_threads.cache_clear()
+
+
 @functools.cache
 def default_intra_op_threads() -> int:
-    """0 (ONNX Runtime's own default) on an unlimited machine, else the limit; logged once."""
+    """The intra-op threads of a session whose model sets none: this process's share of the CPUs it may use (a
+    container's limit, else the host's) when that is fewer than the host has; 0 (ONNX Runtime's own default)
+    otherwise. Logged once."""
+    host = os.cpu_count() or 1
     limit = limited_cpus()
+    if _processes > 1:
+        limit = max(1, (limit or host) // _processes)
     if limit is not None:
-        log.info("this process may use %d of the machine's %d CPUs (container limit or CPU set): ONNX Runtime "
-                 "sessions get %d intra-op thread(s) unless a model sets intra_op_threads", limit,
-                 os.cpu_count() or 1, limit)
+        log.info("this process may use %d of the machine's %d CPUs (container limit, CPU set, or its share as one "
+                 "of %d workers): ONNX Runtime sessions get %d intra-op thread(s) unless a model sets "
+                 "intra_op_threads", limit, host, _processes, limit)
     return limit or 0

@@ -52,3 +52,19 @@ def test_a_cpu_set_smaller_than_the_host_limits_too(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert cpus.limited_cpus(cgroup_v2(tmp_path, "max 100000")) == 4
     assert cpus.limited_cpus(cgroup_v2(tmp_path, "200000 100000")) == 2
+
+
+def test_each_worker_of_a_pod_gets_its_share_of_the_cpus(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(cpus, "CGROUP", tmp_path)  # no quota: the host's 16
+    try:
+        cpus.share_with(1)
+        assert cpus.default_intra_op_threads() == 0  # alone and unlimited: ONNX Runtime's own default
+        cpus.share_with(4)
+        assert cpus.default_intra_op_threads() == 4  # one of 4 workers on 16 CPUs
+        (tmp_path / "cpu.max").write_text("400000 100000\n")  # a 4-CPU container
+        cpus.share_with(3)
+        assert cpus.default_intra_op_threads() == 1  # 4 // 3, never 0
+    finally:
+        cpus.share_with(1)
