@@ -18,8 +18,13 @@ from tests.conftest import ServerThread
 pytestmark = pytest.mark.integration
 
 
-def serve(**server: object) -> ServerThread:
-    return ServerThread(parse_server({"server": {"port": 0, "metrics": False, "http_port": 0, **server}})).start()
+def against_server(client, *args: object, **server: object):
+    """client(url, *args) run against a fresh server with these [server] keys, which is stopped afterwards."""
+    thread = ServerThread(parse_server({"server": {"port": 0, "metrics": False, "http_port": 0, **server}})).start()
+    try:
+        return asyncio.run(client(thread.url, *args))
+    finally:
+        thread.stop()
 
 
 async def connections_used(url: str, duration_s: float) -> tuple[int, int]:
@@ -41,21 +46,13 @@ async def connections_used(url: str, duration_s: float) -> tuple[int, int]:
 
 
 def test_connections_older_than_the_age_are_ended_and_clients_reconnect_without_a_failed_call():
-    server = serve(max_connection_age_s=0.3, max_connection_age_grace_s=1)
-    try:
-        failed, reconnects = asyncio.run(connections_used(server.url, 2.0))
-    finally:
-        server.stop()
+    failed, reconnects = against_server(connections_used, 2.0, max_connection_age_s=0.3, max_connection_age_grace_s=1)
     assert failed == 0
     assert reconnects >= 2  # about one per 0.3 s (+-10 % jitter): the connection did not live on
 
 
 def test_without_an_age_a_connection_lives_on():
-    server = serve()
-    try:
-        failed, reconnects = asyncio.run(connections_used(server.url, 1.0))
-    finally:
-        server.stop()
+    failed, reconnects = against_server(connections_used, 1.0)
     assert (failed, reconnects) == (0, 0)
 
 
@@ -80,21 +77,13 @@ async def stream_for(url: str, duration_s: float) -> tuple[int, str | None]:
 
 def test_a_stream_outlives_the_connection_age_when_no_grace_is_set():
     """Without a grace, the GOAWAY only stops new calls on the old connection: a long stream runs to its end."""
-    server = serve(max_connection_age_s=0.3)
-    try:
-        answers, error = asyncio.run(stream_for(server.url, 1.5))
-    finally:
-        server.stop()
+    answers, error = against_server(stream_for, 1.5, max_connection_age_s=0.3)
     assert error is None and answers >= 10
 
 
 def test_a_grace_ends_a_stream_that_outlives_it():
     """What a grace costs: a stream still open at age + grace is cut off (the manifests set no grace)."""
-    server = serve(max_connection_age_s=0.3, max_connection_age_grace_s=0.3)
-    try:
-        _, error = asyncio.run(stream_for(server.url, 3.0))
-    finally:
-        server.stop()
+    _, error = against_server(stream_for, 3.0, max_connection_age_s=0.3, max_connection_age_grace_s=0.3)
     assert error == "UNAVAILABLE"
 
 
