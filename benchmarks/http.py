@@ -15,7 +15,6 @@ import asyncio
 import os
 import re
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -94,28 +93,18 @@ class Sample:
     busy_s: float  # machine_busy_s()
 
 
-class CpuSampler:
+class CpuSampler(loadgen.Sampler):
     """Samples every process's CPU every SAMPLE_S seconds in a thread; cores() gives a process tree's mean
     cores between two moments (only processes alive at both samples count: one that exits drops out)."""
 
+    period_s = SAMPLE_S
+
     def __init__(self) -> None:
+        super().__init__()
         self.samples: list[Sample] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> CpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _loop(self) -> None:
-        while True:
-            self.samples.append(Sample(time.monotonic(), proc_table(), machine_busy_s()))
-            if self._stop.wait(SAMPLE_S):
-                return
+    def sample(self) -> None:
+        self.samples.append(Sample(time.monotonic(), proc_table(), machine_busy_s()))
 
     def window(self, start: float, end: float) -> tuple[Sample, Sample] | None:
         inside = [s for s in self.samples if start <= s.at <= end]

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import tritonclient.grpc.aio as aioclient
@@ -142,6 +143,54 @@ async def _run_closed(clients: list[Any], work: Workload, result: LoadResult,
     return result
 
 
+class Sampler:
+    """Calls sample() at once and then every period_s, in a thread, while in its `with` block."""
+
+    period_s = 0.2
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.period_s):
+                return
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+async def send_on_schedule(start: float, rate_per_s: float, total: int, max_outstanding: int,
+                           one: Callable[[int, float], Awaitable[None]]) -> int:
+    """Starts one(i, scheduled) for request i at start + i / rate_per_s (loop time), whatever the answers do, and
+    waits for them all; returns how many were not sent because max_outstanding were still unanswered."""
+    loop = asyncio.get_running_loop()
+    in_flight: set[asyncio.Task[None]] = set()
+    not_sent = 0
+    for i in range(total):
+        scheduled = start + i / rate_per_s
+        if (delay := scheduled - loop.time()) > 0:
+            await asyncio.sleep(delay)
+        if len(in_flight) >= max_outstanding:
+            not_sent += 1
+            continue
+        task = asyncio.create_task(one(i, scheduled))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    await asyncio.gather(*in_flight)
+    return not_sent
+
+
 async def open_loop(url: str, work: Workload, *, rate_per_s: float, duration_s: float, warmup_s: float = 1.0,
                     max_outstanding: int = 2048, label: str = "", connections: int = 1) -> LoadResult:
     """Send at a fixed rate for warmup_s + duration_s. Latency runs from each request's scheduled time, so a
@@ -152,7 +201,6 @@ async def open_loop(url: str, work: Workload, *, rate_per_s: float, duration_s: 
     start = loop.time()
     measure_from = start + warmup_s
     total = int((warmup_s + duration_s) * rate_per_s)
-    in_flight: set[asyncio.Task[None]] = set()
 
     async def one(i: int, scheduled: float) -> None:
         try:
@@ -166,17 +214,7 @@ async def open_loop(url: str, work: Workload, *, rate_per_s: float, duration_s: 
 
     ticker = asyncio.create_task(_progress(result, f"{label} {rate_per_s:.0f}/s", loop, measure_from))
     try:
-        for i in range(total):
-            scheduled = start + i / rate_per_s
-            if (delay := scheduled - loop.time()) > 0:
-                await asyncio.sleep(delay)
-            if len(in_flight) >= max_outstanding:
-                result.not_sent += 1
-                continue
-            task = asyncio.create_task(one(i, scheduled))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        await asyncio.gather(*in_flight)
+        result.not_sent += await send_on_schedule(start, rate_per_s, total, max_outstanding, one)
     finally:
         ticker.cancel()
         sys.stderr.write("\n")

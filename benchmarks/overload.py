@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -15,6 +14,7 @@ import aiohttp
 import grpc
 import numpy as np
 
+from benchmarks.loadgen import Sampler, send_on_schedule
 from inference_server.grpc._generated import grpc_service_pb2 as pb
 from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 
@@ -51,20 +51,9 @@ ALLOWED = {"OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}
 
 
 async def _schedule(rate_per_s: float, duration_s: float, max_outstanding: int, result: Outcomes, one) -> None:
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    pending: set[asyncio.Task[None]] = set()
-    for i in range(int(rate_per_s * duration_s)):
-        scheduled = start + i / rate_per_s
-        if (delay := scheduled - loop.time()) > 0:
-            await asyncio.sleep(delay)
-        if len(pending) >= max_outstanding:
-            result.not_sent += 1
-            continue
-        task = asyncio.create_task(one(scheduled))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    await asyncio.gather(*pending)
+    start = asyncio.get_running_loop().time()
+    result.not_sent += await send_on_schedule(start, rate_per_s, int(rate_per_s * duration_s), max_outstanding,
+                                              lambda i, scheduled: one(scheduled))
 
 
 def _record(result: Outcomes, code: str, scheduled: float, sent: float, now: float) -> None:
@@ -218,23 +207,15 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-class RssSampler:
+class RssSampler(Sampler):
     """The peak resident memory of a process, sampled every 50 ms in a thread while in the `with` block."""
 
+    period_s = 0.05
+
     def __init__(self, pid: int) -> None:
+        super().__init__()
         self.pid = pid
         self.start_mib = self.peak_mib = rss_mib(pid)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak_mib = max(self.peak_mib, rss_mib(self.pid))
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    def sample(self) -> None:
+        self.peak_mib = max(self.peak_mib, rss_mib(self.pid))
