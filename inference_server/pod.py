@@ -156,8 +156,12 @@ def with_peers(views: list[StatisticsView], peers: list[list[dict]]) -> list[Sta
             figures.setdefault((entry["name"], entry["version"]), []).append(entry["stats"])
     merged_views = []
     for view in views:
+        others = figures.get((view.name, view.version))
+        if not others:  # no peer answered for it: this worker's own figures, as they are
+            merged_views.append(view)
+            continue
         merged = ModelStats()
-        for stats in (view.stats.statistics(), *figures.get((view.name, view.version), ())):
+        for stats in (view.stats.statistics(), *others):
             merged.add_statistics(stats)
         merged_views.append(StatisticsView(view.name, view.version, merged))
     return merged_views
