@@ -109,29 +109,30 @@ def adapter_rules(docs: list[Doc]) -> list[Doc]:
             for rule in yaml.safe_load(cm["data"]["config.yaml"])["rules"]]
 
 
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-                   "offset", "inf", "nan"}
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
-_SELECTOR = re.compile(r"(?<![\w:.])([A-Za-z_:][A-Za-z0-9_:]*)\s*\{([^}]*)\}")
+PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "group_left", "group_right", "inf", "nan"}
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_BRACES_OR_STRING = re.compile(r'(\{[^}]*\})|"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_SELECTOR = re.compile(r"(?<![\w:.])([A-Za-z_:][\w:]*)\s*(\{[^}]*\})?(\s*\()?")
+_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def promql_parse(query: str) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """(metric name, [(label, operator, value)]) of every series selector in a PromQL expression, or in a
+    prometheus-adapter template: function names, keywords, grouping labels, ranges, strings outside selectors and
+    `<<...>>` template fields are not selectors."""
+    q = re.sub(r"<<[^>]*>>", " ", query)
+    q = _BRACES_OR_STRING.sub(lambda m: m.group(1) or '""', q)  # a string's words are not names; matchers stay
+    q = re.sub(r"\[[^\]]*\]", " ", _GROUPING.sub(" ", q))  # grouping clauses, then ranges
+    return [(name, _MATCHER.findall(braces)) for name, braces, call in _SELECTOR.findall(q)
+            if not call and name not in PROMQL_KEYWORDS]
 
 
 def promql_metric_names(query: str) -> set[str]:
-    """The metric names a PromQL expression (or a prometheus-adapter template) reads: identifiers that are not
-    functions, keywords, label names or parts of strings, ranges and adapter templates."""
-    q = re.sub(r"<<[^>]*>>", " ", query)
-    q = _STRINGS.sub('""', q)
-    q = re.sub(r"\{[^}]*\}", " ", q)
-    q = re.sub(r"\[[^\]]*\]", " ", q)
-    q = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", q)
-    names = set()
-    for m in re.finditer(r"(?<![\w:.])[A-Za-z_:][A-Za-z0-9_:]*", q):
-        if m.group() in PROMQL_KEYWORDS or q[m.end():].lstrip().startswith("("):
-            continue
-        names.add(m.group())
-    return names
+    """The metric names a PromQL expression (or a prometheus-adapter template) reads."""
+    return {name for name, _ in promql_parse(query)}
 
 
 def promql_selectors(query: str) -> list[tuple[str, dict[str, str]]]:
-    """(metric, {label: value}) for each `metric{label="value", ...}` selector's equality matchers."""
-    q = re.sub(r"<<[^>]*>>", "", query)
-    return [(m.group(1), dict(re.findall(r'(\w+)\s*=\s*"([^"]*)"', m.group(2)))) for m in _SELECTOR.finditer(q)]
+    """(metric, {label: value}) for each `metric{...}` selector's equality matchers."""
+    return [(name, {label: value for label, op, value in matchers if op == "="})
+            for name, matchers in promql_parse(query) if matchers]

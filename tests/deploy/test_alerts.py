@@ -26,6 +26,7 @@ from inference_server.config import parse_server
 from tests import onnx_models
 from tests import redis_server as redis_process
 from tests.conftest import ServerThread
+from tests.deploy.conftest import promql_parse
 from tests.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,10 +190,6 @@ def test_a_changed_copy_fails_the_check(changed, tmp_path):
 
 # -- the metrics the expressions read, in a live scrape ---------------------------------------------------------
 
-GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
-SELECTOR = re.compile(r"(?<![\w:.])([A-Za-z_:][\w:]*)\s*(\{[^}]*\})?(\s*\()?")
-MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
-KEYWORDS = {"and", "or", "unless", "bool", "offset", "group_left", "group_right", "inf", "nan"}
 SUFFIXES = ("_bucket", "_sum", "_count", "_total")
 
 
@@ -203,27 +200,15 @@ def family(name: str) -> str:
     return name
 
 
-def selectors(expr: str) -> list[tuple[str, list[tuple[str, str, str]]]]:
-    """(metric name, [(label, operator, value)]) of every series selector in a PromQL expression; function
-    names, keywords and grouping labels are not selectors."""
-    expr = re.sub(r"\[[^\]]*\]", " ", GROUPING.sub(" ", expr))  # grouping clauses, then ranges
-    found = []
-    for name, braces, call in SELECTOR.findall(expr):
-        if call or name in KEYWORDS:
-            continue
-        found.append((name, MATCHER.findall(braces)))
-    return found
-
-
 def test_the_selector_parser_finds_every_metric():
-    found = {name for rule in rules() for name, _ in selectors(rule["expr"])}
+    found = {name for rule in rules() for name, _ in promql_parse(rule["expr"])}
     assert found == {
         "inference_requests_total", "inference_request_duration_seconds_bucket", "inference_rejected_requests_total",
         "inference_pending_requests", "inference_max_queue_size", "inference_cache_circuit_state",
         "inference_prediction_drift_psi", "inference_model_state", "inference_canary_decisions_total", "up",
         "inference:requests:rate5m", "inference:server_errors:rate5m", "inference:server_error_ratio:rate5m",
         "inference:request_duration_seconds:p99_5m", "inference:rejected_requests:rate5m"}
-    assert selectors('sum by (model) (rate(x_total{code=~"A|B", le!=""}[5m])) > 1e-3 and on (job) y') == [
+    assert promql_parse('sum by (model) (rate(x_total{code=~"A|B", le!=""}[5m])) > 1e-3 and on (job) y') == [
         ("x_total", [("code", "=~", "A|B"), ("le", "!=", "")]), ("y", [])]
 
 
@@ -304,7 +289,7 @@ def test_every_metric_the_rules_read_is_exported(live_scrape):
     recorded = {rule["record"] for rule in rules() if "record" in rule}
     problems = []
     for rule in rules():
-        for name, matchers in selectors(rule["expr"]):
+        for name, matchers in promql_parse(rule["expr"]):
             if name == "up" or name in recorded:
                 continue
             label_sets = live_scrape.get(family(name))
