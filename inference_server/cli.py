@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import (CONFIG_ENV, DEVICES, EXECUTIONS, LOG_FORMATS, MODEL_CONTROL_MODES, REDIS_PASSWORD_ENV,
-                     REDIS_URL_ENV, ServerConfig, _get, parse_server, read_toml)
+from .config import (CONFIG_ENV, DEVICES, EXECUTIONS, GRPC_ENGINES, LOG_FORMATS, MODEL_CONTROL_MODES,
+                     REDIS_PASSWORD_ENV, REDIS_URL_ENV, ServerConfig, _get, parse_server, read_toml)
 from .errors import ConfigError
 
 
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connection-age-grace-s", type=float,
                    help="after that GOAWAY, cut off calls (long streams too) still running after this long "
                         "(default 0: never)")
+    p.add_argument("--grpc-engine", choices=GRPC_ENGINES,
+                   help="what serves the gRPC port: native (pygrpc-native, HTTP/2 in Rust; no TLS or connection "
+                        "age), grpcio, or auto (default): native unless TLS or a connection age asks for grpcio")
     p.add_argument("--log-level", type=str.upper, help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
     p.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json: one object per line")
     p.add_argument("--access-log", action="store_true", default=None, help="log one line per answered request")
@@ -90,7 +93,7 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Serve
     server = dict(_get(doc, "server", "", dict, {}))
     batching = dict(_get(doc, "batching", "", dict, {}))
     for key in ("host", "port", "http_port", "max_message_bytes", "drain_grace_s", "max_connection_age_s",
-                "max_connection_age_grace_s", "log_level", "device", "log_format",
+                "max_connection_age_grace_s", "grpc_engine", "log_level", "device", "log_format",
                 "access_log", "execution", "cache", "workers", "reuse_port", "metrics", "metrics_host",
                 "metrics_port", "model_control_mode", "load_models", "repository_poll_secs", "exit_on_error",
                 "strict_readiness", "model_cache_dir", "tls_cert", "tls_key",

@@ -90,9 +90,19 @@ def server_config(repository: Path, **server: object) -> ServerConfig:
     return dataclasses.replace(cfg, models=(digits,))
 
 
+GRPC_ENGINES = ("grpcio", "native")
+
+
+@pytest.fixture(scope="session", params=GRPC_ENGINES)
+def grpc_engine(request) -> str:
+    """The engine serving gRPC (grpc/engine.py): a server fixture that takes it, and every test using that server,
+    runs on both. Servers of tests that do not take it run on the default (auto: native)."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def server(repository):
-    thread = ServerThread(server_config(repository)).start()
+def server(repository, grpc_engine):
+    thread = ServerThread(server_config(repository, grpc_engine=grpc_engine)).start()
     yield thread
     thread.stop()
 

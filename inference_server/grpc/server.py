@@ -1,5 +1,5 @@
-"""Builds the grpc.aio server: every GRPCInferenceService method, RouteAdmin (admin.py), grpc.health.v1, message
-and stream limits ([server.limits])."""
+"""Builds the gRPC server on the chosen engine (engine.py: grpcio or native): every GRPCInferenceService method,
+RouteAdmin (admin.py), grpc.health.v1, message and stream limits ([server.limits])."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..auth import load as load_auth, reload as reload_auth
 from ..config import ServerConfig
 from ..service import InferenceService
 from ..tls import ServerTls, load as load_tls, plaintext_warning, reload as reload_tls
-from . import admin
+from . import admin, engine as engines
 from .auth import AuthInterceptor
 from .limits import requests_in_flight
 from ._generated import grpc_service_pb2 as pb
@@ -62,12 +62,12 @@ def connection_age(cfg: ServerConfig) -> list[tuple[str, int]]:
 
 
 def build_server(service: InferenceService, cfg: ServerConfig, interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-                 credentials: grpc.ServerCredentials | None = None,
+                 credentials: grpc.ServerCredentials | None = None, engine: str = engines.GRPCIO,
                  ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
-    """An unstarted server bound to cfg.host:cfg.port (with TLS when given credentials); returns it, its health
-    servicer and the bound port."""
+    """An unstarted server of `engine` bound to cfg.host:cfg.port (with TLS when given credentials: grpcio only);
+    returns it, its health servicer and the bound port."""
     limits = cfg.limits
-    server = grpc.aio.server(interceptors=list(interceptors), options=[*connection_age(cfg),
+    server = engines.new_server(engine, interceptors, options=[*connection_age(cfg),
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         ("grpc.max_receive_message_length", limits.max_request_bytes),  # over it: grpc's own RESOURCE_EXHAUSTED
         ("grpc.max_concurrent_streams", limits.max_concurrent_streams),  # per connection; clients queue the rest
@@ -135,6 +135,7 @@ class GrpcFrontEnd:
     name = "gRPC"
 
     def __init__(self, service: InferenceService, cfg: ServerConfig) -> None:
+        self.engine, why = engines.choose(cfg)  # ConfigError: native asked for and not installed
         auth = load_auth(cfg.auth.tokens_file, cfg.auth.open_metadata)  # ConfigError: a bad tokens file
         self._auth = None if auth is None else AuthInterceptor(auth)  # bearer tokens (grpc/auth.py)
         if auth is not None:
@@ -145,7 +146,8 @@ class GrpcFrontEnd:
         credentials = None if self._tls is None else grpc.dynamic_ssl_server_credentials(
             certificate_configuration(self._tls), self._rotation, require_client_authentication=self._tls.mutual)
         self._server, self._health, self.port = build_server(service, cfg, [self._auth] if self._auth else [],
-                                                             credentials)
+                                                             credentials, self.engine)
+        log.info("gRPC engine: %s (%s)", self.engine, why)
         if self._tls is not None:
             log.info("gRPC port %d: %s", self.port, self._tls.describe())
         elif (warning := plaintext_warning(self.name, cfg.host, self.port)) is not None:

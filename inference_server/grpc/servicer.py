@@ -94,10 +94,16 @@ def routing_key(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
+NO_DEADLINE_S = 1e9  # a remaining time this long (31 years) is no deadline at all
+
+
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
-    """The client's gRPC deadline in event-loop time, or None when it set none."""
+    """The client's gRPC deadline in event-loop time, or None when it set none. grpc.aio says "none" with None;
+    the native engine, as grpcio's sync server does, with sys.maxsize seconds."""
     remaining = context.time_remaining()
-    return None if remaining is None else asyncio.get_running_loop().time() + remaining
+    if remaining is None or remaining >= NO_DEADLINE_S:
+        return None
+    return asyncio.get_running_loop().time() + remaining
 
 
 class InferenceServicer:

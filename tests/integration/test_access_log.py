@@ -27,9 +27,9 @@ def test_access_log_is_off_by_default(server, caplog):
     assert not [r for r in caplog.records if r.name == "inference_server.access"]
 
 
-def test_access_log_has_a_line_per_request_with_its_id_and_code(repository, caplog):
+def test_access_log_has_a_line_per_request_with_its_id_and_code(repository, caplog, grpc_engine):
     caplog.set_level(logging.INFO, logger="inference_server.access")
-    thread = ServerThread(server_config(repository, access_log=True)).start()
+    thread = ServerThread(server_config(repository, access_log=True, grpc_engine=grpc_engine)).start()
     try:
         call(thread.url, "abc-1")
         with pytest.raises(InferenceServerException):

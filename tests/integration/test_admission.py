@@ -31,13 +31,14 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, grpc_engine):
     repo = tmp_path_factory.mktemp("admission")
     onnx_models.write_model(repo, "slow", onnx_models.slow(3072), "[batching]\nmax_batch_size = 1\n")
     onnx_models.write_model(repo, "bounded", onnx_models.slow(2048),
                             "[batching]\nmax_batch_size = 1\nmax_queue_size = 1\n")
     cfg = parse_server({"server": {"port": 0, "metrics_port": 0, "http_port": free_port(),
-                                   "model_repository": str(repo), "drain_grace_s": 5}})
+                                   "model_repository": str(repo), "drain_grace_s": 5,
+                                   "grpc_engine": grpc_engine}})
     thread = ServerThread(dataclasses.replace(cfg)).start()
     yield thread
     thread.stop()
@@ -134,6 +135,8 @@ def test_a_model_without_a_bound_of_its_own_queues_the_default_256(server):
 
     codes = asyncio.run(flood(300))
     refused = codes["UNAVAILABLE"]
-    assert 300 - DEFAULT_MAX_QUEUE_SIZE - 1 <= refused <= 300 - DEFAULT_MAX_QUEUE_SIZE, codes
+    # One runs and 256 wait; a call that arrives after one has been answered takes the slot it freed.
+    admitted = 300 - refused
+    assert DEFAULT_MAX_QUEUE_SIZE <= admitted <= DEFAULT_MAX_QUEUE_SIZE + codes["OK"], codes
     assert set(codes) <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}  # the queued ones wait out their deadline
     assert rejected(server)["queue_full"] - before == refused

@@ -64,8 +64,8 @@ def start(tmp_path: Path, open_metadata: bool = False, **server: object) -> Serv
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    thread = start(tmp_path_factory.mktemp("auth"))
+def server(tmp_path_factory, grpc_engine):
+    thread = start(tmp_path_factory.mktemp("auth"), grpc_engine=grpc_engine)
     yield thread
     thread.stop()
 

@@ -95,8 +95,8 @@ SPECS: dict[str, Spec] = {}  # every ready model, as the server describes it (fi
 
 
 @pytest.fixture(scope="module")
-def server(repository):
-    thread = ServerThread(server_config(repository, http_port=free_port())).start()
+def server(repository, grpc_engine):
+    thread = ServerThread(server_config(repository, http_port=free_port(), grpc_engine=grpc_engine)).start()
     with grpc.insecure_channel(thread.url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         for entry in stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True)).models:

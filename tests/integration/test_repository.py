@@ -36,7 +36,7 @@ MLP_V2 = onnx_models.mlp([8, 16, 4], seed=2)
 
 
 @pytest.fixture
-def explicit(tmp_path):
+def explicit(tmp_path, grpc_engine):
     """A server in explicit mode over its own repository: `mlp` loaded at start; `two` (versions 1 and 2) and
     `broken` (not an ONNX file) known but not loaded."""
     repo = tmp_path / "repo"
@@ -46,7 +46,7 @@ def explicit(tmp_path):
     (repo / "broken" / "1").mkdir(parents=True)
     (repo / "broken" / "1" / "model.onnx").write_bytes(b"this is not an ONNX model")
     cfg = dataclasses.replace(server_config(repo, model_control_mode="explicit", load_models=["mlp"],
-                                            cache="memory"), models=())  # the repository only
+                                            cache="memory", grpc_engine=grpc_engine), models=())  # the repository only
     server = ServerThread(cfg).start()
     try:
         yield server, repo

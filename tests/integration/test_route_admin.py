@@ -37,12 +37,13 @@ PLAIN = {"variants": [{"name": "a", "model": "ranker", "version": 1, "weight": 1
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, grpc_engine):
     repo = tmp_path_factory.mktemp("admin")
     onnx_models.write_model(repo, "ranker", onnx_models.mlp([8, 16, 4], seed=1),
                             "version_policy = { all = true }\n[batching]\nmax_batch_size = 8\n", version=1)
     onnx_models.write_model(repo, "ranker", onnx_models.mlp([8, 16, 4], seed=2), version=2)
-    cfg = server_config(repo, http_port=free_port(), model_control_mode="explicit", load_models=["ranker"])
+    cfg = server_config(repo, http_port=free_port(), model_control_mode="explicit", load_models=["ranker"],
+                        grpc_engine=grpc_engine)
     cfg = dataclasses.replace(cfg, models=(), routes=(parse_route("ranker", RANKER), parse_route("plain", PLAIN)))
     thread = ServerThread(cfg).start()
     yield thread

@@ -50,22 +50,21 @@ async def load(url: str, clients: int, signal_after_s: float, send_signal) -> Co
 
 
 @pytest.mark.parametrize("clients", [8, 16])
-def test_sigterm_under_load_answers_every_call_and_cancels_none(launch, clients):
+def test_sigterm_under_load_answers_every_call_and_cancels_none(launch, clients, grpc_engine):
     """Before the fix every run cut calls off (4 of 8, 13 of 16). A rarer case followed, about one run in eight:
     when no call had been refused yet as the drain ended, the server closed at once, and most callers, whose next
     calls were already in the transport, saw CANCELLED about 2 ms after the signal. Two servers, both clean."""
-    for _ in range(2):
-        server = launch()
-        codes = asyncio.run(load(server.url, clients, 1.0, lambda s=server: s.proc.send_signal(signal.SIGTERM)))
-        assert server.proc.wait(30) == 0, server.log()
-        assert codes["OK"] > 100  # it was serving when the signal came
-        assert codes["UNAVAILABLE"] == clients and set(codes) == {"OK", "UNAVAILABLE"}, codes
+    server = launch("--grpc-engine", grpc_engine)
+    codes = asyncio.run(load(server.url, clients, 1.0, lambda: server.proc.send_signal(signal.SIGTERM)))
+    assert server.proc.wait(30) == 0, server.log()
+    assert codes["OK"] > 100  # it was serving when the signal came
+    assert codes["UNAVAILABLE"] == clients and set(codes) == {"OK", "UNAVAILABLE"}, codes
 
 
-def test_sigterm_answers_queued_requests_of_a_slow_model(launch, tmp_path):
+def test_sigterm_answers_queued_requests_of_a_slow_model(launch, tmp_path, grpc_engine):
     """Requests waiting in a slow model's queue when the signal comes are answered, not failed."""
     onnx_models.write_model(tmp_path / "repo", "slow", onnx_models.slow(3072), "[batching]\nmax_batch_size = 1\n")
-    server = launch("--model-repository", str(tmp_path / "repo"))
+    server = launch("--model-repository", str(tmp_path / "repo"), "--grpc-engine", grpc_engine)
     request = pb.ModelInferRequest(
         model_name="slow", inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
         raw_input_contents=[np.ones((1, 1), np.float32).tobytes()])

@@ -44,10 +44,10 @@ async def burst(url: str, calls: int, timeout_s: float) -> Counter:
     return codes
 
 
-def test_a_burst_of_calls_past_capacity_gets_no_cancelled(launch, tmp_path):
+def test_a_burst_of_calls_past_capacity_gets_no_cancelled(launch, tmp_path, grpc_engine):
     onnx_models.write_model(tmp_path / "repo", "linear", onnx_models.mlp([16, 16]),
                             "[batching]\nmax_batch_size = 64\n")
-    server = launch("--model-repository", str(tmp_path / "repo"))
+    server = launch("--model-repository", str(tmp_path / "repo"), "--grpc-engine", grpc_engine)
     codes = asyncio.run(burst(server.url, 2000, 1.0))
     assert set(codes) <= ALLOWED, codes
     assert sum(codes.values()) == 2000

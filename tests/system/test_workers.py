@@ -45,8 +45,8 @@ def infer_on_new_connections(url: str, count: int) -> None:
             assert client.infer("mlp", [x]).as_numpy("y").shape == (1, 4)
 
 
-def test_two_workers_share_the_port_and_drain_on_sigterm(launch, repo):
-    server = launch("--model-repository", str(repo), "--workers", "2").wait_workers(2)
+def test_two_workers_share_the_port_and_drain_on_sigterm(launch, repo, grpc_engine):
+    server = launch("--model-repository", str(repo), "--workers", "2", "--grpc-engine", grpc_engine).wait_workers(2)
     pids = worker_pids(server)
     infer_on_new_connections(server.url, 40)
     server.proc.send_signal(signal.SIGTERM)
@@ -105,9 +105,10 @@ def pod_metrics(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str],
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def test_the_pods_one_scrape_and_its_statistics_count_every_workers_requests(launch, repo):
+def test_the_pods_one_scrape_and_its_statistics_count_every_workers_requests(launch, repo, grpc_engine):
     http_port = free_port()
-    server = launch("--model-repository", str(repo), "--workers", "2", "--http-port", str(http_port)).wait_workers(2)
+    server = launch("--model-repository", str(repo), "--workers", "2", "--http-port", str(http_port),
+                    "--grpc-engine", grpc_engine).wait_workers(2)
     infer_on_new_connections(server.url, 40)
     body = json.dumps({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}]}).encode()
     for _ in range(10):  # urllib: a connection per request
