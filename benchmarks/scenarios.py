@@ -19,6 +19,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from benchmarks import ceiling, loadgen, peers, perf_analyzer
+from benchmarks.grpc_engines import grpc_engines_scenario
 from benchmarks.http import http_scenario
 from benchmarks.lifecycle import lifecycle_scenario
 from benchmarks.reliability import reliability_scenario
@@ -448,4 +449,4 @@ SCENARIOS = {"closed-loop": closed_loop, "batching": batching, "execution": exec
              "workers": workers, "peers": peer_comparison, "batch-score": batch_score, "metrics": metrics_cost,
              "cache": cache_scenario, "lifecycle": lifecycle_scenario,
              "http": http_scenario, "routing": routing_scenario, "shadow": shadow_scenario,
-             "reliability": reliability_scenario}
+             "reliability": reliability_scenario, "grpc-engines": grpc_engines_scenario}

@@ -23,6 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference_server.cli import load_config
+from inference_server.grpc import engine as grpc_engine
 from inference_server.config import ServerConfig
 from inference_server.grpc.server import SERVICE_NAME
 from tests.deploy.conftest import (GPU_OVERLAYS, K8S, OVERLAYS, SERVER, Doc, adapter_rules, autoscaler_queries,
@@ -423,6 +424,9 @@ def test_the_config_map_parses_with_the_servers_loader(docs, tmp_path):
     assert DEFAULT_REDIS_URL == f"redis://{redis['metadata']['name']}:{redis['spec']['ports'][0]['port']}/0"
     # connections end so that clients spread; no grace, so that long ModelStreamInfer streams are not cut off
     assert cfg.max_connection_age_s > 0 and cfg.max_connection_age_grace_s == 0
+    # so auto serves gRPC with grpcio, which can end connections by age (docs/deployment.md)
+    engine, why = grpc_engine.choose(cfg)
+    assert engine == "grpcio" and "server.max_connection_age_s" in why
     assert {e["name"] for e in server["env"]} >= {"REDIS_URL", "ORT_DISABLE_TELEMETRY", "MLFLOW_DISABLE_TELEMETRY"}
     # every path the server reads or writes is on a volume of the right kind
     mount, volume = mount_for(deployment, str(cfg.model_repository))

@@ -1,0 +1,194 @@
+"""The grpc-engines scenario: the same server on each gRPC engine (grpcio's aio server, pygrpc-native), side by side.
+
+1. Per call: the cheap and the compute-bound MLP (max_batch_size 64, no delay), concurrency 1 and 32, with the aio
+   load generator and perf_analyzer. One server per engine runs for the whole model, and the points alternate
+   between them (grpcio, native) so that each ratio compares figures measured moments apart. Server CPU comes from
+   /proc (http.py's sampler): µs of server CPU per answer.
+2. Overload: the compute-bound MLP with batching off (max_batch_size 1: a few hundred calls/s, so the load
+   generator is not what limits), every call with a 1 s deadline. Per front end (gRPC on grpcio, gRPC on native,
+   HTTP): capacity is a closed loop of 64 callers for 3 s, then an open loop offers 3x that, then 0.25x right after
+   (recovery). Goodput = OK answers/s at 3x over the capacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import overload, perf_analyzer
+from benchmarks.http import COLUMNS, CpuSampler, Target, measure, subtree, tree_cores
+from benchmarks.models import write
+from inference_server.grpc._generated import grpc_service_pb2 as pb
+
+ENGINES = ("grpcio", "native")
+LEVELS = (1, 32)
+OVERLOAD_X = 3.0
+RECOVERY_X = 0.25
+DEADLINE_S = 1.0
+NO_BATCHING = "[batching]\nmax_batch_size = 1\n"
+CPU_TARGET_US = 170  # native, cheap MLP, c=32 (issue: <= 170 µs of server CPU per request)
+GOODPUT_TARGET = 0.85  # OK/s at 3x offered over capacity
+OVERLOAD_COLUMNS = [("front end", "front_end", "s"), ("load", "level", "s"), ("offered/s", "offered_per_s", ".0f"),
+                    ("sent", "sent", "d"), ("OK/s", "ok_per_s", ".0f"), ("goodput / capacity", "goodput", ".2f"),
+                    ("outcomes", "outcomes", "s"), ("other statuses", "unexpected", "d"),
+                    ("answered > 0.1 s after the deadline", "late", "d"), ("OK p50 ms", "ok_p50_ms", ".0f"),
+                    ("OK p99 ms", "ok_p99_ms", ".0f"), ("server CPU cores", "server_cores", ".2f"),
+                    ("generator's send lag p99 ms", "send_lag_p99_ms", ".0f")]
+RATIO_COLUMNS = [("model", "model", "s"), ("load", "gen", "s"), ("concurrency", "concurrency", "d"),
+                 ("infer/s grpcio → native", "pair", "s"), ("throughput native / grpcio", "ratio", ".2f"),
+                 ("p50 ms grpcio → native", "p50_pair", "s"),
+                 ("server µs/infer grpcio → native", "cpu_pair", "s"), ("CPU per infer native / grpcio", "cpu_ratio",
+                                                                        ".2f")]
+
+
+def engine_point(target: Target, gen: str, concurrency: int, work, args: argparse.Namespace, sampler: CpuSampler,
+                 work_dir: Path, others: list[Target]) -> dict:
+    point = measure(target, others, "grpc", gen, concurrency, work, args, sampler, work_dir)
+    point["target"] = target.label
+    return point
+
+
+def per_call_points(args: argparse.Namespace, failures: list[str]) -> list[dict]:
+    from benchmarks.scenarios import AIO, BATCHING, PA, REPO, WORK, our_server, samples
+
+    gens = [AIO] + ([PA] if perf_analyzer.available() is None else [])
+    points: list[dict] = []
+    for model in ("cheap", "large"):
+        write(REPO, model, BATCHING)
+        work = samples(model)
+        with ExitStack() as stack:
+            targets = []
+            for engine in ENGINES:
+                server = stack.enter_context(our_server("--grpc-engine", engine))
+                targets.append(Target(engine, server.proc.pid, server.url, "", lambda s=server: s.proc.poll() is None))
+            sampler = stack.enter_context(CpuSampler())
+            for gen in gens:
+                levels = LEVELS if not args.quick else (32,)
+                for c in levels:
+                    for target in targets:
+                        try:
+                            others = [t for t in targets if t is not target]
+                            points.append(engine_point(target, gen, c, work, args, sampler, WORK / "perf_analyzer",
+                                                       others))
+                        except Exception as e:  # reported with the results; the other points still run
+                            failures.append(f"{target.label}, {model}, {gen}, c={c}: {type(e).__name__}: "
+                                            f"{str(e)[-600:]}")
+                            sys.stderr.write(f"  {failures[-1]}\n")
+    return points
+
+
+def ratio_rows(points: list[dict]) -> list[dict]:
+    rows = []
+    for p in points:
+        if p["target"] != "grpcio":
+            continue
+        q = next((q for q in points if q["target"] == "native" and
+                  (q["model"], q["gen"], q["concurrency"]) == (p["model"], p["gen"], p["concurrency"])), None)
+        if q is None or not p["infer_per_s"]:
+            continue
+        row = {"model": p["model"], "gen": p["gen"], "concurrency": p["concurrency"],
+               "pair": f"{p['infer_per_s']:.0f} → {q['infer_per_s']:.0f}", "ratio": q["infer_per_s"] / p["infer_per_s"],
+               "p50_pair": f"{p['p50_ms']:.2f} → {q['p50_ms']:.2f}"}
+        if p.get("server_us_per_infer") and q.get("server_us_per_infer"):
+            row["cpu_pair"] = f"{p['server_us_per_infer']:.0f} → {q['server_us_per_infer']:.0f}"
+            row["cpu_ratio"] = q["server_us_per_infer"] / p["server_us_per_infer"]
+        rows.append(row)
+    return rows
+
+
+def large_request() -> tuple[pb.ModelInferRequest, bytes]:
+    x = np.random.default_rng(5).standard_normal((1, 512)).astype(np.float32)
+    request = pb.ModelInferRequest(model_name="large", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="x", datatype="FP32", shape=list(x.shape))], raw_input_contents=[x.tobytes()])
+    return request, overload.http_body("x", x)
+
+
+def overload_rows(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    from benchmarks.reliability import serving
+    from benchmarks.scenarios import REPO
+
+    write(REPO, "large", NO_BATCHING)
+    request, body = large_request()
+    rows, notes = [], []
+    for front_end, engine in (("gRPC (grpcio)", "grpcio"), ("gRPC (native)", "native"), ("HTTP", "native")):
+        with serving(REPO, f"engines-overload-{engine}", "--grpc-engine", engine) as (server, http_port):
+            http_url = f"127.0.0.1:{http_port}"
+            if front_end == "HTTP":
+                cap, _, _ = asyncio.run(overload.http_closed_loop(http_url, "large", body, concurrency=64,
+                                                                  duration_s=3.0))
+            else:
+                cap, _, _ = asyncio.run(overload.grpc_closed_loop(server.url, request, concurrency=64,
+                                                                  duration_s=3.0))
+            notes.append(f"{front_end}: capacity {cap:.0f} answers/s (1-row calls, batching off, a closed loop of "
+                         f"64 callers for 3 s).")
+            for label, times, duration_s in ((f"{OVERLOAD_X:g}x capacity", OVERLOAD_X, args.duration_s),
+                                             (f"recovery: {RECOVERY_X:g}x, right after", RECOVERY_X, 2.0)):
+                with CpuSampler() as sampler:
+                    start = time.monotonic()
+                    if front_end == "HTTP":
+                        result = asyncio.run(overload.http_open_loop(http_url, "large", body, rate_per_s=cap * times,
+                                                                     duration_s=duration_s, deadline_s=DEADLINE_S))
+                    else:
+                        result = asyncio.run(overload.grpc_open_loop(server.url, request, rate_per_s=cap * times,
+                                                                     duration_s=duration_s, deadline_s=DEADLINE_S))
+                    window = sampler.window(start + 0.5, time.monotonic())
+                summary = result.summary()
+                row = {"front_end": front_end, "level": label, **summary,
+                       "goodput": summary["ok_per_s"] / cap if times > 1 else None, "capacity_per_s": round(cap, 1)}
+                if window is not None:
+                    first, last = window
+                    row["server_cores"] = round(tree_cores(first, last, subtree(last.cpu, server.proc.pid)), 2)
+                rows.append(row)
+    return rows, notes
+
+
+def notes_for(points: list[dict], ratios: list[dict], overloaded: list[dict]) -> list[str]:
+    notes = []
+    for r in ratios:
+        line = (f"{r['model']}, {r['gen']}, c={r['concurrency']}: native / grpcio = {r['ratio']:.2f}x throughput "
+                f"({r['pair']} infer/s), p50 {r['p50_pair']} ms")
+        if "cpu_pair" in r:
+            line += f", server CPU {r['cpu_pair']} µs/infer ({r['cpu_ratio']:.2f}x)"
+        notes.append(line)
+    for p in points:
+        if (p["target"], p["model"], p["concurrency"]) == ("native", "cheap", 32) and p.get("server_us_per_infer"):
+            met = "met" if p["server_us_per_infer"] <= CPU_TARGET_US else "MISSED"
+            notes.append(f"target: native server CPU per request on the cheap MLP ({p['gen']}, c=32) <= "
+                         f"{CPU_TARGET_US} µs: {p['server_us_per_infer']:.0f} µs, {met}")
+    for row in overloaded:
+        if row.get("goodput") is not None:
+            met = "met" if row["goodput"] >= GOODPUT_TARGET and not row["unexpected"] else "MISSED"
+            notes.append(f"target: {row['front_end']} goodput at {OVERLOAD_X:g}x >= {GOODPUT_TARGET} of capacity, "
+                         f"no other status: {row['goodput']:.2f}, {row['unexpected']} other, {met}")
+    return notes
+
+
+def grpc_engines_scenario(args: argparse.Namespace) -> dict:
+    failures: list[str] = []
+    points = per_call_points(args, failures)
+    ratios = ratio_rows(points)
+    overloaded, overload_notes = overload_rows(args)
+    notes = notes_for(points, ratios, overloaded) + overload_notes + [
+        "Per call: one server per engine (the same command but --grpc-engine), both running for the whole model, "
+        "points alternating; CPU: mean cores over each point's steady part from /proc/<pid>/stat every 0.2 s; "
+        "µs/infer = server cores / infer/s. 'aio' is tritonclient.grpc.aio (benchmarks/loadgen.py), "
+        "'perf_analyzer' is perf_analyzer -i grpc.",
+        f"Overload: open loop (benchmarks/overload.py), every call with a {DEADLINE_S:g} s deadline (gRPC deadline; "
+        "HTTP Request-Timeout-Ms), 4 gRPC connections or up to 1024 HTTP connections; a fresh server per front "
+        "end; goodput = OK/s over the capacity measured just before on the same server."]
+    notes += [f"could not run: {f}" for f in failures]
+    return {"title": "gRPC engines: grpcio vs native, per call and under overload", "points": points,
+            "ratios": ratios, "overload": overloaded, "failures": failures,
+            "tables": [{"title": "Per call", "columns": [c for c in COLUMNS if c[1] not in ("protocol",)],
+                        "rows": points},
+                       {"title": "native / grpcio, measured side by side", "columns": RATIO_COLUMNS, "rows": ratios},
+                       {"title": f"Overload: {OVERLOAD_X:g}x capacity, every call with a {DEADLINE_S:g} s deadline, "
+                                 "compute-bound MLP, batching off", "columns": OVERLOAD_COLUMNS,
+                        "rows": overloaded}],
+            "notes": notes}
