@@ -1,9 +1,12 @@
-"""python -m benchmarks.http_stack [--duration-s 3] [--repeats 2] [--no-h11]
+"""python -m benchmarks.http_stack [--duration-s 3] [--repeats 2] [--no-h11] [--no-granian]
 
 The HTTP stack for the KServe v2 front end, on the infer path minus the model: uvicorn (httptools) + Starlette,
-uvicorn + a raw ASGI callable, aiohttp's own server, uvicorn (h11) + Starlette. Each server is a subprocess on
-127.0.0.1 under uvloop; tritonclient.http.aio drives it in a closed loop, points interleaved and repeated; the
-server's CPU comes from /proc/<pid>/stat. Writes benchmarks/results/http-stack.json and .md.
+uvicorn + a raw ASGI callable, aiohttp's own server, uvicorn (h11) + Starlette, and granian (a Rust HTTP server on
+hyper and tokio) embedded in the process's event loop as the gRPC engine's server would have it, with the raw ASGI
+callable and with its own RSGI interface (granian runs from its own venv under benchmarks/.work/venvs/, installed
+on first use: it is not a dependency of the project). Each server is a subprocess on 127.0.0.1 under uvloop;
+tritonclient.http.aio drives it in a closed loop, points interleaved and repeated; the server's CPU comes from
+/proc/<pid>/stat. Writes benchmarks/results/http-stack.json and .md.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ROUTE = "/v2/models/{model}/infer"
 HEADER = "Inference-Header-Content-Length"
 VARIANTS = {"starlette": "uvicorn (httptools) + Starlette", "asgi": "uvicorn (httptools) + raw ASGI",
-            "aiohttp": "aiohttp AppRunner + TCPSite", "h11": "uvicorn (h11) + Starlette"}
+            "aiohttp": "aiohttp AppRunner + TCPSite", "h11": "uvicorn (h11) + Starlette",
+            "granian-asgi": "granian (embedded) + raw ASGI", "granian-rsgi": "granian (embedded) + RSGI"}
+GRANIAN_VERSION = "2.8.7"
+GRANIAN_PACKAGES = [f"granian=={GRANIAN_VERSION}", "numpy", "orjson", "uvloop"]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -86,7 +92,25 @@ async def asgi_app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def rsgi_app(scope, protocol) -> None:
+    """handle() behind granian's RSGI interface: the body in one await, the answer as bytes."""
+    path = scope.path
+    if scope.method != "POST" or not path.startswith("/v2/models/") or not path.endswith("/infer"):
+        return protocol.response_bytes(404, [], b"")
+    body, length = handle(await protocol(), scope.headers.get("inference-header-content-length"))
+    protocol.response_bytes(200, list(response_headers(length).items()), body)
+
+
 async def serve(variant: str, port: int) -> None:
+    if variant.startswith("granian-"):
+        from granian.constants import Interfaces
+        from granian.server.embed import Server
+
+        rsgi = variant == "granian-rsgi"
+        server = Server(rsgi_app if rsgi else asgi_app, address="127.0.0.1", port=port,
+                        interface=Interfaces.RSGI if rsgi else Interfaces.ASGINL, log_level="warning")
+        await server.serve()
+        return
     if variant == "aiohttp":
         from aiohttp import web
 
@@ -113,7 +137,12 @@ def start(variant: str) -> tuple[subprocess.Popen, int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.http_stack", "--serve", variant, "--port", str(port)],
+    python = sys.executable
+    if variant.startswith("granian-"):
+        from benchmarks import venvs
+
+        python = str(venvs.ensure("granian", GRANIAN_PACKAGES) / "bin" / "python")
+    proc = subprocess.Popen([python, "-m", "benchmarks.http_stack", "--serve", variant, "--port", str(port)],
                             cwd=Path(__file__).resolve().parent.parent)
     try:
         deadline = time.monotonic() + 30
@@ -265,7 +294,8 @@ def markdown(result: dict) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    variants = [v for v in VARIANTS if v != "h11" or not args.no_h11]
+    variants = [v for v in VARIANTS if (v != "h11" or not args.no_h11) and
+                (not v.startswith("granian-") or not args.no_granian)]
     plan = [("binary", 1, variants), ("binary", 32, variants), ("json", 32, ["starlette", "aiohttp"])]
     servers, points = {}, []
     try:
@@ -310,19 +340,21 @@ def main() -> int:
     parser.add_argument("--warmup-s", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-h11", action="store_true", help="leave out uvicorn with h11")
+    parser.add_argument("--no-granian", action="store_true", help="leave out granian")
     parser.add_argument("--max-other-cores", type=float, default=0.25, help="redo a point if others used more")
     parser.add_argument("--retries", type=int, default=2, help="redos of a disturbed point at most")
     parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)  # in a server subprocess
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import uvloop
-    if args.serve:
+    if args.serve:  # in the server subprocess (granian's: its own venv)
         uvloop.run(serve(args.serve, args.port))
         return 0
     env = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "python": platform.python_version(),
            "machine": platform.machine(), "loadavg_before": round(os.getloadavg()[0], 2), "packages": {
                p: importlib.metadata.version(p) for p in
-               ["uvicorn", "httptools", "h11", "starlette", "aiohttp", "uvloop", "orjson", "numpy", "tritonclient"]}}
+               ["uvicorn", "httptools", "h11", "starlette", "aiohttp", "uvloop", "orjson", "numpy", "tritonclient"]}
+           | {"granian": GRANIAN_VERSION}}
     result = uvloop.run(run(args))
     env["loadavg_after"] = round(os.getloadavg()[0], 2)
     result.update(environment=env, **{k: getattr(args, k) for k in

@@ -5,8 +5,10 @@ the suites that take the `grpc_engine` fixture."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -56,6 +58,43 @@ def test_metadata_over_16_kib_fails_that_call_and_the_channel_serves_on(server, 
         else:
             assert refused.startswith("UNAVAILABLE: ") and "header_list_way_too_large" in refused, refused
         assert call(stub) == "OK"  # the next call on the same channel is served
+
+
+def test_calls_cancelled_in_bulk_may_end_their_connection_on_native_and_the_channel_serves_on(server):
+    """A client that starts calls and cancels them at once, 100 at a time (a hedging client, or a deadline storm on
+    a starved server), resets HTTP/2 streams before the server has taken them. The native engine (h2's rapid-reset
+    guard, CVE-2023-44487) then ends the connection with GOAWAY ENHANCE_YOUR_CALM `too_many_resets`, and calls in
+    flight on it fail UNAVAILABLE, which is safe to retry; grpcio lets them finish. Either way the channel
+    reconnects and serves on."""
+
+    async def flood() -> Counter:
+        async with grpc.aio.insecure_channel(server.url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            bystanders: Counter = Counter()
+
+            async def bystander() -> None:
+                for _ in range(10):
+                    try:
+                        await stub.ModelInfer(REQUEST, timeout=30)
+                        bystanders["OK"] += 1
+                    except grpc.aio.AioRpcError as e:
+                        bystanders[f"{e.code().name} {'too_many_resets' in e.details()}"] += 1
+
+            others = [asyncio.create_task(bystander()) for _ in range(4)]
+            for _ in range(20):
+                calls = [stub.ModelInfer(REQUEST, timeout=30) for _ in range(100)]
+                await asyncio.sleep(0)
+                for cancelled in calls:
+                    cancelled.cancel()
+                await asyncio.gather(*calls, return_exceptions=True)
+            await asyncio.gather(*others)
+            await stub.ModelInfer(REQUEST, timeout=10)  # served afterwards on the same channel
+            return bystanders
+
+    bystanders = asyncio.run(flood())
+    assert sum(bystanders.values()) == 40
+    allowed = {"OK"} if server.cfg.grpc_engine == "grpcio" else {"OK", "UNAVAILABLE True"}
+    assert set(bystanders) <= allowed, bystanders
 
 
 def test_metadata_within_the_limit_is_served(server):
