@@ -51,7 +51,8 @@ def fuzz_table(work: Path) -> tuple[dict, list[str]]:
     rows.append(row("total", sum(entry["cases"] for entry in results.values()), total))
     table = {"title": "Fuzzing (hypothesis) through the real server", "columns": COLUMNS, "rows": rows}
     notes = [f"{rows[-1]['cases']} cases in {len(results)} tests; pytest took {wall_s:.1f} s (server start included).",
-             "Examples are derandomized: every run sends the same cases.",
+             "Examples are derandomized: every run sends the same cases. The gRPC tests run on each gRPC engine "
+             "(a server of each, [grpcio] and [native]); the HTTP ones on the default engine's server.",
              "Every case checks the answer's status (and an OK answer's shape) and that the server is still live; "
              "the module's last test checks that good requests on both front ends are still answered afterwards.",
              "HTTP 501 (an unsupported extension) and 503 are answers, not crashes; INTERNAL / 500 is allowed "

@@ -5,9 +5,15 @@
    between them (grpcio, native) so that each ratio compares figures measured moments apart. Server CPU comes from
    /proc (http.py's sampler): µs of server CPU per answer.
 2. Overload: the compute-bound MLP with batching off (max_batch_size 1: a few hundred calls/s, so the load
-   generator is not what limits), every call with a 1 s deadline. Per front end (gRPC on grpcio, gRPC on native,
-   HTTP): capacity is a closed loop of 64 callers for 3 s, then an open loop offers 3x that, then 0.25x right after
-   (recovery). Goodput = OK answers/s at 3x over the capacity.
+   generator is not what limits) on one ONNX Runtime thread (intra_op_threads 1), every call with a 1 s deadline.
+   The one thread keeps the model's core its own: with two, ONNX Runtime shares both cores with the load
+   generator, whose CPU grows with the offered load (at 3x it sends three times the calls), and the measure would
+   be of the generator taking the model's cores rather than of what the server does with the excess. Per front
+   end (gRPC on grpcio, gRPC on native, HTTP): capacity is a closed loop of 64 callers for 3 s, then an open loop
+   offers 3x that, then 0.25x right after (recovery). Goodput = OK answers/s at 3x over the capacity.
+3. The cost of a refusal: a model with a queue of one (max_queue_size 1, batching off) that runs on one thread
+   for about a second a call, flooded by 32 callers, so nearly every call is refused UNAVAILABLE at once. The
+   server's CPU under the flood less its CPU with one caller (the model alone), over the refusals a second.
 """
 
 from __future__ import annotations
@@ -22,16 +28,17 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import overload, perf_analyzer
-from benchmarks.http import COLUMNS, CpuSampler, Target, measure, subtree, tree_cores
+from benchmarks.http import CLOCK, COLUMNS, CpuSampler, Target, measure, subtree, tree_cores
 from benchmarks.models import write
 from inference_server.grpc._generated import grpc_service_pb2 as pb
+from tests import onnx_models
 
 ENGINES = ("grpcio", "native")
 LEVELS = (1, 32)
 OVERLOAD_X = 3.0
 RECOVERY_X = 0.25
 DEADLINE_S = 1.0
-NO_BATCHING = "[batching]\nmax_batch_size = 1\n"
+NO_BATCHING = "intra_op_threads = 1\n[batching]\nmax_batch_size = 1\n"
 CPU_TARGET_US = 170  # native, cheap MLP, c=32 (issue: <= 170 µs of server CPU per request)
 GOODPUT_TARGET = 0.85  # OK/s at 3x offered over capacity
 OVERLOAD_COLUMNS = [("front end", "front_end", "s"), ("load", "level", "s"), ("offered/s", "offered_per_s", ".0f"),
@@ -40,6 +47,11 @@ OVERLOAD_COLUMNS = [("front end", "front_end", "s"), ("load", "level", "s"), ("o
                     ("answered > 0.1 s after the deadline", "late", "d"), ("OK p50 ms", "ok_p50_ms", ".0f"),
                     ("OK p99 ms", "ok_p99_ms", ".0f"), ("server CPU cores", "server_cores", ".2f"),
                     ("generator's send lag p99 ms", "send_lag_p99_ms", ".0f")]
+REFUSAL_COLUMNS = [("front end", "front_end", "s"), ("refused/s", "refused_per_s", ".0f"),
+                   ("OK/s", "ok_per_s", ".1f"), ("server CPU cores, flood", "flood_cores", ".2f"),
+                   ("server CPU cores, one caller (the model)", "model_cores", ".2f"),
+                   ("server µs per refusal", "us_per_refusal", ".0f")]
+FRONT_ENDS = (("gRPC (grpcio)", "grpcio"), ("gRPC (native)", "native"), ("HTTP", "native"))
 RATIO_COLUMNS = [("model", "model", "s"), ("load", "gen", "s"), ("concurrency", "concurrency", "d"),
                  ("infer/s grpcio → native", "pair", "s"), ("throughput native / grpcio", "ratio", ".2f"),
                  ("p50 ms grpcio → native", "p50_pair", "s"),
@@ -116,7 +128,7 @@ def overload_rows(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     write(REPO, "large", NO_BATCHING)
     request, body = large_request()
     rows, notes = [], []
-    for front_end, engine in (("gRPC (grpcio)", "grpcio"), ("gRPC (native)", "native"), ("HTTP", "native")):
+    for front_end, engine in FRONT_ENDS:
         with serving(REPO, f"engines-overload-{engine}", "--grpc-engine", engine) as (server, http_port):
             http_url = f"127.0.0.1:{http_port}"
             if front_end == "HTTP":
@@ -125,8 +137,8 @@ def overload_rows(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
             else:
                 cap, _, _ = asyncio.run(overload.grpc_closed_loop(server.url, request, concurrency=64,
                                                                   duration_s=3.0))
-            notes.append(f"{front_end}: capacity {cap:.0f} answers/s (1-row calls, batching off, a closed loop of "
-                         f"64 callers for 3 s).")
+            notes.append(f"{front_end}: capacity {cap:.0f} answers/s (1-row calls, batching off, one ONNX Runtime "
+                         f"thread, a closed loop of 64 callers for 3 s).")
             for label, times, duration_s in ((f"{OVERLOAD_X:g}x capacity", OVERLOAD_X, args.duration_s),
                                              (f"recovery: {RECOVERY_X:g}x, right after", RECOVERY_X, 2.0)):
                 with CpuSampler() as sampler:
@@ -146,6 +158,47 @@ def overload_rows(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
                     row["server_cores"] = round(tree_cores(first, last, subtree(last.cpu, server.proc.pid)), 2)
                 rows.append(row)
     return rows, notes
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK
+
+
+def closed_loop_cpu(server, http_port: int, front_end: str, request: pb.ModelInferRequest, body: bytes,
+                    concurrency: int, duration_s: float) -> tuple[float, float, float]:
+    """(OK/s, refused/s, server cores) over the whole closed loop, its 1 s of warm-up included."""
+    started, cpu = time.monotonic(), process_cpu_s(server.proc.pid)
+    if front_end == "HTTP":
+        ok_per_s, _, errors = asyncio.run(overload.http_closed_loop(f"127.0.0.1:{http_port}", "refuser", body,
+                                                                    concurrency=concurrency, duration_s=duration_s))
+    else:
+        ok_per_s, _, errors = asyncio.run(overload.grpc_closed_loop(server.url, request, concurrency=concurrency,
+                                                                    duration_s=duration_s))
+    wall = time.monotonic() - started
+    return ok_per_s * duration_s / wall, errors / wall, (process_cpu_s(server.proc.pid) - cpu) / wall
+
+
+def refusal_rows(args: argparse.Namespace) -> list[dict]:
+    from benchmarks.reliability import serving
+    from benchmarks.scenarios import REPO
+
+    onnx_models.write_model(REPO, "refuser", onnx_models.slow(4096),
+                            "intra_op_threads = 1\n[batching]\nmax_batch_size = 1\nmax_queue_size = 1\n")
+    x = np.ones((1, 1), np.float32)
+    request = pb.ModelInferRequest(model_name="refuser", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="x", datatype="FP32", shape=[1, 1])], raw_input_contents=[x.tobytes()])
+    body = overload.http_body("x", x)
+    rows = []
+    for front_end, engine in FRONT_ENDS:
+        with serving(REPO, f"engines-refusal-{engine}", "--grpc-engine", engine) as (server, http_port):
+            _, _, model_cores = closed_loop_cpu(server, http_port, front_end, request, body, 1, args.duration_s)
+            ok_per_s, refused_per_s, flood_cores = closed_loop_cpu(server, http_port, front_end, request, body, 32,
+                                                                   args.duration_s)
+        rows.append({"front_end": front_end, "refused_per_s": refused_per_s, "ok_per_s": ok_per_s,
+                     "flood_cores": flood_cores, "model_cores": model_cores,
+                     "us_per_refusal": (flood_cores - model_cores) / max(refused_per_s, 1e-9) * 1e6})
+    return rows
 
 
 def notes_for(points: list[dict], ratios: list[dict], overloaded: list[dict]) -> list[str]:
@@ -174,7 +227,9 @@ def grpc_engines_scenario(args: argparse.Namespace) -> dict:
     points = per_call_points(args, failures)
     ratios = ratio_rows(points)
     overloaded, overload_notes = overload_rows(args)
+    refusals = refusal_rows(args)
     notes = notes_for(points, ratios, overloaded) + overload_notes + [
+        f"A refusal costs the server {r['us_per_refusal']:.0f} µs of CPU on {r['front_end']}." for r in refusals] + [
         "Per call: one server per engine (the same command but --grpc-engine), both running for the whole model, "
         "points alternating; CPU: mean cores over each point's steady part from /proc/<pid>/stat every 0.2 s; "
         "µs/infer = server cores / infer/s. 'aio' is tritonclient.grpc.aio (benchmarks/loadgen.py), "
@@ -184,11 +239,13 @@ def grpc_engines_scenario(args: argparse.Namespace) -> dict:
         "end; goodput = OK/s over the capacity measured just before on the same server."]
     notes += [f"could not run: {f}" for f in failures]
     return {"title": "gRPC engines: grpcio vs native, per call and under overload", "points": points,
-            "ratios": ratios, "overload": overloaded, "failures": failures,
+            "ratios": ratios, "overload": overloaded, "refusals": refusals, "failures": failures,
             "tables": [{"title": "Per call", "columns": [c for c in COLUMNS if c[1] not in ("protocol",)],
                         "rows": points},
                        {"title": "native / grpcio, measured side by side", "columns": RATIO_COLUMNS, "rows": ratios},
                        {"title": f"Overload: {OVERLOAD_X:g}x capacity, every call with a {DEADLINE_S:g} s deadline, "
-                                 "compute-bound MLP, batching off", "columns": OVERLOAD_COLUMNS,
-                        "rows": overloaded}],
+                                 "compute-bound MLP, batching off, one ONNX Runtime thread",
+                        "columns": OVERLOAD_COLUMNS, "rows": overloaded},
+                       {"title": "The cost of a refusal (queue full: UNAVAILABLE / HTTP 503), 32 callers on a model "
+                                 "with a queue of one", "columns": REFUSAL_COLUMNS, "rows": refusals}],
             "notes": notes}

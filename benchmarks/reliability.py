@@ -9,8 +9,11 @@ TLS and bearer tokens cost. Written to results/reliability.{json,md} and to benc
   server's peak RSS sampled, and a light load after the last level to show recovery. Then the default queue
   bound: twice the gRPC capacity with no deadline at all, a fresh server per bound.
 - Drain: SIGTERM while 16 gRPC callers and 16 HTTP callers keep calling (each until its first error), repeated.
-- TLS and tokens: a closed loop at concurrency 32 (grpc.aio, one pre-serialised request) against four servers
-  started side by side (plaintext, TLS, tokens, TLS and tokens), points interleaved, ratios to plaintext.
+- TLS and tokens: a closed loop at concurrency 32 (grpc.aio, one pre-serialised request) against servers started
+  side by side, points interleaved: plaintext, TLS, tokens, TLS and tokens on the grpcio engine (the native one has
+  no TLS), plaintext and tokens on the native engine; each ratio is to plaintext on the same engine.
+
+Every server runs the default gRPC engine (auto: native) except where the TLS table names grpcio.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from benchmarks.fuzz import fuzz_table
 from inference_server.grpc._generated import grpc_service_pb2 as pb
 from tests import onnx_models
 from tests.integration.test_tls import Authority
+from inference_server.grpc.engine import GRPCIO, NATIVE
 from tests.server_process import ServerProcess, free_port
 from tests.system.test_grpc_drain import REQUEST as DIGITS_REQUEST, load as grpc_callers
 
@@ -60,7 +64,7 @@ QUEUE_COLUMNS = [("max_queue_size", "bound", "s"), ("offered/s", "offered_per_s"
 DRAIN_COLUMNS = [("run", "run", "d"), ("gRPC answers", "grpc", "s"), ("HTTP answers", "http", "s"),
                  ("cut off (CANCELLED, reset, other)", "lost", "d"), ("exit code", "exit_code", "d")]
 COST_COLUMNS = [("server", "server", "s"), ("infer/s per round", "rounds", "s"), ("infer/s (mean)", "mean", ".0f"),
-                ("ratio to plaintext", "ratio", ".3f"), ("p99 ms (median of rounds)", "p99_ms", ".2f"),
+                ("ratio to plaintext on its engine", "ratio", ".3f"), ("p99 ms (median of rounds)", "p99_ms", ".2f"),
                 ("errors", "errors", "d")]
 
 
@@ -226,23 +230,27 @@ def cost_table(args: argparse.Namespace) -> tuple[dict, list[str]]:
     tokens = directory / "tokens"
     tokens.write_text(f"infer {TOKEN}\n")
     tls = ("--tls-cert", str(cert), "--tls-key", str(key))
-    configs = {"plaintext": (), "TLS": tls, "tokens": ("--auth-tokens", str(tokens)),
-               "TLS and tokens": (*tls, "--auth-tokens", str(tokens))}
+    auth = ("--auth-tokens", str(tokens))
+    # TLS runs on grpcio only (the native engine has none), so each ratio is to plaintext on the same engine.
+    configs = {"plaintext (grpcio)": (GRPCIO, ()), "TLS (grpcio)": (GRPCIO, tls), "tokens (grpcio)": (GRPCIO, auth),
+               "TLS and tokens (grpcio)": (GRPCIO, (*tls, *auth)), "plaintext (native)": (NATIVE, ()),
+               "tokens (native)": (NATIVE, auth)}
     credentials = grpc.ssl_channel_credentials(ca.read_bytes())
     results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in configs}
     with ExitStack() as stack:
-        servers = {name: stack.enter_context(serving(None, f"cost-{i}", *extra,
+        servers = {name: stack.enter_context(serving(None, f"cost-{i}", "--grpc-engine", engine, *extra,
                                                      credentials=credentials if "TLS" in name else None))[0]
-                   for i, (name, extra) in enumerate(configs.items())}
+                   for i, (name, (engine, extra)) in enumerate(configs.items())}
         for round_ in range(3):
             for name in (configs if round_ % 2 == 0 else reversed(configs)):  # each order as often
                 results[name].append(asyncio.run(overload.grpc_closed_loop(
                     servers[name].url, DIGITS_REQUEST, concurrency=32, duration_s=args.duration_s,
                     credentials=credentials if "TLS" in name else None,
                     metadata=(("authorization", f"Bearer {TOKEN}"),) if "tokens" in name else None)))
-    base = statistics.mean(r[0] for r in results["plaintext"])
+    base = {engine: statistics.mean(r[0] for r in results[f"plaintext ({engine})"]) for engine in (GRPCIO, NATIVE)}
     rows = [{"server": name, "rounds": ", ".join(f"{r[0]:.0f}" for r in runs),
-             "mean": statistics.mean(r[0] for r in runs), "ratio": statistics.mean(r[0] for r in runs) / base,
+             "mean": statistics.mean(r[0] for r in runs),
+             "ratio": statistics.mean(r[0] for r in runs) / base[configs[name][0]],
              "p99_ms": statistics.median(r[1] for r in runs), "errors": sum(r[2] for r in runs)}
             for name, runs in results.items()]
     return {"title": "The cost of TLS and of token checks: gRPC, concurrency 32, the digits model, 3 rounds "

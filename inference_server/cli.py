@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after that GOAWAY, cut off calls (long streams too) still running after this long "
                         "(default 0: never)")
     p.add_argument("--grpc-engine", choices=GRPC_ENGINES,
-                   help="what serves the gRPC port: native (pygrpc-native, HTTP/2 in Rust; no TLS or connection "
-                        "age), grpcio, or auto (default): native unless TLS or a connection age asks for grpcio")
+                   help="what serves the gRPC port: native (pygrpc-native, HTTP/2 in Rust; no TLS, connection age or "
+                        "lowered max_request_bytes), grpcio, or auto (default): native unless one of those asks for "
+                        "grpcio")
     p.add_argument("--log-level", type=str.upper, help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
     p.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json: one object per line")
     p.add_argument("--access-log", action="store_true", default=None, help="log one line per answered request")

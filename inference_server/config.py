@@ -305,7 +305,7 @@ def parse_limits(table: Mapping[str, Any], max_message_bytes: int = MAX_GRPC_MES
     _reject_unknown(table, [f.name for f in dataclasses.fields(LimitsConfig)], prefix)
     d = LimitsConfig()
     return LimitsConfig(
-        # gRPC takes these as C ints.
+        # gRPC takes these as C ints: 2**31 - 1 at most.
         max_request_bytes=_count(table, "max_request_bytes", prefix, max_message_bytes, minimum=1,
                                  maximum=MAX_GRPC_MESSAGE_BYTES),
         max_tensor_elements=_count(table, "max_tensor_elements", prefix, d.max_tensor_elements, minimum=1),
@@ -314,7 +314,7 @@ def parse_limits(table: Mapping[str, Any], max_message_bytes: int = MAX_GRPC_MES
         max_bytes_element_bytes=_count(table, "max_bytes_element_bytes", prefix, d.max_bytes_element_bytes,
                                        minimum=1),
         max_concurrent_streams=_count(table, "max_concurrent_streams", prefix, d.max_concurrent_streams, minimum=1,
-                                      maximum=MAX_GRPC_MESSAGE_BYTES),
+                                      maximum=2**31 - 1),
         max_requests_per_stream=_count(table, "max_requests_per_stream", prefix, d.max_requests_per_stream,
                                        minimum=1),
         max_in_flight=_count(table, "max_in_flight", prefix, d.max_in_flight),

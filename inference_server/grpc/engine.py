@@ -5,8 +5,9 @@
 - `native`: pygrpc-native's `aio.server()`, the same API with HTTP/2 and gRPC framing (tonic/hyper) on tokio threads
   outside the GIL; calls reach the event loop in batches. Unary and server-streaming methods are served there;
   client-streaming and bidirectional ones (ModelStreamInfer) go to a grpc.aio server behind it on a Unix socket,
-  and so do calls to methods it does not know while interceptors are set. It cannot do TLS or close connections
-  by age (config.native_engine_conflicts), and it is refused for those.
+  and so do calls to methods it does not know while interceptors are set. It cannot do TLS, close connections
+  by age, or refuse a message over max_request_bytes before reading it whole (config.native_engine_conflicts),
+  and it is refused for those.
 - `auto` (the default): native, unless the configuration asks for what only grpcio does, or pygrpc-native is
   not installed; the start-up log says which, and why.
 

@@ -44,14 +44,16 @@ CALL_TIMEOUT_S = 20.0  # far above any answer here: reaching it means a hang
 # -- outcomes, for benchmarks/fuzz.py -----------------------------------------------------------------------------
 
 OUTCOMES_FILE = os.environ.get("FUZZ_OUTCOMES_FILE")  # unset: nothing is tallied
-OUTCOMES: dict[str, Counter[str]] = {}  # test function -> outcome ("OK", "INVALID_ARGUMENT", "HTTP 400") -> examples
-current_test = ""  # the running test function (hypothesis runs all its examples in one call)
+OUTCOMES: dict[str, Counter[str]] = {}  # test [engine] -> outcome ("OK", "INVALID_ARGUMENT", "HTTP 400") -> examples
+current_test = ""  # the running test function and its gRPC engine (hypothesis runs all its examples in one call)
+# HTTP's fuzzing does not depend on the gRPC engine: it runs on the default one (native) only.
+HTTP_ON_ONE_ENGINE = pytest.mark.parametrize("grpc_engine", ["native"], indirect=True)
 
 
 @pytest.fixture(autouse=True)
-def name_current_test(request):
+def name_current_test(request, grpc_engine):
     global current_test
-    current_test = request.node.originalname
+    current_test = f"{request.node.originalname} [{grpc_engine}]"
 
 
 def tally(outcome: str) -> None:
@@ -848,6 +850,7 @@ def check_http(port: int, request: HttpRequest) -> None:
     http_live(port)
 
 
+@HTTP_ON_ONE_ENGINE
 @fuzz_settings(1500)
 @given(request=infer_requests())
 def test_http_infer_bodies_and_headers(http_port, request):
@@ -903,6 +906,7 @@ def path_requests(draw) -> HttpRequest:
     return HttpRequest(method, target, [("Content-Length", str(len(body)))], body, malformed, model, statuses)
 
 
+@HTTP_ON_ONE_ENGINE
 @fuzz_settings(800)
 @given(request=path_requests())
 def test_http_random_paths_and_methods(http_port, request):
