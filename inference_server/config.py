@@ -283,7 +283,8 @@ def native_engine_conflicts(cfg: ServerConfig) -> list[tuple[str, str]]:
         conflicts.append(("server.max_connection_age_s", "it cannot close connections by age"))
     if cfg.limits.max_request_bytes < MAX_GRPC_MESSAGE_BYTES:
         conflicts.append(("server.limits.max_request_bytes", "it reads a whole message into memory before it can "
-                                                             "be refused"))
+                                                             "be refused (the limit is server.max_message_bytes "
+                                                             "unless set; it also bounds HTTP bodies)"))
     return conflicts
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from inference_server.app import App
 from inference_server.config import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, parse_server
+from inference_server.grpc.engine import native_unavailable
 from tests import onnx_models, redis_server as redis_process
 
 MODELS = {
@@ -90,10 +91,9 @@ def server_config(repository: Path, **server: object) -> ServerConfig:
     return dataclasses.replace(cfg, models=(digits,))
 
 
-GRPC_ENGINES = ("grpcio", "native")
-
-
-@pytest.fixture(scope="session", params=GRPC_ENGINES)
+@pytest.fixture(scope="session", params=[
+    "grpcio", pytest.param("native", marks=pytest.mark.skipif(
+        native_unavailable() is not None, reason=f"the native gRPC engine cannot run here: {native_unavailable()}"))])
 def grpc_engine(request) -> str:
     """The engine serving gRPC (grpc/engine.py): a server fixture that takes it, and every test using that server,
     runs on both. Servers of tests that do not take it run on the default (auto: native)."""

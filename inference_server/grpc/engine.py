@@ -16,7 +16,7 @@ How the engines differ as a client sees them is in the README ("gRPC engines") a
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,26 +29,33 @@ GRPCIO, NATIVE = "grpcio", "native"
 NATIVE_PACKAGE = "pygrpc_native"
 
 
-def native_available() -> bool:
-    return importlib.util.find_spec(NATIVE_PACKAGE) is not None
+def native_unavailable() -> str | None:
+    """None when pygrpc-native imports here, else why not (not installed, or a wheel that cannot load)."""
+    try:
+        importlib.import_module(f"{NATIVE_PACKAGE}.aio")
+    except ImportError as e:
+        return "pygrpc-native is not installed" if e.name == NATIVE_PACKAGE else f"pygrpc-native does not load: {e}"
+    return None
 
 
 def choose(cfg: ServerConfig) -> tuple[str, str]:
-    """(engine, why) for cfg.grpc_engine. ConfigError when native is asked for and cannot run (parse_server has
-    already refused native with a setting it cannot honour)."""
+    """(engine, why) for cfg.grpc_engine. ConfigError when native is asked for and cannot run: not importable, or
+    a setting it cannot honour (parse_server refuses those too; this holds for a config built any other way)."""
     if cfg.grpc_engine == GRPCIO:
         return GRPCIO, "grpc_engine = grpcio"
-    if cfg.grpc_engine == NATIVE:
-        if not native_available():
-            raise ConfigError("server.grpc_engine", "native needs the pygrpc-native package, which is not "
-                                                    "installed (pip install pygrpc-native)")
-        return NATIVE, "grpc_engine = native"
     conflicts = native_engine_conflicts(cfg)
+    if cfg.grpc_engine == NATIVE:
+        if conflicts:
+            key, what = conflicts[0]
+            raise ConfigError("server.grpc_engine", f"the native gRPC engine cannot honour {key}: {what}")
+        if (why := native_unavailable()) is not None:
+            raise ConfigError("server.grpc_engine", f"native: {why} (pip install pygrpc-native)")
+        return NATIVE, "grpc_engine = native"
     if conflicts:
         needs = "; ".join(f"{key} (the native engine: {what})" for key, what in conflicts)
         return GRPCIO, f"auto: {needs}"
-    if not native_available():
-        return GRPCIO, "auto: pygrpc-native is not installed"
+    if (why := native_unavailable()) is not None:
+        return GRPCIO, f"auto: {why}"
     return NATIVE, "auto: nothing configured needs grpcio"
 
 

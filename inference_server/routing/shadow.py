@@ -50,11 +50,13 @@ class LoopLoad:
     Made and called on the loop's thread only (time.thread_time is the calling thread's CPU time); it reads as
     fully busy until its first window has passed."""
 
-    def __init__(self) -> None:
-        self._wall, self._cpu, self._busy = time.perf_counter(), time.thread_time(), 1.0
+    def __init__(self, wall: Callable[[], float] = time.perf_counter,
+                 cpu: Callable[[], float] = time.thread_time) -> None:
+        self._clocks = wall, cpu
+        self._wall, self._cpu, self._busy = wall(), cpu(), 1.0
 
     def busy(self) -> float:
-        wall, cpu = time.perf_counter(), time.thread_time()
+        wall, cpu = self._clocks[0](), self._clocks[1]()
         if wall - self._wall >= BUSY_WINDOW_S:
             self._busy = (cpu - self._cpu) / (wall - self._wall)
             self._wall, self._cpu = wall, cpu

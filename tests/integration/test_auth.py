@@ -255,10 +255,10 @@ def test_http_health_is_open(server):
 # -- open metadata, rotation, logs -----------------------------------------------------------------------------
 
 @pytest.fixture
-def fresh(tmp_path, caplog):
+def fresh(tmp_path, caplog, grpc_engine):
     """A server of its own, started with every log record captured (DEBUG and up, from every thread)."""
     caplog.set_level(logging.DEBUG)
-    thread = start(tmp_path, access_log=True)
+    thread = start(tmp_path, access_log=True, grpc_engine=grpc_engine)
     yield thread
     thread.stop()
 

@@ -77,8 +77,8 @@ def test_a_port_that_never_answers_exits_1_at_the_deadline(capsys):
     assert 0.9 <= elapsed < 1 + STARTUP_SLACK_S, elapsed
 
 
-def test_draining_server_is_not_serving(plain_repository, capsys):
-    thread = ServerThread(server_config(plain_repository)).start()
+def test_draining_server_is_not_serving(plain_repository, capsys, grpc_engine):
+    thread = ServerThread(server_config(plain_repository, grpc_engine=grpc_engine)).start()
     try:
         assert check(capsys, "--port", str(thread.port)) == (0, "")
         grpc_front_end = next(f for f in thread.app.front_ends if f.name == "gRPC")

@@ -31,8 +31,8 @@ pytestmark = pytest.mark.integration
 LIMITS = LimitsConfig(max_request_bytes=64 * 1024, max_tensor_elements=1024, max_tensor_bytes=2048,
                       max_request_elements=1536, max_bytes_element_bytes=64, max_concurrent_streams=4,
                       max_requests_per_stream=2)
-# HTTP's limits, and the gRPC message limit the native engine is refused: on the grpcio server only (HTTP's are
-# engine-neutral, and max_request_bytes is set there).
+# HTTP's limits, and the gRPC message limit the native engine is refused: on the grpcio server only, the one with
+# every limit of LIMITS (max_request_bytes also bounds HTTP bodies; HTTP does not depend on the gRPC engine).
 GRPCIO_ONLY = pytest.mark.parametrize("grpc_engine", ["grpcio"], indirect=True)
 QUICK_S = 2.0  # a refusal comes well within this; reading or building the payload would not (or never end)
 DELAY_US = 300_000  # `gather` runs what it holds after this long, or at once with 64 rows
@@ -133,7 +133,7 @@ def test_grpc_tensor_limits_are_invalid_argument_naming_the_limit(grpc_client, h
     assert_still_serving(grpc_client, http_client)
 
 
-@GRPCIO_ONLY  # the native engine is refused this setting (tests/unit/test_config.py)
+@GRPCIO_ONLY  # the native engine is refused this setting (tests/unit/test_grpc_engine.py)
 def test_grpc_a_message_over_max_request_bytes_is_resource_exhausted(grpc_client, http_client):
     status, message, _ = grpc_refusal(lambda: grpc_client.infer("mlp", [grpc_input("x", ones(20_000), "FP32")]))
     assert status == "StatusCode.RESOURCE_EXHAUSTED"
@@ -223,7 +223,7 @@ def post(path: str, length: int, headers: str = "") -> bytes:
             f"{headers}\r\n").encode()
 
 
-@GRPCIO_ONLY  # HTTP: the same on either engine
+@GRPCIO_ONLY  # HTTP: max_request_bytes is set on the grpcio server only
 def test_http_a_huge_content_length_is_413_without_waiting_for_the_body(server):
     status, answer, elapsed = raw_http(server.app.http_port, post("/v2/models/mlp/infer", 2**40), b'{"inp')
     assert status == 413
@@ -231,7 +231,7 @@ def test_http_a_huge_content_length_is_413_without_waiting_for_the_body(server):
     assert elapsed < QUICK_S
 
 
-@GRPCIO_ONLY  # HTTP: the same on either engine
+@GRPCIO_ONLY  # HTTP: max_request_bytes is set on the grpcio server only
 def test_http_a_body_that_inflates_past_max_request_bytes_is_413(server):
     bomb = gzip.compress(b" " * (LIMITS.max_request_bytes * 64))
     status, answer, _ = raw_http(server.app.http_port,
@@ -239,7 +239,7 @@ def test_http_a_body_that_inflates_past_max_request_bytes_is_413(server):
     assert (status, answer) == (413, {"error": f"decompressed request body exceeds the limit of {64 * 1024} bytes"})
 
 
-@GRPCIO_ONLY  # HTTP: the same on either engine
+@GRPCIO_ONLY  # HTTP: max_request_bytes is set on the grpcio server only
 def test_http_a_shape_of_2_to_the_40_elements_with_no_data_is_400_at_once(server, grpc_client, http_client):
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2**20, 2**20], "data": []}]}).encode()
     status, answer, elapsed = raw_http(server.app.http_port, post("/v2/models/mlp/infer", len(body)), body)
@@ -249,7 +249,7 @@ def test_http_a_shape_of_2_to_the_40_elements_with_no_data_is_400_at_once(server
     assert_still_serving(grpc_client, http_client)
 
 
-@GRPCIO_ONLY  # HTTP: the same on either engine
+@GRPCIO_ONLY  # HTTP: max_request_bytes is set on the grpcio server only
 def test_http_json_data_longer_than_its_shape_is_400(server):
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 5000}]})
     status, answer, _ = raw_http(server.app.http_port, post("/v2/models/mlp/infer", len(body)), body.encode())
@@ -269,7 +269,7 @@ def test_http_json_data_longer_than_its_shape_is_400(server):
                        http_input("in_UINT8", np.zeros((1, 800), np.uint8), "UINT8", binary=False)],
      "input 'in_UINT8' brings the request to 1600 elements, which exceeds max_request_elements (1536)"),
 ], ids=["tensor bytes", "tensor elements as JSON", "bytes element", "bytes element as JSON", "request elements"])
-@GRPCIO_ONLY  # HTTP: the same on either engine
+@GRPCIO_ONLY  # HTTP: max_request_bytes is set on the grpcio server only
 def test_http_tensor_limits_are_400_naming_the_limit(grpc_client, http_client, model, inputs, fragment):
     with pytest.raises(InferenceServerException) as e:
         http_client.infer(model, inputs())
@@ -277,14 +277,14 @@ def test_http_tensor_limits_are_400_naming_the_limit(grpc_client, http_client, m
     assert_still_serving(grpc_client, http_client)
 
 
-@GRPCIO_ONLY  # HTTP: the same on either engine
+@GRPCIO_ONLY  # HTTP: max_request_bytes is set on the grpcio server only
 def test_http_v1_predict_rows_past_max_tensor_elements_are_400(server):
     body = json.dumps({"instances": [[0.5] * 8] * 200}).encode()
     status, answer, _ = raw_http(server.app.http_port, post("/v1/models/mlp:predict", len(body)), body)
     assert (status, answer) == (400, {"error": "input 'x': data of 1600 elements exceeds max_tensor_elements (1024)"})
 
 
-@GRPCIO_ONLY  # HTTP: the same on either engine
+@GRPCIO_ONLY  # HTTP: max_request_bytes is set on the grpcio server only
 def test_bytes_framing_is_what_the_limit_reads(server):
     """A BYTES element that declares 2**31 bytes in a 12-byte binary tensor: named by its limit, not 'truncated'."""
     blob = struct.pack("<I", 2**31) + b"8 bytes."

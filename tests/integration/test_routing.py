@@ -25,12 +25,13 @@ ROUTE = {"variants": [{"name": "stable", "version": 1, "weight": 90},
 
 
 @pytest.fixture(scope="module")
-def routed(tmp_path_factory):
+def routed(tmp_path_factory, grpc_engine):
     repo = tmp_path_factory.mktemp("routed")
     onnx_models.write_model(repo, "ranker", onnx_models.mlp([8, 16, 4], seed=1),
                             "version_policy = { all = true }\n[batching]\nmax_batch_size = 8\n", version=1)
     onnx_models.write_model(repo, "ranker", onnx_models.mlp([8, 16, 4], seed=2), version=2)
-    cfg = server_config(repo, http_port=free_port(), model_control_mode="explicit", load_models=["ranker"])
+    cfg = server_config(repo, http_port=free_port(), model_control_mode="explicit", load_models=["ranker"],
+                        grpc_engine=grpc_engine)  # the routing-key metadata is read from either engine's context
     cfg = dataclasses.replace(cfg, models=(), routes=(parse_route("ranker", ROUTE),))
     server = ServerThread(cfg).start()
     yield server

@@ -36,8 +36,9 @@ def slow_input() -> grpcclient.InferInput:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_drains_in_flight_requests_refuses_new_ones_and_exits_0(launch, slow_repository, sig):
-    server = launch("--model-repository", str(slow_repository))
+def test_signal_drains_in_flight_requests_refuses_new_ones_and_exits_0(launch, slow_repository, sig,
+                                                                       grpc_engine):
+    server = launch("--model-repository", str(slow_repository), "--grpc-engine", grpc_engine)
     results: list[object] = []
     errors: list[Exception] = []
     started = threading.Barrier(9)

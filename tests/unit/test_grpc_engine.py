@@ -4,6 +4,7 @@ and its reason, and `native` refused, naming the option, when the configuration 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 
 import pytest
@@ -66,6 +67,29 @@ def test_without_pygrpc_native_auto_falls_back_and_native_is_a_config_error(monk
     with pytest.raises(ConfigError) as refused:
         engine.choose(parse_server({"server": {"grpc_engine": "native"}}))
     assert refused.value.key == "server.grpc_engine" and "pygrpc-native" in str(refused.value)
+
+
+def test_a_pygrpc_native_that_cannot_load_is_not_picked(monkeypatch):
+    """Installed but not importable (a wheel for another platform, a missing shared library): auto serves grpcio
+    and says why, instead of failing at start-up."""
+    real = engine.importlib.import_module
+
+    def broken(name: str):
+        if name.startswith(engine.NATIVE_PACKAGE):
+            raise ImportError("libfoo.so: cannot open shared object file", name="pygrpc_native._native")
+        return real(name)
+
+    monkeypatch.setattr(engine.importlib, "import_module", broken)
+    chosen, why = engine.choose(parse_server({}))
+    assert chosen == "grpcio" and why.startswith("auto: pygrpc-native does not load: libfoo.so")
+
+
+@pytest.mark.parametrize("server, key", CONFLICTS)
+def test_native_in_a_config_built_without_the_parser_is_refused_too(server, key):
+    cfg = dataclasses.replace(parse_server({"server": server}), grpc_engine="native")
+    with pytest.raises(ConfigError) as refused:
+        engine.choose(cfg)
+    assert refused.value.key == "server.grpc_engine" and key in str(refused.value)
 
 
 class Context:

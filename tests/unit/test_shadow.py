@@ -8,10 +8,11 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from inference_server.errors import internal
 from inference_server.routing.config import ShadowConfig
-from inference_server.routing.shadow import LoopLoad, Shadow, ShadowStats
+from inference_server.routing.shadow import BUSY_WINDOW_S, LoopLoad, Shadow, ShadowStats
 from inference_server.stats import ModelStats
 
 
@@ -106,11 +107,16 @@ async def test_copies_wait_while_the_event_loop_is_busy():
 
 
 def test_loop_load_reads_the_calling_threads_share_of_the_cpu():
-    load = LoopLoad()
+    """Thread CPU time over wall time, per window, on clocks the test moves (no assertion on real CPU timing: a
+    busy loop's share depends on what else the machine runs)."""
+    clock = {"wall": 0.0, "cpu": 0.0}
+    load = LoopLoad(wall=lambda: clock["wall"], cpu=lambda: clock["cpu"])
     assert load.busy() == 1.0  # no window yet
-    end = time.perf_counter() + 0.15
-    while time.perf_counter() < end:
-        pass
-    assert load.busy() > 0.8
-    time.sleep(0.15)
-    assert load.busy() < 0.2
+    clock["wall"] += BUSY_WINDOW_S / 2
+    clock["cpu"] += BUSY_WINDOW_S / 4
+    assert load.busy() == 1.0  # still no whole window: the last reading stands
+    clock["wall"] += BUSY_WINDOW_S / 2
+    clock["cpu"] += BUSY_WINDOW_S / 2
+    assert load.busy() == pytest.approx(0.75)  # on the CPU for three quarters of the window
+    clock["wall"] += BUSY_WINDOW_S
+    assert load.busy() == 0.0  # slept through the next one
