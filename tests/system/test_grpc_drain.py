@@ -54,8 +54,8 @@ def test_sigterm_under_load_answers_every_call_and_cancels_none(launch, clients,
     """Before the fix every run cut calls off (4 of 8, 13 of 16). A rarer case followed, about one run in eight:
     when no call had been refused yet as the drain ended, the server closed at once, and most callers, whose next
     calls were already in the transport, saw CANCELLED about 2 ms after the signal (the drain's settle now waits its
-    quiet period from its start too). Since then: 0 of 70 runs on grpcio (40 of them with another core kept busy),
-    0 of 30 on native, so one server per engine must be clean. The native engine answers calls that reach it while
+    quiet period from its start too). Since then: 0 of 70 runs on each engine (40 of them with another core kept
+    busy), so one server per engine must be clean. The native engine answers calls that reach it while
     it stops UNAVAILABLE itself."""
     server = launch("--grpc-engine", grpc_engine)
     codes = asyncio.run(load(server.url, clients, 1.0, lambda: server.proc.send_signal(signal.SIGTERM)))
