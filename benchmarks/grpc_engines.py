@@ -59,15 +59,9 @@ RATIO_COLUMNS = [("model", "model", "s"), ("load", "gen", "s"), ("concurrency", 
                                                                         ".2f")]
 
 
-def engine_point(target: Target, gen: str, concurrency: int, work, args: argparse.Namespace, sampler: CpuSampler,
-                 work_dir: Path, others: list[Target]) -> dict:
-    point = measure(target, others, "grpc", gen, concurrency, work, args, sampler, work_dir)
-    point["target"] = target.label
-    return point
-
-
 def per_call_points(args: argparse.Namespace, failures: list[str]) -> list[dict]:
-    from benchmarks.scenarios import AIO, BATCHING, PA, REPO, WORK, our_server, samples
+    from benchmarks.reliability import serving
+    from benchmarks.scenarios import AIO, BATCHING, PA, REPO, WORK, samples
 
     gens = [AIO] + ([PA] if perf_analyzer.available() is None else [])
     points: list[dict] = []
@@ -77,7 +71,7 @@ def per_call_points(args: argparse.Namespace, failures: list[str]) -> list[dict]
         with ExitStack() as stack:
             targets = []
             for engine in ENGINES:
-                server = stack.enter_context(our_server("--grpc-engine", engine))
+                server, _ = stack.enter_context(serving(REPO, f"engines-{engine}", "--grpc-engine", engine))
                 targets.append(Target(engine, server.proc.pid, server.url, "", lambda s=server: s.proc.poll() is None))
             sampler = stack.enter_context(CpuSampler())
             for gen in gens:
@@ -86,8 +80,8 @@ def per_call_points(args: argparse.Namespace, failures: list[str]) -> list[dict]
                     for target in targets:
                         try:
                             others = [t for t in targets if t is not target]
-                            points.append(engine_point(target, gen, c, work, args, sampler, WORK / "perf_analyzer",
-                                                       others))
+                            points.append(measure(target, others, "grpc", gen, c, work, args, sampler,
+                                                  WORK / "perf_analyzer"))
                         except Exception as e:  # reported with the results; the other points still run
                             failures.append(f"{target.label}, {model}, {gen}, c={c}: {type(e).__name__}: "
                                             f"{str(e)[-600:]}")

@@ -250,10 +250,8 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     )
     _check_tls(cfg)
     _check_model_control(cfg)
-    if cfg.grpc_engine == "native" and (conflicts := native_engine_conflicts(cfg)):
-        key, what = conflicts[0]
-        raise ConfigError("server.grpc_engine", f"the native gRPC engine cannot honour {key}: {what}; use "
-                                                f"grpc_engine = \"grpcio\", or \"auto\", which picks grpcio for it")
+    if cfg.grpc_engine == "native":
+        refuse_native_conflicts(cfg)
     if cfg.cache:
         check_cache(cfg.cache)
     if cfg.max_connection_age_grace_s and not cfg.max_connection_age_s:
@@ -286,6 +284,14 @@ def native_engine_conflicts(cfg: ServerConfig) -> list[tuple[str, str]]:
                                                              "be refused (the limit is server.max_message_bytes "
                                                              "unless set; it also bounds HTTP bodies)"))
     return conflicts
+
+
+def refuse_native_conflicts(cfg: ServerConfig) -> None:
+    """ConfigError naming the first setting the native engine cannot honour, if any (native asked for)."""
+    if conflicts := native_engine_conflicts(cfg):
+        key, what = conflicts[0]
+        raise ConfigError("server.grpc_engine", f"the native gRPC engine cannot honour {key}: {what}; use "
+                                                f"grpc_engine = \"grpcio\", or \"auto\", which picks grpcio for it")
 
 
 def _path(table: Mapping[str, Any], key: str, prefix: str) -> Path | None:

@@ -9,7 +9,7 @@
   by age, or refuse a message over max_request_bytes before reading it whole (config.native_engine_conflicts),
   and it is refused for those.
 - `auto` (the default): native, unless the configuration asks for what only grpcio does, or pygrpc-native is
-  not installed; the start-up log says which, and why.
+  not installed or does not load; the start-up log says which, and why.
 
 How the engines differ as a client sees them is in the README ("gRPC engines") and tested on both
 (tests/integration/test_grpc_engines.py)."""
@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from ..config import ServerConfig, native_engine_conflicts
+from ..config import ServerConfig, native_engine_conflicts, refuse_native_conflicts
 from ..errors import ConfigError
 
 GRPCIO, NATIVE = "grpcio", "native"
@@ -43,15 +43,12 @@ def choose(cfg: ServerConfig) -> tuple[str, str]:
     a setting it cannot honour (parse_server refuses those too; this holds for a config built any other way)."""
     if cfg.grpc_engine == GRPCIO:
         return GRPCIO, "grpc_engine = grpcio"
-    conflicts = native_engine_conflicts(cfg)
     if cfg.grpc_engine == NATIVE:
-        if conflicts:
-            key, what = conflicts[0]
-            raise ConfigError("server.grpc_engine", f"the native gRPC engine cannot honour {key}: {what}")
+        refuse_native_conflicts(cfg)
         if (why := native_unavailable()) is not None:
             raise ConfigError("server.grpc_engine", f"native: {why} (pip install pygrpc-native)")
         return NATIVE, "grpc_engine = native"
-    if conflicts:
+    if conflicts := native_engine_conflicts(cfg):
         needs = "; ".join(f"{key} (the native engine: {what})" for key, what in conflicts)
         return GRPCIO, f"auto: {needs}"
     if (why := native_unavailable()) is not None:
