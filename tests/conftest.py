@@ -91,9 +91,11 @@ def server_config(repository: Path, **server: object) -> ServerConfig:
     return dataclasses.replace(cfg, models=(digits,))
 
 
-@pytest.fixture(scope="session", params=[
-    "grpcio", pytest.param("native", marks=pytest.mark.skipif(
-        native_unavailable() is not None, reason=f"the native gRPC engine cannot run here: {native_unavailable()}"))])
+NATIVE_UNAVAILABLE = native_unavailable()  # None where pygrpc-native loads (every platform with its wheels)
+
+
+@pytest.fixture(scope="session", params=["grpcio", pytest.param("native", marks=pytest.mark.skipif(
+    NATIVE_UNAVAILABLE is not None, reason=f"the native gRPC engine cannot run here: {NATIVE_UNAVAILABLE}"))])
 def grpc_engine(request) -> str:
     """The engine serving gRPC (grpc/engine.py): a server fixture that takes it, and every test using that server,
     runs on both. Servers of tests that do not take it run on the default (auto: native)."""
