@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from contextlib import ExitStack
@@ -28,9 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import overload, perf_analyzer
-from benchmarks.http import CLOCK, COLUMNS, CpuSampler, Target, measure, subtree, tree_cores
+from benchmarks.http import COLUMNS, CpuSampler, Target, measure, parse_stat, subtree, tree_cores
 from benchmarks.models import write
-from inference_server.grpc._generated import grpc_service_pb2 as pb
 from tests import onnx_models
 
 ENGINES = ("grpcio", "native")
@@ -108,41 +106,25 @@ def ratio_rows(points: list[dict]) -> list[dict]:
     return rows
 
 
-def large_request() -> tuple[pb.ModelInferRequest, bytes]:
-    x = np.random.default_rng(5).standard_normal((1, 512)).astype(np.float32)
-    request = pb.ModelInferRequest(model_name="large", inputs=[pb.ModelInferRequest.InferInputTensor(
-        name="x", datatype="FP32", shape=list(x.shape))], raw_input_contents=[x.tobytes()])
-    return request, overload.http_body("x", x)
-
-
 def overload_rows(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     from benchmarks.reliability import serving
     from benchmarks.scenarios import REPO
 
     write(REPO, "large", NO_BATCHING)
-    request, body = large_request()
+    call = overload.Call.of("large", "x", np.random.default_rng(5).standard_normal((1, 512)).astype(np.float32))
     rows, notes = [], []
     for front_end, engine in FRONT_ENDS:
         with serving(REPO, f"engines-overload-{engine}", "--grpc-engine", engine) as (server, http_port):
-            http_url = f"127.0.0.1:{http_port}"
-            if front_end == "HTTP":
-                cap, _, _ = asyncio.run(overload.http_closed_loop(http_url, "large", body, concurrency=64,
-                                                                  duration_s=3.0))
-            else:
-                cap, _, _ = asyncio.run(overload.grpc_closed_loop(server.url, request, concurrency=64,
-                                                                  duration_s=3.0))
+            http = overload.http_url(front_end, http_port)
+            cap, _, _ = overload.closed_loop(call, server.url, http, concurrency=64, duration_s=3.0)
             notes.append(f"{front_end}: capacity {cap:.0f} answers/s (1-row calls, batching off, one ONNX Runtime "
                          f"thread, a closed loop of 64 callers for 3 s).")
             for label, times, duration_s in ((f"{OVERLOAD_X:g}x capacity", OVERLOAD_X, args.duration_s),
                                              (f"recovery: {RECOVERY_X:g}x, right after", RECOVERY_X, 2.0)):
                 with CpuSampler() as sampler:
                     start = time.monotonic()
-                    if front_end == "HTTP":
-                        result = asyncio.run(overload.http_open_loop(http_url, "large", body, rate_per_s=cap * times,
-                                                                     duration_s=duration_s, deadline_s=DEADLINE_S))
-                    else:
-                        result = asyncio.run(overload.grpc_open_loop(server.url, request, rate_per_s=cap * times,
-                                                                     duration_s=duration_s, deadline_s=DEADLINE_S))
+                    result = overload.open_loop(call, server.url, http, rate_per_s=cap * times,
+                                                duration_s=duration_s, deadline_s=DEADLINE_S)
                     window = sampler.window(start + 0.5, time.monotonic())
                 summary = result.summary()
                 row = {"front_end": front_end, "level": label, **summary,
@@ -155,20 +137,14 @@ def overload_rows(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
 
 
 def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK
+    return parse_stat(Path(f"/proc/{pid}/stat").read_text())[1]
 
 
-def closed_loop_cpu(server, http_port: int, front_end: str, request: pb.ModelInferRequest, body: bytes,
-                    concurrency: int, duration_s: float) -> tuple[float, float, float]:
+def closed_loop_cpu(server, http: str | None, call: overload.Call, concurrency: int,
+                    duration_s: float) -> tuple[float, float, float]:
     """(OK/s, refused/s, server cores) over the whole closed loop, its 1 s of warm-up included."""
     started, cpu = time.monotonic(), process_cpu_s(server.proc.pid)
-    if front_end == "HTTP":
-        ok_per_s, _, errors = asyncio.run(overload.http_closed_loop(f"127.0.0.1:{http_port}", "refuser", body,
-                                                                    concurrency=concurrency, duration_s=duration_s))
-    else:
-        ok_per_s, _, errors = asyncio.run(overload.grpc_closed_loop(server.url, request, concurrency=concurrency,
-                                                                    duration_s=duration_s))
+    ok_per_s, _, errors = overload.closed_loop(call, server.url, http, concurrency=concurrency, duration_s=duration_s)
     wall = time.monotonic() - started
     return ok_per_s * duration_s / wall, errors / wall, (process_cpu_s(server.proc.pid) - cpu) / wall
 
@@ -179,16 +155,13 @@ def refusal_rows(args: argparse.Namespace) -> list[dict]:
 
     onnx_models.write_model(REPO, "refuser", onnx_models.slow(4096),
                             "intra_op_threads = 1\n[batching]\nmax_batch_size = 1\nmax_queue_size = 1\n")
-    x = np.ones((1, 1), np.float32)
-    request = pb.ModelInferRequest(model_name="refuser", inputs=[pb.ModelInferRequest.InferInputTensor(
-        name="x", datatype="FP32", shape=[1, 1])], raw_input_contents=[x.tobytes()])
-    body = overload.http_body("x", x)
+    call = overload.Call.of("refuser", "x", np.ones((1, 1), np.float32))
     rows = []
     for front_end, engine in FRONT_ENDS:
         with serving(REPO, f"engines-refusal-{engine}", "--grpc-engine", engine) as (server, http_port):
-            _, _, model_cores = closed_loop_cpu(server, http_port, front_end, request, body, 1, args.duration_s)
-            ok_per_s, refused_per_s, flood_cores = closed_loop_cpu(server, http_port, front_end, request, body, 32,
-                                                                   args.duration_s)
+            http = overload.http_url(front_end, http_port)
+            _, _, model_cores = closed_loop_cpu(server, http, call, 1, args.duration_s)
+            ok_per_s, refused_per_s, flood_cores = closed_loop_cpu(server, http, call, 32, args.duration_s)
         rows.append({"front_end": front_end, "refused_per_s": refused_per_s, "ok_per_s": ok_per_s,
                      "flood_cores": flood_cores, "model_cores": model_cores,
                      "us_per_refusal": (flood_cores - model_cores) / max(refused_per_s, 1e-9) * 1e6})

@@ -187,6 +187,45 @@ async def _closed_loop(infer, concurrency: int, duration_s: float) -> tuple[floa
 HEADER_LENGTH = "inference-header-content-length"
 
 
+@dataclass(frozen=True)
+class Call:
+    """One FP32 infer request, built once for both front ends: a ModelInferRequest (raw contents) and the HTTP
+    binary body (http_body)."""
+    model: str
+    request: pb.ModelInferRequest
+    body: bytes
+
+    @classmethod
+    def of(cls, model: str, name: str, x: np.ndarray) -> Call:
+        request = pb.ModelInferRequest(model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(
+            name=name, datatype="FP32", shape=list(x.shape))], raw_input_contents=[x.tobytes()])
+        return cls(model, request, http_body(name, x))
+
+
+def http_url(front_end: str, http_port: int) -> str | None:
+    """Where closed_loop and open_loop send: the HTTP port for the front end named "HTTP", else None (gRPC)."""
+    return f"127.0.0.1:{http_port}" if front_end == "HTTP" else None
+
+
+def closed_loop(call: Call, grpc_url: str, http_url: str | None = None, *, concurrency: int,
+                duration_s: float) -> tuple[float, float, int]:
+    """grpc_closed_loop, or http_closed_loop when http_url is given, run to the end."""
+    if http_url is None:
+        return asyncio.run(grpc_closed_loop(grpc_url, call.request, concurrency=concurrency, duration_s=duration_s))
+    return asyncio.run(http_closed_loop(http_url, call.model, call.body, concurrency=concurrency,
+                                        duration_s=duration_s))
+
+
+def open_loop(call: Call, grpc_url: str, http_url: str | None = None, *, rate_per_s: float, duration_s: float,
+              deadline_s: float | None) -> Outcomes:
+    """grpc_open_loop, or http_open_loop when http_url is given, run to the end."""
+    if http_url is None:
+        return asyncio.run(grpc_open_loop(grpc_url, call.request, rate_per_s=rate_per_s, duration_s=duration_s,
+                                          deadline_s=deadline_s))
+    return asyncio.run(http_open_loop(http_url, call.model, call.body, rate_per_s=rate_per_s,
+                                      duration_s=duration_s, deadline_s=deadline_s))
+
+
 def http_body(name: str, x: np.ndarray, datatype: str = "FP32") -> bytes:
     """A KServe v2 infer request with its input as binary data (Triton's binary tensor extension): the JSON
     header, then the raw bytes; the JSON's length is recovered by body_json_length()."""

@@ -36,7 +36,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks import overload
 from benchmarks.fuzz import fuzz_table
-from inference_server.grpc._generated import grpc_service_pb2 as pb
 from tests import onnx_models
 from tests.integration.test_tls import Authority
 from inference_server.grpc.engine import GRPCIO, NATIVE
@@ -107,11 +106,8 @@ def wait_tls_serving(server: ServerProcess, credentials: grpc.ChannelCredentials
     raise TimeoutError(f"server not SERVING after {timeout_s}s:\n{server.log()}")
 
 
-def wide_request() -> tuple[pb.ModelInferRequest, bytes]:
-    x = np.random.default_rng(3).standard_normal((ROWS, SIZES[0])).astype(np.float32)
-    request = pb.ModelInferRequest(model_name="wide", inputs=[pb.ModelInferRequest.InferInputTensor(
-        name="x", datatype="FP32", shape=list(x.shape))], raw_input_contents=[x.tobytes()])
-    return request, overload.http_body("x", x)
+def wide_call() -> overload.Call:
+    return overload.Call.of("wide", "x", np.random.default_rng(3).standard_normal((ROWS, SIZES[0])).astype(np.float32))
 
 
 def point(front_end: str, level: str, outcomes: overload.Outcomes, rss: overload.RssSampler) -> dict:
@@ -122,25 +118,16 @@ def point(front_end: str, level: str, outcomes: overload.Outcomes, rss: overload
 
 def run_point(server: ServerProcess, front_end: str, http_port: int, rate: float, duration_s: float,
               deadline_s: float | None) -> tuple[overload.Outcomes, overload.RssSampler]:
-    request, body = wide_request()
     with overload.RssSampler(server.proc.pid) as rss:
-        if front_end == "gRPC":
-            result = asyncio.run(overload.grpc_open_loop(server.url, request, rate_per_s=rate,
-                                                         duration_s=duration_s, deadline_s=deadline_s))
-        else:
-            result = asyncio.run(overload.http_open_loop(f"127.0.0.1:{http_port}", "wide", body, rate_per_s=rate,
-                                                         duration_s=duration_s, deadline_s=deadline_s))
+        result = overload.open_loop(wide_call(), server.url, overload.http_url(front_end, http_port), rate_per_s=rate,
+                                    duration_s=duration_s, deadline_s=deadline_s)
     return result, rss
 
 
 def capacity(server: ServerProcess, http_port: int, front_end: str) -> float:
     """Answers per second of a closed loop of 64 callers for 3 s: what the server can do here."""
-    request, body = wide_request()
-    if front_end == "gRPC":
-        rate, _, _ = asyncio.run(overload.grpc_closed_loop(server.url, request, concurrency=64, duration_s=3.0))
-    else:
-        rate, _, _ = asyncio.run(overload.http_closed_loop(f"127.0.0.1:{http_port}", "wide", body, concurrency=64,
-                                                           duration_s=3.0))
+    rate, _, _ = overload.closed_loop(wide_call(), server.url, overload.http_url(front_end, http_port), concurrency=64,
+                                      duration_s=3.0)
     return rate
 
 
