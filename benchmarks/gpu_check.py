@@ -182,7 +182,7 @@ def check_models(*, large: bool = True, only: Sequence[str] = ()) -> list[CheckM
     import numpy as np
 
     from benchmarks.models import channel_means
-    from inference_server.tensors import DATATYPES
+    from inference_server.protocol.tensors import DATATYPES
     from tests import onnx_models
 
     numeric = [t for t in onnx_models.ALL_BUT_BF16 if t != "BYTES"]
@@ -237,7 +237,7 @@ def check_models(*, large: bool = True, only: Sequence[str] = ()) -> list[CheckM
 
 
 def write_repository(repo: Path, models: Sequence[CheckModel]) -> None:
-    from inference_server.config import DEFAULT_REPOSITORY
+    from inference_server.config.server import DEFAULT_REPOSITORY
     from tests import onnx_models
 
     shutil.rmtree(repo, ignore_errors=True)
@@ -386,8 +386,8 @@ def check_install(report: Report, args: argparse.Namespace) -> None:
 def check_onnxruntime(report: Report, target: str = "cuda") -> Any | None:
     """Import ONNX Runtime the way the server does; None when that fails."""
     try:
-        from inference_server.backend import import_onnxruntime
-        from inference_server.iobinding import pinned_memory_info
+        from inference_server.execution.backend import import_onnxruntime
+        from inference_server.execution.iobinding import pinned_memory_info
 
         ort = import_onnxruntime()
     except Exception as e:
@@ -460,9 +460,9 @@ def check_backend(report: Report, models: Sequence[CheckModel], repo: Path, dead
     started (the later stages are then pointless)."""
     import numpy as np
 
-    from inference_server.backend import OnnxBackend
     from inference_server.errors import ModelLoadError
-    from inference_server.iobinding import can_bind
+    from inference_server.execution.backend import OnnxBackend
+    from inference_server.execution.iobinding import can_bind
 
     loaded_any = False
     report.data["backend"] = []

@@ -177,6 +177,7 @@ def request_parts(binary: bool):
 async def point(port: int, pid: int, binary: bool, concurrency: int, args: argparse.Namespace) -> dict:
     """A closed loop like loadgen.closed_loop's, on tritonclient.http.aio (one client, a connection per worker)."""
     import tritonclient.http.aio as httpclient
+
     from benchmarks.loadgen import LoadResult
     x, inputs, outputs = request_parts(binary)
     client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", conn_limit=concurrency)

@@ -4,7 +4,7 @@ the baseline of the `metrics` scenario, which prices what recording costs on the
 import sys
 
 from inference_server import app
-from inference_server.stats import ModelStats
+from inference_server.observability.stats import ModelStats
 
 ModelStats.record_batch = lambda self, *args: None  # type: ignore[method-assign]
 ModelStats.record_request = lambda self, *args: None  # type: ignore[method-assign]

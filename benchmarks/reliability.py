@@ -36,11 +36,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks import overload
 from benchmarks.fuzz import fuzz_table
+from inference_server.grpc.engine import GRPCIO, NATIVE
 from tests import onnx_models
 from tests.integration.test_tls import Authority
-from inference_server.grpc.engine import GRPCIO, NATIVE
 from tests.server_process import ServerProcess, free_port
-from tests.system.test_grpc_drain import REQUEST as DIGITS_REQUEST, load as grpc_callers
+from tests.system.test_grpc_drain import REQUEST as DIGITS_REQUEST
+from tests.system.test_grpc_drain import load as grpc_callers
 
 WORK = Path(__file__).resolve().parent / ".work" / "reliability"
 SIZES = [256, 4096, 4096, 16]

@@ -22,8 +22,8 @@ from benchmarks import ceiling, loadgen, peers, perf_analyzer
 from benchmarks.grpc_engines import grpc_engines_scenario
 from benchmarks.http import http_scenario
 from benchmarks.lifecycle import lifecycle_scenario
-from benchmarks.reliability import reliability_scenario
 from benchmarks.models import MODELS, write
+from benchmarks.reliability import reliability_scenario
 from benchmarks.routing import routing_scenario
 from benchmarks.shadow import shadow_scenario
 from tests.server_process import ServerProcess

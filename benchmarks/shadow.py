@@ -28,8 +28,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks import ceiling, loadgen
 from benchmarks.http import CpuSampler
-from benchmarks.routing import (checked_closed_loop, log_problems, mean_of, measured, scrape, server_version, serving,
-                                spread, total)
+from benchmarks.routing import (
+    checked_closed_loop,
+    log_problems,
+    mean_of,
+    measured,
+    scrape,
+    server_version,
+    serving,
+    spread,
+    total,
+)
 from tests import onnx_models
 
 WORK = Path(__file__).resolve().parent / ".work" / "shadow"

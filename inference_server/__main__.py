@@ -1,5 +1,5 @@
 import sys
 
-from .app import main
+from inference_server.app import main
 
 sys.exit(main())

@@ -10,30 +10,35 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import generate_latest
 
-from . import cpus
-from .breaker import CircuitBreaker
-from .cache import MemoryCache, ResponseCache
-from .cli import load_config
-from .config import ServerConfig, cache_size_bytes, check_cache, redact_url
-from .drift import DriftMonitor
-from .errors import ConfigError, ModelLoadError
-from .grpc.server import GrpcFrontEnd
-from .grpc.triton_config import json_to_dict, pbtxt_to_dict
-from .lifecycle.manager import ModelManager
-from .lifecycle.registry import ModelRegistry
-from .logs import configure_logging
-from .metrics import MetricServerThread, RejectionCollector, build_registry, serve_registry
-from .pod import PeerServer, PodStatistics, WorkerSlot, own_figures
-from .predictions import PredictionLog
-from .routing.metrics import RouteCollector
-from .routing.router import Router
-from .service import InferenceService
-from .workers import port_is_free, supervise
+from inference_server.breaker import CircuitBreaker
+from inference_server.cache.memory import MemoryCache, ResponseCache
+from inference_server.config.cli import load_config
+from inference_server.config.server import ServerConfig, cache_size_bytes, check_cache, redact_url
+from inference_server.errors import ConfigError, ModelLoadError
+from inference_server.execution import cpus
+from inference_server.grpc.server import GrpcFrontEnd
+from inference_server.lifecycle.manager import ModelManager
+from inference_server.lifecycle.registry import ModelRegistry
+from inference_server.observability.drift import DriftMonitor
+from inference_server.observability.logs import configure_logging
+from inference_server.observability.metrics import (
+    MetricServerThread,
+    RejectionCollector,
+    build_registry,
+    serve_registry,
+)
+from inference_server.observability.predictions import PredictionLog
+from inference_server.pod.peers import PeerServer, PodStatistics, WorkerSlot, own_figures
+from inference_server.pod.workers import port_is_free, supervise
+from inference_server.protocol.triton_config import json_to_dict, pbtxt_to_dict
+from inference_server.routing.metrics import RouteCollector
+from inference_server.routing.router import Router
+from inference_server.service.inference import InferenceService
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,9 @@ def build_cache(cfg: ServerConfig) -> ResponseCache | None:
         return None
     if check_cache(cfg.cache) == "memory":
         return MemoryCache(cache_size_bytes(cfg.cache))
-    from .redis_cache import RedisCache  # redis.asyncio takes about 0.1 s to import: only when used
+    from inference_server.cache.redis_tier import (
+        RedisCache,  # redis.asyncio takes about 0.1 s to import: only when used
+    )
 
     c = cfg.cache_config
     breaker = CircuitBreaker(f"response cache at {redact_url(cfg.cache)}", c.breaker_failures, c.breaker_cooldown_s)
@@ -130,7 +137,9 @@ class App:
             self.front_ends.append(grpc_front_end)
             self.port = grpc_front_end.port
             if self.cfg.http_port:
-                from .http.server import HttpFrontEnd  # uvicorn and Starlette: imported only when HTTP is on
+                from inference_server.http.server import (
+                    HttpFrontEnd,  # uvicorn and Starlette: imported only when HTTP is on
+                )
 
                 http_front_end = HttpFrontEnd(self.service, self.cfg)
                 self.front_ends.append(http_front_end)

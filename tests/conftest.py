@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from inference_server.app import App
-from inference_server.config import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, parse_server
+from inference_server.config.server import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, parse_server
 from inference_server.grpc.engine import native_unavailable
-from tests import onnx_models, redis_server as redis_process
+from tests import onnx_models
+from tests import redis_server as redis_process
 
 MODELS = {
     # name: (builder, config.toml)

@@ -12,7 +12,6 @@ import asyncio
 
 import numpy as np
 import tritonclient.grpc.aio as aioclient
-
 from infer_sync import DIGIT
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import grpc
 
-from ..service import InferenceService
-from ..views import CanaryView, RouteView, VariantView
-from ._generated import route_admin_pb2 as admin_pb
-from .servicer import parser, rpc
+from inference_server.grpc.servicer import parser, rpc
+from inference_server.protocol._generated import route_admin_pb2 as admin_pb
+from inference_server.service.inference import InferenceService
+from inference_server.service.views import CanaryView, RouteView, VariantView
 
 SERVICE_NAME = "inference_server.admin.RouteAdmin"
 

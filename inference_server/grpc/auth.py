@@ -1,4 +1,4 @@
-"""Bearer tokens on gRPC: a grpc.aio server interceptor asks inference_server.auth for each call, by the method's
+"""Bearer tokens on gRPC: a grpc.aio server interceptor asks security/auth.py for each call, by the method's
 name and its `authorization` metadata. A refused call gets a handler of the real one's cardinality (the server
 dispatches on it: a unary handler for ModelStreamInfer would break the stream) that aborts with UNAUTHENTICATED
 or PERMISSION_DENIED before the request is parsed. The health service is always open."""
@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from ..auth import Auth, Refusal
+from inference_server.security.auth import Auth, Refusal
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 AUTHORIZATION = "authorization"

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ErrorCode, InferenceError, invalid
-from ..model_config import VersionPolicy, version_number
-from ..stats import Duration
-from ..tensors import (DATATYPES, RAW_ONLY, InferRequest, InferResponse, Tensor, TensorLimits, add_request_elements,
-                       decode_raw, decode_values, element_count, encode_raw)
-from ..views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
-from ._generated import grpc_service_pb2 as pb
-from ._generated import model_config_pb2 as mc
+from inference_server.config.model import VersionPolicy, version_number
+from inference_server.errors import ErrorCode, InferenceError, invalid
+from inference_server.observability.stats import Duration
+from inference_server.protocol._generated import grpc_service_pb2 as pb
+from inference_server.protocol._generated import model_config_pb2 as mc
+from inference_server.protocol.tensors import (
+    DATATYPES,
+    RAW_ONLY,
+    InferRequest,
+    InferResponse,
+    Tensor,
+    TensorLimits,
+    add_request_elements,
+    decode_raw,
+    decode_values,
+    element_count,
+    encode_raw,
+)
+from inference_server.service.views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
 
 TYPED_FIELD = {
     "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",

@@ -22,8 +22,8 @@ from typing import Any
 
 import grpc
 
-from ..config import ServerConfig, native_engine_conflicts, refuse_native_conflicts
-from ..errors import ConfigError
+from inference_server.config.server import ServerConfig, native_engine_conflicts, refuse_native_conflicts
+from inference_server.errors import ConfigError
 
 GRPCIO, NATIVE = "grpcio", "native"
 NATIVE_PACKAGE = "pygrpc_native"

@@ -11,15 +11,19 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..auth import load as load_auth, reload as reload_auth
-from ..config import ServerConfig
-from ..service import InferenceService
-from ..tls import ServerTls, load as load_tls, plaintext_warning, reload as reload_tls
-from . import admin, engine as engines
-from .auth import AuthInterceptor
-from .limits import requests_in_flight
-from ._generated import grpc_service_pb2 as pb
-from .servicer import InferenceServicer, parser
+from inference_server.config.server import ServerConfig
+from inference_server.grpc import admin
+from inference_server.grpc import engine as engines
+from inference_server.grpc.auth import AuthInterceptor
+from inference_server.grpc.limits import requests_in_flight
+from inference_server.grpc.servicer import InferenceServicer, parser
+from inference_server.protocol._generated import grpc_service_pb2 as pb
+from inference_server.security.auth import load as load_auth
+from inference_server.security.auth import reload as reload_auth
+from inference_server.security.tls import ServerTls, plaintext_warning
+from inference_server.security.tls import load as load_tls
+from inference_server.security.tls import reload as reload_tls
+from inference_server.service.inference import InferenceService
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from ..config import LimitsConfig
-from ..errors import ErrorCode, InferenceError
-from ..service import InferenceService
-from . import codec
-from ._generated import grpc_service_pb2 as pb
+from inference_server.config.server import LimitsConfig
+from inference_server.errors import ErrorCode, InferenceError
+from inference_server.grpc import codec
+from inference_server.protocol._generated import grpc_service_pb2 as pb
+from inference_server.service.inference import InferenceService
 
 log = logging.getLogger(__name__)
 

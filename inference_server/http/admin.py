@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from ..errors import ErrorCode, InferenceError
-from ..views import CanaryView, RouteView, VariantView
-from .bodies import JSON, HttpError, error_response
+from inference_server.errors import ErrorCode, InferenceError
+from inference_server.http.bodies import JSON, HttpError, error_response
+from inference_server.service.views import CanaryView, RouteView, VariantView
 
 WEIGHTS_BODY = '{"weights": {"VARIANT": NUMBER, ...}}'
 # A command the canary's state forbids (or weights while a canary runs) is a conflict with the route's state

@@ -1,5 +1,5 @@
 """Bearer tokens on HTTP: every route's wrapper (server.endpoint, which the POST .../infer fast path goes through
-too) asks inference_server.auth by the route's operation and the `Authorization` header; a refusal is 401 (with
+too) asks inference_server.security.auth by the route's operation and the `Authorization` header; a refusal is 401 (with
 `WWW-Authenticate: Bearer`) or 403, with a JSON `{"error": ...}` body as every other error."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
-from ..auth import Auth, Refusal
-from .bodies import error_response
+from inference_server.http.bodies import error_response
+from inference_server.security.auth import Auth, Refusal
 
 # Each Routes handler (by its name) -> the operation it is, in auth.OPERATIONS's terms: the scopes are decided
 # there, once for both front ends. A handler missing here fails the import (server.endpoint).

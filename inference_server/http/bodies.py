@@ -9,7 +9,7 @@ import zlib
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import codec
+from inference_server.http import codec
 
 JSON = "application/json"
 # Compressing a response larger than this runs in a thread (zlib releases the GIL). Compressed request bodies

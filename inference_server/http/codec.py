@@ -19,14 +19,25 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..errors import ErrorCode, InferenceError, invalid
-from ..model_config import VersionPolicy, version_number
-from ..stats import BATCH_DURATIONS, INFER_DURATIONS, Duration
-from ..tensors import (
-    DATATYPES, DataType, InferRequest, InferResponse, Tensor, TensorLimits, add_request_elements, check_tensor_bytes,
-    datatype, decode_raw, decode_values, element_count, encode_raw,
+from inference_server.config.model import VersionPolicy, version_number
+from inference_server.errors import ErrorCode, InferenceError, invalid
+from inference_server.observability.stats import BATCH_DURATIONS, INFER_DURATIONS, Duration
+from inference_server.protocol.tensors import (
+    DATATYPES,
+    DataType,
+    InferRequest,
+    InferResponse,
+    Tensor,
+    TensorLimits,
+    add_request_elements,
+    check_tensor_bytes,
+    datatype,
+    decode_raw,
+    decode_values,
+    element_count,
+    encode_raw,
 )
-from ..views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
+from inference_server.service.views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
 
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_ARGUMENT: 400, ErrorCode.NOT_FOUND: 404, ErrorCode.UNAVAILABLE: 503,

@@ -24,16 +24,35 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..auth import Auth, load as load_auth, reload as reload_auth
-from ..config import LimitsConfig, ServerConfig
-from ..errors import ErrorCode, InferenceError, QueueFull, invalid
-from ..service import InferenceService
-from ..tensors import InferRequest, InferResponse
-from ..tls import load as load_tls, plaintext_warning, reload as reload_tls
-from . import admin, auth, codec
-from .bodies import (JSON, OFFLOAD_BYTES, HttpError, accepted_encoding, compress, error_response, header_length,
-                     read_body)
-from .transport import CLIENT_GONE, EmbeddedServer, GuardedHttpTools, RotatingContext, bind, connection_limit
+from inference_server.config.server import LimitsConfig, ServerConfig
+from inference_server.errors import ErrorCode, InferenceError, QueueFull, invalid
+from inference_server.http import admin, auth, codec
+from inference_server.http.bodies import (
+    JSON,
+    OFFLOAD_BYTES,
+    HttpError,
+    accepted_encoding,
+    compress,
+    error_response,
+    header_length,
+    read_body,
+)
+from inference_server.http.transport import (
+    CLIENT_GONE,
+    EmbeddedServer,
+    GuardedHttpTools,
+    RotatingContext,
+    bind,
+    connection_limit,
+)
+from inference_server.protocol.tensors import InferRequest, InferResponse
+from inference_server.security.auth import Auth
+from inference_server.security.auth import load as load_auth
+from inference_server.security.auth import reload as reload_auth
+from inference_server.security.tls import load as load_tls
+from inference_server.security.tls import plaintext_warning
+from inference_server.security.tls import reload as reload_tls
+from inference_server.service.inference import InferenceService
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = "1"  # seconds, on a 503 for a full queue or the in-flight cap

@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from . import codec
+from inference_server.http import codec
 
 MAX_HEAD_BYTES = 64 << 10  # request line and headers
 HEAD_TIMEOUT_S = 30.0  # to receive a request's line and headers, once it has begun (or the connection opened)

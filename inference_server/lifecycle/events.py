@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..stats import Histogram
+from inference_server.observability.stats import Histogram
 
 LOAD_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 

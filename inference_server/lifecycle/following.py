@@ -13,12 +13,12 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, ModelLoadError
-from ..model_config import ModelConfig
-from .mlflow_source import RegistryUnreachable
+from inference_server.config.model import ModelConfig
+from inference_server.errors import ConfigError, ModelLoadError
+from inference_server.lifecycle.mlflow_source import RegistryUnreachable
 
 if TYPE_CHECKING:
-    from .manager import ModelManager
+    from inference_server.lifecycle.manager import ModelManager
 
 log = logging.getLogger(__name__)
 

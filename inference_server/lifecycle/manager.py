@@ -26,16 +26,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import ServerConfig
-from ..errors import ConfigError, ErrorCode, InferenceError, ModelLoadError, invalid, unavailable
-from ..model_config import ModelConfig
-from .events import LifecycleStats
-from .following import Following
-from .mlflow_source import RegistryUnreachable
-from .registry import NOT_LOADED, UNLOADED, IndexEntry, ModelRegistry
-from .repository import PbtxtReader, write_upload
-from .sources import ModelSources
-from .version import ModelVersion, State, prepare
+from inference_server.config.model import ModelConfig
+from inference_server.config.server import ServerConfig
+from inference_server.errors import ConfigError, ErrorCode, InferenceError, ModelLoadError, invalid, unavailable
+from inference_server.lifecycle.events import LifecycleStats
+from inference_server.lifecycle.following import Following
+from inference_server.lifecycle.mlflow_source import RegistryUnreachable
+from inference_server.lifecycle.registry import NOT_LOADED, UNLOADED, IndexEntry, ModelRegistry
+from inference_server.lifecycle.repository import PbtxtReader, write_upload
+from inference_server.lifecycle.sources import ModelSources
+from inference_server.lifecycle.version import ModelVersion, State, prepare
 
 log = logging.getLogger(__name__)
 

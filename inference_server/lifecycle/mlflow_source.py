@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
-from inference_server.config import redact_url
+from inference_server.config.model import check_source
+from inference_server.config.server import redact_url
 from inference_server.errors import ConfigError, ModelLoadError
-from inference_server.model_config import check_source
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ErrorCode, InferenceError, unavailable
-from ..model_config import version_key
-from .version import ModelVersion, State
+from inference_server.config.model import version_key
+from inference_server.errors import ErrorCode, InferenceError, unavailable
+from inference_server.lifecycle.version import ModelVersion, State
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..config import read_toml
-from ..errors import ConfigError, ModelLoadError, invalid
-from ..model_config import ModelConfig, ModelDefaults, parse_model, version_key, version_number
-from .triton_config import model_config_from_triton
+from inference_server.config.model import ModelConfig, ModelDefaults, parse_model, version_key, version_number
+from inference_server.config.server import read_toml
+from inference_server.errors import ConfigError, ModelLoadError, invalid
+from inference_server.lifecycle.triton_model import model_config_from_triton
 
 CONFIG_TOML = "config.toml"
 CONFIG_PBTXT = "config.pbtxt"

@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_REPOSITORY, ServerConfig
-from ..errors import ConfigError, ErrorCode, InferenceError
-from ..model_config import ModelConfig
-from .mlflow_source import MlflowSource
-from .repository import PbtxtReader, Repository, read_config
-from .triton_config import model_config_from_triton
+from inference_server.config.model import ModelConfig
+from inference_server.config.server import DEFAULT_REPOSITORY, ServerConfig
+from inference_server.errors import ConfigError, ErrorCode, InferenceError
+from inference_server.lifecycle.mlflow_source import MlflowSource
+from inference_server.lifecycle.repository import PbtxtReader, Repository, read_config
+from inference_server.lifecycle.triton_model import model_config_from_triton
 
 Offer = tuple[dict[str, ModelConfig], list[str]]  # every available version's config, and those to serve
 OVERRIDE = "the load request's config parameter: "

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import OnnxBackend, TensorSpec, sample_inputs
-from ..batching import DynamicBatcher
-from ..errors import ModelLoadError, unavailable
-from ..model_config import BatchingConfig, ModelConfig
-from ..stats import ModelStats
+from inference_server.config.model import BatchingConfig, ModelConfig
+from inference_server.errors import ModelLoadError, unavailable
+from inference_server.execution.backend import OnnxBackend, TensorSpec, sample_inputs
+from inference_server.execution.batching import DynamicBatcher
+from inference_server.observability.stats import ModelStats
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .config import CanaryConfig
+from inference_server.config.routes import CanaryConfig
 
 RUNNING, PAUSED, PROMOTED, ROLLED_BACK, ABORTED, OFF = "running", "paused", "promoted", "rolled_back", "aborted", "off"
 STATES = (RUNNING, PAUSED, PROMOTED, ROLLED_BACK, ABORTED, OFF)

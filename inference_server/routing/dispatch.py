@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ErrorCode, InferenceError, internal, unavailable
-from ..lifecycle.registry import ModelRegistry
-from ..lifecycle.version import ModelVersion
-from ..tensors import InferRequest, InferResponse
-from .canary import SERVER_ERRORS
-from .config import VariantConfig
-from .fallback import FALLBACK_CODES, constant_outputs
-from .router import Router, RouteState
+from inference_server.config.routes import VariantConfig
+from inference_server.errors import ErrorCode, InferenceError, internal, unavailable
+from inference_server.lifecycle.registry import ModelRegistry
+from inference_server.lifecycle.version import ModelVersion
+from inference_server.protocol.tensors import InferRequest, InferResponse
+from inference_server.routing.canary import SERVER_ERRORS
+from inference_server.routing.fallback import FALLBACK_CODES, constant_outputs
+from inference_server.routing.router import Router, RouteState
 
 log = logging.getLogger(__name__)
 

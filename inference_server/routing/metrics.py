@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from ..breaker import STATES as BREAKER_STATES
-from ..metrics import buckets
-from .canary import DECISIONS, STATES
-from .shadow import ShadowStats
-from .stats import RouteStats
-from .views import RouteView
+from inference_server.breaker import STATES as BREAKER_STATES
+from inference_server.observability.metrics import buckets
+from inference_server.routing.canary import DECISIONS, STATES
+from inference_server.routing.shadow import ShadowStats
+from inference_server.routing.stats import RouteStats
+from inference_server.routing.views import RouteView
 
 
 class RouteCollector:

@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from ..breaker import CircuitBreaker
-from .canary import OFF, CanaryConflict, CanaryState, advance, command
-from .config import MAX_WEIGHT, RouteConfig, VariantConfig
-from .split import Split
-from .stats import RouteStats
-from .views import CanaryView, RouteView, VariantView
+from inference_server.breaker import CircuitBreaker
+from inference_server.config.routes import MAX_WEIGHT, RouteConfig, VariantConfig
+from inference_server.routing.canary import OFF, CanaryConflict, CanaryState, advance, command
+from inference_server.routing.split import Split
+from inference_server.routing.stats import RouteStats
+from inference_server.routing.views import CanaryView, RouteView, VariantView
 
 log = logging.getLogger(__name__)
 

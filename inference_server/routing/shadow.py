@@ -25,12 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InferenceError
-from ..lifecycle.registry import ModelRegistry
-from ..predictions import PredictionLog
-from ..stats import DURATION_BUCKETS_S, Histogram
-from .config import ShadowConfig
-from .split import BUCKETS, bucket
+from inference_server.config.routes import ShadowConfig
+from inference_server.errors import InferenceError
+from inference_server.lifecycle.registry import ModelRegistry
+from inference_server.observability.predictions import PredictionLog
+from inference_server.observability.stats import DURATION_BUCKETS_S, Histogram
+from inference_server.routing.split import BUCKETS, bucket
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..stats import DURATION_BUCKETS_S, Histogram
+from inference_server.observability.stats import DURATION_BUCKETS_S, Histogram
 
 
 class RouteStats:

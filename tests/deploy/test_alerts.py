@@ -22,7 +22,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from inference_server.config import parse_server
+from inference_server.config.server import parse_server
 from tests import onnx_models
 from tests import redis_server as redis_process
 from tests.conftest import ServerThread

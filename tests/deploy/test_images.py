@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from inference_server.cli import build_parser, load_config
+from inference_server.config.cli import build_parser, load_config
 from inference_server.grpc import healthcheck
 
 REPO = Path(__file__).resolve().parents[2]

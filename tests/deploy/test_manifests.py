@@ -22,13 +22,27 @@ import tritonclient.grpc as grpcclient
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference_server.cli import load_config
+from inference_server.config.cli import load_config
+from inference_server.config.server import ServerConfig
 from inference_server.grpc import engine as grpc_engine
-from inference_server.config import ServerConfig
 from inference_server.grpc.server import SERVICE_NAME
-from tests.deploy.conftest import (GPU_OVERLAYS, K8S, OVERLAYS, SERVER, Doc, adapter_rules, autoscaler_queries,
-                                   container, find, find_all, mount_for, pod_spec, promql_metric_names,
-                                   promql_selectors, server_config_text)
+from tests.deploy.conftest import (
+    GPU_OVERLAYS,
+    K8S,
+    OVERLAYS,
+    SERVER,
+    Doc,
+    adapter_rules,
+    autoscaler_queries,
+    container,
+    find,
+    find_all,
+    mount_for,
+    pod_spec,
+    promql_metric_names,
+    promql_selectors,
+    server_config_text,
+)
 
 K8S_VERSION = "1.33"  # the oldest Kubernetes these manifests support (lifecycle.preStop.sleep needs >= 1.30)
 NEWEST_K8S_VERSION = "1.37"  # the newest kubernetes-validate 1.37.0 knows: nothing used has been removed since

@@ -19,10 +19,10 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from inference_server.config import parse_server
-from inference_server.grpc._generated import grpc_service_pb2 as pb
-from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
-from inference_server.model_config import DEFAULT_MAX_QUEUE_SIZE
+from inference_server.config.model import DEFAULT_MAX_QUEUE_SIZE
+from inference_server.config.server import parse_server
+from inference_server.protocol._generated import grpc_service_pb2 as pb
+from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from tests import onnx_models
 from tests.conftest import ServerThread
 from tests.server_process import free_port

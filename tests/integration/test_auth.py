@@ -20,9 +20,9 @@ import tritonclient.http as httpclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from inference_server.config import AuthConfig
-from inference_server.grpc._generated import route_admin_pb2 as admin_pb
-from inference_server.grpc._generated import route_admin_pb2_grpc as admin_grpc
+from inference_server.config.server import AuthConfig
+from inference_server.protocol._generated import route_admin_pb2 as admin_pb
+from inference_server.protocol._generated import route_admin_pb2_grpc as admin_grpc
 from tests import onnx_models
 from tests.conftest import ServerThread, server_config
 from tests.server_process import free_port

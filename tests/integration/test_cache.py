@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from inference_server.config import CacheConfig, ModelConfig
+from inference_server.config.server import CacheConfig, ModelConfig
 from tests import onnx_models
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_metrics import scrape

@@ -23,8 +23,8 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as http_aio
 from tritonclient.utils import InferenceServerException
 
-from inference_server.config import ModelConfig
-from inference_server.model_config import BatchingConfig
+from inference_server.config.model import BatchingConfig
+from inference_server.config.server import ModelConfig
 from tests import onnx_models
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_protocol import DIGIT_TWO, NUMPY, types_model_inputs

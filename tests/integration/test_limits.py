@@ -19,10 +19,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from inference_server.config import MAX_GRPC_MESSAGE_BYTES, LimitsConfig, ModelConfig
-from inference_server.grpc._generated import grpc_service_pb2 as pb
-from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
-from inference_server.model_config import BatchingConfig
+from inference_server.config.model import BatchingConfig
+from inference_server.config.server import MAX_GRPC_MESSAGE_BYTES, LimitsConfig, ModelConfig
+from inference_server.protocol._generated import grpc_service_pb2 as pb
+from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread, server_config
 from tests.server_process import free_port
 

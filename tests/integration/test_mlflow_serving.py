@@ -30,7 +30,7 @@ import onnxruntime as ort  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from inference_server.config import parse_server  # noqa: E402
+from inference_server.config.server import parse_server  # noqa: E402
 from tests.conftest import ServerThread  # noqa: E402
 
 ONNX = {"1": onnx_models.mlp([4, 8, 2], seed=1).SerializeToString(),

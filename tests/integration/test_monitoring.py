@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc.aio as aioclient
 
-from inference_server.config import MonitoringConfig
+from inference_server.config.server import MonitoringConfig
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_metrics import mlp, scrape
 

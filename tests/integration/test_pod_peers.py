@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from inference_server.pod import PeerServer, PodStatistics, WorkerSlot, ask, own_figures
-from inference_server.pod_metrics import PodCollector
-from inference_server.views import StatisticsView
+from inference_server.pod.metrics import PodCollector
+from inference_server.pod.peers import PeerServer, PodStatistics, WorkerSlot, ask, own_figures
+from inference_server.service.views import StatisticsView
 from tests.unit.test_pod import worker_stats
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from inference_server.config import CacheConfig
+from inference_server.config.server import CacheConfig
 from tests import redis_server as redis_process
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_cache import executions, infer, settled

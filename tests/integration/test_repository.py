@@ -16,8 +16,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from inference_server.grpc._generated import grpc_service_pb2 as pb
-from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
+from inference_server.protocol._generated import grpc_service_pb2 as pb
+from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from tests import onnx_models
 from tests.conftest import ServerThread, server_config
 

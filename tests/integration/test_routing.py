@@ -10,9 +10,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from inference_server.routing.config import parse_route
+from inference_server.config.routes import parse_route
 from inference_server.errors import ConfigError
-from inference_server.grpc._generated import grpc_service_pb2 as pb
+from inference_server.protocol._generated import grpc_service_pb2 as pb
 from inference_server.routing.split import Split
 from tests import onnx_models
 from tests.conftest import ServerThread, server_config

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tritonclient.utils import InferenceServerException
 
-from inference_server import tls
-from inference_server.config import ServerConfig
+from inference_server.config.server import ServerConfig
 from inference_server.errors import ConfigError
+from inference_server.security import tls
 from tests import onnx_models
 from tests.conftest import ServerThread, server_config
 from tests.server_process import free_port

@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from prometheus_client.parser import text_string_to_metric_families
 import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from inference_server.config import parse_server
-from inference_server.routing.config import parse_route
+from inference_server.config.routes import parse_route
+from inference_server.config.server import parse_server
 from tests import onnx_models
 from tests.conftest import ServerThread
 from tests.server_process import free_port

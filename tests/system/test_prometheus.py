@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from benchmarks import loadgen
-from inference_server.stats import DURATION_BUCKETS_S
+from inference_server.observability.stats import DURATION_BUCKETS_S
 from tests import onnx_models
 from tests import redis_server as redis_process
 from tests.server_process import ROOT, ServerProcess, free_port

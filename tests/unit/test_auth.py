@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from inference_server import auth
-from inference_server.auth import ADMIN, INFER, Auth, Refusal, load, load_tokens, parse_tokens, reload
 from inference_server.errors import ConfigError
-from inference_server.grpc._generated import grpc_service_pb2 as pb
-from inference_server.grpc._generated import route_admin_pb2 as admin_pb
+from inference_server.protocol._generated import grpc_service_pb2 as pb
+from inference_server.protocol._generated import route_admin_pb2 as admin_pb
+from inference_server.security import auth
+from inference_server.security.auth import ADMIN, INFER, Auth, Refusal, load, load_tokens, parse_tokens, reload
 
 ADMIN_TOKEN = "admin-0123456789abcdef"
 INFER_TOKEN = "infer-0123456789abcdef"

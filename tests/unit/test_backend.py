@@ -9,11 +9,18 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from inference_server.backend import CUDA, INSTALL_HINT, OnnxBackend, TensorSpec, import_onnxruntime, sample_inputs
-from inference_server.config import BatchingConfig, ModelConfig
+from inference_server.config.server import BatchingConfig, ModelConfig
 from inference_server.errors import ModelLoadError
+from inference_server.execution.backend import (
+    CUDA,
+    INSTALL_HINT,
+    OnnxBackend,
+    TensorSpec,
+    import_onnxruntime,
+    sample_inputs,
+)
 from inference_server.lifecycle.version import resolve_batching
-from inference_server.tensors import DATATYPES, bytes_to_text
+from inference_server.protocol.tensors import DATATYPES, bytes_to_text
 from tests import onnx_models
 
 
@@ -189,9 +196,9 @@ def test_a_background_model_runs_in_one_thread_of_the_lowest_priority(repo):
 
 
 def test_background_priority_cannot_run_inline():
-    from inference_server.config import ServerConfig
+    from inference_server.config.model import parse_model
+    from inference_server.config.server import ServerConfig
     from inference_server.errors import ConfigError
-    from inference_server.model_config import parse_model
 
     cfg = parse_model({"cpu_priority": "background"}, "", ServerConfig(), name="m", path=Path("m.onnx"))
     assert cfg.cpu_priority == "background"
@@ -205,7 +212,7 @@ def test_cuda_libraries_are_preloaded_once_and_only_when_cuda_is_used(monkeypatc
     """onnxruntime-gpu's preload_dlls() finds CUDA from the nvidia-* wheels; without it ORT would run on CPU."""
     import types
 
-    from inference_server import backend
+    from inference_server.execution import backend
 
     calls = []
     ort = types.SimpleNamespace(get_available_providers=lambda: [backend.CUDA, backend.CPU],
@@ -219,7 +226,7 @@ def test_cuda_libraries_are_preloaded_once_and_only_when_cuda_is_used(monkeypatc
 
 
 def test_a_containers_cpu_limit_sizes_the_sessions_pools_unless_the_model_sets_its_own(repo, monkeypatch):
-    from inference_server import backend
+    from inference_server.execution import backend
 
     monkeypatch.setattr(backend, "default_intra_op_threads", lambda: 3)  # as in a pod limited to 3 CPUs
     limited = backend_for(repo, onnx_models.mlp([4, 8, 2]))

@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from inference_server.batching import DynamicBatcher
 from inference_server.errors import ErrorCode, InferenceError
+from inference_server.execution.batching import DynamicBatcher
 
 
 class FakeInstance:

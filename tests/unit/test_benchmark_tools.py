@@ -47,7 +47,8 @@ def test_mlserver_batch_metric():
 
 
 def test_server_batch_lines_are_summed_over_worker_processes():
-    line = "INFO inference_server.batching: model '{}': executed {} batches, {} rows (mean 1.00 rows per batch)\n"
+    line = ("INFO inference_server.execution.batching: model '{}': executed {} batches, {} rows "
+            "(mean 1.00 rows per batch)\n")
     log = line.format("cheap", 10, 40) + line.format("large", 3, 3) + line.format("cheap", 5, 5)
     assert scenarios.batch_summary(log, "cheap") == (15, 45)
     assert scenarios.batch_summary(log, "missing") is None

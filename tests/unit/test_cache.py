@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from inference_server.cache import Coalescer, MemoryCache, cache_key
+from inference_server.cache.memory import Coalescer, MemoryCache, cache_key
 
 
 def key(model="m", version="1", inputs=None, requested=("y",)) -> bytes:

@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 
+from inference_server.config.routes import CanaryConfig, RouteConfig, parse_route
 from inference_server.routing.canary import (
     ABORTED,
     PAUSED,
@@ -22,7 +23,6 @@ from inference_server.routing.canary import (
     command,
     judge,
 )
-from inference_server.routing.config import CanaryConfig, RouteConfig, parse_route
 from inference_server.routing.router import NoCanary, RouteError, Router, RouteState
 
 INTERVAL = 30.0

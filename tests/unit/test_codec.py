@@ -12,13 +12,19 @@ from hypothesis import strategies as st
 
 from inference_server.errors import ErrorCode, InferenceError
 from inference_server.grpc import codec
-from inference_server.grpc._generated import grpc_service_pb2 as pb
-from inference_server.tensors import (
-    DATATYPES, InferResponse, Tensor, bytes_to_text, decode_bytes, decode_raw, decode_values, encode_bytes,
+from inference_server.protocol._generated import grpc_service_pb2 as pb
+from inference_server.protocol.tensors import (
+    DATATYPES,
+    InferResponse,
+    Tensor,
+    bytes_to_text,
+    decode_bytes,
+    decode_raw,
+    decode_values,
+    encode_bytes,
     encode_raw,
 )
 from tests.datatype_samples import NUMERIC
-
 
 
 @contextlib.contextmanager

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from inference_server.cli import load_config
-from inference_server.config import DEFAULT_REPOSITORY, BatchingConfig, parse_server
-from inference_server.errors import ConfigError
-from inference_server.errors import ModelLoadError
-from inference_server.grpc.triton_config import pbtxt_to_dict
+from inference_server.config.cli import load_config
+from inference_server.config.server import DEFAULT_REPOSITORY, BatchingConfig, parse_server
+from inference_server.errors import ConfigError, ModelLoadError
 from inference_server.lifecycle.manager import ModelManager
 from inference_server.lifecycle.registry import ModelRegistry
 from inference_server.lifecycle.repository import Repository
+from inference_server.protocol.triton_config import pbtxt_to_dict
 
 
 def repository(cfg) -> Repository:
@@ -87,7 +86,7 @@ path = "b.onnx"
 
 
 def test_cache_from_the_flag_and_a_model_turning_it_off(tmp_path):
-    from inference_server.config import cache_size_bytes
+    from inference_server.config.server import cache_size_bytes
 
     cfg_file = write(tmp_path / "s.toml", '[[models]]\nname = "a"\npath = "a.onnx"\ncache = false\n'
                                           '[[models]]\nname = "b"\npath = "b.onnx"\ncache_ttl_s = 30\n')
@@ -295,6 +294,6 @@ def test_a_redis_url_option_redis_cannot_read_is_a_config_error_naming_no_passwo
     (True, None), (2.0, None), ("1" * 5000, None), ("v2", None), (None, None),
 ])
 def test_one_reading_of_a_version_number_for_every_place_that_takes_one(raw, expected):
-    from inference_server.model_config import version_number
+    from inference_server.config.model import version_number
 
     assert version_number(raw) == expected

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from inference_server import cpus
+from inference_server.execution import cpus
 
 
 def cgroup_v2(tmp_path, text):

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from inference_server.config import ServerConfig
+from inference_server.config.server import ServerConfig
 from inference_server.errors import ErrorCode, InferenceError
 from inference_server.lifecycle.manager import ModelManager
 from inference_server.lifecycle.registry import ModelRegistry
-from inference_server.service import InferenceService
+from inference_server.service.inference import InferenceService
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from inference_server.drift import DriftMonitor, ModelDrift, OutputDistribution, psi
+from inference_server.observability.drift import DriftMonitor, ModelDrift, OutputDistribution, psi
 
 
 def test_psi_is_zero_for_equal_distributions_and_grows_with_the_shift():

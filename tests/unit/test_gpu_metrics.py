@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import types
 
-from inference_server.gpu_metrics import GpuCollector, open_nvml
+from inference_server.observability.gpu import GpuCollector, open_nvml
 
 
 def test_without_nvml_there_are_no_gpu_metrics(monkeypatch):

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from inference_server.cli import load_config
-from inference_server.config import parse_server
+from inference_server.config.cli import load_config
+from inference_server.config.server import parse_server
 from inference_server.errors import ConfigError
 from inference_server.grpc import engine
 from inference_server.grpc.servicer import deadline_of

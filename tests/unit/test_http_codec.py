@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from inference_server.config.model import BatchingConfig, VersionPolicy
 from inference_server.errors import ErrorCode, InferenceError
 from inference_server.http import codec
-from inference_server.model_config import BatchingConfig, VersionPolicy
-from inference_server.stats import ModelStats
-from inference_server.tensors import DATATYPES, InferResponse, Tensor, decode_raw, encode_bytes, encode_raw
-from inference_server.views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
+from inference_server.observability.stats import ModelStats
+from inference_server.protocol.tensors import DATATYPES, InferResponse, Tensor, decode_raw, encode_bytes, encode_raw
+from inference_server.service.views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
 from tests.datatype_samples import NUMERIC
 
 BF16 = np.array([[0x3FC0, 0xC010, 0x0000]], np.uint16)  # 1.5, -2.25, 0.0 as the upper halves of fp32
@@ -535,7 +535,7 @@ def test_model_config_json_without_batching_or_cache_and_other_version_policies(
 def test_model_config_json_is_the_same_model_config_the_grpc_endpoint_answers():
     json_format = pytest.importorskip("google.protobuf.json_format")
     from inference_server.grpc import codec as grpc_codec
-    from inference_server.grpc._generated import model_config_pb2 as mc
+    from inference_server.protocol._generated import model_config_pb2 as mc
     for view in (config_view(), config_view(dynamic_batching=None, response_cache=False, max_batch_size=0,
                                             version_policy=VersionPolicy(kind="specific", specific=("2",)))):
         parsed = json_format.Parse(codec.model_config_json(view), mc.ModelConfig())
@@ -565,7 +565,7 @@ def test_model_statistics_json_has_tritons_fields_and_matches_the_grpc_answer():
     assert doc["model_stats"][1]["batch_stats"] == []
     json_format = pytest.importorskip("google.protobuf.json_format")
     from inference_server.grpc import codec as grpc_codec
-    from inference_server.grpc._generated import grpc_service_pb2 as pb
+    from inference_server.protocol._generated import grpc_service_pb2 as pb
     parsed = json_format.Parse(codec.model_statistics_json(views), pb.ModelStatisticsResponse())
     assert parsed == grpc_codec.model_statistics(views)
 

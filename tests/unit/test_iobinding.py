@@ -10,9 +10,9 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from inference_server import backend as backend_module
-from inference_server.backend import OnnxBackend
-from inference_server.iobinding import IoBoundRun, can_bind, pinned_memory_info
+from inference_server.execution import backend as backend_module
+from inference_server.execution.backend import OnnxBackend
+from inference_server.execution.iobinding import IoBoundRun, can_bind, pinned_memory_info
 from tests import onnx_models
 
 

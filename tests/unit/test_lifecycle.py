@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
+from inference_server.config.model import BatchingConfig, ModelConfig, VersionPolicy
 from inference_server.errors import ErrorCode, InferenceError
 from inference_server.lifecycle.registry import UNLOADED, ModelRegistry
 from inference_server.lifecycle.repository import Repository
 from inference_server.lifecycle.version import ModelVersion, State
-from inference_server.model_config import BatchingConfig, ModelConfig, VersionPolicy
 
 
 class FakeBackend:
@@ -138,8 +138,8 @@ async def test_a_closed_batcher_is_freed_by_reference_counting_alone():
     import gc
     import weakref
 
-    from inference_server.batching import DynamicBatcher
-    from inference_server.stats import ModelStats
+    from inference_server.execution.batching import DynamicBatcher
+    from inference_server.observability.stats import ModelStats
 
     class Instance:
         async def run(self, inputs):

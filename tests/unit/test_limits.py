@@ -13,15 +13,15 @@ import numpy as np
 import orjson
 import pytest
 
-from inference_server.cli import load_config
-from inference_server.config import LimitsConfig, parse_server
+from inference_server.config.cli import load_config
+from inference_server.config.server import LimitsConfig, parse_server
 from inference_server.errors import ConfigError, ErrorCode, InferenceError
 from inference_server.grpc import codec as grpc_codec
-from inference_server.grpc._generated import grpc_service_pb2 as pb
 from inference_server.grpc.limits import requests_in_flight
 from inference_server.http import codec as http_codec
-from inference_server.tensors import decode_bytes, decode_raw, decode_values, element_count
-from inference_server.views import TensorView
+from inference_server.protocol._generated import grpc_service_pb2 as pb
+from inference_server.protocol.tensors import decode_bytes, decode_raw, decode_values, element_count
+from inference_server.service.views import TensorView
 
 SMALL = LimitsConfig(max_tensor_elements=1024, max_tensor_bytes=2048, max_request_elements=1536,
                      max_bytes_element_bytes=64)

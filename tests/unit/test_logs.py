@@ -7,7 +7,7 @@ import io
 import json
 import logging
 
-from inference_server.logs import REQUEST_ID, JsonFormatter, TextFormatter
+from inference_server.observability.logs import REQUEST_ID, JsonFormatter, TextFormatter
 
 log = logging.getLogger("inference_server.test")
 
@@ -55,7 +55,7 @@ def test_text_lines_show_the_request_id_in_brackets():
 
 
 def test_a_repeating_event_is_logged_once_per_interval_and_says_how_many_were_left_out(caplog):
-    from inference_server.logs import Throttled
+    from inference_server.observability.logs import Throttled
 
     now = [0.0]
     throttled = Throttled(logging.getLogger("throttle-test"), interval_s=1.0, clock=lambda: now[0])

@@ -10,10 +10,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference_server.errors import ErrorCode
-from inference_server.pod import WorkerSlot, own_figures, with_peers
-from inference_server.pod_metrics import merge, parse
-from inference_server.stats import ModelStats
-from inference_server.views import StatisticsView
+from inference_server.observability.stats import ModelStats
+from inference_server.pod.metrics import merge, parse
+from inference_server.pod.peers import WorkerSlot, own_figures, with_peers
+from inference_server.service.views import StatisticsView
 
 
 def worker_stats(requests: int, batch_rows: int) -> ModelStats:
@@ -105,7 +105,7 @@ def test_the_slot_travels_through_the_environment(tmp_path):
 def test_the_peer_directory_falls_back_to_tmp_when_tmpdir_is_too_long_for_a_socket(tmp_path, monkeypatch):
     import tempfile
 
-    from inference_server import pod
+    from inference_server.pod import peers as pod
 
     deep = tmp_path / ("d" * 90)
     deep.mkdir()

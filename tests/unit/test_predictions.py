@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from inference_server.predictions import PredictionLog
+from inference_server.observability.predictions import PredictionLog
 
 
 async def test_sampled_records_are_written_as_json_lines(tmp_path):

@@ -7,8 +7,8 @@ import re
 import tomllib
 from pathlib import Path
 
-from inference_server.cli import load_config
-from inference_server.config import ServerConfig, parse_model
+from inference_server.config.cli import load_config
+from inference_server.config.server import ServerConfig, parse_model
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

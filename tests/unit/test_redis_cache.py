@@ -11,9 +11,9 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from inference_server.breaker import OPEN, CircuitBreaker
-from inference_server.cache import MemoryCache
-from inference_server.redis_cache import KEY_PREFIX, RedisCache, decode_outputs, encode_outputs, now_ms
-from inference_server.tensors import DATATYPES
+from inference_server.cache.memory import MemoryCache
+from inference_server.cache.redis_tier import KEY_PREFIX, RedisCache, decode_outputs, encode_outputs, now_ms
+from inference_server.protocol.tensors import DATATYPES
 
 
 class StubRedis:

@@ -10,10 +10,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from inference_server.errors import ConfigError
-from inference_server.model_config import ModelConfig
-from inference_server.routing.canary import CanaryConflict
-from inference_server.routing.config import (
+from inference_server.config.model import ModelConfig
+from inference_server.config.routes import (
     CanaryConfig,
     FallbackConfig,
     ShadowConfig,
@@ -21,6 +19,8 @@ from inference_server.routing.config import (
     parse_route,
     with_aliases,
 )
+from inference_server.errors import ConfigError
+from inference_server.routing.canary import CanaryConflict
 from inference_server.routing.fallback import constant_outputs
 from inference_server.routing.router import RouteError, Router, RouteState
 from inference_server.routing.shadow import difference

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from inference_server.config.routes import ShadowConfig
 from inference_server.errors import internal
-from inference_server.routing.config import ShadowConfig
+from inference_server.observability.stats import ModelStats
 from inference_server.routing.shadow import BUSY_WINDOW_S, LoopLoad, Shadow, ShadowStats
-from inference_server.stats import ModelStats
 
 
 class Version:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from inference_server.errors import ErrorCode
-from inference_server.stats import Histogram, ModelStats, failure_reason
+from inference_server.observability.stats import Histogram, ModelStats, failure_reason
 
 
 def test_histogram_bounds_are_inclusive_and_cumulative():

@@ -7,13 +7,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from inference_server.config.model import BatchingConfig, ModelConfig, TensorDecl, VersionPolicy, WarmupConfig
 from inference_server.errors import ConfigError
-from inference_server.grpc._generated import model_config_pb2
-from inference_server.grpc.triton_config import json_to_dict, pbtxt_to_dict
-from inference_server.lifecycle.triton_config import TRITON_DATATYPES, model_config_from_triton
-from inference_server.model_config import (BatchingConfig, ModelConfig, TensorDecl, VersionPolicy,
-                                           WarmupConfig)
-from inference_server.tensors import DATATYPES
+from inference_server.lifecycle.triton_model import TRITON_DATATYPES, model_config_from_triton
+from inference_server.protocol._generated import model_config_pb2
+from inference_server.protocol.tensors import DATATYPES
+from inference_server.protocol.triton_config import json_to_dict, pbtxt_to_dict
 
 WHERE = "repo/resnet/config.pbtxt:"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .tensors import DATATYPES
+from inference_server.protocol.tensors import DATATYPES
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .errors import ErrorCode
+from inference_server.errors import ErrorCode
 
 NS_PER_S = 1_000_000_000
 # Seconds; fine below a millisecond, where a cheap model's whole request lives.

@@ -7,9 +7,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import ConfigError
-from ..model_config import (MODEL_FILE, BatchingConfig, ModelConfig, ModelDefaults, TensorDecl, VersionPolicy,
-                            WarmupConfig, _get)
+from inference_server.config.model import (
+    MODEL_FILE,
+    BatchingConfig,
+    ModelConfig,
+    ModelDefaults,
+    TensorDecl,
+    VersionPolicy,
+    WarmupConfig,
+    _get,
+)
+from inference_server.errors import ConfigError
 
 TRITON_DATATYPES = {
     "TYPE_BOOL": "BOOL", "TYPE_UINT8": "UINT8", "TYPE_UINT16": "UINT16", "TYPE_UINT32": "UINT32",

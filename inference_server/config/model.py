@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import ConfigError
+from inference_server.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 CPU_PRIORITIES = ("normal", "background")  # background: the model's threads take only CPU nothing else wants

@@ -11,7 +11,7 @@ from typing import Any
 
 from google.protobuf import json_format, text_format
 
-from ._generated import model_config_pb2
+from inference_server.protocol._generated import model_config_pb2
 
 
 def _as_dict(message: model_config_pb2.ModelConfig) -> dict[str, Any]:

@@ -16,16 +16,16 @@ while the supervisor serves.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from .metrics import MetricServerThread, serve_registry
-from .pod import ask_blocking
+from inference_server.observability.metrics import MetricServerThread, serve_registry
+from inference_server.pod.peers import ask_blocking
 
 log = logging.getLogger(__name__)
 

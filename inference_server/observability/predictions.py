@@ -12,8 +12,8 @@ import asyncio
 import json
 import logging
 import random
-from datetime import UTC, datetime
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 

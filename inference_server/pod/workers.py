@@ -21,9 +21,9 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from .config import ServerConfig
-from .pod import WorkerSlot, new_peer_directory
-from .pod_metrics import pod_metrics_server
+from inference_server.config.server import ServerConfig
+from inference_server.pod.metrics import pod_metrics_server
+from inference_server.pod.peers import WorkerSlot, new_peer_directory
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..model_config import ModelConfig, _count, _get, _reject_unknown, _seconds, check_source, version_number
-
+from inference_server.config.model import (
+    ModelConfig,
+    _count,
+    _get,
+    _reject_unknown,
+    _seconds,
+    check_source,
+    version_number,
+)
+from inference_server.errors import ConfigError
 
 MAX_WEIGHT = 1e9  # weights are relative; a bound keeps their sum finite
 

@@ -13,13 +13,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
-from .routing.config import RouteConfig, parse_routes, with_aliases
-from .model_config import (DEVICES, EXECUTIONS, BatchingConfig, ModelConfig, _choice, _count, _get, _reject_unknown,
-                           _seconds, parse_batching, parse_model)
+from inference_server.config.model import (
+    DEVICES,
+    EXECUTIONS,
+    BatchingConfig,
+    ModelConfig,
+    _choice,
+    _count,
+    _get,
+    _reject_unknown,
+    _seconds,
+    parse_batching,
+    parse_model,
+)
+from inference_server.config.routes import RouteConfig, parse_routes, with_aliases
+from inference_server.errors import ConfigError
 
 MODEL_CONTROL_MODES = ("none", "explicit", "poll")
-DEFAULT_REPOSITORY = Path(__file__).parent / "default_repository"
+DEFAULT_REPOSITORY = Path(__file__).parents[1] / "default_repository"
 CONFIG_ENV = "INFERENCE_SERVER_CONFIG"
 REDIS_URL_ENV, REDIS_PASSWORD_ENV = "REDIS_URL", "REDIS_PASSWORD"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

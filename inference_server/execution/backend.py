@@ -24,10 +24,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .cpus import default_intra_op_threads
-from .errors import ModelLoadError
-from .iobinding import IoBoundRun, can_bind, pinned_memory_info
-from .tensors import DATATYPES
+from inference_server.errors import ModelLoadError
+from inference_server.execution.cpus import default_intra_op_threads
+from inference_server.execution.iobinding import IoBoundRun, can_bind, pinned_memory_info
+from inference_server.protocol.tensors import DATATYPES
 
 log = logging.getLogger(__name__)
 

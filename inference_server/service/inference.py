@@ -10,30 +10,38 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from . import __version__
-from .backend import TensorSpec
-from .cache import Coalescer, ResponseCache, cache_key, outputs_nbytes
-from .config import CacheConfig
-from .drift import DriftMonitor
-from .errors import ErrorCode, InferenceError, ModelLoadError, QueueFull, invalid, unavailable
-from .lifecycle.manager import ModelManager
-from .lifecycle.mlflow_source import RegistryUnreachable
-from .lifecycle.registry import ModelRegistry
-from .lifecycle.version import ModelVersion
-from .logs import ACCESS, REQUEST_ID
-from .model_config import version_key
-from .pod import PodStatistics, with_peers
-from .predictions import PredictionLog
-from .routing.canary import CanaryConflict
-from .routing.config import RouteConfig
-from .routing.dispatch import Answer, Dispatcher
-from .routing.router import Router, RouteState
-from .routing.router import view as route_view
-from .routing.shadow import Shadow, ShadowStats
-from .tensors import InferRequest, InferResponse, Tensor
-from .validation import select_outputs, validate_inputs
-from .views import (IndexEntry, ModelConfigView, ModelMetadataView, RouteView, StatisticsView, config_view,
-                    metadata_view, statistics_view)
+from inference_server import __version__
+from inference_server.cache.memory import Coalescer, ResponseCache, cache_key, outputs_nbytes
+from inference_server.config.model import version_key
+from inference_server.config.routes import RouteConfig
+from inference_server.config.server import CacheConfig
+from inference_server.errors import ErrorCode, InferenceError, ModelLoadError, QueueFull, invalid, unavailable
+from inference_server.execution.backend import TensorSpec
+from inference_server.lifecycle.manager import ModelManager
+from inference_server.lifecycle.mlflow_source import RegistryUnreachable
+from inference_server.lifecycle.registry import ModelRegistry
+from inference_server.lifecycle.version import ModelVersion
+from inference_server.observability.drift import DriftMonitor
+from inference_server.observability.logs import ACCESS, REQUEST_ID
+from inference_server.observability.predictions import PredictionLog
+from inference_server.pod.peers import PodStatistics, with_peers
+from inference_server.protocol.tensors import InferRequest, InferResponse, Tensor
+from inference_server.routing.canary import CanaryConflict
+from inference_server.routing.dispatch import Answer, Dispatcher
+from inference_server.routing.router import Router, RouteState
+from inference_server.routing.router import view as route_view
+from inference_server.routing.shadow import Shadow, ShadowStats
+from inference_server.service.validation import select_outputs, validate_inputs
+from inference_server.service.views import (
+    IndexEntry,
+    ModelConfigView,
+    ModelMetadataView,
+    RouteView,
+    StatisticsView,
+    config_view,
+    metadata_view,
+    statistics_view,
+)
 
 log = logging.getLogger(__name__)
 

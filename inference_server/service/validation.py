@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .backend import TensorSpec
-from .errors import invalid
-from .lifecycle.version import ModelVersion
-from .tensors import Tensor, bytes_to_text
+from inference_server.errors import invalid
+from inference_server.execution.backend import TensorSpec
+from inference_server.lifecycle.version import ModelVersion
+from inference_server.protocol.tensors import Tensor, bytes_to_text
 
 
 def validate_inputs(model: ModelVersion, tensors: Sequence[Tensor]) -> tuple[dict[str, np.ndarray], int]:

@@ -17,25 +17,30 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.registry import Collector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    UnknownMetricFamily,
+)
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
-                                    UnknownMetricFamily)
 
-from .breaker import STATES
-from .cache import MemoryCache, ResponseCache
-from .drift import DriftMonitor
-from .gpu_metrics import GpuCollector, open_nvml
-from .lifecycle.events import LifecycleStats
-from .lifecycle.version import State
-from .predictions import PredictionLog
-from .stats import Histogram, ModelStats
+from inference_server.breaker import STATES
+from inference_server.cache.memory import MemoryCache, ResponseCache
+from inference_server.lifecycle.events import LifecycleStats
+from inference_server.lifecycle.version import State
+from inference_server.observability.drift import DriftMonitor
+from inference_server.observability.gpu import GpuCollector, open_nvml
+from inference_server.observability.predictions import PredictionLog
+from inference_server.observability.stats import Histogram, ModelStats
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +138,7 @@ class StatsCollector:
             yield CounterMetricFamily("inference_cache_evictions", "Entries evicted to stay within the size bound",
                                       value=cache.evictions)
         elif cache is not None:
-            from .redis_cache import RedisCache  # the only other tier; imported only when in use
+            from inference_server.cache.redis_tier import RedisCache  # the only other tier; imported only when in use
 
             if not isinstance(cache, RedisCache):
                 return

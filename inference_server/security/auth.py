@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from inference_server.errors import ConfigError
 
 KEY = "server.auth.tokens_file"
 INFER = "infer"

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import logging
+import time
 from collections import Counter
 from typing import Any, NamedTuple
 
@@ -30,10 +30,10 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .breaker import OPEN, CircuitBreaker
-from .cache import MemoryCache, Outputs
-from .config import redact_url
-from .tensors import DATATYPES, decode_bytes, encode_bytes
+from inference_server.breaker import OPEN, CircuitBreaker
+from inference_server.cache.memory import MemoryCache, Outputs
+from inference_server.config.server import redact_url
+from inference_server.protocol.tensors import DATATYPES, decode_bytes, encode_bytes
 
 log = logging.getLogger(__name__)
 

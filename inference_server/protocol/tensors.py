@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import invalid
+from inference_server.errors import invalid
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import ModelInstance
-from .errors import ErrorCode, InferenceError, QueueFull, internal, invalid, unavailable
-from .logs import Throttled
-from .stats import ModelStats
+from inference_server.errors import ErrorCode, InferenceError, QueueFull, internal, invalid, unavailable
+from inference_server.execution.backend import ModelInstance
+from inference_server.observability.logs import Throttled
+from inference_server.observability.stats import ModelStats
 
 log = logging.getLogger(__name__)
 

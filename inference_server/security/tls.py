@@ -15,7 +15,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from inference_server.errors import ConfigError
 
 CERT_KEY = "server.tls_cert"
 KEY_KEY = "server.tls_key"

@@ -8,10 +8,22 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import __version__
-from .config import (CONFIG_ENV, DEVICES, EXECUTIONS, GRPC_ENGINES, LOG_FORMATS, MODEL_CONTROL_MODES,
-                     REDIS_PASSWORD_ENV, REDIS_URL_ENV, ServerConfig, _get, parse_server, read_toml)
-from .errors import ConfigError
+from inference_server import __version__
+from inference_server.config.server import (
+    CONFIG_ENV,
+    DEVICES,
+    EXECUTIONS,
+    GRPC_ENGINES,
+    LOG_FORMATS,
+    MODEL_CONTROL_MODES,
+    REDIS_PASSWORD_ENV,
+    REDIS_URL_ENV,
+    ServerConfig,
+    _get,
+    parse_server,
+    read_toml,
+)
+from inference_server.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .backend import TensorSpec
-from .lifecycle.registry import IndexEntry
-from .lifecycle.version import ModelVersion
-from .model_config import BatchingConfig, VersionPolicy
-from .routing.views import CanaryView, RouteView, VariantView
-from .stats import ModelStats
-
+from inference_server.config.model import BatchingConfig, VersionPolicy
+from inference_server.execution.backend import TensorSpec
+from inference_server.lifecycle.registry import IndexEntry
+from inference_server.lifecycle.version import ModelVersion
+from inference_server.observability.stats import ModelStats
+from inference_server.routing.views import CanaryView, RouteView, VariantView
 
 __all__ = ["CanaryView", "IndexEntry", "ModelConfigView", "ModelMetadataView", "RouteView", "StatisticsView",
            "TensorView", "VariantView"]  # IndexEntry: RepositoryIndex's rows, a view the registry builds itself;

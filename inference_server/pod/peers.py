@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .stats import ModelStats
-from .views import StatisticsView
+from inference_server.observability.stats import ModelStats
+from inference_server.service.views import StatisticsView
 
 log = logging.getLogger(__name__)
 
