@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference_server.config.model import VersionPolicy, version_number
+from inference_server.config.model import version_number
 from inference_server.errors import ErrorCode, InferenceError, invalid
-from inference_server.observability.stats import Duration
 from inference_server.protocol._generated import grpc_service_pb2 as pb
 from inference_server.protocol._generated import model_config_pb2 as mc
 from inference_server.protocol.tensors import (
@@ -22,7 +21,8 @@ from inference_server.protocol.tensors import (
     element_count,
     encode_raw,
 )
-from inference_server.service.views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
+from inference_server.service.views import (DurationView, IndexEntry, ModelConfigView, ModelMetadataView, PolicyView,
+                                            StatisticsView, TensorView)
 
 TYPED_FIELD = {
     "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
@@ -140,7 +140,7 @@ def model_config(view: ModelConfigView) -> pb.ModelConfigResponse:
     return pb.ModelConfigResponse(config=config)
 
 
-def _version_policy(policy: VersionPolicy) -> mc.ModelVersionPolicy:
+def _version_policy(policy: PolicyView) -> mc.ModelVersionPolicy:
     if policy.kind == "all":
         return mc.ModelVersionPolicy(all=mc.ModelVersionPolicy.All())
     if policy.kind == "specific":
@@ -201,7 +201,7 @@ def _version_param(value: Any, choice: str | None) -> str:
     return version
 
 
-def _duration(d: Duration) -> pb.StatisticDuration:
+def _duration(d: DurationView) -> pb.StatisticDuration:
     return pb.StatisticDuration(count=d.count, ns=d.ns)
 
 
@@ -217,8 +217,7 @@ def model_statistics(views: list[StatisticsView]) -> pb.ModelStatisticsResponse:
             compute_input=_duration(s.compute_input), compute_infer=_duration(s.compute_infer),
             compute_output=_duration(s.compute_output), cache_hit=_duration(s.cache_hit),
             cache_miss=_duration(s.cache_miss)))
-        for size in sorted(s.batches):
-            b = s.batches[size]
+        for size, b in s.batches:
             entry.batch_stats.add(batch_size=size, compute_input=_duration(b.compute_input),
                                   compute_infer=_duration(b.compute_infer), compute_output=_duration(b.compute_output))
     return out

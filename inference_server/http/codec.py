@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from inference_server.config.model import VersionPolicy, version_number
+from inference_server.config.model import version_number
 from inference_server.errors import ErrorCode, InferenceError, invalid
-from inference_server.observability.stats import BATCH_DURATIONS, INFER_DURATIONS, Duration
 from inference_server.protocol.tensors import (
     DATATYPES,
     DataType,
@@ -37,7 +36,8 @@ from inference_server.protocol.tensors import (
     element_count,
     encode_raw,
 )
-from inference_server.service.views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
+from inference_server.service.views import (BATCH_DURATIONS, INFER_DURATIONS, DurationView, IndexEntry, ModelConfigView,
+                                            ModelMetadataView, PolicyView, StatisticsView, TensorView)
 
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_ARGUMENT: 400, ErrorCode.NOT_FOUND: 404, ErrorCode.UNAVAILABLE: 503,
@@ -438,7 +438,7 @@ def model_config_json(view: ModelConfigView) -> bytes:
     return orjson.dumps(config)
 
 
-def _version_policy(policy: VersionPolicy) -> dict[str, Any]:
+def _version_policy(policy: PolicyView) -> dict[str, Any]:
     if policy.kind == "all":
         return {"all": {}}
     if policy.kind == "specific":
@@ -448,7 +448,7 @@ def _version_policy(policy: VersionPolicy) -> dict[str, Any]:
 
 
 
-def _duration(d: Duration) -> dict[str, int]:
+def _duration(d: DurationView) -> dict[str, int]:
     return {"count": d.count, "ns": d.ns}
 
 
@@ -462,8 +462,8 @@ def model_statistics_json(views: Sequence[StatisticsView]) -> bytes:
             "name": view.name, "version": view.version, "last_inference": s.last_inference_ms,
             "inference_count": s.inference_count, "execution_count": s.execution_count,
             "inference_stats": {k: _duration(getattr(s, k)) for k in INFER_DURATIONS}, "response_stats": {},
-            "batch_stats": [{"batch_size": size, **{k: _duration(getattr(s.batches[size], k)) for k in BATCH_DURATIONS}}
-                            for size in sorted(s.batches)],
+            "batch_stats": [{"batch_size": size, **{k: _duration(getattr(b, k)) for k in BATCH_DURATIONS}}
+                            for size, b in s.batches],
             "memory_usage": []})
     return orjson.dumps({"model_stats": stats})
 

@@ -28,12 +28,6 @@ REASONS = {ErrorCode.UNAVAILABLE: "REJECTED", ErrorCode.DEADLINE_EXCEEDED: "REJE
            ErrorCode.CANCELLED: "CANCELED", ErrorCode.INTERNAL: "BACKEND"}
 
 
-# ModelStatistics' durations (Triton's InferStatistics; InferBatchStatistics per batch size).
-INFER_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
-                   "cache_miss")
-BATCH_DURATIONS = ("compute_input", "compute_infer", "compute_output")
-
-
 def failure_reason(code: ErrorCode) -> str:
     return REASONS.get(code, "OTHER")
 
@@ -150,26 +144,6 @@ class ModelStats:
             self.queue.add(0)
             self.queue_s.observe(0.0)
 
-    def statistics(self) -> dict:
-        """What ModelStatistics reports, as plain JSON values (another worker of the pod adds them to its own)."""
-        return {"inference_count": self.inference_count, "execution_count": self.execution_count,
-                "last_inference_ms": self.last_inference_ms,
-                **{k: [getattr(self, k).count, getattr(self, k).ns] for k in INFER_DURATIONS},
-                "batches": {str(rows): {k: [getattr(b, k).count, getattr(b, k).ns] for k in BATCH_DURATIONS}
-                            for rows, b in self.batches.items()}}
-
-    def add_statistics(self, other: dict) -> None:
-        """Adds statistics() of another worker's copy of this model version (the latest inference wins)."""
-        self.inference_count += other["inference_count"]
-        self.execution_count += other["execution_count"]
-        self.last_inference_ms = max(self.last_inference_ms, other["last_inference_ms"])
-        for k in INFER_DURATIONS:
-            _add(getattr(self, k), other[k])
-        for rows, durations in other["batches"].items():
-            batch = self.batches.setdefault(int(rows), BatchStats())
-            for k in BATCH_DURATIONS:
-                _add(getattr(batch, k), durations[k])
-
     def record_request(self, code: ErrorCode | None, duration_s: float) -> None:
         """One request's end: code None means success."""
         ns = int(duration_s * NS_PER_S)
@@ -185,7 +159,3 @@ class ModelStats:
             histogram = self.request_s[label] = Histogram(DURATION_BUCKETS_S)
         histogram.observe(duration_s)
 
-
-def _add(duration: Duration, count_ns: list[int]) -> None:
-    duration.count += count_ns[0]
-    duration.ns += count_ns[1]

@@ -20,8 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference_server.observability.stats import ModelStats
-from inference_server.service.views import StatisticsView
+from inference_server.service.views import StatisticsSnapshot, StatisticsView
 
 log = logging.getLogger(__name__)
 
@@ -160,16 +159,16 @@ def with_peers(views: list[StatisticsView], peers: list[list[dict]]) -> list[Sta
         if not others:  # no peer answered for it: this worker's own figures, as they are
             merged_views.append(view)
             continue
-        merged = ModelStats()
-        for stats in (view.stats.statistics(), *others):
-            merged.add_statistics(stats)
+        merged = view.stats
+        for stats in others:
+            merged += StatisticsSnapshot.from_json(stats)
         merged_views.append(StatisticsView(view.name, view.version, merged))
     return merged_views
 
 
 def own_figures(views: list[StatisticsView]) -> list[dict]:
     """This worker's answer to a peer's `statistics`."""
-    return [{"name": v.name, "version": v.version, "stats": v.stats.statistics()} for v in views]
+    return [{"name": v.name, "version": v.version, "stats": v.stats.to_json()} for v in views]
 
 
 SOCKET_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path holds 108, with its terminating NUL)

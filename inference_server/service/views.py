@@ -1,22 +1,24 @@
 """Protocol-neutral views of a served model: what ModelMetadata, ModelConfig and ModelStatistics answer.
 
-The service builds them from the version it serves; each front end (gRPC today) renders them in its own
-wire format and never reaches past the service into versions, backends or batchers.
+Plain frozen data, copied out of the core when a request asks (docs/architecture.md, "Views"): the service
+builds them from the version it serves; each front end renders them in its own wire format and never holds a
+live object of the core (a version, its statistics, its configuration).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from inference_server.config.model import BatchingConfig, VersionPolicy
 from inference_server.execution.backend import TensorSpec
 from inference_server.lifecycle.registry import IndexEntry
 from inference_server.lifecycle.version import ModelVersion
-from inference_server.observability.stats import ModelStats
+from inference_server.observability.stats import BatchStats, Duration, ModelStats
 from inference_server.routing.views import CanaryView, RouteView, VariantView
 
-__all__ = ["CanaryView", "IndexEntry", "ModelConfigView", "ModelMetadataView", "RouteView", "StatisticsView",
-           "TensorView", "VariantView"]  # IndexEntry: RepositoryIndex's rows, a view the registry builds itself;
+__all__ = ["BatchStatisticsView", "CanaryView", "DurationView", "IndexEntry", "ModelConfigView", "ModelMetadataView",
+           "PolicyView", "BatchingView", "RouteView", "StatisticsSnapshot", "StatisticsView", "TensorView",
+           "VariantView"]  # IndexEntry: RepositoryIndex's rows, a view the registry builds itself;
 # the route views: what the router builds of each route
 
 
@@ -37,26 +39,109 @@ class ModelMetadataView:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyView:
+    """Which versions serve (Triton's version_policy)."""
+    kind: str  # latest | all | specific
+    latest: int  # with kind "latest": how many of the newest versions
+    specific: tuple[str, ...]  # with kind "specific"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingView:
+    """The dynamic batcher's settings (Triton's dynamic_batching)."""
+    preferred_batch_size: tuple[int, ...]
+    max_queue_delay_us: int
+    max_queue_size: int  # 0: unbounded
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfigView:
     name: str
     platform: str
     backend: str
     max_batch_size: int  # 0: the model does not batch
-    version_policy: VersionPolicy
+    version_policy: PolicyView
     inputs: tuple[TensorView, ...]  # dims without the batch dimension when max_batch_size > 0
     outputs: tuple[TensorView, ...]
     instance_count: int
     gpu: bool  # instances run on CUDA
     default_model_filename: str
-    dynamic_batching: BatchingConfig | None  # None when the model does not batch
+    dynamic_batching: BatchingView | None  # None when the model does not batch
     response_cache: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DurationView:
+    """Triton's StatisticDuration: how many, and their cumulative nanoseconds."""
+    count: int = 0
+    ns: int = 0
+
+    def __add__(self, other: DurationView) -> DurationView:
+        return DurationView(self.count + other.count, self.ns + other.ns)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatisticsView:
+    """Executions of one batch size (Triton's InferBatchStatistics)."""
+    compute_input: DurationView = DurationView()
+    compute_infer: DurationView = DurationView()
+    compute_output: DurationView = DurationView()
+
+
+# ModelStatistics' durations (Triton's InferStatistics; InferBatchStatistics per batch size).
+INFER_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
+                   "cache_miss")
+BATCH_DURATIONS = ("compute_input", "compute_infer", "compute_output")
+
+
+@dataclass(frozen=True, slots=True)
+class StatisticsSnapshot:
+    """A model version's ModelStatistics figures at one moment (counts are requests, compute is per batch)."""
+    inference_count: int = 0  # rows
+    execution_count: int = 0  # batches
+    last_inference_ms: int = 0  # wall clock, as Triton reports it
+    success: DurationView = DurationView()
+    fail: DurationView = DurationView()
+    queue: DurationView = DurationView()
+    compute_input: DurationView = DurationView()
+    compute_infer: DurationView = DurationView()
+    compute_output: DurationView = DurationView()
+    cache_hit: DurationView = DurationView()
+    cache_miss: DurationView = DurationView()
+    batches: tuple[tuple[int, BatchStatisticsView], ...] = ()  # (batch size, its executions), by size
+
+    def __add__(self, other: StatisticsSnapshot) -> StatisticsSnapshot:
+        """Two workers' figures of one model version, summed (the latest inference wins)."""
+        batches = dict(self.batches)
+        for size, b in other.batches:
+            mine = batches.get(size, BatchStatisticsView())
+            batches[size] = BatchStatisticsView(*(getattr(mine, k) + getattr(b, k) for k in BATCH_DURATIONS))
+        return StatisticsSnapshot(
+            self.inference_count + other.inference_count, self.execution_count + other.execution_count,
+            max(self.last_inference_ms, other.last_inference_ms),
+            *(getattr(self, k) + getattr(other, k) for k in INFER_DURATIONS), batches=tuple(sorted(batches.items())))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values, for another worker of the pod to add to its own (`from_json`)."""
+        return {"inference_count": self.inference_count, "execution_count": self.execution_count,
+                "last_inference_ms": self.last_inference_ms,
+                **{k: [getattr(self, k).count, getattr(self, k).ns] for k in INFER_DURATIONS},
+                "batches": {str(size): {k: [getattr(b, k).count, getattr(b, k).ns] for k in BATCH_DURATIONS}
+                            for size, b in self.batches}}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> StatisticsSnapshot:
+        batches = ((int(size), BatchStatisticsView(*(DurationView(*d[k]) for k in BATCH_DURATIONS)))
+                   for size, d in doc["batches"].items())
+        return cls(doc["inference_count"], doc["execution_count"], doc["last_inference_ms"],
+                   *(DurationView(*doc[k]) for k in INFER_DURATIONS), batches=tuple(sorted(batches)))
 
 
 @dataclass(frozen=True, slots=True)
 class StatisticsView:
     name: str
     version: str
-    stats: ModelStats  # read, never written, by a front end
+    stats: StatisticsSnapshot
 
 
 def metadata_view(model: ModelVersion, versions: list[str]) -> ModelMetadataView:
@@ -75,15 +160,30 @@ def config_view(model: ModelVersion, cached: bool) -> ModelConfigView:
     def tensor(spec: TensorSpec) -> TensorView:
         return TensorView(spec.name, spec.datatype, spec.shape[1:] if batching else spec.shape)
 
-    path = model.config.path
+    path, policy, b = model.config.path, model.config.version_policy, model.batching
     return ModelConfigView(
         name=model.name, platform=model.platform, backend=model.backend.backend_name,
-        max_batch_size=model.max_batch_size, version_policy=model.config.version_policy,
+        max_batch_size=model.max_batch_size, version_policy=PolicyView(policy.kind, policy.latest, policy.specific),
         inputs=tuple(tensor(s) for s in model.inputs), outputs=tuple(tensor(s) for s in model.outputs),
         instance_count=model.batching.instance_count, gpu=model.backend.device == "cuda",
         default_model_filename=path.name if path is not None else model.config.filename,
-        dynamic_batching=model.batching if batching else None, response_cache=cached)
+        dynamic_batching=BatchingView(b.preferred_batch_size, b.max_queue_delay_us, b.max_queue_size) if batching
+        else None, response_cache=cached)
+
+
+def _duration(d: Duration) -> DurationView:
+    return DurationView(d.count, d.ns)
+
+
+def _batch(b: BatchStats) -> BatchStatisticsView:
+    return BatchStatisticsView(_duration(b.compute_input), _duration(b.compute_infer), _duration(b.compute_output))
+
+
+def snapshot(s: ModelStats) -> StatisticsSnapshot:
+    return StatisticsSnapshot(s.inference_count, s.execution_count, s.last_inference_ms,
+                              *(_duration(getattr(s, k)) for k in INFER_DURATIONS),
+                              batches=tuple(sorted((size, _batch(b)) for size, b in list(s.batches.items()))))
 
 
 def statistics_view(model: ModelVersion) -> StatisticsView:
-    return StatisticsView(model.name, model.version, model.stats)
+    return StatisticsView(model.name, model.version, snapshot(model.stats))

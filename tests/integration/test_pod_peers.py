@@ -25,7 +25,7 @@ async def test_a_peer_answers_statistics_and_metrics_on_its_socket(tmp_path):
     await server.start()
     try:
         [answer] = await PodStatistics(slot).peers()
-        assert answer == [{"name": "m", "version": "1", "stats": json.loads(json.dumps(stats.statistics()))}]
+        assert answer == [{"name": "m", "version": "1", "stats": json.loads(json.dumps(stats.to_json()))}]
         assert await ask(peer.path, b"metrics") == b"text 1\n"
         assert await ask(peer.path, b"nonsense") == b""  # an unknown request gets nothing, and no crash
     finally:

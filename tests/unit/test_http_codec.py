@@ -19,7 +19,8 @@ from inference_server.errors import ErrorCode, InferenceError
 from inference_server.http import codec
 from inference_server.observability.stats import ModelStats
 from inference_server.protocol.tensors import DATATYPES, InferResponse, Tensor, decode_raw, encode_bytes, encode_raw
-from inference_server.service.views import IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView
+from inference_server.service.views import (IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView,
+                                            snapshot)
 from tests.datatype_samples import NUMERIC
 
 BF16 = np.array([[0x3FC0, 0xC010, 0x0000]], np.uint16)  # 1.5, -2.25, 0.0 as the upper halves of fp32
@@ -548,7 +549,7 @@ def test_model_statistics_json_has_tritons_fields_and_matches_the_grpc_answer():
     stats.record_request(None, 0.004)
     stats.record_request(ErrorCode.INTERNAL, 0.001)
     stats.record_cache(True, 0.00001)
-    views = [StatisticsView("m", "1", stats), StatisticsView("n", "2", ModelStats())]
+    views = [StatisticsView("m", "1", snapshot(stats)), StatisticsView("n", "2", snapshot(ModelStats()))]
     doc = orjson.loads(codec.model_statistics_json(views))
     first = doc["model_stats"][0]
     assert (first["name"], first["version"], first["inference_count"], first["execution_count"]) == ("m", "1", 3, 1)

@@ -13,36 +13,37 @@ from inference_server.errors import ErrorCode
 from inference_server.observability.stats import ModelStats
 from inference_server.pod.metrics import merge, parse
 from inference_server.pod.peers import WorkerSlot, own_figures, with_peers
-from inference_server.service.views import StatisticsView
+from inference_server.service.views import StatisticsSnapshot, StatisticsView, snapshot
 
 
-def worker_stats(requests: int, batch_rows: int) -> ModelStats:
+def worker_stats(requests: int, batch_rows: int, *more_batch_rows: int) -> StatisticsSnapshot:
     stats = ModelStats()
     for _ in range(requests):
         stats.record_request(None, 0.002)
     stats.record_request(ErrorCode.INVALID_ARGUMENT, 0.001)
     stats.record_batch(batch_rows, [0.001] * requests, 0.0001, 0.0005, 0.0001)
     stats.record_cache(True, 0.0002)
-    return stats
+    for rows in more_batch_rows:
+        stats.record_batch(rows, [0.001], 0.0001, 0.0005, 0.0001)
+    return snapshot(stats)
 
 
 def test_statistics_of_two_workers_add_up_field_by_field_through_json():
-    a, b = worker_stats(3, 4), worker_stats(5, 4)
-    b.record_batch(8, [0.001], 0.0001, 0.0005, 0.0001)
+    a, b = worker_stats(3, 4), worker_stats(5, 4, 8)
     [view] = with_peers([StatisticsView("m", "1", a)], [json.loads(json.dumps(own_figures([StatisticsView(
         "m", "1", b)])))])
     s = view.stats
     assert (s.success.count, s.fail.count, s.success.ns) == (8, 2, a.success.ns + b.success.ns)
     assert (s.inference_count, s.execution_count) == (16, 3)
     assert s.queue.count == a.queue.count + b.queue.count and s.cache_hit.count == 2
-    assert {rows: batch.compute_infer.count for rows, batch in s.batches.items()} == {4: 2, 8: 1}
+    assert {rows: batch.compute_infer.count for rows, batch in s.batches} == {4: 2, 8: 1}
     assert s.last_inference_ms == max(a.last_inference_ms, b.last_inference_ms)
     assert a.success.count == 3  # the worker's own figures are not changed by answering
 
 
 def test_a_version_only_a_peer_serves_is_not_added_and_others_pass_through():
     a = worker_stats(1, 1)
-    peers = [[{"name": "other", "version": "1", "stats": worker_stats(9, 9).statistics()}]]
+    peers = [[{"name": "other", "version": "1", "stats": worker_stats(9, 9).to_json()}]]
     [view] = with_peers([StatisticsView("m", "1", a)], peers)
     assert view.stats.success.count == 1
 
