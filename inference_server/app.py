@@ -18,6 +18,7 @@ from prometheus_client import generate_latest
 from inference_server.breaker import CircuitBreaker
 from inference_server.cache.memory import MemoryCache, ResponseCache
 from inference_server.config.cli import load_config
+from inference_server.config.routes import RouteConfig
 from inference_server.config.server import ServerConfig, cache_size_bytes, check_cache, redact_url
 from inference_server.errors import ConfigError, ModelLoadError
 from inference_server.execution import cpus
@@ -33,12 +34,18 @@ from inference_server.observability.metrics import (
     serve_registry,
 )
 from inference_server.observability.predictions import PredictionLog
-from inference_server.pod.peers import PeerServer, PodStatistics, WorkerSlot, own_figures
+from inference_server.pod.peers import PeerServer, PodStatistics, WorkerSlot
 from inference_server.pod.workers import port_is_free, supervise
 from inference_server.protocol.triton_config import json_to_dict, pbtxt_to_dict
 from inference_server.routing.metrics import RouteCollector
 from inference_server.routing.router import Router
+from inference_server.routing.shadow import Shadow, ShadowStats
+from inference_server.routing.stats import RouteStats
+from inference_server.security.state import Security
+from inference_server.service.health import Gate
 from inference_server.service.inference import InferenceService
+from inference_server.service.runner import RequestRunner
+from inference_server.service.views import own_figures
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +89,8 @@ class FrontEnd(Protocol):
 
     async def start(self) -> None: ...
     async def readiness(self, ready: bool) -> None: ...
-    # SIGHUP: read and check certificates and tokens (ConfigError), returning what applies them
-    def reload(self, cfg: ServerConfig) -> Callable[[], None]: ...
+    # SIGHUP: the re-read certificates and tokens (read once, by the App, for every front end) apply
+    def secure(self, security: Security) -> None: ...
     async def begin_drain(self) -> None: ...
     async def stop(self, grace_s: float | None) -> None: ...
 
@@ -114,13 +121,23 @@ class App:
         cache_dir = cfg.model_cache_dir or Path(self._scratch.name)  # type: ignore[union-attr]
         self.manager = ModelManager(cfg, self.registry, read_pbtxt=pbtxt_to_dict, read_json=json_to_dict,
                                     cache_dir=cache_dir, on_change=self._readiness_changed)
-        self.service = InferenceService(self.registry, self.manager, router=Router(cfg.routes),
-                                        http=bool(cfg.http_port), access_log=cfg.access_log,
-                                        predictions=self.predictions, drift=self.drift, cache=self.cache,
-                                        cache_config=cfg.cache_config, max_in_flight=cfg.limits.max_in_flight)
+        self.gate = Gate(cfg.limits.max_in_flight)
+        runner = RequestRunner(cache=self.cache, cache_config=cfg.cache_config, predictions=self.predictions,
+                               drift=self.drift, access_log=cfg.access_log, rejected=self.gate.rejected)
+        self.route_stats, self.shadow_stats = RouteStats(), ShadowStats()
+
+        def shadow(route: RouteConfig) -> Shadow:
+            assert route.shadow is not None
+            return Shadow(route.name, route.shadow, self.registry, self.shadow_stats,
+                          in_flight=lambda: self.gate.in_flight, run=runner.run_copy)
+
+        router = Router(cfg.routes, shadows=shadow, stats=self.route_stats)
+        self.service = InferenceService(self.registry, self.manager, router=router, runner=runner, gate=self.gate,
+                                        pod=None if slot is None else PodStatistics(slot), http=bool(cfg.http_port))
         self.port = 0  # the gRPC port, once bound
         self.http_port = 0  # the HTTP port, once bound (0: no HTTP front end)
         self.front_ends: list[FrontEnd] = []  # started in this order, stopped in this order
+        self.security: Security | None = None  # tokens and TLS files, read when the front ends are made
         self.metrics: MetricServerThread | None = None  # None as a worker: the supervisor serves the pod's
         self._peer_server: PeerServer | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
@@ -133,7 +150,8 @@ class App:
             if self.cfg.port and not self.cfg.reuse_port and not port_is_free(self.cfg.host, self.cfg.port):
                 # Said here in one line: gRPC's own bind error comes after a line of its C core's logging.
                 raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port} for gRPC: Address already in use")
-            grpc_front_end = GrpcFrontEnd(self.service, self.cfg)
+            self.security = Security.load(self.cfg)  # ConfigError: a bad tokens file, certificate or key
+            grpc_front_end = GrpcFrontEnd(self.service, self.cfg, self.security)
             self.front_ends.append(grpc_front_end)
             self.port = grpc_front_end.port
             if self.cfg.http_port:
@@ -141,7 +159,7 @@ class App:
                     HttpFrontEnd,  # uvicorn and Starlette: imported only when HTTP is on
                 )
 
-                http_front_end = HttpFrontEnd(self.service, self.cfg)
+                http_front_end = HttpFrontEnd(self.service, self.cfg, self.security)
                 self.front_ends.append(http_front_end)
                 self.http_port = http_front_end.port
             await self._start_metrics()
@@ -152,7 +170,8 @@ class App:
             for front_end in self.front_ends:
                 await front_end.start()
             await self.manager.start()
-            self._canaries = asyncio.get_running_loop().create_task(self.service.run_canaries(), name="canaries")
+            self._canaries = asyncio.get_running_loop().create_task(self.service.route_admin.run_canaries(),
+                                                                    name="canaries")
         except BaseException as e:
             # Stopped while models loaded (a signal): requests already being answered finish first.
             grace = self.cfg.drain_grace_s if isinstance(e, asyncio.CancelledError) else 0.0
@@ -170,7 +189,7 @@ class App:
         log.info("response cache: %s", describe_cache(self.cfg))
         log.info("serving %d model(s) on %s:%d%s%s", len({m.name for m in self.registry.serving()}), self.cfg.host,
                  self.port, f" (gRPC), HTTP on port {self.http_port}" if self.http_port else "",
-                 "" if self.service.ready else " (not ready: a configured model is not loaded)")
+                 "" if self.service.health.ready else " (not ready: a configured model is not loaded)")
         return self.port
 
     async def _start_metrics(self) -> None:
@@ -180,27 +199,26 @@ class App:
             return
         registry = build_registry(self.registry.snapshot, drift=self.drift, predictions=self.predictions,
                                   cache=self.cache, lifecycle=self.manager, collectors=[
-                                      RouteCollector(lambda: self.service.routes(), self.service.router.stats,
-                                                     self.service.shadow_stats),
-                                      RejectionCollector(self.service.rejected)])
+                                      RouteCollector(self.service.route_admin.views, self.route_stats,
+                                                     self.shadow_stats),
+                                      RejectionCollector(self.gate.rejected)])
         if self.slot is None:
             self.metrics = serve_registry(registry, self.cfg.metrics_host, self.cfg.metrics_port)
             return
         self._peer_server = PeerServer(self.slot.path, lambda: own_figures(self.service.local_statistics()),
                                        lambda: generate_latest(registry))
         await self._peer_server.start()
-        self.service.pod = PodStatistics(self.slot)
 
     def _readiness_changed(self) -> None:
         """The manager changed a model's state: every front end's health follows ServerReady."""
-        if not self.front_ends or self.service.draining:
+        if not self.front_ends or self.gate.draining:
             return
         task = asyncio.get_running_loop().create_task(self._update_readiness())
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
 
     async def _update_readiness(self) -> None:
-        ready = self.service.ready  # read when it runs: the last update wins
+        ready = self.service.health.ready  # read when it runs: the last update wins
         for front_end in self.front_ends:
             await front_end.readiness(ready)
 
@@ -220,13 +238,17 @@ class App:
             if companions:
                 raise ConfigError("routes", f"variants following MLflow aliases the server does not follow yet "
                                             f"({', '.join(sorted(companions))}) need a restart")
-            applies = [front_end.reload(new) for front_end in self.front_ends]  # every file read before any applies
+            # every file read, once, before anything applies (none yet while the front ends are being made)
+            security = None if self.security is None else self.security.reload(new)
         except ConfigError as e:
             log.error("SIGHUP: config refused, the running routes, certificates and tokens stay: %s", e)
             return False
-        for apply in applies:
-            apply()
-        self.service.reload_routes(new.routes)
+        if security is not None:
+            for front_end in self.front_ends:
+                front_end.secure(security)
+            self.security = security
+            security.log_auth("SIGHUP: ")
+        self.service.route_admin.reload(new.routes)
         kept = dataclasses.replace(self.cfg, routes=new.routes, tls_cert=new.tls_cert, tls_key=new.tls_key,
                                    tls_client_ca=new.tls_client_ca, auth=new.auth)
         if new != kept:
@@ -245,7 +267,7 @@ class App:
         await self.service.drain(self.cfg.drain_grace_s)
         # Clients still sending get UNAVAILABLE until they stop; closing at once would cut off the requests the
         # transports have already received (gRPC: CANCELLED).
-        await self.service.settle(SETTLE_QUIET_S, min(SETTLE_LIMIT_S, self.cfg.drain_grace_s))
+        await self.gate.settle(SETTLE_QUIET_S, min(SETTLE_LIMIT_S, self.cfg.drain_grace_s))
         for front_end in self.front_ends:
             await front_end.stop(2.0)  # answers already computed still get sent
         if self.cache is not None:

@@ -49,16 +49,16 @@ class RouteAdminServicer:
 
     @rpc
     async def RouteStatus(self, request: admin_pb.RouteStatusRequest, context: Any) -> admin_pb.RouteStatusResponse:
-        return routes_response(self.service.routes(request.name))
+        return routes_response(self.service.route_admin.views(request.name))
 
     @rpc
     async def RouteWeights(self, request: admin_pb.RouteWeightsRequest,
                            context: Any) -> admin_pb.RouteStatusResponse:
-        return routes_response([self.service.set_route_weights(request.name, dict(request.weights))])
+        return routes_response([self.service.route_admin.set_weights(request.name, dict(request.weights))])
 
     @rpc
     async def RouteCanary(self, request: admin_pb.RouteCanaryRequest, context: Any) -> admin_pb.RouteStatusResponse:
-        return routes_response([self.service.canary(request.name, request.action)])
+        return routes_response([self.service.route_admin.canary(request.name, request.action)])
 
 
 def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandler]:

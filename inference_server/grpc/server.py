@@ -18,11 +18,8 @@ from inference_server.grpc.auth import AuthInterceptor
 from inference_server.grpc.limits import requests_in_flight
 from inference_server.grpc.servicer import InferenceServicer, parser
 from inference_server.protocol._generated import grpc_service_pb2 as pb
-from inference_server.security.auth import load as load_auth
-from inference_server.security.auth import reload as reload_auth
+from inference_server.security.state import Security
 from inference_server.security.tls import ServerTls, plaintext_warning
-from inference_server.security.tls import load as load_tls
-from inference_server.security.tls import reload as reload_tls
 from inference_server.service.inference import InferenceService
 
 log = logging.getLogger(__name__)
@@ -138,14 +135,11 @@ class GrpcFrontEnd:
 
     name = "gRPC"
 
-    def __init__(self, service: InferenceService, cfg: ServerConfig) -> None:
+    def __init__(self, service: InferenceService, cfg: ServerConfig, security: Security) -> None:
         self.engine, why = engines.choose(cfg)  # ConfigError: native asked for and not installed
-        auth = load_auth(cfg.auth.tokens_file, cfg.auth.open_metadata)  # ConfigError: a bad tokens file
-        self._auth = None if auth is None else AuthInterceptor(auth)  # bearer tokens (grpc/auth.py)
-        if auth is not None:
-            log.log(logging.WARNING if auth.tokens.exposed else logging.INFO, "%s", auth.describe())
-        # TLS from PEM files (tls.py); the fetcher hands grpc core the certificates each SIGHUP re-reads.
-        self._tls = load_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert and cfg.tls_key else None
+        self._auth = None if security.auth is None else AuthInterceptor(security.auth)  # bearer tokens (grpc/auth.py)
+        # TLS from PEM files (security/tls.py); the fetcher hands grpc core the certificates each SIGHUP re-read.
+        self._tls = security.tls
         self._rotation = CertificateRotation()
         credentials = None if self._tls is None else grpc.dynamic_ssl_server_credentials(
             certificate_configuration(self._tls), self._rotation, require_client_authentication=self._tls.mutual)
@@ -164,23 +158,15 @@ class GrpcFrontEnd:
     async def readiness(self, ready: bool) -> None:
         await set_serving(self._health, ready)
 
-    def reload(self, cfg: ServerConfig) -> Callable[[], None]:
-        """SIGHUP, first half: read and check what may change while running (certificates, tokens), raising
-        ConfigError before anything has changed. Returns the second half, which applies them (the App applies
-        every front end's only once all of them have read theirs)."""
-        files = reload_tls(self._tls, cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
-        auth = reload_auth(self._auth and self._auth.auth, cfg.auth.tokens_file, cfg.auth.open_metadata)
-
-        def apply() -> None:
-            if self._auth is not None and auth is not None:  # the new tokens apply to calls from now on
-                self._auth.auth = auth
-                log.log(logging.WARNING if auth.tokens.exposed else logging.INFO, "SIGHUP: %s", auth.describe())
-            if files is not None:  # new connections get the new certificates
-                self._rotation.replace(files)
-                self._tls = files
-                log.info("SIGHUP: gRPC certificates re-read: %s", files.describe())
-
-        return apply
+    def secure(self, security: Security) -> None:
+        """SIGHUP: the security state the App re-read (for every front end at once) applies from now on: new
+        tokens to the next call, new certificates to new connections."""
+        if self._auth is not None and security.auth is not None:
+            self._auth.auth = security.auth
+        if security.tls is not None and security.tls is not self._tls:
+            self._rotation.replace(security.tls)
+            self._tls = security.tls
+            log.info("SIGHUP: gRPC certificates re-read: %s", security.tls.describe())
 
     async def begin_drain(self) -> None:
         """Health answers NOT_SERVING from now on (later readiness updates are ignored)."""

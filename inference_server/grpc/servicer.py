@@ -115,15 +115,15 @@ class InferenceServicer:
 
     @rpc
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=self.service.live)
+        return pb.ServerLiveResponse(live=self.service.health.live)
 
     @rpc
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.service.ready)
+        return pb.ServerReadyResponse(ready=self.service.health.ready)
 
     @rpc
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.service.model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(ready=self.service.health.model_ready(request.name, request.version))
 
     @rpc
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
@@ -144,19 +144,19 @@ class InferenceServicer:
 
     @rpc
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
-        return codec.repository_index(self.service.repository_index(request.ready))
+        return codec.repository_index(self.service.repository.index(request.ready))
 
     @rpc
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
                                   context: Any) -> pb.RepositoryModelLoadResponse:
         config, files, version = codec.repository_parameters(request.parameters)
-        await self.service.load_model(request.model_name, config=config, files=files, version=version)
+        await self.service.repository.load(request.model_name, config=config, files=files, version=version)
         return pb.RepositoryModelLoadResponse()
 
     @rpc
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
                                     context: Any) -> pb.RepositoryModelUnloadResponse:
-        await self.service.unload_model(request.model_name, codec.unload_version(request.parameters))
+        await self.service.repository.unload(request.model_name, codec.unload_version(request.parameters))
         return pb.RepositoryModelUnloadResponse()
 
     @rpc

@@ -47,11 +47,8 @@ from inference_server.http.transport import (
 )
 from inference_server.protocol.tensors import InferRequest, InferResponse
 from inference_server.security.auth import Auth
-from inference_server.security.auth import load as load_auth
-from inference_server.security.auth import reload as reload_auth
-from inference_server.security.tls import load as load_tls
+from inference_server.security.state import Security
 from inference_server.security.tls import plaintext_warning
-from inference_server.security.tls import reload as reload_tls
 from inference_server.service.inference import InferenceService
 
 log = logging.getLogger(__name__)
@@ -111,7 +108,7 @@ def endpoint(handler: Handler) -> Handler:
             self.end()
         if header_id is not None and header_id.isprintable():  # echoed only when it is safe to send back
             response.headers[REQUEST_ID_HEADER] = header_id
-        if self.service.draining:
+        if self.service.health.draining:
             response.headers["connection"] = "close"
         return response
 
@@ -199,15 +196,15 @@ class Routes:
 
     @endpoint
     async def live(self, request: Request) -> Response:
-        return _status(self.service.live)
+        return _status(self.service.health.live)
 
     @endpoint
     async def ready(self, request: Request) -> Response:
-        return _status(self.service.ready)
+        return _status(self.service.health.ready)
 
     @endpoint
     async def model_ready(self, request: Request) -> Response:
-        return _status(self.service.model_ready(*_model(request)))
+        return _status(self.service.health.model_ready(*_model(request)))
 
     @endpoint
     async def server_metadata(self, request: Request) -> Response:
@@ -230,19 +227,19 @@ class Routes:
 
     @endpoint
     async def repository_index(self, request: Request) -> Response:
-        entries = self.service.repository_index(ready_only(await read_body(request, self.limit)))
+        entries = self.service.repository.index(ready_only(await read_body(request, self.limit)))
         return Response(codec.repository_index_json(entries), media_type=JSON)
 
     @endpoint
     async def load(self, request: Request) -> Response:
         config, files, version = codec.load_parameters(await read_body(request, self.limit))
-        await self.service.load_model(request.path_params["model"], config=config, files=files, version=version)
+        await self.service.repository.load(request.path_params["model"], config=config, files=files, version=version)
         return Response()
 
     @endpoint
     async def unload(self, request: Request) -> Response:
         version = codec.unload_parameters(await read_body(request, self.limit))
-        await self.service.unload_model(request.path_params["model"], version)
+        await self.service.repository.unload(request.path_params["model"], version)
         return Response()
 
     @endpoint
@@ -294,19 +291,19 @@ class Routes:
     @endpoint
     async def route_status(self, request: Request) -> Response:
         name = request.path_params.get("route", "")
-        views = self.service.routes(name)
+        views = self.service.route_admin.views(name)
         return Response(admin.route_json(views[0]) if name else admin.routes_json(views), media_type=JSON)
 
     @endpoint
     async def route_weights(self, request: Request) -> Response:
         weights = admin.weights_request(await read_body(request, self.limit))
-        return admin.route_change(lambda: self.service.set_route_weights(request.path_params["route"], weights))
+        return admin.route_change(lambda: self.service.route_admin.set_weights(request.path_params["route"], weights))
 
     @endpoint
     async def route_canary(self, request: Request) -> Response:
         admin.no_body(await read_body(request, self.limit))
         params = request.path_params
-        return admin.route_change(lambda: self.service.canary(params["route"], params["action"]))
+        return admin.route_change(lambda: self.service.route_admin.canary(params["route"], params["action"]))
 
 
 def routes(r: Routes) -> list[Route]:
@@ -382,14 +379,13 @@ class HttpFrontEnd:
 
     name = "HTTP"
 
-    def __init__(self, service: InferenceService, cfg: ServerConfig) -> None:
-        tokens = load_auth(cfg.auth.tokens_file, cfg.auth.open_metadata)  # before binding; gRPC's front end logs it
-        self._tls = load_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert and cfg.tls_key else None
+    def __init__(self, service: InferenceService, cfg: ServerConfig, security: Security) -> None:
+        self._tls = security.tls
         self._contexts = None if self._tls is None else RotatingContext(self._tls.context)
         self._sockets = bind(cfg.host, cfg.http_port, cfg.reuse_port)
         self.port: int = self._sockets[0].getsockname()[1]
         self._routes = Routes(service, cfg.limits.max_request_bytes, cfg.limits)
-        self._routes.auth = tokens
+        self._routes.auth = security.auth
         config = uvicorn.Config(
             build_app(self._routes),
             http=GuardedHttpTools, loop="none", lifespan="off", ws="none", interface="asgi3",
@@ -417,20 +413,14 @@ class HttpFrontEnd:
     async def readiness(self, ready: bool) -> None:
         """Nothing to push: /v2/health/ready asks the service on every probe."""
 
-    def reload(self, cfg: ServerConfig) -> Callable[[], None]:
-        """SIGHUP, first half: read and check what may change while running (certificates, tokens), raising
-        ConfigError before anything has changed. Returns the second half, which applies them."""
-        files = reload_tls(self._tls, cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
-        auth = reload_auth(self._routes.auth, cfg.auth.tokens_file, cfg.auth.open_metadata)
-
-        def apply() -> None:
-            self._routes.auth = auth
-            if files is not None and self._contexts is not None:  # new connections get the new certificates
-                self._contexts.current = files.context
-                self._tls = files
-                log.info("SIGHUP: HTTP certificates re-read: %s", files.describe())
-
-        return apply
+    def secure(self, security: Security) -> None:
+        """SIGHUP: the security state the App re-read (for every front end at once) applies from now on: new
+        tokens to the next request, new certificates to new connections."""
+        self._routes.auth = security.auth
+        if security.tls is not None and self._contexts is not None and security.tls is not self._tls:
+            self._contexts.current = security.tls.context
+            self._tls = security.tls
+            log.info("SIGHUP: HTTP certificates re-read: %s", security.tls.describe())
 
     async def begin_drain(self) -> None:
         """Nothing to do here: the service refuses new inferences (503) and readiness answers 400 once it

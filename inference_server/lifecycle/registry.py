@@ -28,6 +28,22 @@ class IndexEntry:
 
 
 NOT_LOADED = "not loaded"
+
+
+class Lease:
+    """A request's hold on the version it runs on: taken by `ModelRegistry.lease`, given back on leaving the
+    `with` block, however it is left (the version drains only once every lease is back)."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, model: ModelVersion) -> None:
+        self.model = model
+
+    def __enter__(self) -> ModelVersion:
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.release()
 UNLOADED = "unloaded"
 
 
@@ -53,6 +69,11 @@ class ModelRegistry:
         model = self._lookup(name, version)
         model.acquire()
         return model
+
+    def lease(self, name: str, version: str = "") -> Lease:
+        """`with registry.lease(name, version) as model:` the version a request names, released at the end.
+        Resolved when called: NOT_FOUND / UNAVAILABLE are raised before the `with` block is entered."""
+        return Lease(self.resolve(name, version))
 
     def find(self, name: str, version: str = "") -> ModelVersion:
         """A serving version, for metadata and config (no lease)."""
@@ -170,7 +191,7 @@ class ModelRegistry:
             self._serving.pop(name, None)
             self._default.pop(name, None)
         for model in left:
-            model.state = State.UNLOADING  # no new lease from here on
+            model.retire()  # no new lease from here on
             self._draining.add(model)
         self._refresh()
         return left

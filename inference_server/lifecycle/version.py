@@ -110,6 +110,11 @@ class ModelVersion:
         if not self.leases and self._idle is not None:
             self._idle.set()
 
+    def retire(self) -> None:
+        """It left the serving set: no new lease from here on (`drain_and_close` finishes the leased ones). Its
+        state is written here only, by the version itself."""
+        self.state = State.UNLOADING
+
     async def drain_and_close(self, grace_s: float) -> None:
         """Stop taking requests, finish every leased one (up to grace_s), then close the sessions."""
         self.state = State.UNLOADING

@@ -6,7 +6,7 @@ Two families of names:
   _seconds, inference_batch_rows, inference_pending_requests, inference_max_queue_size (its bound),
   inference_requests_total, inference_request_failures_total{reason}, inference_cache_* (lookups per model;
   the cache tier's own size, errors, writes and circuit state);
-- Triton's (protocol.md §3.4), so its Grafana dashboards and HPA rules keep working: nv_inference_request_
+- Triton's (its user guide, metrics.md), so its Grafana dashboards and HPA rules keep working: nv_inference_request_
   {success,failure}, nv_inference_count, nv_inference_exec_count, nv_inference_pending_request_count and the
   cumulative nv_inference_*_duration_us. They keep Triton's exact names, exposed untyped (prometheus_client
   would append `_total` to a counter).

@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference_server.service.views import StatisticsSnapshot, StatisticsView
 
 log = logging.getLogger(__name__)
 
@@ -144,31 +143,6 @@ class PodStatistics:
             log.warning("statistics: worker socket %s did not answer (%s); its requests are not counted in this "
                         "answer", path.name, why)
         return figures
-
-
-def with_peers(views: list[StatisticsView], peers: list[list[dict]]) -> list[StatisticsView]:
-    """The views a request named, each with the same model version's figures from the peers added. A version
-    only a peer serves (a reload half done across workers) is not added: this worker's registry decides."""
-    figures: dict[tuple[str, str], list[dict]] = {}
-    for answer in peers:
-        for entry in answer:
-            figures.setdefault((entry["name"], entry["version"]), []).append(entry["stats"])
-    merged_views = []
-    for view in views:
-        others = figures.get((view.name, view.version))
-        if not others:  # no peer answered for it: this worker's own figures, as they are
-            merged_views.append(view)
-            continue
-        merged = view.stats
-        for stats in others:
-            merged += StatisticsSnapshot.from_json(stats)
-        merged_views.append(StatisticsView(view.name, view.version, merged))
-    return merged_views
-
-
-def own_figures(views: list[StatisticsView]) -> list[dict]:
-    """This worker's answer to a peer's `statistics`."""
-    return [{"name": v.name, "version": v.version, "stats": v.stats.to_json()} for v in views]
 
 
 SOCKET_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path holds 108, with its terminating NUL)

@@ -1,7 +1,7 @@
 """A routed request, from the variant the router chooses to its answer: on the variant's server-side failure
 (or an open breaker, or no ready variant) the route's fallback answers instead, marked `fallback`, and the
-variant is counted as failed; a success may be copied to the route's shadow. The service runs each version
-(`run`: validation, the cache, the batcher, statistics) and owns the request's accounting."""
+variant is counted as failed; a success may be copied to the route's shadow. The request runner runs each
+version (`run`: validation, the cache, the batcher, statistics) and owns the request's accounting."""
 
 from __future__ import annotations
 
@@ -64,11 +64,8 @@ class Dispatcher:
         code = ErrorCode.INTERNAL.name
         failure: InferenceError | None = None
         try:
-            model = self.registry.resolve(variant.model, variant.version)
-            try:
+            with self.registry.lease(variant.model, variant.version) as model:
                 answer = await self._run(model, request, deadline)
-            finally:
-                model.release()
             code = "OK"
         except InferenceError as e:
             code = e.code.name
@@ -107,11 +104,8 @@ class Dispatcher:
         self.router.stats.fallback(route.cfg.name, variant.name if variant else "", why)
         if fb.model is not None:
             try:
-                model = self.registry.resolve(fb.model, fb.version)
-                try:
+                with self.registry.lease(fb.model, fb.version) as model:
                     response = (await self._run(model, request, deadline)).response
-                finally:
-                    model.release()
             except InferenceError as e:
                 raise InferenceError(failure.code, f"{failure.message}; the fallback '{fb.model}' failed too: "
                                                    f"{e.message}") from None

@@ -7,11 +7,14 @@ variant with a share is ready (say a promoted candidate was unloaded), the ready
 configured weights.
 
 State has one owner: this router, changed on the event loop (requests, the canary clock, administration,
-a SIGHUP reload) and read by the metrics thread through `views()`.
+a SIGHUP reload) and read by the metrics thread through `views()`. It owns the routes' shadows too: made by
+the `shadows` factory it is given, kept across a reload that leaves the shadow table as it was, and closed
+when their route goes (`close()` closes them all).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -21,6 +24,7 @@ from typing import Any
 from inference_server.breaker import CircuitBreaker
 from inference_server.config.routes import MAX_WEIGHT, RouteConfig, VariantConfig
 from inference_server.routing.canary import OFF, CanaryConflict, CanaryState, advance, command
+from inference_server.routing.shadow import Shadow
 from inference_server.routing.split import Split
 from inference_server.routing.stats import RouteStats
 from inference_server.routing.views import CanaryView, RouteView, VariantView
@@ -28,6 +32,7 @@ from inference_server.routing.views import CanaryView, RouteView, VariantView
 log = logging.getLogger(__name__)
 
 Ready = Callable[[str, str], bool]
+Shadows = Callable[[RouteConfig], Shadow]  # a route's shadow, for a route with a shadow table
 MAX_SPLITS = 256  # cached splits (by route, ready variants and shares); cleared past this
 
 
@@ -49,7 +54,7 @@ class RouteState:
         fb = cfg.fallback
         self.breakers = {v.name: CircuitBreaker(f"route '{cfg.name}' variant '{v.name}'", fb.breaker_failures,
                                                 fb.breaker_cooldown_s, clock) for v in cfg.variants} if fb else {}
-        self.shadow: Any = None  # the service's Shadow for this route, if it has one
+        self.shadow: Shadow | None = None  # the route's shadow, if it has one (the router's)
         self.shares = self._shares()
 
     def _shares(self) -> dict[str, float]:
@@ -90,12 +95,16 @@ class RouteState:
 
 class Router:
     def __init__(self, routes: Sequence[RouteConfig] = (), clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, shadows: Shadows | None = None,
+                 stats: RouteStats | None = None) -> None:
         self._clock = clock
         self._rng = rng
-        self.stats = RouteStats()
+        self._shadows = shadows
+        self.stats = stats or RouteStats()
         self._routes = {r.name: RouteState(r, clock(), clock) for r in routes}
         self._splits: dict[tuple[str, tuple[tuple[str, float], ...]], Split] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # shadows of routes a reload removed, closing
+        self._start_shadows(self._routes.values())
 
     def route(self, model: str) -> RouteState | None:
         return self._routes.get(model)
@@ -220,8 +229,8 @@ class Router:
     def reload(self, routes: Iterable[RouteConfig]) -> tuple[list[RouteState], list[RouteState]]:
         """Swap in re-read routes. A route that stays keeps its canary's progress (same candidate and steps),
         an administrator's weights (same variants and weights in the file) and its breakers, and its shadow
-        when the shadow table is the same. Returns the new states and the old ones (the caller starts the new
-        states' missing shadows and closes those still attached to old states)."""
+        when the shadow table is the same. New shadow tables get their shadows; the shadows still attached to
+        old states close (on the running loop). Returns the new states and the old ones."""
         now = self._clock()
         fresh = {r.name: RouteState(r, now, self._clock) for r in routes}
         for name, state in fresh.items():
@@ -233,7 +242,26 @@ class Router:
         old_states = list(self._routes.values())
         self._routes = fresh
         self._splits = {}
+        self._start_shadows(fresh.values())
+        for state in old_states:
+            if state.shadow is not None:
+                task = asyncio.get_running_loop().create_task(state.shadow.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+                state.shadow = None
         return list(fresh.values()), old_states
+
+    def _start_shadows(self, states: Iterable[RouteState]) -> None:
+        if self._shadows is None:
+            return
+        for state in states:
+            if state.cfg.shadow is not None and state.shadow is None:
+                state.shadow = self._shadows(state.cfg)
+
+    async def close(self) -> None:
+        """Stop every shadow (copies still queued are dropped and counted)."""
+        await asyncio.gather(*(s.shadow.close() for s in self._routes.values() if s.shadow is not None),
+                             *self._closing)
 
     # -- views -----------------------------------------------------------------------------------
 

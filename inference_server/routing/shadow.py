@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,7 @@ import numpy as np
 from inference_server.config.routes import ShadowConfig
 from inference_server.errors import InferenceError
 from inference_server.lifecycle.registry import ModelRegistry
-from inference_server.observability.predictions import PredictionLog
+from inference_server.lifecycle.version import ModelVersion
 from inference_server.observability.stats import DURATION_BUCKETS_S, Histogram
 from inference_server.routing.split import BUCKETS, bucket
 
@@ -97,6 +97,17 @@ def difference(shadow: np.ndarray, primary: np.ndarray) -> float:
     return float(np.mean(shadow != primary))
 
 
+# A copy's run on the shadow's version (the request runner's `run_copy`: the batcher, then the version's
+# statistics and the prediction log); raises InferenceError when the version fails it.
+RunCopy = Callable[[ModelVersion, dict[str, np.ndarray], int, str], Awaitable[dict[str, np.ndarray]]]
+
+
+async def submit_copy(model: ModelVersion, inputs: dict[str, np.ndarray], rows: int,
+                      request_id: str) -> dict[str, np.ndarray]:
+    """A copy straight to the batcher, recorded nowhere else (a shadow built without a request runner)."""
+    return await model.submit(inputs, rows, None, request_id)
+
+
 @dataclass(slots=True)
 class _Copy:
     inputs: dict[str, np.ndarray]
@@ -107,13 +118,13 @@ class _Copy:
 
 class Shadow:
     def __init__(self, route: str, cfg: ShadowConfig, registry: ModelRegistry, stats: ShadowStats,
-                 predictions: PredictionLog | None = None, in_flight: Callable[[], int] = lambda: 0) -> None:
+                 in_flight: Callable[[], int] = lambda: 0, run: RunCopy = submit_copy) -> None:
         self.route = route
         self._in_flight = in_flight  # real requests in flight now
         self.cfg = cfg
         self._registry = registry
         self._stats = stats
-        self._predictions = predictions
+        self._run_copy = run
         self._queue: asyncio.Queue[_Copy] = asyncio.Queue(cfg.queue_size)
         self._workers: list[asyncio.Task[None]] = []
         self._loop_load: LoopLoad | None = None  # made on the loop's thread with the first copy
@@ -168,31 +179,24 @@ class Shadow:
     async def _run(self, copy: _Copy) -> None:
         cfg = self.cfg
         try:
-            model = self._registry.resolve(cfg.model, cfg.version)
+            lease = self._registry.lease(cfg.model, cfg.version)
         except InferenceError:
             self._stats.count(self.route, "unavailable")
             return
-        try:
+        with lease as model:
             if {s.name for s in model.inputs} != set(copy.inputs):
                 self._stats.count(self.route, "incompatible")
                 return
             start = time.perf_counter()
             try:
-                outputs = await model.submit(copy.inputs, copy.rows, None, copy.request_id)
+                outputs = await self._run_copy(model, copy.inputs, copy.rows, copy.request_id)
             except InferenceError as e:
-                model.stats.record_request(e.code, time.perf_counter() - start)
                 self._stats.count(self.route, "error")
                 log.debug("route '%s': shadow %s v%s failed: %s", self.route, model.name, model.version, e.message)
                 return
-            duration_s = time.perf_counter() - start
-            model.stats.record_request(None, duration_s)
-            self._stats.observe(self.route, duration_s, {name: difference(outputs[name], copy.primary[name])
-                                                         for name in outputs if name in copy.primary})
-            if self._predictions is not None:
-                self._predictions.offer(model.name, model.version, copy.request_id, copy.inputs, outputs,
-                                        duration_s, shadow=True)
-        finally:
-            model.release()
+            self._stats.observe(self.route, time.perf_counter() - start,
+                                {name: difference(outputs[name], copy.primary[name])
+                                 for name in outputs if name in copy.primary})
 
     async def close(self) -> None:
         """Stop: copies still queued are dropped and counted (shadows never hold up a shutdown)."""

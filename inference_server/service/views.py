@@ -118,8 +118,8 @@ class StatisticsSnapshot:
             batches[size] = BatchStatisticsView(*(getattr(mine, k) + getattr(b, k) for k in BATCH_DURATIONS))
         return StatisticsSnapshot(
             self.inference_count + other.inference_count, self.execution_count + other.execution_count,
-            max(self.last_inference_ms, other.last_inference_ms),
-            *(getattr(self, k) + getattr(other, k) for k in INFER_DURATIONS), batches=tuple(sorted(batches.items())))
+            max(self.last_inference_ms, other.last_inference_ms), batches=tuple(sorted(batches.items())),
+            **{k: getattr(self, k) + getattr(other, k) for k in INFER_DURATIONS})
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values, for another worker of the pod to add to its own (`from_json`)."""
@@ -134,7 +134,7 @@ class StatisticsSnapshot:
         batches = ((int(size), BatchStatisticsView(*(DurationView(*d[k]) for k in BATCH_DURATIONS)))
                    for size, d in doc["batches"].items())
         return cls(doc["inference_count"], doc["execution_count"], doc["last_inference_ms"],
-                   *(DurationView(*doc[k]) for k in INFER_DURATIONS), batches=tuple(sorted(batches)))
+                   batches=tuple(sorted(batches)), **{k: DurationView(*doc[k]) for k in INFER_DURATIONS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +181,34 @@ def _batch(b: BatchStats) -> BatchStatisticsView:
 
 def snapshot(s: ModelStats) -> StatisticsSnapshot:
     return StatisticsSnapshot(s.inference_count, s.execution_count, s.last_inference_ms,
-                              *(_duration(getattr(s, k)) for k in INFER_DURATIONS),
-                              batches=tuple(sorted((size, _batch(b)) for size, b in list(s.batches.items()))))
+                              batches=tuple(sorted((size, _batch(b)) for size, b in list(s.batches.items()))),
+                              **{k: _duration(getattr(s, k)) for k in INFER_DURATIONS})
 
 
 def statistics_view(model: ModelVersion) -> StatisticsView:
     return StatisticsView(model.name, model.version, snapshot(model.stats))
+
+
+def with_peers(views: list[StatisticsView], peers: list[list[dict]]) -> list[StatisticsView]:
+    """The views a request named, each with the same model version's figures from the peers added. A version
+    only a peer serves (a reload half done across workers) is not added: this worker's registry decides."""
+    figures: dict[tuple[str, str], list[dict]] = {}
+    for answer in peers:
+        for entry in answer:
+            figures.setdefault((entry["name"], entry["version"]), []).append(entry["stats"])
+    merged_views = []
+    for view in views:
+        others = figures.get((view.name, view.version))
+        if not others:  # no peer answered for it: this worker's own figures, as they are
+            merged_views.append(view)
+            continue
+        merged = view.stats
+        for stats in others:
+            merged += StatisticsSnapshot.from_json(stats)
+        merged_views.append(StatisticsView(view.name, view.version, merged))
+    return merged_views
+
+
+def own_figures(views: list[StatisticsView]) -> list[dict]:
+    """This worker's answer to a peer's `statistics`."""
+    return [{"name": v.name, "version": v.version, "stats": v.stats.to_json()} for v in views]

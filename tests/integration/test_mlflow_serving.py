@@ -306,7 +306,7 @@ def test_a_route_variant_follows_an_mlflow_alias(registry: Registry, tmp_path: P
 
         with grpcclient.InferenceServerClient(server.url) as client:
             assert answers(client) == {"stable": {(name, champion)}, "candidate": {(f"{name}@challenger", challenger)}}
-            view = server.app.service.routes(name)[0]
+            view = server.app.service.route_admin.views(name)[0]
             assert [(v.name, v.alias, v.state) for v in view.variants] == [("stable", "", "READY"),
                                                                             ("candidate", "@challenger", "READY")]
             moved = registry.register(name, ONNX["1"], alias="challenger")  # the alias moves to a new version

@@ -7,7 +7,8 @@ import asyncio
 import json
 
 from inference_server.pod.metrics import PodCollector
-from inference_server.pod.peers import PeerServer, PodStatistics, WorkerSlot, ask, own_figures
+from inference_server.pod.peers import PeerServer, PodStatistics, WorkerSlot, ask
+from inference_server.service.views import own_figures
 from inference_server.service.views import StatisticsView
 from tests.unit.test_pod import worker_stats
 

@@ -1,4 +1,4 @@
-"""ModelStatistics through tritonclient, counted the way perf_analyzer reads it (protocol.md §2.1)."""
+"""ModelStatistics through tritonclient, counted the way perf_analyzer reads it (Triton's InferStatistics)."""
 
 from __future__ import annotations
 

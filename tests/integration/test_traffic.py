@@ -63,7 +63,7 @@ def call(client, model: str, x: np.ndarray, key: str, version: str = ""):
 
 
 def canary(server: ServerThread, route: str):
-    return server.app.service.routes(route)[0].canary
+    return server.app.service.route_admin.views(route)[0].canary
 
 
 def drive_until(server, route: str, model: str, x: np.ndarray, states: set[str], timeout_s: float = 30,
@@ -102,7 +102,7 @@ def test_a_healthy_candidate_ramps_to_100_percent_and_becomes_the_stable_variant
             after = [call(client, "ranker", X4, f"after-{i}") for i in range(50)]
         assert {p["variant"] for _, p, _ in after} == {"candidate"}
         assert {r.model_version for _, _, r in after} == {"2"}
-        shares = {v.name: v.share_percent for v in server.app.service.routes("ranker")[0].variants}
+        shares = {v.name: v.share_percent for v in server.app.service.route_admin.views("ranker")[0].variants}
         assert shares == {"stable": 0.0, "candidate": 100.0}
     finally:
         server.stop()
@@ -199,7 +199,7 @@ def test_shadows_that_are_slow_or_fail_change_no_answer_and_are_recorded(repo, t
             assert routed1[2].model_name == "scorer" and routed4[2].model_name == "ranker"
         deadline = time.monotonic() + 30
         while metric(server, "inference_shadow_requests_total", route="ranker", outcome="error") < 40 \
-                or server.app.service.routes("scorer")[0].shadow_queued:
+                or server.app.service.route_admin.views("scorer")[0].shadow_queued:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         ok = metric(server, "inference_shadow_requests_total", route="scorer", outcome="ok")
@@ -237,7 +237,7 @@ def test_a_broken_primary_answers_from_its_fallback_and_its_breaker_opens(repo):
             y, params, response = call(client, "scorer", x3, "c")  # no variant is ready: constant outputs
             np.testing.assert_array_equal(y, np.array([[0.25, 0.75]] * 3, np.float32))
             assert params == {"fallback": True} and response.model_name == "scorer"
-        view = server.app.service.routes("ranker")[0]
+        view = server.app.service.route_admin.views("ranker")[0]
         assert view.variants[0].breaker == "open"
         # Three failures opened it; the next seven went to the fallback without touching the broken model.
         assert metric(server, "inference_route_fallbacks_total", route="ranker", variant="main",

@@ -1,6 +1,12 @@
-"""The dependency direction of design.md §8.3: only the front ends, grpc/ and http/ (and app.py, the composition
-root), may import their protocol stacks (grpc and the generated stubs; starlette, uvicorn, httptools); the leaf
-modules import nothing from the package."""
+"""The rooms of docs/architecture.md and what each may import, checked on every module's imports (module level,
+inside functions and under TYPE_CHECKING alike).
+
+- Layers: a room imports only rooms on its own layer or below, and never a sibling room of its layer.
+- Protocol stacks: grpc only in grpc/ (and the generated *_pb2_grpc stubs), protobuf only in grpc/ and
+  protocol/ (the Triton config schema and the stubs), the HTTP stack only in http/.
+- Front ends reach the core only through the service's API and views, the error types, the protocol rules,
+  the security state and their own settings.
+"""
 
 from __future__ import annotations
 
@@ -9,131 +15,162 @@ import tomllib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "inference_server"
-GRPC_MODULES = ("grpc", "grpc_health", "google.protobuf")
-HTTP_MODULES = ("starlette", "uvicorn", "httptools")
-PROTOCOL_MODULES = GRPC_MODULES + HTTP_MODULES
-FRONT_ENDS = {"grpc": GRPC_MODULES, "http": HTTP_MODULES}  # package folder -> the protocol stack it may use
-LEAVES = {"errors.py", "tensors.py", "config.py", "model_config.py", "auth.py", "tls.py"}
-# Leaves may use the error types; config uses model_config and the routes' config (itself a leaf, routing/config.py).
-LEAF_ALLOWED = {"errors", "model_config", "routing.config"}
+
+# Lowest first. A room is a subpackage or a module; the longest matching name wins (observability.metrics, the
+# Prometheus exporter that reads every room's figures, sits above the rooms it reads).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("inference_server", "errors", "breaker"),  # the version string; error types; the circuit breaker
+    ("config",),  # frozen settings, parsed from TOML and flags
+    ("protocol", "security"),  # KServe v2 / Triton rules and schema; tokens and TLS
+    ("observability",),  # statistics, logs, drift, prediction log, GPU gauges
+    ("execution",),  # ONNX Runtime, the batcher, IO binding, CPUs
+    ("cache",),  # response cache tiers
+    ("lifecycle",),  # model sources, versions, the registry and manager
+    ("observability.metrics",),  # the Prometheus exporter
+    ("routing",),  # routes, canaries, shadows, fallbacks
+    ("pod",),  # workers of one pod
+    ("service",),  # the protocol-neutral API
+    ("grpc", "http"),  # front ends
+    ("app",),  # the composition root
+    ("__main__",),  # python -m inference_server
+)
+GRPC_STACK = ("grpc", "grpc_health")
+PROTOBUF = ("google.protobuf",)
+HTTP_STACK = ("starlette", "uvicorn", "httptools")
+# third-party stack -> the rooms that may import it
+STACK_ROOMS = {GRPC_STACK: {"grpc"}, PROTOBUF: {"grpc", "protocol"}, HTTP_STACK: {"http"}}
+FRONT_END_ALLOWED = {"service", "errors", "protocol", "security", "config", "inference_server"}
 
 
-def imports(path: Path) -> list[tuple[str, int]]:
-    """(absolute-ish module name, relative level) of every import in a file."""
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_module(name: str) -> bool:
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def imports(path: Path, name: str | None = None) -> list[str]:
+    """Every module a file imports, absolute: relative imports resolved, and `from x import y` counted as x and,
+    where y is a module of the package, x.y. `name`: the file's module name (by default, from its path)."""
+    name = name or module_name(path)
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            found += [(alias.name, 0) for alias in node.names]
+            found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            found.append((node.module or "", node.level))
-            if node.level and not node.module:
-                found += [(alias.name, node.level) for alias in node.names]
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+            found.append(base)
+            found += [f"{base}.{alias.name}" for alias in node.names if is_module(f"{base}.{alias.name}")]
     return found
 
 
-def core_modules() -> list[Path]:
-    return [p for p in PACKAGE.rglob("*.py") if not FRONT_ENDS.keys() & set(p.relative_to(PACKAGE).parts[:-1])]
+def room(module: str) -> str | None:
+    """The room of an inference_server module ("inference_server" for the package itself), or None."""
+    if module != "inference_server" and not module.startswith("inference_server."):
+        return None
+    rest = module.removeprefix("inference_server").removeprefix(".")
+    if not rest:
+        return "inference_server"
+    names = [name for layer in LAYERS for name in layer]
+    matches = [n for n in names if rest == n or rest.startswith(n + ".")]
+    return max(matches, key=len) if matches else rest.split(".")[0]
 
 
-def is_protocol(module: str, level: int, stacks: tuple[str, ...], packages: set[str]) -> bool:
-    """An import of one of the third-party `stacks`, or of one of the package's front-end `packages`."""
-    if level:
-        return module.split(".")[0] in packages
-    parts = module.split(".")
-    return (any(module == m or module.startswith(f"{m}.") for m in stacks)
-            or (parts[0] == "inference_server" and len(parts) > 1 and parts[1] in packages))
+def layer(name: str) -> int:
+    return next(i for i, names in enumerate(LAYERS) if name in names)
 
 
-def test_core_never_imports_a_protocol_stack_or_a_front_end():
+def package_files() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def is_generated(path: Path) -> bool:
+    return "_generated" in path.parts
+
+
+def test_every_room_is_placed_on_a_layer():
+    rooms = {room(module_name(p)) for p in package_files()}
+    unplaced = {r for r in rooms if r is not None and not any(r in names for names in LAYERS)}
+    assert unplaced == set()
+
+
+def test_rooms_import_only_their_layer_or_below_and_never_a_sibling():
     offenders = []
-    for path in core_modules():
-        if path.name == "app.py":
-            continue
-        for module, level in imports(path):
-            if is_protocol(module, level, PROTOCOL_MODULES, set(FRONT_ENDS)):
-                offenders.append(f"{path.relative_to(PACKAGE)} imports {'.' * level}{module}")
-    assert offenders == []
-
-
-def test_front_ends_never_import_each_other_or_the_others_stack():
-    offenders = []
-    for front_end, own in FRONT_ENDS.items():
-        others = tuple(m for m in PROTOCOL_MODULES if m not in own)
-        for path in (PACKAGE / front_end).rglob("*.py"):
-            if "_generated" in path.parts:
+    for path in package_files():
+        here = room(module_name(path))
+        assert here is not None
+        for module in imports(path):
+            there = room(module)
+            if there is None or there == here or module.startswith(module_name(path) + "."):
                 continue
-            for module, level in imports(path):
-                siblings = set(FRONT_ENDS) - {front_end}
-                if (level >= 2 and module.split(".")[0] in siblings) or (
-                        level == 0 and is_protocol(module, 0, others, siblings)):
-                    offenders.append(f"{front_end}/{path.name} imports {'.' * level}{module}")
+            if layer(there) > layer(here) or (layer(there) == layer(here) and there != "inference_server"):
+                offenders.append(f"{module_name(path)} ({here}) imports {module} ({there})")
     assert offenders == []
 
 
-def test_leaf_modules_import_nothing_else_from_the_package():
+def test_protocol_stacks_stay_in_their_rooms():
     offenders = []
-    for path in core_modules():
-        if path.name not in LEAVES:
-            continue
-        for module, level in imports(path):
-            internal = level > 0 or module.startswith("inference_server")
-            module = module.removeprefix("inference_server.")
-            if internal and module.split(".")[0] not in LEAF_ALLOWED and module not in LEAF_ALLOWED:
-                offenders.append(f"{path.name} imports {'.' * level}{module}")
+    for path in package_files():
+        here = room(module_name(path))
+        stub_of_grpc = is_generated(path) and path.stem.endswith("_pb2_grpc")
+        for module in imports(path):
+            for stack, rooms in STACK_ROOMS.items():
+                if any(module == m or module.startswith(m + ".") for m in stack) and here not in rooms:
+                    if not (stub_of_grpc and stack == GRPC_STACK):
+                        offenders.append(f"{module_name(path)} imports {module}")
     assert offenders == []
 
 
-def test_the_check_sees_a_forbidden_import(tmp_path):
+def test_only_the_grpc_front_end_imports_the_grpc_stubs():
+    offenders = [f"{module_name(p)} imports {m}" for p in package_files() if not is_generated(p)
+                 for m in imports(p) if m.endswith("_pb2_grpc") and room(module_name(p)) != "grpc"]
+    assert offenders == []
+
+
+def test_front_ends_reach_the_core_only_through_the_service_its_views_and_the_shared_rules():
+    """A front end renders what the service answers; it never reaches into versions, batchers or registries."""
+    offenders = []
+    for front_end in ("grpc", "http"):
+        for path in (PACKAGE / front_end).rglob("*.py"):
+            for module in imports(path):
+                there = room(module)
+                if there is not None and there != front_end and there not in FRONT_END_ALLOWED:
+                    offenders.append(f"{module_name(path)} imports {module}")
+    assert offenders == []
+
+
+def test_the_checks_see_forbidden_imports(tmp_path):
+    """The rules above pass vacuously if the parsing misses imports: relative, in functions, under TYPE_CHECKING."""
     bad = tmp_path / "bad.py"
-    bad.write_text("import grpc\nfrom .grpc import codec\nfrom . import service\n")
-    assert ("grpc", 0) in imports(bad) and ("grpc", 1) in imports(bad) and ("service", 1) in imports(bad)
+    bad.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..service import views\n"
+                   "def f():\n    import grpc\n    from ..lifecycle.registry import ModelRegistry\n")
+    found = imports(bad, "inference_server.config.bad")
+    assert {"inference_server.service", "inference_server.service.views", "grpc",
+            "inference_server.lifecycle.registry"} <= set(found)
+    assert room("inference_server.lifecycle.registry") == "lifecycle"
+    assert room("inference_server.observability.metrics") == "observability.metrics"
+    assert room("inference_server.observability.stats") == "observability"
+    assert layer("lifecycle") > layer("config") and layer("grpc") == layer("http")
 
 
-def test_the_check_sees_http_stack_imports(tmp_path):
-    bad = tmp_path / "bad.py"
-    bad.write_text("import uvicorn\nfrom starlette.requests import Request\nfrom .http.server import HttpFrontEnd\n"
-                   "import inference_server.http.codec\nfrom httptools import HttpRequestParser\n")
-    found = [(m, lvl) for m, lvl in imports(bad) if is_protocol(m, lvl, PROTOCOL_MODULES, set(FRONT_ENDS))]
-    assert found == [("uvicorn", 0), ("starlette.requests", 0), ("http.server", 1), ("inference_server.http.codec", 0),
-                     ("httptools", 0)]
-    # The standard library's http (urllib, http.client) is not the front end.
-    stdlib = tmp_path / "stdlib.py"
-    stdlib.write_text("import http.client\nfrom http import HTTPStatus\nimport startlette_like\n")
-    assert [m for m, lvl in imports(stdlib) if is_protocol(m, lvl, PROTOCOL_MODULES, set(FRONT_ENDS))] == []
-
+def test_the_front_ends_and_the_core_exist_where_the_rules_look():
+    for path in ("grpc/server.py", "http/server.py", "service/inference.py", "protocol/tensors.py", "app.py"):
+        assert (PACKAGE / path).is_file(), path
 
 
 def test_base_dependencies_carry_no_onnx_runtime():
     project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
     assert not [d for d in project["dependencies"] if d.startswith("onnxruntime")]
     extras = project["optional-dependencies"]
+
     def runtimes(extra: str) -> list[str]:
         return [d.split(">")[0] for d in extras[extra] if d.startswith("onnxruntime")]
 
     assert runtimes("cpu") == ["onnxruntime"]
     assert runtimes("gpu") == ["onnxruntime-gpu"]  # beside nvidia-ml-py for the GPU gauges, never both ORTs
-
-
-# auth: the bearer-token decision and the scope of each operation, a leaf both front ends translate (one table
-# for gRPC and HTTP, so the two cannot disagree on what a token may do). tls: PEM files read and checked once for
-# both front ends (a leaf on the standard library's ssl), so both refuse the same bad certificate the same way.
-FRONT_END_ALLOWED = {"service", "views", "errors", "tensors", "stats", "model_config", "config", "auth", "tls"}
-
-
-def test_front_ends_reach_the_core_only_through_the_service_and_its_views():
-    """A front end renders what the service answers; it never reaches into versions, batchers or registries."""
-    offenders = []
-    for front_end in FRONT_ENDS:
-        for path in (PACKAGE / front_end).glob("*.py"):
-            for module, level in imports(path):
-                if level >= 2 or module.startswith("inference_server."):
-                    name = module.removeprefix("inference_server.").split(".")[0]
-                    if name not in FRONT_END_ALLOWED:
-                        offenders.append(f"{front_end}/{path.name} imports {'.' * level}{module}")
-    assert offenders == []
-
-
-def test_the_http_front_end_exists_and_is_checked():
-    """The rules above pass vacuously on a folder that is not there."""
-    assert (PACKAGE / "http" / "server.py").is_file()
-    assert "http" not in {p.relative_to(PACKAGE).parts[0] for p in core_modules()}

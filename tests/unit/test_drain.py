@@ -26,7 +26,7 @@ async def drained(tmp_path):
 
 async def refused(service: InferenceService) -> None:
     with pytest.raises(InferenceError) as e:
-        await service.unload_model("any")
+        await service.repository.unload("any")
     assert e.value.code is ErrorCode.UNAVAILABLE
 
 
@@ -34,14 +34,14 @@ async def test_settle_waits_the_quiet_period_even_when_nothing_was_refused_yet(d
     """Calls sent as the drain began may still be in the transport. Closing at once cut them off: a drain test's
     callers saw CANCELLED in about one run in eight."""
     start = time.monotonic()
-    await drained.settle(0.2, 5.0)
+    await drained.gate.settle(0.2, 5.0)
     assert time.monotonic() - start >= 0.2
 
 
 async def test_settle_ends_a_quiet_period_after_the_last_refusal(drained):
     start = time.monotonic()
     await refused(drained)
-    await drained.settle(0.2, 5.0)
+    await drained.gate.settle(0.2, 5.0)
     assert 0.2 <= time.monotonic() - start < 2.0
 
 
@@ -53,8 +53,8 @@ async def test_settle_stops_at_its_limit_while_requests_keep_coming(drained):
 
     caller = asyncio.create_task(keep_calling())
     start = time.monotonic()
-    await drained.settle(0.2, 0.5)
+    await drained.gate.settle(0.2, 0.5)
     elapsed = time.monotonic() - start
     caller.cancel()
     assert 0.5 <= elapsed < 2.0
-    assert drained.rejected["draining"] > 10
+    assert drained.gate.rejected["draining"] > 10

@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from inference_server.errors import ErrorCode
 from inference_server.observability.stats import ModelStats
 from inference_server.pod.metrics import merge, parse
-from inference_server.pod.peers import WorkerSlot, own_figures, with_peers
-from inference_server.service.views import StatisticsSnapshot, StatisticsView, snapshot
+from inference_server.pod.peers import WorkerSlot
+from inference_server.service.views import StatisticsSnapshot, StatisticsView, own_figures, snapshot, with_peers
 
 
 def worker_stats(requests: int, batch_rows: int, *more_batch_rows: int) -> StatisticsSnapshot:

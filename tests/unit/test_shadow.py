@@ -12,6 +12,7 @@ import pytest
 
 from inference_server.config.routes import ShadowConfig
 from inference_server.errors import internal
+from inference_server.lifecycle.registry import Lease
 from inference_server.observability.stats import ModelStats
 from inference_server.routing.shadow import BUSY_WINDOW_S, LoopLoad, Shadow, ShadowStats
 
@@ -38,9 +39,9 @@ class Registry:
     def __init__(self, version: Version) -> None:
         self.version = version
 
-    def resolve(self, name: str, version: str = "") -> Version:
+    def lease(self, name: str, version: str = "") -> Lease:
         self.version.leases += 1
-        return self.version
+        return Lease(self.version)
 
 
 def copy(shadow: Shadow, value: float) -> None:

@@ -1,0 +1,133 @@
+"""The request runner: one request on one leased version, from its tensors to its answer (docs/architecture.md,
+"A request's path"). Validation, the request's timeout, the response cache, the batcher, then the records:
+the version's statistics, the access log, drift and the prediction log. Direct requests, routed ones (the
+Dispatcher) and shadow copies all run here, so a version's request figures have this one writer (the batcher
+records its batches)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import numpy as np
+
+from inference_server.cache.memory import Coalescer, ResponseCache, cache_key, outputs_nbytes
+from inference_server.config.server import CacheConfig
+from inference_server.errors import ErrorCode, InferenceError, QueueFull
+from inference_server.execution.backend import TensorSpec
+from inference_server.lifecycle.version import ModelVersion
+from inference_server.observability.drift import DriftMonitor
+from inference_server.observability.logs import ACCESS
+from inference_server.observability.predictions import PredictionLog
+from inference_server.protocol.tensors import InferRequest, InferResponse, Tensor
+from inference_server.routing.dispatch import Answer
+from inference_server.service.validation import select_outputs, validate_inputs
+
+
+class RequestRunner:
+    def __init__(self, *, cache: ResponseCache | None = None, cache_config: CacheConfig | None = None,
+                 predictions: PredictionLog | None = None, drift: DriftMonitor | None = None,
+                 access_log: bool = False, rejected: Counter[str] | None = None) -> None:
+        self.cache = cache
+        self.cache_config = cache_config or CacheConfig()
+        self._coalescer = Coalescer()
+        self.predictions = predictions
+        self.drift = drift
+        self.access_log = access_log
+        self.rejected = Counter() if rejected is None else rejected  # the admission gate's: queue_full here
+
+    def caches(self, model: ModelVersion) -> bool:
+        return self.cache is not None and model.config.cache
+
+    async def run(self, model: ModelVersion, request: InferRequest, deadline: float | None) -> Answer:
+        """Run a request on a leased version, counted in its statistics (and the access log)."""
+        start = time.perf_counter()
+        code: ErrorCode | None = ErrorCode.INTERNAL
+        try:
+            answer = await self._infer(model, request, deadline, start)
+            code = None
+            return answer
+        except InferenceError as e:
+            code = e.code
+            if isinstance(e, QueueFull):
+                self.rejected["queue_full"] += 1
+            raise
+        except asyncio.CancelledError:
+            code = ErrorCode.CANCELLED
+            raise
+        finally:
+            duration_s = time.perf_counter() - start
+            model.stats.record_request(code, duration_s)
+            if self.access_log:
+                ACCESS.info("%s %s v%s %.3f ms", code.name if code else "OK", model.name, model.version,
+                            duration_s * 1e3, extra={"model": model.name, "version": model.version,
+                                                     "code": code.name if code else "OK",
+                                                     "duration_ms": round(duration_s * 1e3, 3)})
+
+    async def run_copy(self, model: ModelVersion, inputs: dict[str, np.ndarray], rows: int,
+                       request_id: str) -> dict[str, np.ndarray]:
+        """A shadow's copy of a request already validated against the primary: straight to the batcher (never
+        cached, no deadline), counted in the shadow version's statistics and prediction log (marked shadow)."""
+        start = time.perf_counter()
+        try:
+            outputs = await model.submit(inputs, rows, None, request_id)
+        except InferenceError as e:
+            model.stats.record_request(e.code, time.perf_counter() - start)
+            raise
+        duration_s = time.perf_counter() - start
+        model.stats.record_request(None, duration_s)
+        if self.predictions is not None:
+            self.predictions.offer(model.name, model.version, request_id, inputs, outputs, duration_s, shadow=True)
+        return outputs
+
+    async def _infer(self, model: ModelVersion, request: InferRequest, deadline: float | None,
+                     start: float) -> Answer:
+        inputs, rows = validate_inputs(model, request.inputs)
+        wanted = select_outputs(model, request.requested_outputs)
+        if request.timeout_us:
+            timeout_deadline = asyncio.get_running_loop().time() + request.timeout_us / 1e6
+            deadline = timeout_deadline if deadline is None else min(deadline, timeout_deadline)
+        if self.caches(model):
+            outputs = await self._cached(model, inputs, rows, wanted, deadline, request.id)
+        else:
+            outputs = await model.submit(inputs, rows, deadline, request.id)
+        if self.drift is not None:
+            self.drift.observe(model.name, model.version, outputs)
+        if self.predictions is not None:
+            self.predictions.offer(model.name, model.version, request.id, inputs, outputs,
+                                   time.perf_counter() - start)
+        tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name].shape, outputs[spec.name]) for spec in wanted]
+        return Answer(InferResponse(model.name, model.version, request.id, tensors), inputs, rows, outputs)
+
+    async def _cached(self, model: ModelVersion, inputs: dict[str, np.ndarray], rows: int, wanted: list[TensorSpec],
+                      deadline: float | None, request_id: str) -> dict[str, np.ndarray]:
+        """Identical concurrent requests share one lookup and, on a miss, one execution (the others count as
+        hits: they are answered without an execution of their own). A miss stores the requested outputs before
+        the next identical request can start its own lookup."""
+        assert self.cache is not None
+        cache = self.cache
+        stats = model.stats
+        start = time.perf_counter()
+        key = cache_key(model.name, model.version, {s.name: (s.datatype, inputs[s.name]) for s in model.inputs},
+                        [spec.name for spec in wanted], model.digest)
+
+        async def lookup_or_run() -> dict[str, np.ndarray]:
+            found = await cache.get(key)
+            if found is not None:
+                stats.record_cache(True, time.perf_counter() - start)
+                return found
+            lookup_s = time.perf_counter() - start
+            outputs = await model.submit(inputs, rows, deadline, request_id)
+            insert_start = time.perf_counter()
+            answer = {spec.name: outputs[spec.name] for spec in wanted}
+            if outputs_nbytes(answer) <= self.cache_config.max_entry_bytes:
+                ttl_s = model.config.cache_ttl_s
+                await cache.put(key, answer, (self.cache_config.ttl_s if ttl_s is None else ttl_s) or None)
+            stats.record_cache(False, lookup_s + time.perf_counter() - insert_start)
+            return outputs
+
+        outputs, shared = await self._coalescer.run(key, lookup_or_run)
+        if shared:
+            stats.record_cache(True, None)
+        return outputs
