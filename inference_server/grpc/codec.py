@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference_server.config.model import version_number
-from inference_server.errors import ErrorCode, InferenceError, invalid
+from inference_server.errors import invalid
 from inference_server.protocol._generated import grpc_service_pb2 as pb
+from inference_server.protocol import rules
 from inference_server.protocol._generated import model_config_pb2 as mc
 from inference_server.protocol.tensors import (
     DATATYPES,
@@ -21,19 +21,20 @@ from inference_server.protocol.tensors import (
     element_count,
     encode_raw,
 )
-from inference_server.service.views import (DurationView, IndexEntry, ModelConfigView, ModelMetadataView, PolicyView,
-                                            StatisticsView, TensorView)
+from inference_server.service.views import (
+    DurationView,
+    IndexEntry,
+    ModelConfigView,
+    ModelMetadataView,
+    StatisticsView,
+    TensorView,
+)
 
 TYPED_FIELD = {
     "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
     "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
     "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }
-SHARED_MEMORY_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
-
-
-def _unsupported(message: str) -> InferenceError:
-    return InferenceError(ErrorCode.UNIMPLEMENTED, message)
 
 
 def param_value(p: pb.InferParameter) -> Any:
@@ -50,8 +51,8 @@ def decode_request(request: pb.ModelInferRequest, limits: TensorLimits | None = 
     tensors = []
     elements = 0
     for i, t in enumerate(request.inputs):
-        if t.parameters and any(k in t.parameters for k in SHARED_MEMORY_PARAMS):
-            raise _unsupported(f"input '{t.name}': shared memory is not supported by this server")
+        if t.parameters:
+            rules.check_input_parameters(t.name, t.parameters)
         shape = tuple(t.shape)
         if limits is not None:
             elements = add_request_elements(elements, element_count(shape, t.name, limits), t.name, limits)
@@ -70,21 +71,13 @@ def decode_request(request: pb.ModelInferRequest, limits: TensorLimits | None = 
         tensors.append(Tensor(t.name, t.datatype, shape, data))
     outputs = []
     for o in request.outputs:
-        if "classification" in o.parameters:
-            raise _unsupported(f"output '{o.name}': the classification extension is not supported")
-        if any(k in o.parameters for k in SHARED_MEMORY_PARAMS):
-            raise _unsupported(f"output '{o.name}': shared memory is not supported by this server")
+        rules.check_output_parameters(o.name, o.parameters)
         outputs.append(o.name)
     params = {key: param_value(value) for key, value in request.parameters.items()} if request.parameters else {}
-    sequence_id = params.get("sequence_id")
-    if sequence_id not in (None, 0, ""):
-        raise invalid(f"inference request to model '{request.model_name}' must not specify a non-zero or "
-                      "non-empty correlation ID (the model has no sequence batcher)")
-    timeout = params.get("timeout")
-    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
-        raise invalid(f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}")
+    rules.check_sequence_id(request.model_name, params)
+    timeout_us = rules.timeout_us(params)
     return InferRequest(model_name=request.model_name, model_version=request.model_version, id=request.id,
-                        inputs=tensors, requested_outputs=tuple(outputs) or None, timeout_us=timeout or None,
+                        inputs=tensors, requested_outputs=tuple(outputs) or None, timeout_us=timeout_us,
                         parameters=params)
 
 
@@ -119,14 +112,12 @@ def model_config(view: ModelConfigView) -> pb.ModelConfigResponse:
         platform=view.platform,
         backend=view.backend,
         max_batch_size=view.max_batch_size,
-        version_policy=_version_policy(view.version_policy),
+        version_policy=mc.ModelVersionPolicy(**rules.version_policy(view.version_policy)),
         input=[mc.ModelInput(name=t.name, data_type=DATATYPES[t.datatype].config_name, dims=t.shape)
                for t in view.inputs],
         output=[mc.ModelOutput(name=t.name, data_type=DATATYPES[t.datatype].config_name, dims=t.shape)
                 for t in view.outputs],
-        instance_group=[mc.ModelInstanceGroup(
-            name=f"{view.name}_0", count=view.instance_count,
-            kind=mc.ModelInstanceGroup.KIND_GPU if view.gpu else mc.ModelInstanceGroup.KIND_CPU)],
+        instance_group=[mc.ModelInstanceGroup(**rules.instance_group(view.name, view.instance_count, view.gpu))],
         default_model_filename=view.default_model_filename,
     )
     b = view.dynamic_batching
@@ -140,65 +131,42 @@ def model_config(view: ModelConfigView) -> pb.ModelConfigResponse:
     return pb.ModelConfigResponse(config=config)
 
 
-def _version_policy(policy: PolicyView) -> mc.ModelVersionPolicy:
-    if policy.kind == "all":
-        return mc.ModelVersionPolicy(all=mc.ModelVersionPolicy.All())
-    if policy.kind == "specific":
-        versions = [int(v) for v in policy.specific]
-        return mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=versions))
-    return mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=policy.latest))
-
-
 def repository_index(entries: list[IndexEntry]) -> pb.RepositoryIndexResponse:
     return pb.RepositoryIndexResponse(models=[
         pb.RepositoryIndexResponse.ModelIndex(name=e.name, version=e.version, state=e.state, reason=e.reason)
         for e in entries])
 
 
+def _file(key: str, value: pb.InferParameter) -> bytes:
+    if value.WhichOneof("parameter_choice") != "bytes_param":
+        raise invalid(f"parameter '{key}' must carry the file's content as bytes")
+    return value.bytes_param
+
+
+def _choice(value: pb.InferParameter, *choices: str) -> Any:
+    """The value when it is one of `choices`, else None."""
+    choice = value.WhichOneof("parameter_choice")
+    return getattr(value, choice) if choice in choices else None
+
+
+# Repository parameters are InferParameters: a string_param, a bool_param, bytes_param files, int64 versions.
+PARAMETERS = rules.ParameterWire(
+    text=lambda value: _choice(value, "string_param"),
+    is_bool=lambda value: value.WhichOneof("parameter_choice") == "bool_param",
+    file=_file,
+    version=lambda value: _choice(value, "int64_param", "string_param"),
+    version_types="int64 or string", bool_type="bool")
+
+
 def repository_parameters(parameters: Any) -> tuple[str | None, dict[str, bytes], str | None]:
     """RepositoryModelLoad's parameters -> (config as its JSON text, files, version)."""
-    config = None
-    files: dict[str, bytes] = {}
-    version = None
-    for key, value in parameters.items():
-        choice = value.WhichOneof("parameter_choice")
-        if key == "config":
-            if choice != "string_param":
-                raise invalid("parameter 'config' must be a string holding the model configuration as JSON")
-            config = value.string_param
-        elif key.startswith("file:"):
-            if choice != "bytes_param":
-                raise invalid(f"parameter '{key}' must carry the file's content as bytes")
-            files[key.removeprefix("file:")] = value.bytes_param
-        elif key == "version":
-            version = _version_param(value, choice)
-        elif key != "unload_dependents":
-            raise invalid(f"unknown parameter '{key}' (known: config, file:<version>/<name>, version)")
-    return config, files, version
+    return rules.load_parameters(parameters.items(), PARAMETERS)
 
 
 def unload_version(parameters: Any) -> str | None:
     """RepositoryModelUnload's parameters: `unload_dependents` is accepted (no model here has dependents);
     `version` unloads one version only."""
-    version = None
-    for key, value in parameters.items():
-        choice = value.WhichOneof("parameter_choice")
-        if key == "version":
-            version = _version_param(value, choice)
-        elif key == "unload_dependents":
-            if choice != "bool_param":
-                raise invalid("parameter 'unload_dependents' must be a bool")
-        else:
-            raise invalid(f"unknown parameter '{key}' (known: unload_dependents, version)")
-    return version
-
-
-def _version_param(value: Any, choice: str | None) -> str:
-    raw = getattr(value, choice) if choice in ("int64_param", "string_param") else None
-    version = version_number(raw)
-    if version is None:
-        raise invalid(f"parameter 'version' must be a positive version number (int64 or string), got {raw!r}")
-    return version
+    return rules.unload_version(parameters.items(), PARAMETERS)
 
 
 def _duration(d: DurationView) -> pb.StatisticDuration:

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from inference_server.config.model import version_number
-from inference_server.errors import ErrorCode, InferenceError, invalid
+from inference_server.errors import ErrorCode, invalid
+from inference_server.protocol import rules
 from inference_server.protocol.tensors import (
     DATATYPES,
     DataType,
@@ -37,7 +37,7 @@ from inference_server.protocol.tensors import (
     encode_raw,
 )
 from inference_server.service.views import (BATCH_DURATIONS, INFER_DURATIONS, DurationView, IndexEntry, ModelConfigView,
-                                            ModelMetadataView, PolicyView, StatisticsView, TensorView)
+                                            ModelMetadataView, StatisticsView, TensorView)
 
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_ARGUMENT: 400, ErrorCode.NOT_FOUND: 404, ErrorCode.UNAVAILABLE: 503,
@@ -46,7 +46,6 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.RESOURCE_EXHAUSTED: 503,  # the server's in-flight cap: try again shortly (Retry-After)
 }
 HEADER_LENGTH = "inference-header-content-length"
-SHARED_MEMORY_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _MAX_NESTING = 64  # numpy's own limit on dimensions
 
@@ -55,10 +54,6 @@ _MAX_NESTING = 64  # numpy's own limit on dimensions
 class OutputFormat:
     default_binary: bool  # parameters.binary_data_output: outputs not named in the request
     binary: dict[str, bool]  # per requested output: its parameters.binary_data, else default_binary
-
-
-def _unsupported(message: str) -> InferenceError:
-    return InferenceError(ErrorCode.UNIMPLEMENTED, message)
 
 
 def _loads(data: bytes | memoryview | str, what: str) -> Any:
@@ -142,8 +137,7 @@ def _input_header(item: Any, i: int) -> tuple[str, DataType, tuple[int, ...], di
     if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
         raise invalid(f"input '{name}': 'shape' must be an array of integers")
     params = _object(item.get("parameters", {}), f"input '{name}': 'parameters'")
-    if any(k in params for k in SHARED_MEMORY_PARAMS):
-        raise _unsupported(f"input '{name}': shared memory is not supported by this server")
+    rules.check_input_parameters(name, params)
     return name, dt, tuple(shape), params
 
 
@@ -244,13 +238,8 @@ def _request_parameters(raw: Any, model: str) -> tuple[dict[str, Any], int | Non
     default_binary = params.pop("binary_data_output", False)
     if not isinstance(default_binary, bool):
         raise invalid(f"parameter 'binary_data_output' must be a boolean, got {default_binary!r}")
-    if params.get("sequence_id") not in (None, 0, ""):
-        raise invalid(f"inference request to model '{model}' must not specify a non-zero or non-empty correlation "
-                      "ID (the model has no sequence batcher)")
-    timeout = params.get("timeout")
-    if timeout is not None and (not _is_int(timeout) or timeout < 0):
-        raise invalid(f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}")
-    return params, timeout or None, default_binary
+    rules.check_sequence_id(model, params)
+    return params, rules.timeout_us(params), default_binary
 
 
 def _requested_outputs(raw: Any, default_binary: bool) -> tuple[tuple[str, ...] | None, dict[str, bool]]:
@@ -262,10 +251,7 @@ def _requested_outputs(raw: Any, default_binary: bool) -> tuple[tuple[str, ...] 
             raise invalid(f"outputs[{i}] must be an object with a string 'name'")
         name = item["name"]
         params = _object(item.get("parameters", {}), f"output '{name}': 'parameters'")
-        if "classification" in params:
-            raise _unsupported(f"output '{name}': the classification extension is not supported")
-        if any(k in params for k in SHARED_MEMORY_PARAMS):
-            raise _unsupported(f"output '{name}': shared memory is not supported by this server")
+        rules.check_output_parameters(name, params)
         flag = params.get("binary_data", default_binary)
         if not isinstance(flag, bool):
             raise invalid(f"output '{name}': parameter 'binary_data' must be a boolean, got {flag!r}")
@@ -422,10 +408,9 @@ def model_config_json(view: ModelConfigView) -> bytes:
     rewrites them), returned bare as Triton's HTTP config endpoint does."""
     config: dict[str, Any] = {
         "name": view.name, "platform": view.platform, "backend": view.backend,
-        "version_policy": _version_policy(view.version_policy), "max_batch_size": view.max_batch_size,
+        "version_policy": rules.version_policy(view.version_policy), "max_batch_size": view.max_batch_size,
         "input": [_config_tensor(t) for t in view.inputs], "output": [_config_tensor(t) for t in view.outputs],
-        "instance_group": [{"name": f"{view.name}_0", "kind": "KIND_GPU" if view.gpu else "KIND_CPU",
-                            "count": view.instance_count}],
+        "instance_group": [rules.instance_group(view.name, view.instance_count, view.gpu)],
         "default_model_filename": view.default_model_filename,
     }
     b = view.dynamic_batching
@@ -436,16 +421,6 @@ def model_config_json(view: ModelConfigView) -> bytes:
     if view.response_cache:
         config["response_cache"] = {"enable": True}
     return orjson.dumps(config)
-
-
-def _version_policy(policy: PolicyView) -> dict[str, Any]:
-    if policy.kind == "all":
-        return {"all": {}}
-    if policy.kind == "specific":
-        return {"specific": {"versions": [int(v) for v in policy.specific]}}
-    return {"latest": {"num_versions": policy.latest}}
-
-
 
 
 def _duration(d: DurationView) -> dict[str, int]:
@@ -489,46 +464,31 @@ def _repository_parameters(body: bytes) -> dict[str, Any]:
     return _object(doc.get("parameters", {}), "'parameters'")
 
 
+def _file(key: str, value: Any) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, TypeError, ValueError) as e:
+        raise invalid(f"parameter '{key}' must be the file's content in base64: {e}") from None
+
+
+# Repository parameters are JSON values: a string, a boolean, files in base64, versions as integers or strings.
+PARAMETERS = rules.ParameterWire(
+    text=lambda value: value if isinstance(value, str) else None,
+    is_bool=lambda value: isinstance(value, bool),
+    file=_file,
+    version=lambda value: value,
+    version_types="integer or string", bool_type="boolean")
+
+
 def load_parameters(body: bytes) -> tuple[str | None, dict[str, bytes], str | None]:
     """A load body -> (config as its JSON text, files by "<version>/<name>", version). The model manager reads
     the config, the same way for both front ends."""
-    config, files, version = None, {}, None
-    for key, value in _repository_parameters(body).items():
-        if key == "config":
-            if not isinstance(value, str):
-                raise invalid("parameter 'config' must be a string holding the model configuration as JSON")
-            config = value
-        elif key.startswith("file:"):
-            try:
-                files[key.removeprefix("file:")] = base64.b64decode(value, validate=True)
-            except (binascii.Error, TypeError, ValueError) as e:
-                raise invalid(f"parameter '{key}' must be the file's content in base64: {e}") from None
-        elif key == "version":
-            version = _version(value)
-        elif key != "unload_dependents":
-            raise invalid(f"unknown parameter '{key}' (known: config, file:<version>/<name>, version)")
-    return config, files, version
+    return rules.load_parameters(_repository_parameters(body).items(), PARAMETERS)
 
 
 def unload_parameters(body: bytes) -> str | None:
     """`unload_dependents` is accepted (no model here has dependents); `version` unloads one version only."""
-    version = None
-    for key, value in _repository_parameters(body).items():
-        if key == "version":
-            version = _version(value)
-        elif key == "unload_dependents":
-            if not isinstance(value, bool):
-                raise invalid("parameter 'unload_dependents' must be a boolean")
-        else:
-            raise invalid(f"unknown parameter '{key}' (known: unload_dependents, version)")
-    return version
-
-
-def _version(raw: Any) -> str:
-    version = version_number(raw)
-    if version is None:
-        raise invalid(f"parameter 'version' must be a positive version number (integer or string), got {raw!r}")
-    return version
+    return rules.unload_version(_repository_parameters(body).items(), PARAMETERS)
 
 
 def error_json(message: str) -> bytes:

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from inference_server.config.server import LimitsConfig, ServerConfig
-from inference_server.errors import ErrorCode, InferenceError, QueueFull, invalid
+from inference_server.errors import ErrorCode, InferenceError, invalid
 from inference_server.http import admin, auth, codec
 from inference_server.http.bodies import (
     JSON,
@@ -97,9 +97,9 @@ def endpoint(handler: Handler) -> Handler:
                 response = await handler(self, request)
         except HttpError as e:  # the body may be left unread: the connection cannot carry another request
             response = error_response(e.status, e.message, {"connection": "close"})
-        except InferenceError as e:  # over a bound (a full queue, the in-flight cap): worth another try soon
-            busy = isinstance(e, QueueFull) or e.code is ErrorCode.RESOURCE_EXHAUSTED
-            response = error_response(codec.STATUS[e.code], e.message, {"retry-after": RETRY_AFTER_S} if busy else None)
+        except InferenceError as e:  # over a bound (a full queue, the in-flight cap): Retry-After (e.retryable)
+            retry = {"retry-after": RETRY_AFTER_S} if e.retryable else None
+            response = error_response(codec.STATUS[e.code], e.message, retry)
         except Exception:
             request_id = request.scope.get("inference_server.request_id") or header_id or "-"
             log.exception("request %s: %s %s failed unexpectedly", request_id, request.method, request.url.path)

@@ -22,14 +22,6 @@ DURATION_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 
                       0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
-# Triton's failure reasons (nv_inference_request_failure{reason}).
-REASONS = {ErrorCode.UNAVAILABLE: "REJECTED", ErrorCode.DEADLINE_EXCEEDED: "REJECTED",
-           ErrorCode.RESOURCE_EXHAUSTED: "REJECTED",
-           ErrorCode.CANCELLED: "CANCELED", ErrorCode.INTERNAL: "BACKEND"}
-
-
-def failure_reason(code: ErrorCode) -> str:
-    return REASONS.get(code, "OTHER")
 
 
 class Histogram:
@@ -98,7 +90,7 @@ class ModelStats:
         self.cache_miss = Duration()  # lookup and insert time of misses
         self.cache_lookup_s = Histogram(DURATION_BUCKETS_S)
         self.batches: dict[int, BatchStats] = {}
-        self.failures: Counter[str] = Counter()  # by Triton reason
+        self.failures: Counter[str] = Counter()  # by Triton's reason (ErrorCode.failure_reason)
         # Histograms, in seconds (rows for batch sizes)
         self.request_s: dict[str, Histogram] = {}  # by outcome code
         self.queue_s = Histogram(DURATION_BUCKETS_S)
@@ -152,7 +144,7 @@ class ModelStats:
             label = "OK"
         else:
             self.fail.add(ns)
-            self.failures[failure_reason(code)] += 1
+            self.failures[code.failure_reason] += 1
             label = code.name
         histogram = self.request_s.get(label)
         if histogram is None:

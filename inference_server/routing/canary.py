@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from inference_server.config.routes import CanaryConfig
+from inference_server.errors import ErrorCode
 
 RUNNING, PAUSED, PROMOTED, ROLLED_BACK, ABORTED, OFF = "running", "paused", "promoted", "rolled_back", "aborted", "off"
 STATES = (RUNNING, PAUSED, PROMOTED, ROLLED_BACK, ABORTED, OFF)
@@ -24,13 +25,14 @@ STATES = (RUNNING, PAUSED, PROMOTED, ROLLED_BACK, ABORTED, OFF)
 STEP, HOLD, FAIL, ROLLBACK, PROMOTE = "step", "hold", "fail", "rollback", "promote"
 START, PAUSE, ABORT = "start", "pause", "abort"
 DECISIONS = (STEP, HOLD, FAIL, ROLLBACK, PROMOTE, START, PAUSE, ABORT)
-# Outcomes that count against a variant: it failed, or could not take the request. The client's own mistakes,
-# its cancellations and its deadlines (a timeout the client chose; a slow variant shows in the p99) say
-# nothing about the variant and are not counted at all.
-SERVER_ERRORS = frozenset({"INTERNAL", "UNAVAILABLE", "UNKNOWN", "RESOURCE_EXHAUSTED"})
-NOT_COUNTED = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION",
-                         "UNIMPLEMENTED", "ALREADY_EXISTS"})
 
+
+def counts_against(code: str) -> bool:
+    """Whether a failed outcome (the router records codes by name) counts against its variant: the code is
+    ErrorCode.server_fault, or it names no ErrorCode (gRPC's UNKNOWN; none arrives today, since the dispatcher
+    records an unexpected exception as INTERNAL). A client's own mistakes are not counted at all."""
+    member = ErrorCode.__members__.get(code)
+    return member is None or member.server_fault
 
 
 class CanaryConflict(ValueError):
@@ -49,7 +51,7 @@ class Window:
     _latency: Counter[int] = field(default_factory=Counter)
 
     def record(self, code: str, duration_s: float | None) -> None:
-        if code in NOT_COUNTED:
+        if code != "OK" and not counts_against(code):
             return
         self.requests += 1
         if code != "OK":

@@ -18,8 +18,7 @@ from inference_server.errors import ErrorCode, InferenceError, internal, unavail
 from inference_server.lifecycle.registry import ModelRegistry
 from inference_server.lifecycle.version import ModelVersion
 from inference_server.protocol.tensors import InferRequest, InferResponse
-from inference_server.routing.canary import SERVER_ERRORS
-from inference_server.routing.fallback import FALLBACK_CODES, constant_outputs
+from inference_server.routing.fallback import constant_outputs
 from inference_server.routing.router import Router, RouteState
 
 log = logging.getLogger(__name__)
@@ -61,35 +60,35 @@ class Dispatcher:
             failure = unavailable(f"route '{cfg.name}' variant '{variant.name}': circuit breaker open")
             return await self._fallback(route, variant, request, deadline, failure, "breaker_open")
         start = time.perf_counter()
-        code = ErrorCode.INTERNAL.name
+        code: ErrorCode | None = ErrorCode.INTERNAL  # None: answered
         failure: InferenceError | None = None
         try:
             with self.registry.lease(variant.model, variant.version) as model:
                 answer = await self._run(model, request, deadline)
-            code = "OK"
+            code = None
         except InferenceError as e:
-            code = e.code.name
+            code = e.code
             failure = e
         except asyncio.CancelledError:
-            code = ErrorCode.CANCELLED.name
+            code = ErrorCode.CANCELLED
             raise
         except Exception:  # a defect, not the client's doing: the variant failed (the fallback may answer)
             log.exception("route '%s' variant '%s': request failed unexpectedly", cfg.name, variant.name)
             failure = internal(f"route '{cfg.name}' variant '{variant.name}': the request failed unexpectedly")
         finally:
-            router.record(route, variant.name, code, time.perf_counter() - start)
+            router.record(route, variant.name, "OK" if code is None else code.name, time.perf_counter() - start)
             if breaker is None:
                 pass
-            elif code == ErrorCode.CANCELLED.name:
+            elif code is ErrorCode.CANCELLED:
                 breaker.abandon(ticket)  # no outcome: a probe is replaced at once
-            elif code in SERVER_ERRORS:
+            elif code is not None and code.server_fault:
                 breaker.failure(failure.message if failure is not None else "", ticket)
             else:
                 breaker.success(ticket)  # answered (a client's mistake is an answer too)
         if failure is not None:
-            if failure.code not in FALLBACK_CODES:
+            if not failure.code.falls_back:
                 raise failure
-            return await self._fallback(route, variant, request, deadline, failure, code.lower())
+            return await self._fallback(route, variant, request, deadline, failure, failure.code.name.lower())
         answer.response.parameters["variant"] = variant.name
         if route.shadow is not None and route.shadow.wants(key):
             route.shadow.offer(answer.inputs, answer.rows, answer.outputs, request.id)

@@ -8,12 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from inference_server.errors import ErrorCode
 from inference_server.protocol.tensors import DATATYPES, Tensor
 
-# Failures a fallback answers for: the variant failed, is not available, is over its queue bound (Triton's
-# answer to a full queue is UNAVAILABLE), or its breaker is open. A client's own mistake is its answer.
-FALLBACK_CODES = frozenset({ErrorCode.INTERNAL, ErrorCode.UNAVAILABLE})
+# Which failures a fallback answers for: ErrorCode.falls_back.
 
 
 def _infer_datatype(value: np.ndarray) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from inference_server.errors import ErrorCode
-from inference_server.observability.stats import Histogram, ModelStats, failure_reason
+from inference_server.observability.stats import Histogram, ModelStats
 
 
 def test_histogram_bounds_are_inclusive_and_cumulative():
@@ -38,4 +38,4 @@ def test_requests_are_counted_by_outcome_and_triton_reason():
     assert {code: h.count for code, h in s.request_s.items()} == {"OK": 1, "INVALID_ARGUMENT": 1, "UNAVAILABLE": 1,
                                                                   "CANCELLED": 1}
     assert s.pending() == 7
-    assert [failure_reason(c) for c in (ErrorCode.DEADLINE_EXCEEDED, ErrorCode.INTERNAL)] == ["REJECTED", "BACKEND"]
+    assert [c.failure_reason for c in (ErrorCode.DEADLINE_EXCEEDED, ErrorCode.INTERNAL)] == ["REJECTED", "BACKEND"]
