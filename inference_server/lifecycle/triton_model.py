@@ -19,13 +19,8 @@ from inference_server.config.model import (
     WarmupConfig,
 )
 from inference_server.errors import ConfigError
+from inference_server.protocol.tensors import TRITON_DATATYPES
 
-TRITON_DATATYPES = {
-    "TYPE_BOOL": "BOOL", "TYPE_UINT8": "UINT8", "TYPE_UINT16": "UINT16", "TYPE_UINT32": "UINT32",
-    "TYPE_UINT64": "UINT64", "TYPE_INT8": "INT8", "TYPE_INT16": "INT16", "TYPE_INT32": "INT32",
-    "TYPE_INT64": "INT64", "TYPE_FP16": "FP16", "TYPE_FP32": "FP32", "TYPE_FP64": "FP64",
-    "TYPE_STRING": "BYTES", "TYPE_BF16": "BF16",
-}
 PLATFORM, BACKEND = "onnxruntime_onnx", "onnxruntime"
 INSTANCE_DEVICES = {"KIND_AUTO": None, "KIND_CPU": "cpu", "KIND_GPU": "cuda"}  # None: the server's device
 # onnxruntime_backend (src/onnxruntime.cc): optimization.graph.level -1 basic, 1 extended, 2 none, else all

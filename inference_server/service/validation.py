@@ -10,7 +10,7 @@ import numpy as np
 from inference_server.errors import invalid
 from inference_server.execution.backend import TensorSpec
 from inference_server.lifecycle.version import ModelVersion
-from inference_server.protocol.tensors import Tensor, bytes_to_text
+from inference_server.protocol.tensors import Tensor, bytes_to_text, is_bytes
 
 
 def validate_inputs(model: ModelVersion, tensors: Sequence[Tensor]) -> tuple[dict[str, np.ndarray], int]:
@@ -45,7 +45,7 @@ def validate_inputs(model: ModelVersion, tensors: Sequence[Tensor]) -> tuple[dic
                 raise invalid(f"input '{spec.name}': batch size {shape[0]} differs from the other inputs' {rows}")
             rows = shape[0]
         data = found.data
-        if spec.datatype == "BYTES":
+        if is_bytes(spec.datatype):
             data = bytes_to_text(data, spec.name)
         arrays[spec.name] = data
     if not batching:
