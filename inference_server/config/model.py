@@ -40,6 +40,17 @@ class BatchingConfig:
     instance_count: int = 1  # model instances = batches that may run at once
 
 
+def rows_fit(rows: int, max_batch_size: int) -> bool:
+    """Whether a request (or a warmup batch) of `rows` rows fits one batch of a model with this max_batch_size. 0 is
+    a model that does not batch: it takes each request whole, whatever its first dimension."""
+    return not max_batch_size or rows <= max_batch_size
+
+
+def preferred_sizes_fit(preferred: Iterable[int], max_batch_size: int) -> bool:
+    """Whether every preferred batch size is at most max_batch_size (a model that does not batch, 0, has none)."""
+    return all(p <= max_batch_size for p in preferred)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VersionPolicy:
     """Which of a model's available versions serve (Triton's version_policy; default: the newest one)."""
@@ -137,7 +148,7 @@ def parse_batching(table: Mapping[str, Any], prefix: str, base: BatchingConfig) 
         instance_count=toml.count(table, "instance_count", prefix, base.instance_count, minimum=1),
     )
     limit = cfg.max_batch_size
-    if limit is not None and any(p > limit for p in cfg.preferred_batch_size):
+    if limit is not None and not preferred_sizes_fit(cfg.preferred_batch_size, limit):
         raise ConfigError(f"{prefix}preferred_batch_size", f"sizes must be <= max_batch_size ({limit})")
     return cfg
 

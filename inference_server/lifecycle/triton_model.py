@@ -17,6 +17,8 @@ from inference_server.config.model import (
     TensorDecl,
     VersionPolicy,
     WarmupConfig,
+    preferred_sizes_fit,
+    rows_fit,
 )
 from inference_server.errors import ConfigError
 from inference_server.protocol.tensors import TRITON_DATATYPES
@@ -127,7 +129,7 @@ def _batching(doc: Mapping[str, Any], where: str, instance_count: int) -> Batchi
     toml.get(table, "preserve_ordering", prefix, bool, False)
     preferred = {_integer(p, f"{prefix}preferred_batch_size", minimum=1)
                  for p in toml.get(table, "preferred_batch_size", prefix, list, [])}
-    if any(p > max_batch for p in preferred):
+    if not preferred_sizes_fit(preferred, max_batch):
         raise ConfigError(f"{prefix}preferred_batch_size", f"sizes must be <= max_batch_size ({max_batch}), got "
                                                            f"{sorted(preferred)}")
     return BatchingConfig(
@@ -204,7 +206,7 @@ def _warmup(doc: Mapping[str, Any], where: str, max_batch: int) -> WarmupConfig:
         prefix = f"{where}model_warmup[{i}]."
         entry = _check(entry, prefix, ("name", "batch_size", "inputs", "count"))
         size = _integer(entry.get("batch_size", 0), f"{prefix}batch_size") or 1  # 0: one request of 1
-        if size > max(max_batch, 1):
+        if not rows_fit(size, max(max_batch, 1)):  # a model that does not batch warms up with 1
             raise ConfigError(f"{prefix}batch_size", f"must be <= max_batch_size ({max_batch}), got {size}")
         if size not in sizes:
             sizes.append(size)

@@ -9,6 +9,7 @@ import numpy as np
 
 from inference_server.errors import invalid
 from inference_server.execution.backend import TensorSpec
+from inference_server.execution.batching import check_rows
 from inference_server.lifecycle.version import ModelVersion
 from inference_server.protocol.tensors import Tensor, bytes_to_text, is_bytes
 
@@ -52,9 +53,7 @@ def validate_inputs(model: ModelVersion, tensors: Sequence[Tensor]) -> tuple[dic
         return arrays, 1
     if not rows:
         raise invalid(f"batch size must be at least 1 for model '{model.name}'")
-    if rows > model.max_batch_size:
-        raise invalid(f"batch size {rows} exceeds the maximum batch size {model.max_batch_size} "
-                      f"of model '{model.name}'")
+    check_rows(rows, model.max_batch_size, model.name)
     return arrays, rows
 
 
