@@ -33,7 +33,7 @@ from redis.backoff import NoBackoff
 from inference_server.breaker import OPEN, CircuitBreaker
 from inference_server.cache.memory import MemoryCache, Outputs
 from inference_server.config.server import redact_url
-from inference_server.protocol.tensors import DATATYPES, decode_bytes, encode_bytes
+from inference_server.protocol.tensors import BYTES, DATATYPES, decode_bytes, encode_bytes, is_bytes
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def encode_outputs(outputs: Outputs, expires_at_ms: int | None = None) -> bytes:
     parts: list[bytes] = []
     for name, array in outputs.items():
         if array.dtype == object:
-            raw, dtype = encode_bytes(array), "BYTES"
+            raw, dtype = encode_bytes(array), BYTES
         else:
             raw, dtype = np.ascontiguousarray(array).tobytes(), array.dtype.str
         header.append({"name": name, "dtype": dtype, "shape": list(array.shape), "nbytes": len(raw)})
@@ -79,7 +79,7 @@ def decode_outputs(blob: bytes) -> tuple[Outputs, int | None]:
         raw = view[pos:pos + nbytes]
         pos += nbytes
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if dtype == "BYTES":
+        if is_bytes(dtype):
             outputs[name] = decode_bytes(bytes(raw), count, name).reshape(shape)
         elif dtype in _FIXED_DTYPES and count * np.dtype(dtype).itemsize == nbytes:
             outputs[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)

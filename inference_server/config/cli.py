@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from inference_server import __version__
+from inference_server.config import toml
+from inference_server.config.model import BatchingConfig
 from inference_server.config.server import (
     CONFIG_ENV,
     DEVICES,
@@ -18,21 +20,26 @@ from inference_server.config.server import (
     MODEL_CONTROL_MODES,
     REDIS_PASSWORD_ENV,
     REDIS_URL_ENV,
+    SERVER_KEYS,
     ServerConfig,
-    _get,
     parse_server,
-    read_toml,
 )
 from inference_server.errors import ConfigError
+
+# The [server] and [batching] keys that have a flag of their name (--auth-tokens sets server.auth.tokens_file).
+FLAG_SERVER_KEYS = tuple(key for key in SERVER_KEYS if key not in ("auth", "limits"))
+FLAG_BATCHING_KEYS = tuple(f.name for f in dataclasses.fields(BatchingConfig) if f.name != "preferred_batch_size")
+DEFAULTS = ServerConfig()  # for the help texts
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m inference_server",
                                 description="KServe v2 / Triton gRPC inference server with dynamic batching.")
     p.add_argument("--config", type=Path, help=f"TOML config file (also ${CONFIG_ENV})")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="gRPC port (default 8001; 0 picks a free one)")
-    p.add_argument("--http-port", type=int, help="HTTP/REST (KServe v2) port (default 8000; 0: no HTTP)")
+    p.add_argument("--host", help=f"address to bind (default {DEFAULTS.host})")
+    p.add_argument("--port", type=int, help=f"gRPC port (default {DEFAULTS.port}; 0 picks a free one)")
+    p.add_argument("--http-port", type=int,
+                   help=f"HTTP/REST (KServe v2) port (default {DEFAULTS.http_port}; 0: no HTTP)")
     p.add_argument("--model-repository", type=Path, help="DIR/<model>/<version>/model.onnx layout")
     p.add_argument("--model-control-mode", choices=MODEL_CONTROL_MODES,
                    help="none (default): load what is configured at start, no changes; explicit: --load-model "
@@ -54,11 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="response cache for every model: memory, memory:<MiB>, redis:// or rediss:// "
                                    "URL, or redis (the URL from $REDIS_URL; the password may come from "
                                    "$REDIS_PASSWORD)")
-    p.add_argument("--workers", type=int, help="server processes sharing the port via SO_REUSEPORT (default 1)")
+    p.add_argument("--workers", type=int,
+                   help=f"server processes sharing the port via SO_REUSEPORT (default {DEFAULTS.workers})")
     p.add_argument("--reuse-port", action="store_true", default=None,
                    help="bind with SO_REUSEPORT, sharing the port with other server processes")
-    p.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (default 8002; 0 picks a free one)")
-    p.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
+    p.add_argument("--metrics-port", type=int,
+                   help=f"Prometheus endpoint port (default {DEFAULTS.metrics_port}; 0 picks a free one)")
+    p.add_argument("--metrics-host", help=f"Prometheus endpoint address (default {DEFAULTS.metrics_host})")
     p.add_argument("--no-metrics", dest="metrics", action="store_false", default=None,
                    help="serve no Prometheus endpoint")
     p.add_argument("--max-batch-size", type=int, help="default max rows per batch (0: no batching)")
@@ -102,22 +111,15 @@ def _boolean(text: str) -> bool:
 def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServerConfig:
     args = build_parser().parse_args(argv)
     path = args.config or (Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None)
-    doc = read_toml(path, "--config") if path else {}
-    server = dict(_get(doc, "server", "", dict, {}))
-    batching = dict(_get(doc, "batching", "", dict, {}))
-    for key in ("host", "port", "http_port", "max_message_bytes", "drain_grace_s", "max_connection_age_s",
-                "max_connection_age_grace_s", "grpc_engine", "log_level", "device", "log_format",
-                "access_log", "execution", "cache", "workers", "reuse_port", "metrics", "metrics_host",
-                "metrics_port", "model_control_mode", "load_models", "repository_poll_secs", "exit_on_error",
-                "strict_readiness", "model_cache_dir", "tls_cert", "tls_key",
-                "tls_client_ca"):  # each flag sets the [server] key of its name
-        if getattr(args, key) is not None:
-            server[key] = getattr(args, key)
-    if args.model_repository is not None:
-        server["model_repository"] = str(args.model_repository)
+    doc = toml.read_toml(path, "--config") if path else {}
+    server = dict(toml.get(doc, "server", "", dict, {}))
+    batching = dict(toml.get(doc, "batching", "", dict, {}))
+    for key in FLAG_SERVER_KEYS:  # each flag sets the [server] key of its name
+        if (value := getattr(args, key)) is not None:
+            server[key] = str(value) if isinstance(value, Path) else value
     if args.auth_tokens is not None:
-        server["auth"] = {**_get(server, "auth", "server.", dict, {}), "tokens_file": args.auth_tokens}
-    for key in ("max_batch_size", "max_queue_delay_us", "max_queue_size", "instance_count"):
+        server["auth"] = {**toml.get(server, "auth", "server.", dict, {}), "tokens_file": args.auth_tokens}
+    for key in FLAG_BATCHING_KEYS:
         if getattr(args, key) is not None:
             batching[key] = getattr(args, key)
     if server.get("cache") == "redis":  # the URL (and any password in it) stays out of argv and the file

@@ -2,17 +2,18 @@
 
 The same table is a `[[models]]` entry in the server file or a repository's `<model>/config.toml`; a
 Triton `config.pbtxt` is translated into the same dataclasses (lifecycle/triton_config.py). Every bad value
-raises ConfigError naming its dotted key. The small TOML readers here are shared with config.py.
+raises ConfigError naming its dotted key. The readers of TOML values are in toml.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from inference_server.config import toml
 from inference_server.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -37,6 +38,17 @@ class BatchingConfig:
     preferred_batch_size: tuple[int, ...] = ()
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE  # queued requests; 0 = unbounded
     instance_count: int = 1  # model instances = batches that may run at once
+
+
+def rows_fit(rows: int, max_batch_size: int) -> bool:
+    """Whether a request (or a warmup batch) of `rows` rows fits one batch of a model with this max_batch_size. 0 is
+    a model that does not batch: it takes each request whole, whatever its first dimension."""
+    return not max_batch_size or rows <= max_batch_size
+
+
+def preferred_sizes_fit(preferred: Iterable[int], max_batch_size: int) -> bool:
+    """Whether every preferred batch size is at most max_batch_size (a model that does not batch, 0, has none)."""
+    return all(p <= max_batch_size for p in preferred)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,95 +136,52 @@ def version_key(version: str) -> tuple[int, int | str]:
     return (0, int(version)) if version.isdigit() else (1, version)
 
 
-def _get(table: Mapping[str, Any], key: str, prefix: str, kind: type | tuple[type, ...], default: Any) -> Any:
-    if key not in table:
-        return default
-    value = table[key]
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
-        raise ConfigError(f"{prefix}{key}", f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
-    return value
-
-
-def _count(table: Mapping[str, Any], key: str, prefix: str, default: Any, minimum: int = 0,
-           maximum: int | None = None) -> Any:
-    value = _get(table, key, prefix, int, default)
-    if value is not None and (value < minimum or maximum is not None and value > maximum):
-        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise ConfigError(f"{prefix}{key}", f"must be {bounds}, got {value}")
-    return value
-
-
-def _choice(table: Mapping[str, Any], key: str, prefix: str, choices: Sequence[str], default: str) -> str:
-    value = _get(table, key, prefix, str, default)
-    if value not in choices:
-        raise ConfigError(f"{prefix}{key}", f"must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _reject_unknown(table: Mapping[str, Any], allowed: Sequence[str], prefix: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(f"{prefix}{key}", f"unknown key (allowed: {', '.join(allowed)})")
-
-
-def _seconds(table: Mapping[str, Any], key: str, prefix: str, default: float | None = 0.0,
-             minimum: float = 0.0) -> Any:
-    value = _get(table, key, prefix, (int, float), default)
-    if value is not None and value < minimum:
-        raise ConfigError(f"{prefix}{key}", f"must be >= {minimum}, got {value}")
-    return None if value is None else float(value)
-
-
-def _positive_ints(table: Mapping[str, Any], key: str, prefix: str, default: Sequence[int]) -> list[int]:
-    values = _get(table, key, prefix, list, list(default))
-    if not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in values):
-        raise ConfigError(f"{prefix}{key}", f"must be positive integers, got {values}")
-    return values
-
-
 def parse_batching(table: Mapping[str, Any], prefix: str, base: BatchingConfig) -> BatchingConfig:
     names = [f.name for f in dataclasses.fields(BatchingConfig)]
-    _reject_unknown(table, names, prefix)
-    preferred = _positive_ints(table, "preferred_batch_size", prefix, base.preferred_batch_size)
+    toml.reject_unknown(table, names, prefix)
+    preferred = toml.positive_ints(table, "preferred_batch_size", prefix, base.preferred_batch_size)
     cfg = BatchingConfig(
-        max_batch_size=_count(table, "max_batch_size", prefix, base.max_batch_size),
-        max_queue_delay_us=_count(table, "max_queue_delay_us", prefix, base.max_queue_delay_us),
+        max_batch_size=toml.count(table, "max_batch_size", prefix, base.max_batch_size),
+        max_queue_delay_us=toml.count(table, "max_queue_delay_us", prefix, base.max_queue_delay_us),
         preferred_batch_size=tuple(sorted(set(preferred))),
-        max_queue_size=_count(table, "max_queue_size", prefix, base.max_queue_size),
-        instance_count=_count(table, "instance_count", prefix, base.instance_count, minimum=1),
+        max_queue_size=toml.count(table, "max_queue_size", prefix, base.max_queue_size),
+        instance_count=toml.count(table, "instance_count", prefix, base.instance_count, minimum=1),
     )
     limit = cfg.max_batch_size
-    if limit is not None and any(p > limit for p in cfg.preferred_batch_size):
+    if limit is not None and not preferred_sizes_fit(cfg.preferred_batch_size, limit):
         raise ConfigError(f"{prefix}preferred_batch_size", f"sizes must be <= max_batch_size ({limit})")
     return cfg
 
 
 def parse_version_policy(table: Mapping[str, Any], prefix: str) -> VersionPolicy:
     """`{ latest = N }`, `{ all = true }` or `{ specific = [1, 3] }`."""
-    _reject_unknown(table, ["latest", "all", "specific"], prefix)
+    toml.reject_unknown(table, ["latest", "all", "specific"], prefix)
     if len(table) != 1:
         raise ConfigError(prefix.rstrip("."), "give exactly one of latest = N, all = true, specific = [...]")
     if "latest" in table:
-        return VersionPolicy(kind="latest", latest=_count(table, "latest", prefix, 1, minimum=1))
+        return VersionPolicy(kind="latest", latest=toml.count(table, "latest", prefix, VersionPolicy().latest,
+                                                              minimum=1))
     if "all" in table:
-        if _get(table, "all", prefix, bool, True) is not True:
+        if toml.get(table, "all", prefix, bool, True) is not True:
             raise ConfigError(f"{prefix}all", "must be true (or give latest or specific instead)")
         return VersionPolicy(kind="all")
-    versions = _positive_ints(table, "specific", prefix, [])
+    versions = toml.positive_ints(table, "specific", prefix, [])
     if not versions:
         raise ConfigError(f"{prefix}specific", "must name at least one version")
     return VersionPolicy(kind="specific", specific=tuple(str(v) for v in sorted(set(versions))))
 
 
 def parse_warmup(table: Mapping[str, Any], prefix: str) -> WarmupConfig:
-    _reject_unknown(table, ["batch_sizes", "data", "count"], prefix)
-    sizes = _get(table, "batch_sizes", prefix, list, None)
+    toml.reject_unknown(table, ["batch_sizes", "data", "count"], prefix)
+    d = WarmupConfig()
+    sizes = toml.get(table, "batch_sizes", prefix, list, d.batch_sizes)
     if sizes is not None:
-        sizes = tuple(_positive_ints(table, "batch_sizes", prefix, []))
-    return WarmupConfig(batch_sizes=sizes, data=_choice(table, "data", prefix, WARMUP_DATA, "zeros"),
-                        count=_count(table, "count", prefix, 1, minimum=1))
+        sizes = tuple(toml.positive_ints(table, "batch_sizes", prefix, []))
+    return WarmupConfig(batch_sizes=sizes, data=toml.choice(table, "data", prefix, WARMUP_DATA, d.data),
+                        count=toml.count(table, "count", prefix, d.count, minimum=1))
 
 
+MODEL_DEFAULTS = toml.field_defaults(ModelConfig)  # what parse_model gives a key the table leaves out
 MODEL_KEYS = ["device", "intra_op_threads", "inter_op_threads", "graph_optimization_level", "execution_mode",
               "execution", "cpu_priority", "cache", "cache_ttl_s", "batching", "version_policy", "warmup"]
 
@@ -224,12 +193,12 @@ def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, 
     allowed = list(MODEL_KEYS)
     if name is None:
         allowed += ["name", "path", "version", "source", "poll_interval_s"]
-    _reject_unknown(table, allowed, prefix)
-    name = name or _get(table, "name", prefix, str, None)
+    toml.reject_unknown(table, allowed, prefix)
+    name = name or toml.get(table, "name", prefix, str, None)
     if not name:
         raise ConfigError(f"{prefix}name", "is required")
-    source = _get(table, "source", prefix, str, None)
-    raw_path = path or _get(table, "path", prefix, str, None)
+    source = toml.get(table, "source", prefix, str, None)
+    raw_path = path or toml.get(table, "path", prefix, str, None)
     if source is not None:
         if raw_path is not None:
             raise ConfigError(f"{prefix}source", "give either path or source, not both")
@@ -238,10 +207,11 @@ def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, 
         raise ConfigError(f"{prefix}path", "is required (or source = \"models:/NAME@ALIAS\")")
     if source is not None and "version" in table:
         raise ConfigError(f"{prefix}version", "comes from the MLflow registry for a source; do not set it")
-    version = version or str(_count(table, "version", prefix, 1, minimum=1))
-    batching = parse_batching(_get(table, "batching", prefix, dict, {}), f"{prefix}batching.", defaults.batching)
-    policy = _get(table, "version_policy", prefix, dict, None)
-    priority = _choice(table, "cpu_priority", prefix, CPU_PRIORITIES, "normal")
+    d = MODEL_DEFAULTS
+    version = version or str(toml.count(table, "version", prefix, int(d["version"]), minimum=1))
+    batching = parse_batching(toml.get(table, "batching", prefix, dict, {}), f"{prefix}batching.", defaults.batching)
+    policy = toml.get(table, "version_policy", prefix, dict, None)
+    priority = toml.choice(table, "cpu_priority", prefix, CPU_PRIORITIES, d["cpu_priority"])
     if priority == "background" and table.get("execution") == "inline":
         raise ConfigError(f"{prefix}cpu_priority", "a background model runs in its own thread, not inline on the "
                                                    "event loop (execution = \"inline\")")
@@ -250,20 +220,21 @@ def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, 
         path=Path(raw_path) if raw_path is not None else None,
         version=version,
         source=source,
-        poll_interval_s=_seconds(table, "poll_interval_s", prefix, 30.0),
-        device=_choice(table, "device", prefix, DEVICES, defaults.device),
-        intra_op_threads=_count(table, "intra_op_threads", prefix, 0),
-        inter_op_threads=_count(table, "inter_op_threads", prefix, 0),
-        graph_optimization_level=_choice(table, "graph_optimization_level", prefix, GRAPH_OPTIMIZATION_LEVELS, "all"),
-        execution_mode=_choice(table, "execution_mode", prefix, EXECUTION_MODES, "sequential"),
-        execution=_choice(table, "execution", prefix, EXECUTIONS, defaults.execution),
+        poll_interval_s=toml.seconds(table, "poll_interval_s", prefix, d["poll_interval_s"]),
+        device=toml.choice(table, "device", prefix, DEVICES, defaults.device),
+        intra_op_threads=toml.count(table, "intra_op_threads", prefix, d["intra_op_threads"]),
+        inter_op_threads=toml.count(table, "inter_op_threads", prefix, d["inter_op_threads"]),
+        graph_optimization_level=toml.choice(table, "graph_optimization_level", prefix, GRAPH_OPTIMIZATION_LEVELS,
+                                             d["graph_optimization_level"]),
+        execution_mode=toml.choice(table, "execution_mode", prefix, EXECUTION_MODES, d["execution_mode"]),
+        execution=toml.choice(table, "execution", prefix, EXECUTIONS, defaults.execution),
         cpu_priority=priority,
-        cache=_get(table, "cache", prefix, bool, True),
-        cache_ttl_s=_seconds(table, "cache_ttl_s", prefix, None),
+        cache=toml.get(table, "cache", prefix, bool, d["cache"]),
+        cache_ttl_s=toml.seconds(table, "cache_ttl_s", prefix, d["cache_ttl_s"]),
         batching=batching,
         version_policy=parse_version_policy(policy, f"{prefix}version_policy.") if policy is not None
         else VersionPolicy(),
-        warmup=parse_warmup(_get(table, "warmup", prefix, dict, {}), f"{prefix}warmup."),
+        warmup=parse_warmup(toml.get(table, "warmup", prefix, dict, {}), f"{prefix}warmup."),
     )
 
 

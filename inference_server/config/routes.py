@@ -14,15 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from inference_server.config.model import (
-    ModelConfig,
-    _count,
-    _get,
-    _reject_unknown,
-    _seconds,
-    check_source,
-    version_number,
-)
+from inference_server.config import toml
+from inference_server.config.model import ModelConfig, check_source, version_number
 from inference_server.errors import ConfigError
 
 MAX_WEIGHT = 1e9  # weights are relative; a bound keeps their sum finite
@@ -87,6 +80,12 @@ class RouteConfig:
         return next((v for v in self.variants if v.name == name), None)
 
 
+# What the parsers give a key a table leaves out: the dataclasses' own defaults.
+ROUTE_DEFAULTS = toml.field_defaults(RouteConfig)
+CANARY_DEFAULTS = toml.field_defaults(CanaryConfig)
+SHADOW_DEFAULTS = toml.field_defaults(ShadowConfig)
+
+
 def parse_routes(table: Any) -> tuple[RouteConfig, ...]:
     if not isinstance(table, dict):
         raise ConfigError("routes", f"expected a table of routes, got {table!r}")
@@ -97,18 +96,18 @@ def parse_route(name: str, table: Any) -> RouteConfig:
     prefix = f"routes.{name}."
     if not isinstance(table, dict):
         raise ConfigError(prefix.rstrip("."), f"expected a table, got {table!r}")
-    _reject_unknown(table, ["variants", "routing_key", "canary", "shadow", "fallback"], prefix)
-    variants = _get(table, "variants", prefix, list, None)
+    toml.reject_unknown(table, ["variants", "routing_key", "canary", "shadow", "fallback"], prefix)
+    variants = toml.get(table, "variants", prefix, list, None)
     if not variants:
         raise ConfigError(f"{prefix}variants", "is required: a list of { name, version, weight }")
     parsed = [_variant(v, f"{prefix}variants[{i}].", name) for i, v in enumerate(variants)]
     names = [v.name for v in parsed]
     if len(set(names)) != len(names):
         raise ConfigError(f"{prefix}variants", f"variant names must be unique, got {names}")
-    canary = _canary(_get(table, "canary", prefix, dict, None), f"{prefix}canary.", parsed)
+    canary = _canary(toml.get(table, "canary", prefix, dict, None), f"{prefix}canary.", parsed)
     if canary is None and not any(v.weight > 0 for v in parsed):
         raise ConfigError(f"{prefix}variants", "at least one variant needs a weight > 0")
-    shadow = _shadow(_get(table, "shadow", prefix, dict, None), f"{prefix}shadow.", name)
+    shadow = _shadow(toml.get(table, "shadow", prefix, dict, None), f"{prefix}shadow.", name)
     if shadow is not None:
         for v in parsed:
             if v.model == shadow.model and (not shadow.version or not v.version or v.version == shadow.version):
@@ -116,9 +115,10 @@ def parse_route(name: str, table: Any) -> RouteConfig:
                                   f"({v.model}{' v' + v.version if v.version else ''}): its copies would wait in "
                                   "the same queue as the real requests. Name another version or model")
     return RouteConfig(name=name, variants=tuple(parsed),
-                       routing_key=_get(table, "routing_key", prefix, str, "routing_key"), canary=canary,
+                       routing_key=toml.get(table, "routing_key", prefix, str, ROUTE_DEFAULTS["routing_key"]),
+                       canary=canary,
                        shadow=shadow,
-                       fallback=_fallback(_get(table, "fallback", prefix, dict, None), f"{prefix}fallback."))
+                       fallback=_fallback(toml.get(table, "fallback", prefix, dict, None), f"{prefix}fallback."))
 
 
 def _version(raw: Any, key: str, aliases: bool) -> str:
@@ -137,14 +137,14 @@ def _version(raw: Any, key: str, aliases: bool) -> str:
 def _variant(v: Any, where: str, route: str) -> VariantConfig:
     if not isinstance(v, dict):
         raise ConfigError(where.rstrip("."), f"expected a table, got {v!r}")
-    _reject_unknown(v, ["name", "model", "version", "weight"], where)
+    toml.reject_unknown(v, ["name", "model", "version", "weight"], where)
     version = _version(v["version"], f"{where}version", aliases=True) if "version" in v else ""
-    weight = _get(v, "weight", where, (int, float), None)
+    weight = toml.get(v, "weight", where, (int, float), None)
     if weight is None or not 0 <= weight <= MAX_WEIGHT:
         raise ConfigError(f"{where}weight", f"must be a number from 0 to {MAX_WEIGHT:g}, got {weight!r}")
-    model = _get(v, "model", where, str, route)
+    model = toml.get(v, "model", where, str, route)
     default = version[1:] if version.startswith("@") else f"v{version}" if version else model
-    return VariantConfig(name=_get(v, "name", where, str, None) or default, model=model, version=version,
+    return VariantConfig(name=toml.get(v, "name", where, str, None) or default, model=model, version=version,
                          weight=float(weight))
 
 
@@ -157,8 +157,8 @@ def _percent(value: Any, key: str) -> float:
 def _canary(table: dict[str, Any] | None, prefix: str, variants: Sequence[VariantConfig]) -> CanaryConfig | None:
     if table is None:
         return None
-    _reject_unknown(table, [f.name for f in dataclasses.fields(CanaryConfig)], prefix)
-    candidate = _get(table, "candidate", prefix, str, None)
+    toml.reject_unknown(table, [f.name for f in dataclasses.fields(CanaryConfig)], prefix)
+    candidate = toml.get(table, "candidate", prefix, str, None)
     names = [v.name for v in variants]
     if candidate not in names:
         raise ConfigError(f"{prefix}candidate", f"must name one of the route's variants ({', '.join(names)}), got "
@@ -166,46 +166,51 @@ def _canary(table: dict[str, Any] | None, prefix: str, variants: Sequence[Varian
     if not any(v.weight > 0 for v in variants if v.name != candidate):
         raise ConfigError(f"{prefix}candidate", "the route needs another variant with a weight > 0 to compare the "
                                                 "candidate with and to serve the rest")
-    steps = [_percent(s, f"{prefix}steps_percent") for s in _get(table, "steps_percent", prefix, list,
-                                                                   [10, 25, 50, 100])]
+    d = CANARY_DEFAULTS
+    steps = [_percent(s, f"{prefix}steps_percent")
+             for s in toml.get(table, "steps_percent", prefix, list, list(d["steps_percent"]))]
     if not steps or steps != sorted(set(steps)) or steps[-1] != 100:
         raise ConfigError(f"{prefix}steps_percent", f"must rise strictly and end at 100, got {steps}")
-    ratio = _get(table, "max_error_ratio", prefix, (int, float), 0.01)
+    ratio = toml.get(table, "max_error_ratio", prefix, (int, float), d["max_error_ratio"])
     if not 0 <= ratio <= 1:
         raise ConfigError(f"{prefix}max_error_ratio", f"must be between 0 and 1, got {ratio}")
-    p99_ratio = _seconds(table, "max_p99_ratio", prefix, None, minimum=1.0)  # the candidate against the others
-    interval = _seconds(table, "interval_s", prefix, 60.0)
+    p99_ratio = toml.seconds(table, "max_p99_ratio", prefix, d["max_p99_ratio"], minimum=1.0)  # against the others
+    interval = toml.seconds(table, "interval_s", prefix, d["interval_s"])
     if interval <= 0:
         raise ConfigError(f"{prefix}interval_s", f"must be > 0, got {interval}")
-    p99_ms = _seconds(table, "max_p99_ms", prefix, None)
+    p99_ms = toml.seconds(table, "max_p99_ms", prefix, d["max_p99_ms"])
     if p99_ms is not None and p99_ms <= 0:
         raise ConfigError(f"{prefix}max_p99_ms", f"must be > 0, got {p99_ms}")
     return CanaryConfig(candidate=candidate, steps_percent=tuple(steps), interval_s=interval,
-                        min_requests=_count(table, "min_requests", prefix, 100, minimum=1),
+                        min_requests=toml.count(table, "min_requests", prefix, d["min_requests"], minimum=1),
                         max_error_ratio=float(ratio), max_p99_ms=p99_ms, max_p99_ratio=p99_ratio,
-                        failed_windows_to_rollback=_count(table, "failed_windows_to_rollback", prefix, 1, minimum=1))
+                        failed_windows_to_rollback=toml.count(table, "failed_windows_to_rollback", prefix,
+                                                              d["failed_windows_to_rollback"], minimum=1))
 
 
 def _shadow(table: dict[str, Any] | None, prefix: str, route: str) -> ShadowConfig | None:
     if table is None:
         return None
-    _reject_unknown(table, [f.name for f in dataclasses.fields(ShadowConfig)], prefix)
-    version = _version(table["version"], f"{prefix}version", aliases=False) if "version" in table else ""
-    return ShadowConfig(model=_get(table, "model", prefix, str, route), version=version,
-                        percent=_percent(table.get("percent", 100), f"{prefix}percent"),
-                        queue_size=_count(table, "queue_size", prefix, 64, minimum=1, maximum=1 << 20),
-                        concurrency=_count(table, "concurrency", prefix, 1, minimum=1, maximum=256),
-                        pause_above_in_flight=_count(table, "pause_above_in_flight", prefix, 4),
-                        pause_above_loop_busy_percent=_percent(table.get("pause_above_loop_busy_percent", 50),
+    toml.reject_unknown(table, [f.name for f in dataclasses.fields(ShadowConfig)], prefix)
+    d = SHADOW_DEFAULTS
+    version = _version(table["version"], f"{prefix}version", aliases=False) if "version" in table else d["version"]
+    return ShadowConfig(model=toml.get(table, "model", prefix, str, route), version=version,
+                        percent=_percent(table.get("percent", d["percent"]), f"{prefix}percent"),
+                        queue_size=toml.count(table, "queue_size", prefix, d["queue_size"], minimum=1, maximum=1 << 20),
+                        concurrency=toml.count(table, "concurrency", prefix, d["concurrency"], minimum=1, maximum=256),
+                        pause_above_in_flight=toml.count(table, "pause_above_in_flight", prefix,
+                                                         d["pause_above_in_flight"]),
+                        pause_above_loop_busy_percent=_percent(table.get("pause_above_loop_busy_percent",
+                                                                         d["pause_above_loop_busy_percent"]),
                                                                f"{prefix}pause_above_loop_busy_percent"))
 
 
 def _fallback(table: dict[str, Any] | None, prefix: str) -> FallbackConfig | None:
     if table is None:
         return None
-    _reject_unknown(table, [f.name for f in dataclasses.fields(FallbackConfig)], prefix)
-    model = _get(table, "model", prefix, str, None)
-    outputs = _get(table, "outputs", prefix, dict, None)
+    toml.reject_unknown(table, [f.name for f in dataclasses.fields(FallbackConfig)], prefix)
+    model = toml.get(table, "model", prefix, str, None)
+    outputs = toml.get(table, "outputs", prefix, dict, None)
     if (model is None) == (outputs is None):
         raise ConfigError(prefix.rstrip("."), "needs either `model` (a model to answer from) or `outputs` (constant "
                                               "answers by output name), not both")
@@ -216,12 +221,13 @@ def _fallback(table: dict[str, Any] | None, prefix: str) -> FallbackConfig | Non
             if not _constant(value):
                 raise ConfigError(f"{prefix}outputs.{key}", f"must be a number, a boolean, a string or a (nested, "
                                                             f"rectangular) list of one kind of them, got {value!r}")
-    version = _version(table["version"], f"{prefix}version", aliases=False) if "version" in table else ""
+    d = FallbackConfig()
+    version = _version(table["version"], f"{prefix}version", aliases=False) if "version" in table else d.version
     if version and model is None:
         raise ConfigError(f"{prefix}version", "names a version of the fallback `model`, which is not set")
-    cooldown = _seconds(table, "breaker_cooldown_s", prefix, 10.0)
+    cooldown = toml.seconds(table, "breaker_cooldown_s", prefix, d.breaker_cooldown_s)
     return FallbackConfig(model=model, version=version, outputs=outputs,
-                          breaker_failures=_count(table, "breaker_failures", prefix, 5, minimum=1),
+                          breaker_failures=toml.count(table, "breaker_failures", prefix, d.breaker_failures, minimum=1),
                           breaker_cooldown_s=cooldown)
 
 

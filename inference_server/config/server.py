@@ -6,23 +6,18 @@ Every bad value raises ConfigError naming its dotted key, at start-up. The flags
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from inference_server.config import toml
 from inference_server.config.model import (
     DEVICES,
     EXECUTIONS,
     BatchingConfig,
     ModelConfig,
-    _choice,
-    _count,
-    _get,
-    _reject_unknown,
-    _seconds,
     parse_batching,
     parse_model,
 )
@@ -176,88 +171,95 @@ def redact_url(url: str) -> str:
 
 
 def parse_cache(table: Mapping[str, Any], prefix: str = "cache.") -> CacheConfig:
-    _reject_unknown(table, [f.name for f in dataclasses.fields(CacheConfig)], prefix)
+    toml.reject_unknown(table, [f.name for f in dataclasses.fields(CacheConfig)], prefix)
+    d = CacheConfig()
     return CacheConfig(
-        ttl_s=_seconds(table, "ttl_s", prefix, 3600.0),
-        max_entry_bytes=_count(table, "max_entry_bytes", prefix, 1 << 20, minimum=1),
-        timeout_s=_seconds(table, "timeout_s", prefix, 0.1, minimum=0.001),
-        breaker_failures=_count(table, "breaker_failures", prefix, 5, minimum=1),
-        breaker_cooldown_s=_seconds(table, "breaker_cooldown_s", prefix, 5.0),
-        write_queue_size=_count(table, "write_queue_size", prefix, 1024, minimum=1),
-        near_cache_mib=_count(table, "near_cache_mib", prefix, 0),
+        ttl_s=toml.seconds(table, "ttl_s", prefix, d.ttl_s),
+        max_entry_bytes=toml.count(table, "max_entry_bytes", prefix, d.max_entry_bytes, minimum=1),
+        timeout_s=toml.seconds(table, "timeout_s", prefix, d.timeout_s, minimum=0.001),
+        breaker_failures=toml.count(table, "breaker_failures", prefix, d.breaker_failures, minimum=1),
+        breaker_cooldown_s=toml.seconds(table, "breaker_cooldown_s", prefix, d.breaker_cooldown_s),
+        write_queue_size=toml.count(table, "write_queue_size", prefix, d.write_queue_size, minimum=1),
+        near_cache_mib=toml.count(table, "near_cache_mib", prefix, d.near_cache_mib),
     )
 
 
 def parse_monitoring(table: Mapping[str, Any], prefix: str = "monitoring.") -> MonitoringConfig:
-    _reject_unknown(table, [f.name for f in dataclasses.fields(MonitoringConfig)], prefix)
-    rate = _get(table, "prediction_log_sample_rate", prefix, (int, float), 0.0)
+    toml.reject_unknown(table, [f.name for f in dataclasses.fields(MonitoringConfig)], prefix)
+    d = MonitoringConfig()
+    rate = toml.get(table, "prediction_log_sample_rate", prefix, (int, float), d.prediction_log_sample_rate)
     if not 0 <= rate <= 1:
         raise ConfigError(f"{prefix}prediction_log_sample_rate", f"must be between 0 and 1, got {rate}")
-    log_path = _get(table, "prediction_log_path", prefix, str, None)
+    log_path = toml.get(table, "prediction_log_path", prefix, str, None)
     if rate and not log_path:
         raise ConfigError(f"{prefix}prediction_log_path", "is required when prediction_log_sample_rate > 0")
-    reference_path = _get(table, "drift_reference_path", prefix, str, None)
+    reference_path = toml.get(table, "drift_reference_path", prefix, str, None)
     return MonitoringConfig(
         prediction_log_sample_rate=float(rate),
-        prediction_log_path=Path(log_path) if log_path else None,
-        prediction_log_queue_size=_count(table, "prediction_log_queue_size", prefix, 1024, minimum=1),
-        drift=_get(table, "drift", prefix, bool, False),
-        drift_reference_size=_count(table, "drift_reference_size", prefix, 1000, minimum=1),
-        drift_reference_path=Path(reference_path) if reference_path else None,
-        drift_window_size=_count(table, "drift_window_size", prefix, 1000, minimum=1),
+        prediction_log_path=Path(log_path) if log_path else d.prediction_log_path,
+        prediction_log_queue_size=toml.count(table, "prediction_log_queue_size", prefix, d.prediction_log_queue_size,
+                                             minimum=1),
+        drift=toml.get(table, "drift", prefix, bool, d.drift),
+        drift_reference_size=toml.count(table, "drift_reference_size", prefix, d.drift_reference_size, minimum=1),
+        drift_reference_path=Path(reference_path) if reference_path else d.drift_reference_path,
+        drift_window_size=toml.count(table, "drift_window_size", prefix, d.drift_window_size, minimum=1),
     )
 
 
+# ServerConfig's fields that are not keys of [server]: other tables of the file, and the environment.
+NOT_SERVER_KEYS = frozenset({"batching", "redis_password", "cache_config", "monitoring", "models", "routes"})
+# The keys of [server], in ServerConfig's order: the parser's, and the command line's (cli.py: one flag for each
+# but auth and limits).
+SERVER_KEYS = tuple(f.name for f in dataclasses.fields(ServerConfig) if f.name not in NOT_SERVER_KEYS)
+
+
 def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
-    _reject_unknown(doc, ["server", "batching", "monitoring", "cache", "models", "routes"], "")
-    s = _get(doc, "server", "", dict, {})
-    _reject_unknown(s, ["host", "port", "http_port", "max_message_bytes", "drain_grace_s", "max_connection_age_s",
-                        "max_connection_age_grace_s", "grpc_engine", "log_level", "log_format", "access_log",
-                        "model_repository", "device", "execution", "cache", "workers", "reuse_port",
-                        "metrics", "metrics_host", "metrics_port", "model_control_mode", "load_models",
-                        "repository_poll_secs", "exit_on_error", "strict_readiness", "model_cache_dir", "tls_cert",
-                        "tls_key", "tls_client_ca", "auth", "limits"], "server.")
-    repo = _get(s, "model_repository", "server.", str, None)
-    drain = _get(s, "drain_grace_s", "server.", (int, float), 30.0)
+    toml.reject_unknown(doc, ["server", "batching", "monitoring", "cache", "models", "routes"], "")
+    s = toml.get(doc, "server", "", dict, {})
+    toml.reject_unknown(s, SERVER_KEYS, "server.")
+    d, p = ServerConfig(), "server."
+    repo = toml.get(s, "model_repository", p, str, None)
+    drain = toml.get(s, "drain_grace_s", p, (int, float), d.drain_grace_s)
     if drain < 0:
         raise ConfigError("server.drain_grace_s", f"must be >= 0, got {drain}")
-    message_bytes = _count(s, "max_message_bytes", "server.", MAX_GRPC_MESSAGE_BYTES, minimum=1,
-                           maximum=MAX_GRPC_MESSAGE_BYTES)
+    message_bytes = toml.count(s, "max_message_bytes", p, d.max_message_bytes, minimum=1,
+                               maximum=MAX_GRPC_MESSAGE_BYTES)
+    cache_dir = toml.get(s, "model_cache_dir", p, str, None)
     cfg = ServerConfig(
-        host=_get(s, "host", "server.", str, "127.0.0.1"),
-        port=_count(s, "port", "server.", 8001, maximum=65535),
-        http_port=_count(s, "http_port", "server.", 8000, maximum=65535),
+        host=toml.get(s, "host", p, str, d.host),
+        port=toml.count(s, "port", p, d.port, maximum=65535),
+        http_port=toml.count(s, "http_port", p, d.http_port, maximum=65535),
         max_message_bytes=message_bytes,
         drain_grace_s=float(drain),
-        max_connection_age_s=_seconds(s, "max_connection_age_s", "server.", 0.0),
-        max_connection_age_grace_s=_seconds(s, "max_connection_age_grace_s", "server.", 0.0),
-        grpc_engine=_choice(s, "grpc_engine", "server.", GRPC_ENGINES, "auto"),
-        log_level=_choice(s, "log_level", "server.", LOG_LEVELS, "INFO"),
-        log_format=_choice(s, "log_format", "server.", LOG_FORMATS, "text"),
-        access_log=_get(s, "access_log", "server.", bool, False),
-        model_repository=Path(repo) if repo else None,
-        device=_choice(s, "device", "server.", DEVICES, "auto"),
-        execution=_choice(s, "execution", "server.", EXECUTIONS, "auto"),
-        cache=_get(s, "cache", "server.", str, ""),
-        cache_config=parse_cache(_get(doc, "cache", "", dict, {})),
-        workers=_count(s, "workers", "server.", 1, minimum=1, maximum=64),
-        reuse_port=_get(s, "reuse_port", "server.", bool, False),
-        metrics=_get(s, "metrics", "server.", bool, True),
-        metrics_host=_get(s, "metrics_host", "server.", str, "127.0.0.1"),
-        metrics_port=_count(s, "metrics_port", "server.", 8002, maximum=65535),
-        batching=parse_batching(_get(doc, "batching", "", dict, {}), "batching.", BatchingConfig()),
-        monitoring=parse_monitoring(_get(doc, "monitoring", "", dict, {})),
-        model_control_mode=_choice(s, "model_control_mode", "server.", MODEL_CONTROL_MODES, "none"),
-        load_models=tuple(_names(s, "load_models", "server.")),
-        repository_poll_secs=_seconds(s, "repository_poll_secs", "server.", 0.0),
-        exit_on_error=_get(s, "exit_on_error", "server.", bool, False),
-        strict_readiness=_get(s, "strict_readiness", "server.", bool, True),
-        model_cache_dir=Path(cache_dir) if (cache_dir := _get(s, "model_cache_dir", "server.", str, None)) else None,
-        tls_cert=_path(s, "tls_cert", "server."),
-        tls_key=_path(s, "tls_key", "server."),
-        tls_client_ca=_path(s, "tls_client_ca", "server."),
-        auth=parse_auth(_get(s, "auth", "server.", dict, {})),
-        limits=parse_limits(_get(s, "limits", "server.", dict, {}), message_bytes),
+        max_connection_age_s=toml.seconds(s, "max_connection_age_s", p, d.max_connection_age_s),
+        max_connection_age_grace_s=toml.seconds(s, "max_connection_age_grace_s", p, d.max_connection_age_grace_s),
+        grpc_engine=toml.choice(s, "grpc_engine", p, GRPC_ENGINES, d.grpc_engine),
+        log_level=toml.choice(s, "log_level", p, LOG_LEVELS, d.log_level),
+        log_format=toml.choice(s, "log_format", p, LOG_FORMATS, d.log_format),
+        access_log=toml.get(s, "access_log", p, bool, d.access_log),
+        model_repository=Path(repo) if repo else d.model_repository,
+        device=toml.choice(s, "device", p, DEVICES, d.device),
+        execution=toml.choice(s, "execution", p, EXECUTIONS, d.execution),
+        cache=toml.get(s, "cache", p, str, d.cache),
+        cache_config=parse_cache(toml.get(doc, "cache", "", dict, {})),
+        workers=toml.count(s, "workers", p, d.workers, minimum=1, maximum=64),
+        reuse_port=toml.get(s, "reuse_port", p, bool, d.reuse_port),
+        metrics=toml.get(s, "metrics", p, bool, d.metrics),
+        metrics_host=toml.get(s, "metrics_host", p, str, d.metrics_host),
+        metrics_port=toml.count(s, "metrics_port", p, d.metrics_port, maximum=65535),
+        batching=parse_batching(toml.get(doc, "batching", "", dict, {}), "batching.", d.batching),
+        monitoring=parse_monitoring(toml.get(doc, "monitoring", "", dict, {})),
+        model_control_mode=toml.choice(s, "model_control_mode", p, MODEL_CONTROL_MODES, d.model_control_mode),
+        load_models=tuple(toml.names(s, "load_models", p)),
+        repository_poll_secs=toml.seconds(s, "repository_poll_secs", p, d.repository_poll_secs),
+        exit_on_error=toml.get(s, "exit_on_error", p, bool, d.exit_on_error),
+        strict_readiness=toml.get(s, "strict_readiness", p, bool, d.strict_readiness),
+        model_cache_dir=Path(cache_dir) if cache_dir else d.model_cache_dir,
+        tls_cert=toml.path(s, "tls_cert", p),
+        tls_key=toml.path(s, "tls_key", p),
+        tls_client_ca=toml.path(s, "tls_client_ca", p),
+        auth=parse_auth(toml.get(s, "auth", p, dict, {})),
+        limits=parse_limits(toml.get(s, "limits", p, dict, {}), message_bytes),
     )
     _check_tls(cfg)
     _check_model_control(cfg)
@@ -270,9 +272,9 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
                           "grant grace to)")
     if cfg.workers > 1 and cfg.port == 0:
         raise ConfigError("server.workers", "several workers need a fixed port (port 0 picks one per process)")
-    models = _get(doc, "models", "", list, [])
+    models = toml.get(doc, "models", "", list, [])
     parsed = tuple(parse_model(m, f"models[{i}].", cfg) for i, m in enumerate(models))
-    routes, companions = with_aliases(parse_routes(_get(doc, "routes", "", dict, {})), parsed)
+    routes, companions = with_aliases(parse_routes(toml.get(doc, "routes", "", dict, {})), parsed)
     return dataclasses.replace(cfg, models=parsed + companions, routes=routes)
 
 
@@ -305,37 +307,31 @@ def refuse_native_conflicts(cfg: ServerConfig) -> None:
                                                 f"grpc_engine = \"grpcio\", or \"auto\", which picks grpcio for it")
 
 
-def _path(table: Mapping[str, Any], key: str, prefix: str) -> Path | None:
-    value = _get(table, key, prefix, str, None)
-    if value == "":
-        raise ConfigError(f"{prefix}{key}", "must be a file's path, got an empty string")
-    return Path(value) if value is not None else None
-
-
 def parse_auth(table: Mapping[str, Any]) -> AuthConfig:
-    _reject_unknown(table, ["tokens_file", "open_metadata"], "server.auth.")
-    return AuthConfig(tokens_file=_path(table, "tokens_file", "server.auth."),
-                      open_metadata=_get(table, "open_metadata", "server.auth.", bool, False))
+    prefix = "server.auth."
+    toml.reject_unknown(table, ["tokens_file", "open_metadata"], prefix)
+    return AuthConfig(tokens_file=toml.path(table, "tokens_file", prefix),
+                      open_metadata=toml.get(table, "open_metadata", prefix, bool, AuthConfig().open_metadata))
 
 
 def parse_limits(table: Mapping[str, Any], max_message_bytes: int = MAX_GRPC_MESSAGE_BYTES,
                  prefix: str = "server.limits.") -> LimitsConfig:
-    _reject_unknown(table, [f.name for f in dataclasses.fields(LimitsConfig)], prefix)
+    toml.reject_unknown(table, [f.name for f in dataclasses.fields(LimitsConfig)], prefix)
     d = LimitsConfig()
     return LimitsConfig(
         # gRPC takes these as C ints: 2**31 - 1 at most.
-        max_request_bytes=_count(table, "max_request_bytes", prefix, max_message_bytes, minimum=1,
-                                 maximum=MAX_GRPC_MESSAGE_BYTES),
-        max_tensor_elements=_count(table, "max_tensor_elements", prefix, d.max_tensor_elements, minimum=1),
-        max_tensor_bytes=_count(table, "max_tensor_bytes", prefix, d.max_tensor_bytes, minimum=1),
-        max_request_elements=_count(table, "max_request_elements", prefix, d.max_request_elements, minimum=1),
-        max_bytes_element_bytes=_count(table, "max_bytes_element_bytes", prefix, d.max_bytes_element_bytes,
-                                       minimum=1),
-        max_concurrent_streams=_count(table, "max_concurrent_streams", prefix, d.max_concurrent_streams, minimum=1,
-                                      maximum=2**31 - 1),
-        max_requests_per_stream=_count(table, "max_requests_per_stream", prefix, d.max_requests_per_stream,
-                                       minimum=1),
-        max_in_flight=_count(table, "max_in_flight", prefix, d.max_in_flight),
+        max_request_bytes=toml.count(table, "max_request_bytes", prefix, max_message_bytes, minimum=1,
+                                     maximum=MAX_GRPC_MESSAGE_BYTES),
+        max_tensor_elements=toml.count(table, "max_tensor_elements", prefix, d.max_tensor_elements, minimum=1),
+        max_tensor_bytes=toml.count(table, "max_tensor_bytes", prefix, d.max_tensor_bytes, minimum=1),
+        max_request_elements=toml.count(table, "max_request_elements", prefix, d.max_request_elements, minimum=1),
+        max_bytes_element_bytes=toml.count(table, "max_bytes_element_bytes", prefix, d.max_bytes_element_bytes,
+                                           minimum=1),
+        max_concurrent_streams=toml.count(table, "max_concurrent_streams", prefix, d.max_concurrent_streams,
+                                          minimum=1, maximum=2**31 - 1),
+        max_requests_per_stream=toml.count(table, "max_requests_per_stream", prefix, d.max_requests_per_stream,
+                                           minimum=1),
+        max_in_flight=toml.count(table, "max_in_flight", prefix, d.max_in_flight),
     )
 
 
@@ -344,13 +340,6 @@ def _check_tls(cfg: ServerConfig) -> None:
         raise ConfigError("server.tls_cert", "TLS needs both --tls-cert and --tls-key")
     if cfg.tls_client_ca is not None and cfg.tls_cert is None:
         raise ConfigError("server.tls_client_ca", "mutual TLS (--tls-client-ca) needs --tls-cert and --tls-key")
-
-
-def _names(table: Mapping[str, Any], key: str, prefix: str) -> list[str]:
-    names = _get(table, key, prefix, list, [])
-    if not all(isinstance(n, str) and n for n in names):
-        raise ConfigError(f"{prefix}{key}", f"must be model names, got {names}")
-    return names
 
 
 def _check_model_control(cfg: ServerConfig) -> None:
@@ -370,13 +359,3 @@ def _check_model_control(cfg: ServerConfig) -> None:
         raise ConfigError("server.model_control_mode", "explicit mode changes models in the process a repository "
                           "request reaches; with several workers the others would differ. Use one worker, or "
                           "poll mode or MLflow sources, which every worker follows")
-
-
-def read_toml(path: Path, key: str) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(key, f"{path} is not valid TOML: {e}") from None

@@ -27,7 +27,7 @@ import numpy as np
 from inference_server.errors import ModelLoadError
 from inference_server.execution.cpus import default_intra_op_threads
 from inference_server.execution.iobinding import IoBoundRun, can_bind, pinned_memory_info
-from inference_server.protocol.tensors import DATATYPES
+from inference_server.protocol.tensors import DATATYPES, ONNX_DATATYPES, is_bf16, is_bytes
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ INSTALL_HINT = (
     "pip install -e '.[cpu]' on CPU machines, or pip install -e '.[gpu]' on CUDA nodes."
 )
 
-# ONNX Runtime's type strings -> v2 datatypes.
-ORT_TYPES = {
-    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
-    "tensor(string)": "BYTES", "tensor(bfloat16)": "BF16",
-}
 _BF16_ELEMENT_TYPE = 16  # onnx.TensorProto.BFLOAT16
 # A batch that runs in at most this long runs inline on the event loop under execution = "auto". Handing a
 # batch to a thread and back costs tens of microseconds of loop time plus two thread wake-ups; below this
@@ -138,7 +130,7 @@ def check_providers(session_providers: Sequence[str], wanted: Sequence[str], dev
 
 
 def tensor_spec(node: Any, model: str) -> TensorSpec:
-    datatype = ORT_TYPES.get(node.type)
+    datatype = ONNX_DATATYPES.get(node.type)
     if datatype is None:
         raise ModelLoadError(f"model '{model}': tensor '{node.name}' has unsupported type {node.type}")
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (node.shape or ()))
@@ -155,8 +147,8 @@ class OnnxInstance:
         self._executor = executor
         self._output_names = [o.name for o in outputs]
         self._ort = ort
-        self._bf16_inputs = {i.name for i in session.get_inputs() if i.type == "tensor(bfloat16)"}
-        self._bf16 = bool(self._bf16_inputs) or any(o.datatype == "BF16" for o in outputs)
+        self._bf16_inputs = {i.name for i in session.get_inputs() if is_bf16(ONNX_DATATYPES.get(i.type, ""))}
+        self._bf16 = bool(self._bf16_inputs) or any(is_bf16(o.datatype) for o in outputs)
         self.inline = False  # run on the calling (event-loop) thread instead of the executor
 
     async def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -186,7 +178,7 @@ class OnnxInstance:
 
 
 def _to_numpy(value: Any) -> np.ndarray:
-    if value.data_type() != "tensor(bfloat16)":
+    if not is_bf16(ONNX_DATATYPES.get(value.data_type(), "")):
         return value.numpy()
     shape = tuple(value.shape())
     count = int(np.prod(shape))
@@ -220,8 +212,8 @@ class OnnxBackend:
         self.device = check_providers(sessions[0].get_providers(), self._providers, device, model)
         self.inputs = tuple(tensor_spec(n, model) for n in sessions[0].get_inputs())
         self.outputs = tuple(tensor_spec(n, model) for n in sessions[0].get_outputs())
-        kinds = {t.datatype for t in self.inputs + self.outputs}
-        if {"BF16", "BYTES"} <= kinds:
+        tensors = self.inputs + self.outputs
+        if any(is_bf16(t.datatype) for t in tensors) and any(is_bytes(t.datatype) for t in tensors):
             raise ModelLoadError(f"model '{model}': BF16 and string tensors in one model are not supported "
                                  "(ONNX Runtime's Python API feeds BF16 only as OrtValues, strings never)")
         self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model}-{i}",
@@ -318,7 +310,7 @@ def sample_inputs(specs: Sequence[TensorSpec], rows: int) -> dict[str, np.ndarra
     out = {}
     for spec in specs:
         shape = tuple(rows if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(spec.shape))
-        if spec.datatype == "BYTES":
+        if is_bytes(spec.datatype):
             out[spec.name] = np.full(shape, "", dtype=object)
         else:
             out[spec.name] = np.zeros(shape, dtype=DATATYPES[spec.datatype].dtype)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from inference_server.config.model import rows_fit
 from inference_server.errors import ErrorCode, InferenceError, QueueFull, internal, invalid, unavailable
 from inference_server.execution.backend import ModelInstance
 from inference_server.observability.logs import Throttled
@@ -63,6 +64,12 @@ def _set_exception(future: asyncio.Future, error: BaseException) -> None:
 
 def _expired() -> InferenceError:
     return InferenceError(ErrorCode.DEADLINE_EXCEEDED, "request timeout expired while queued")
+
+
+def check_rows(rows: int, max_batch_size: int, model: str) -> None:
+    """INVALID_ARGUMENT for a request of more rows than one batch of the model holds (config.rows_fit)."""
+    if not rows_fit(rows, max_batch_size):
+        raise invalid(f"batch size {rows} exceeds the maximum batch size {max_batch_size} of model '{model}'")
 
 
 class DynamicBatcher:
@@ -109,8 +116,7 @@ class DynamicBatcher:
         """Queue one request of `rows` rows; returns its own rows of every output."""
         if self._closing or self._task is None:
             raise unavailable(f"model '{self.name}' is not accepting requests (shutting down)")
-        if self._max_rows and rows > self._max_rows:
-            raise invalid(f"batch size {rows} exceeds the maximum batch size {self._max_rows} of model '{self.name}'")
+        check_rows(rows, self._max_rows, self.name)
         if self._max_queue and len(self._queue) >= self._max_queue:
             raise QueueFull(f"Exceeds maximum queue size ({self._max_queue}) of model '{self.name}'")
         loop = asyncio.get_running_loop()

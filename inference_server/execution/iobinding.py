@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from inference_server.protocol.tensors import DATATYPES
+from inference_server.protocol.tensors import DATATYPES, is_bf16, is_bytes
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def pinned_memory_info(ort: ModuleType, ep_name: str = "CUDAExecutionProvider") 
 
 def can_bind(specs: Sequence[Any]) -> bool:
     """IO binding here covers fixed-size numeric tensors; BYTES and BF16 keep the plain run path."""
-    return all(spec.datatype not in ("BYTES", "BF16") for spec in specs)
+    return not any(is_bytes(spec.datatype) or is_bf16(spec.datatype) for spec in specs)
 
 
 class IoBoundRun:

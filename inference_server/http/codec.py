@@ -35,6 +35,8 @@ from inference_server.protocol.tensors import (
     decode_values,
     element_count,
     encode_raw,
+    is_bf16,
+    is_bytes,
 )
 from inference_server.service.views import (BATCH_DURATIONS, INFER_DURATIONS, DurationView, IndexEntry, ModelConfigView,
                                             ModelMetadataView, StatisticsView, TensorView)
@@ -172,9 +174,9 @@ def _json_tensor(name: str, dt: DataType, data: Any, limits: TensorLimits | None
     has checked its size (_nested_elements) against the limits."""
     if not isinstance(data, list):
         raise invalid(f"input '{name}': data must be a JSON array")
-    if dt.name == "BF16":
+    if is_bf16(dt.name):
         raise invalid(f"input '{name}': BF16 data cannot travel as JSON; send it binary (binary_data_size)")
-    if dt.name == "BYTES":
+    if is_bytes(dt.name):
         shape, flat = _strings(name, data)
         return decode_values(name, "BYTES", shape, flat, limits)
     try:
@@ -267,7 +269,7 @@ def encode_infer_response(response: InferResponse, fmt: OutputFormat) -> tuple[b
     for t in response.outputs:
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": [int(d) for d in t.shape]}
         data = None
-        if t.datatype != "BF16" and not fmt.binary.get(t.name, fmt.default_binary):
+        if not is_bf16(t.datatype) and not fmt.binary.get(t.name, fmt.default_binary):
             data = _json_data(t)
         if data is None:  # asked for, or a type JSON cannot carry
             raw = encode_raw(t.data, t.datatype)
@@ -288,7 +290,7 @@ def encode_infer_response(response: InferResponse, fmt: OutputFormat) -> tuple[b
 
 def _json_data(t: Tensor) -> np.ndarray | list[str] | None:
     """Flat row-major JSON data; None for BYTES that are not all UTF-8."""
-    if t.datatype == "BYTES":
+    if is_bytes(t.datatype):
         try:
             return [e if isinstance(e, str) else bytes(e).decode("utf-8") for e in t.data.reshape(-1)]
         except UnicodeDecodeError:
@@ -363,11 +365,11 @@ def encode_v1_predict(response: InferResponse) -> bytes:
 
 def _v1_values(t: Tensor) -> Any:
     """Nested JSON values of an output: numbers (BF16 widened to float32), BYTES as text or TF-Serving's b64."""
-    if t.datatype == "BYTES":
+    if is_bytes(t.datatype):
         out = np.empty(t.data.shape, dtype=object)
         out.reshape(-1)[:] = [_text_or_b64(e) for e in t.data.reshape(-1)]
         return out.tolist()
-    if t.datatype == "BF16":
+    if is_bf16(t.datatype):
         array = (t.data.astype(np.uint32) << 16).view(np.float32)
     else:
         array = np.ascontiguousarray(t.data, dtype=DATATYPES[t.datatype].dtype.newbyteorder("="))

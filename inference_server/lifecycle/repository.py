@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from inference_server.config.model import ModelConfig, ModelDefaults, parse_model, version_key, version_number
-from inference_server.config.server import read_toml
+from inference_server.config.toml import read_toml
 from inference_server.errors import ConfigError, ModelLoadError, invalid
 from inference_server.lifecycle.triton_model import model_config_from_triton
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from inference_server.config import toml
 from inference_server.config.model import (
+    MODEL_DEFAULTS,
     MODEL_FILE,
     BatchingConfig,
     ModelConfig,
@@ -15,16 +17,12 @@ from inference_server.config.model import (
     TensorDecl,
     VersionPolicy,
     WarmupConfig,
-    _get,
+    preferred_sizes_fit,
+    rows_fit,
 )
 from inference_server.errors import ConfigError
+from inference_server.protocol.tensors import TRITON_DATATYPES
 
-TRITON_DATATYPES = {
-    "TYPE_BOOL": "BOOL", "TYPE_UINT8": "UINT8", "TYPE_UINT16": "UINT16", "TYPE_UINT32": "UINT32",
-    "TYPE_UINT64": "UINT64", "TYPE_INT8": "INT8", "TYPE_INT16": "INT16", "TYPE_INT32": "INT32",
-    "TYPE_INT64": "INT64", "TYPE_FP16": "FP16", "TYPE_FP32": "FP32", "TYPE_FP64": "FP64",
-    "TYPE_STRING": "BYTES", "TYPE_BF16": "BF16",
-}
 PLATFORM, BACKEND = "onnxruntime_onnx", "onnxruntime"
 INSTANCE_DEVICES = {"KIND_AUTO": None, "KIND_CPU": "cpu", "KIND_GPU": "cuda"}  # None: the server's device
 # onnxruntime_backend (src/onnxruntime.cc): optimization.graph.level -1 basic, 1 extended, 2 none, else all
@@ -73,31 +71,32 @@ def model_config_from_triton(doc: Mapping[str, Any], *, name: str, defaults: Mod
     """Translate one Triton config; errors are ConfigError keyed `{where}{field}`. path and version are left
     for the caller (one ModelConfig per version directory)."""
     doc = _check(doc, where, MAPPED, INERT_WHEN_DEFAULT)
-    given = _get(doc, "name", where, str, "") or name
+    given = toml.get(doc, "name", where, str, "") or name
     if given != name:
         raise ConfigError(f"{where}name", f"must be the model's name {name!r}, got {given!r}")
     for key, wanted in (("platform", PLATFORM), ("backend", BACKEND)):
-        value = _get(doc, key, where, str, "") or wanted
+        value = toml.get(doc, key, where, str, "") or wanted
         if value != wanted:
             raise ConfigError(f"{where}{key}", f"{value!r} {UNSUPPORTED}: only ONNX Runtime models are served "
                                                f"({key} {wanted!r})")
-    filename = _get(doc, "default_model_filename", where, str, "") or MODEL_FILE
+    filename = toml.get(doc, "default_model_filename", where, str, "") or MODEL_FILE
     if filename in (".", "..") or "/" in filename or "\\" in filename:
         raise ConfigError(f"{where}default_model_filename", f"must be a file name, got {filename!r}")
-    cache = _check(_get(doc, "response_cache", where, dict, {"enable": True}),  # absent: as any other model
+    absent = {"enable": MODEL_DEFAULTS["cache"]}  # no response_cache: as any other model
+    cache = _check(toml.get(doc, "response_cache", where, dict, absent),
                    f"{where}response_cache.", ("enable",))
     device, instance_count = _instances(doc, where, defaults.device)
     batching = _batching(doc, where, instance_count)
     return ModelConfig(
         name=name, device=device, execution=defaults.execution, graph_optimization_level=_graph_level(doc, where),
-        cache=_get(cache, "enable", f"{where}response_cache.", bool, False),
+        cache=toml.get(cache, "enable", f"{where}response_cache.", bool, False),
         batching=batching, version_policy=_version_policy(doc, where),
         warmup=_warmup(doc, where, batching.max_batch_size or 0), filename=filename,
         declared=_tensors(doc, where), **_parameters(doc, where))
 
 
 def _instances(doc: Mapping[str, Any], where: str, default_device: str) -> tuple[str, int]:
-    groups = _get(doc, "instance_group", where, list, [])
+    groups = toml.get(doc, "instance_group", where, list, [])
     if not groups:
         return default_device, BatchingConfig().instance_count
     kinds, count = [], 0
@@ -105,7 +104,7 @@ def _instances(doc: Mapping[str, Any], where: str, default_device: str) -> tuple
         prefix = f"{where}instance_group[{i}]."
         group = _check(group, prefix, ("name", "kind", "count"),
                        ("gpus", "secondary_devices", "profile", "passive", "host_policy", "rate_limiter"))
-        kind = _get(group, "kind", prefix, str, "KIND_AUTO")
+        kind = toml.get(group, "kind", prefix, str, "KIND_AUTO")
         if kind not in INSTANCE_DEVICES:
             raise ConfigError(f"{prefix}kind", f"{kind} {UNSUPPORTED} (KIND_CPU, KIND_GPU or KIND_AUTO)")
         if kinds and kind != kinds[0]:
@@ -120,17 +119,17 @@ def _batching(doc: Mapping[str, Any], where: str, instance_count: int) -> Batchi
     base = BatchingConfig()
     max_batch = _integer(doc.get("max_batch_size", 0), f"{where}max_batch_size")  # absent: 0, as in Triton
     prefix = f"{where}dynamic_batching."
-    table = _check(_get(doc, "dynamic_batching", where, dict, {}), prefix,
+    table = _check(toml.get(doc, "dynamic_batching", where, dict, {}), prefix,
                    ("preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
                     "default_queue_policy"),  # preserve_ordering: responses always keep request order here
                    ("priority_levels", "default_priority_level", "priority_queue_policy"))
     queue_prefix = f"{prefix}default_queue_policy."
-    queue = _check(_get(table, "default_queue_policy", prefix, dict, {}), queue_prefix, ("max_queue_size",),
+    queue = _check(toml.get(table, "default_queue_policy", prefix, dict, {}), queue_prefix, ("max_queue_size",),
                    ("timeout_action", "default_timeout_microseconds", "allow_timeout_override"))
-    _get(table, "preserve_ordering", prefix, bool, False)
+    toml.get(table, "preserve_ordering", prefix, bool, False)
     preferred = {_integer(p, f"{prefix}preferred_batch_size", minimum=1)
-                 for p in _get(table, "preferred_batch_size", prefix, list, [])}
-    if any(p > max_batch for p in preferred):
+                 for p in toml.get(table, "preferred_batch_size", prefix, list, [])}
+    if not preferred_sizes_fit(preferred, max_batch):
         raise ConfigError(f"{prefix}preferred_batch_size", f"sizes must be <= max_batch_size ({max_batch}), got "
                                                            f"{sorted(preferred)}")
     return BatchingConfig(
@@ -147,10 +146,10 @@ def _graph_level(doc: Mapping[str, Any], where: str) -> str:
     prefix = f"{where}optimization."
     # Pinned host memory is a transfer hint with nothing to change on CPU sessions (GPU sessions here bind
     # outputs to pinned memory when the build allows); accepted, like Triton's configs usually carry it.
-    table = _check(_get(doc, "optimization", where, dict, {}), prefix,
+    table = _check(toml.get(doc, "optimization", where, dict, {}), prefix,
                    ("graph", "input_pinned_memory", "output_pinned_memory"),
                    ("priority", "cuda", "execution_accelerators", "gather_kernel_buffer_threshold", "eager_batching"))
-    graph = _check(_get(table, "graph", prefix, dict, {}), f"{prefix}graph.", ("level",))
+    graph = _check(toml.get(table, "graph", prefix, dict, {}), f"{prefix}graph.", ("level",))
     level = _integer(graph.get("level", 0), f"{prefix}graph.level", minimum=-1)
     if level not in GRAPH_LEVELS:
         raise ConfigError(f"{prefix}graph.level", f"must be -1 (basic), 0 (all), 1 (extended) or 2 (none), got {level}")
@@ -160,11 +159,11 @@ def _graph_level(doc: Mapping[str, Any], where: str) -> str:
 def _parameters(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Triton's ONNX Runtime backend parameters -> ModelConfig keyword arguments."""
     found: dict[str, Any] = {}
-    for key, value in _get(doc, "parameters", where, dict, {}).items():
+    for key, value in toml.get(doc, "parameters", where, dict, {}).items():
         prefix = f"{where}parameters.{key}"
         if key not in THREAD_PARAMETERS and key != "execution_mode":
             raise ConfigError(prefix, f"{UNSUPPORTED} (supported: {', '.join(THREAD_PARAMETERS)}, execution_mode)")
-        text = _get(_check(value, f"{prefix}.", ("string_value",)), "string_value", f"{prefix}.", str, "")
+        text = toml.get(_check(value, f"{prefix}.", ("string_value",)), "string_value", f"{prefix}.", str, "")
         if key in THREAD_PARAMETERS:
             found[THREAD_PARAMETERS[key]] = _integer(text, f"{prefix}.string_value")
         elif text not in EXECUTION_MODES:
@@ -176,7 +175,7 @@ def _parameters(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def _version_policy(doc: Mapping[str, Any], where: str) -> VersionPolicy:
     prefix = f"{where}version_policy."
-    table = _check(_get(doc, "version_policy", where, dict, {}), prefix, ("latest", "all", "specific"))
+    table = _check(toml.get(doc, "version_policy", where, dict, {}), prefix, ("latest", "all", "specific"))
     if len(table) > 1:
         raise ConfigError(prefix.rstrip("."), "give only one of latest, all, specific")
     if "latest" in table:
@@ -189,7 +188,8 @@ def _version_policy(doc: Mapping[str, Any], where: str) -> VersionPolicy:
     if "specific" in table:
         key = f"{prefix}specific.versions"
         specific = _check(table["specific"], f"{prefix}specific.", ("versions",))
-        versions = {_integer(v, key, minimum=1) for v in _get(specific, "versions", f"{prefix}specific.", list, [])}
+        given = toml.get(specific, "versions", f"{prefix}specific.", list, [])
+        versions = {_integer(v, key, minimum=1) for v in given}
         if not versions:
             raise ConfigError(key, "must name at least one version")
         return VersionPolicy(kind="specific", specific=tuple(str(v) for v in sorted(versions)))
@@ -197,24 +197,24 @@ def _version_policy(doc: Mapping[str, Any], where: str) -> VersionPolicy:
 
 
 def _warmup(doc: Mapping[str, Any], where: str, max_batch: int) -> WarmupConfig:
-    entries = _get(doc, "model_warmup", where, list, [])
+    entries = toml.get(doc, "model_warmup", where, list, [])
     if not entries:
         return WarmupConfig()
     sizes: list[int] = []
-    count, data = 1, "zeros"
+    count, data = WarmupConfig().count, WarmupConfig().data
     for i, entry in enumerate(entries):
         prefix = f"{where}model_warmup[{i}]."
         entry = _check(entry, prefix, ("name", "batch_size", "inputs", "count"))
         size = _integer(entry.get("batch_size", 0), f"{prefix}batch_size") or 1  # 0: one request of 1
-        if size > max(max_batch, 1):
+        if not rows_fit(size, max(max_batch, 1)):  # a model that does not batch warms up with 1
             raise ConfigError(f"{prefix}batch_size", f"must be <= max_batch_size ({max_batch}), got {size}")
         if size not in sizes:
             sizes.append(size)
         count = max(count, _integer(entry.get("count", 0), f"{prefix}count") or 1)
-        for input_name, spec in _get(entry, "inputs", prefix, dict, {}).items():
+        for input_name, spec in toml.get(entry, "inputs", prefix, dict, {}).items():
             input_prefix = f"{prefix}inputs.{input_name}."
             spec = _check(spec, input_prefix, ("data_type", "dims", "zero_data", "random_data"), ("input_data_file",))
-            if _get(spec, "random_data", input_prefix, bool, False):
+            if toml.get(spec, "random_data", input_prefix, bool, False):
                 data = "random"
     return WarmupConfig(batch_sizes=tuple(sizes), data=data, count=count)
 
@@ -224,18 +224,18 @@ def _tensors(doc: Mapping[str, Any], where: str) -> tuple[TensorDecl, ...]:
     for kind, inert in (("input", ("is_shape_tensor", "allow_ragged_batch", "optional", "is_non_linear_format_io")),
                         ("output", ("is_shape_tensor", "label_filename", "is_non_linear_format_io"))):
         seen: set[str] = set()
-        for i, tensor in enumerate(_get(doc, kind, where, list, [])):
+        for i, tensor in enumerate(toml.get(doc, kind, where, list, [])):
             prefix = f"{where}{kind}[{i}]."
             # `format` (FORMAT_NCHW ...) only describes the layout; ONNX Runtime takes the tensor as it comes.
             tensor = _check(tensor, prefix, ("name", "data_type", "dims", "format"), inert)  # reshape: refused
-            name = _get(tensor, "name", prefix, str, "")
+            name = toml.get(tensor, "name", prefix, str, "")
             if not name or name in seen:
                 raise ConfigError(f"{prefix}name", f"must be a non-empty name unique among the {kind}s, got {name!r}")
             seen.add(name)
-            datatype = _get(tensor, "data_type", prefix, str, "TYPE_INVALID")
+            datatype = toml.get(tensor, "data_type", prefix, str, "TYPE_INVALID")
             if datatype not in TRITON_DATATYPES:
                 raise ConfigError(f"{prefix}data_type", f"must be one of {', '.join(TRITON_DATATYPES)}, got {datatype}")
-            dims = tuple(_integer(d, f"{prefix}dims", minimum=-1) for d in _get(tensor, "dims", prefix, list, []))
+            dims = tuple(_integer(d, f"{prefix}dims", minimum=-1) for d in toml.get(tensor, "dims", prefix, list, []))
             if 0 in dims:
                 raise ConfigError(f"{prefix}dims", f"must be positive or -1 (variable), got {list(dims)}")
             declared.append(TensorDecl(kind, name, TRITON_DATATYPES[datatype], dims))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference_server.config.model import BatchingConfig, ModelConfig
+from inference_server.config.model import BatchingConfig, ModelConfig, preferred_sizes_fit, rows_fit
 from inference_server.errors import ModelLoadError, unavailable
 from inference_server.execution.backend import OnnxBackend, TensorSpec, sample_inputs
 from inference_server.execution.batching import DynamicBatcher
@@ -155,7 +155,7 @@ def resolve_batching(cfg: ModelConfig, backend: OnnxBackend) -> BatchingConfig:
     elif size > 0 and not batchable:
         raise ModelLoadError(f"model '{cfg.name}': max_batch_size is {size} but the model's first dimension "
                              "is not variable on every input and output; set max_batch_size = 0")
-    if any(p > size for p in cfg.batching.preferred_batch_size):
+    if not preferred_sizes_fit(cfg.batching.preferred_batch_size, size):
         raise ModelLoadError(f"model '{cfg.name}': preferred_batch_size {list(cfg.batching.preferred_batch_size)} "
                              f"exceeds max_batch_size {size}")
     return dataclasses.replace(cfg.batching, max_batch_size=size)
@@ -204,7 +204,7 @@ def warm_up(cfg: ModelConfig, backend: OnnxBackend, max_batch_size: int,
         sizes = sizes[:1]  # no batch dimension: one shape only
     rng = np.random.default_rng(0)
     for rows in sizes:
-        if max_batch_size and rows > max_batch_size:
+        if not rows_fit(rows, max_batch_size):
             raise ModelLoadError(f"model '{cfg.name}': warmup batch size {rows} exceeds max_batch_size "
                                  f"{max_batch_size}")
         inputs = warmup_inputs(backend.inputs, rows, w.data, rng)

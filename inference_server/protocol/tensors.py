@@ -26,36 +26,54 @@ class DataType:
     name: str  # the v2 protocol string, e.g. "FP32"
     dtype: np.dtype  # how the core holds it (BF16: the raw uint16 bits; BYTES: object)
     itemsize: int  # bytes per element on the wire; 0 for BYTES (variable)
-    config_name: str  # the ModelConfig DataType enum name
+    config_name: str  # Triton's model configuration DataType enum name (config.pbtxt data_type), e.g. "TYPE_FP32"
+    onnx_type: str  # ONNX Runtime's type string of a tensor of it (NodeArg.type), e.g. "tensor(float)"
+    raw_only: bool  # no typed contents field exists for it: its data travels raw (gRPC) or binary (HTTP)
 
 
-def _dt(name: str, dtype: Any, config_name: str) -> DataType:
+BYTES, BF16 = "BYTES", "BF16"
+
+
+def _dt(name: str, dtype: Any, config_name: str, onnx_type: str, raw_only: bool = False) -> DataType:
     np_dtype = np.dtype(dtype)
     itemsize = 0 if np_dtype == np.dtype(object) else np_dtype.itemsize
-    return DataType(name, np_dtype, itemsize, config_name)
+    return DataType(name, np_dtype, itemsize, config_name, onnx_type, raw_only)
 
 
+# The one table of datatypes: the others (Triton's names, ONNX Runtime's) are derived from it.
 DATATYPES: dict[str, DataType] = {
     dt.name: dt
     for dt in (
-        _dt("BOOL", np.bool_, "TYPE_BOOL"),
-        _dt("UINT8", "<u1", "TYPE_UINT8"),
-        _dt("UINT16", "<u2", "TYPE_UINT16"),
-        _dt("UINT32", "<u4", "TYPE_UINT32"),
-        _dt("UINT64", "<u8", "TYPE_UINT64"),
-        _dt("INT8", "<i1", "TYPE_INT8"),
-        _dt("INT16", "<i2", "TYPE_INT16"),
-        _dt("INT32", "<i4", "TYPE_INT32"),
-        _dt("INT64", "<i8", "TYPE_INT64"),
-        _dt("FP16", "<f2", "TYPE_FP16"),
-        _dt("FP32", "<f4", "TYPE_FP32"),
-        _dt("FP64", "<f8", "TYPE_FP64"),
-        _dt("BYTES", object, "TYPE_STRING"),
-        _dt("BF16", "<u2", "TYPE_BF16"),
+        _dt("BOOL", np.bool_, "TYPE_BOOL", "tensor(bool)"),
+        _dt("UINT8", "<u1", "TYPE_UINT8", "tensor(uint8)"),
+        _dt("UINT16", "<u2", "TYPE_UINT16", "tensor(uint16)"),
+        _dt("UINT32", "<u4", "TYPE_UINT32", "tensor(uint32)"),
+        _dt("UINT64", "<u8", "TYPE_UINT64", "tensor(uint64)"),
+        _dt("INT8", "<i1", "TYPE_INT8", "tensor(int8)"),
+        _dt("INT16", "<i2", "TYPE_INT16", "tensor(int16)"),
+        _dt("INT32", "<i4", "TYPE_INT32", "tensor(int32)"),
+        _dt("INT64", "<i8", "TYPE_INT64", "tensor(int64)"),
+        _dt("FP16", "<f2", "TYPE_FP16", "tensor(float16)", raw_only=True),
+        _dt("FP32", "<f4", "TYPE_FP32", "tensor(float)"),
+        _dt("FP64", "<f8", "TYPE_FP64", "tensor(double)"),
+        _dt(BYTES, object, "TYPE_STRING", "tensor(string)"),
+        _dt(BF16, "<u2", "TYPE_BF16", "tensor(bfloat16)", raw_only=True),
     )
 }
 
-RAW_ONLY = frozenset({"FP16", "BF16"})  # no typed contents field exists for these
+RAW_ONLY = frozenset(dt.name for dt in DATATYPES.values() if dt.raw_only)
+TRITON_DATATYPES = {dt.config_name: dt.name for dt in DATATYPES.values()}  # config.pbtxt data_type -> v2 name
+ONNX_DATATYPES = {dt.onnx_type: dt.name for dt in DATATYPES.values()}  # ONNX Runtime's type string -> v2 name
+
+
+def is_bytes(datatype: str) -> bool:
+    """BYTES: variable-length elements, held as an object array of bytes (strings in ONNX)."""
+    return datatype == BYTES
+
+
+def is_bf16(datatype: str) -> bool:
+    """BF16: no numpy dtype; held as its raw uint16 bits, fed to ONNX Runtime through OrtValues."""
+    return datatype == BF16
 
 
 @dataclass(slots=True)
@@ -214,7 +232,7 @@ def decode_values(name: str, dtype_name: str, shape: Sequence[int], values: Sequ
                   limits: TensorLimits | None = None) -> np.ndarray:
     """Typed contents (a sequence of Python values) -> an array of `shape`."""
     dt = datatype(dtype_name, name)
-    if dt.name in RAW_ONLY:
+    if dt.raw_only:
         raise invalid(f"input '{name}': {dt.name} data must be sent in raw_input_contents")
     count = element_count(shape, name, limits)
     if len(values) != count:

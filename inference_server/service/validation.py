@@ -9,8 +9,9 @@ import numpy as np
 
 from inference_server.errors import invalid
 from inference_server.execution.backend import TensorSpec
+from inference_server.execution.batching import check_rows
 from inference_server.lifecycle.version import ModelVersion
-from inference_server.protocol.tensors import Tensor, bytes_to_text
+from inference_server.protocol.tensors import Tensor, bytes_to_text, is_bytes
 
 
 def validate_inputs(model: ModelVersion, tensors: Sequence[Tensor]) -> tuple[dict[str, np.ndarray], int]:
@@ -45,16 +46,14 @@ def validate_inputs(model: ModelVersion, tensors: Sequence[Tensor]) -> tuple[dic
                 raise invalid(f"input '{spec.name}': batch size {shape[0]} differs from the other inputs' {rows}")
             rows = shape[0]
         data = found.data
-        if spec.datatype == "BYTES":
+        if is_bytes(spec.datatype):
             data = bytes_to_text(data, spec.name)
         arrays[spec.name] = data
     if not batching:
         return arrays, 1
     if not rows:
         raise invalid(f"batch size must be at least 1 for model '{model.name}'")
-    if rows > model.max_batch_size:
-        raise invalid(f"batch size {rows} exceeds the maximum batch size {model.max_batch_size} "
-                      f"of model '{model.name}'")
+    check_rows(rows, model.max_batch_size, model.name)
     return arrays, rows
 
 
