@@ -78,7 +78,7 @@ def burst(server: ServerThread, model: str, n: int) -> list[str]:
 
 
 def test_past_the_in_flight_cap_requests_are_refused_at_once_and_counted(server):
-    server.app.service.max_in_flight = 2
+    server.app.gate.max_in_flight = 2
     try:
         before = rejected(server).get("max_in_flight", 0)
         start = time.monotonic()
@@ -102,7 +102,7 @@ def test_past_the_in_flight_cap_requests_are_refused_at_once_and_counted(server)
             assert [f.result() for f in busy] == ["OK", "OK"]
         assert (status, retry_after) == (503, "1")
     finally:
-        server.app.service.max_in_flight = 0
+        server.app.gate.max_in_flight = 0
 
 
 def test_past_a_models_queue_bound_requests_are_unavailable_and_counted(server):
