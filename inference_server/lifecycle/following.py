@@ -11,20 +11,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
 
 from inference_server.config.model import ModelConfig
+from inference_server.config.server import ServerConfig
 from inference_server.errors import ConfigError, ModelLoadError
+from inference_server.lifecycle.events import LifecycleStats
 from inference_server.lifecycle.mlflow_source import RegistryUnreachable
-
-if TYPE_CHECKING:
-    from inference_server.lifecycle.manager import ModelManager
+from inference_server.lifecycle.registry import ModelRegistry
+from inference_server.lifecycle.sources import ModelSources
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Followed(Protocol):
+    """What following needs of the model manager (which owns a Following): its sources and the loads and
+    unloads it runs. A protocol, so this module does not import the manager that imports it."""
+    cfg: ServerConfig
+    mode: str
+    registry: ModelRegistry
+    events: LifecycleStats
+    sources: ModelSources
+
+    def wants(self, name: str) -> bool: ...
+    def rejected(self, name: str) -> str | None: ...
+    async def owned(self, operation: Coroutine[Any, Any, T]) -> T: ...
+    async def refresh(self, name: str, *, reload: set[str] | None = None, mlflow_version: str | None = None,
+                      want: bool = False, if_wanted: bool = False, quiet_unreachable: bool = False) -> None: ...
+    async def forget(self, name: str) -> None: ...
 
 
 class Following:
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: Followed) -> None:
         self._manager = manager
         self._tasks: list[asyncio.Task[None]] = []
         self.outage: set[str] = set()  # models whose registry does not answer (logged once per outage)
