@@ -36,7 +36,6 @@ from inference_server.observability.metrics import (
 from inference_server.observability.predictions import PredictionLog
 from inference_server.pod.peers import PeerServer, PodStatistics, WorkerSlot
 from inference_server.pod.workers import port_is_free, supervise
-from inference_server.protocol.triton_config import json_to_dict, pbtxt_to_dict
 from inference_server.routing.metrics import RouteCollector
 from inference_server.routing.router import Router
 from inference_server.routing.shadow import Shadow, ShadowStats
@@ -119,8 +118,7 @@ class App:
         self.cache = build_cache(cfg)
         self._scratch = None if cfg.model_cache_dir else tempfile.TemporaryDirectory(prefix="inference_server-")
         cache_dir = cfg.model_cache_dir or Path(self._scratch.name)  # type: ignore[union-attr]
-        self.manager = ModelManager(cfg, self.registry, read_pbtxt=pbtxt_to_dict, read_json=json_to_dict,
-                                    cache_dir=cache_dir, on_change=self._readiness_changed)
+        self.manager = ModelManager(cfg, self.registry, cache_dir=cache_dir, on_change=self._readiness_changed)
         self.gate = Gate(cfg.limits.max_in_flight)
         runner = RequestRunner(cache=self.cache, cache_config=cfg.cache_config, predictions=self.predictions,
                                drift=self.drift, access_log=cfg.access_log, rejected=self.gate.rejected)

@@ -15,7 +15,6 @@ reason. One operation at a time per model (a lock each); different models load c
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 import threading
@@ -29,6 +28,7 @@ from typing import Any, TypeVar
 from inference_server.config.model import ModelConfig
 from inference_server.config.server import ServerConfig
 from inference_server.errors import ConfigError, ErrorCode, InferenceError, ModelLoadError, invalid, unavailable
+from inference_server.protocol.triton_config import json_to_dict, pbtxt_to_dict
 from inference_server.lifecycle.events import LifecycleStats
 from inference_server.lifecycle.following import Following
 from inference_server.lifecycle.mlflow_source import RegistryUnreachable
@@ -49,8 +49,9 @@ def _close_prepared(future: Any) -> None:
 
 
 class ModelManager:
-    def __init__(self, cfg: ServerConfig, registry: ModelRegistry, *, read_pbtxt: PbtxtReader, cache_dir: Path,
-                 read_json: PbtxtReader = json.loads, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, cfg: ServerConfig, registry: ModelRegistry, *, cache_dir: Path,
+                 read_pbtxt: PbtxtReader = pbtxt_to_dict, read_json: PbtxtReader = json_to_dict,
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.cfg = cfg
         self.mode = cfg.model_control_mode
         self.registry = registry
