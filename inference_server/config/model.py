@@ -1,7 +1,7 @@
 """A model's configuration: frozen dataclasses and the TOML table that fills them.
 
 The same table is a `[[models]]` entry in the server file or a repository's `<model>/config.toml`; a
-Triton `config.pbtxt` is translated into the same dataclasses (lifecycle/triton_config.py). Every bad value
+Triton `config.pbtxt` is translated into the same dataclasses (lifecycle/triton_model.py). Every bad value
 raises ConfigError naming its dotted key. The readers of TOML values are in toml.py.
 """
 

@@ -1,5 +1,5 @@
 """A Triton model configuration -> ModelConfig. `doc` is protobuf's JSON mapping of Triton's ModelConfig with
-proto field names (grpc/triton_config.py): defaults absent, 64-bit integers as strings. What this server honours
+proto field names (protocol/triton_config.py): defaults absent, 64-bit integers as strings. What this server honours
 is mapped; any other field that is set raises ConfigError naming it, so no setting is silently dropped."""
 
 from __future__ import annotations

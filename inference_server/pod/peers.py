@@ -4,7 +4,7 @@ The kernel hands each connection to one worker, so a worker alone knows only its
 makes a private directory (mode 0700) and tells each worker its index and the directory through the
 environment; each worker answers its peers on a Unix socket there: `statistics` (its ModelStatistics figures,
 JSON) and `metrics` (its Prometheus exposition). A worker answering ModelStatistics adds its peers' figures to
-its own; the supervisor serves the pod's one metrics endpoint by merging every worker's exposition (pod_metrics.py).
+its own; the supervisor serves the pod's one metrics endpoint by merging every worker's exposition (pod/metrics.py).
 A peer that does not answer within PEER_TIMEOUT_S is left out and logged: its figures are missing, never
 guessed.
 """

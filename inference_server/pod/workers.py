@@ -4,8 +4,8 @@ The kernel spreads new connections across the processes; each worker is a comple
 models and batchers. The supervisor runs no event loop and no models: it checks the port is free, starts
 `workers` copies of this command line with `--workers 1 --reuse-port`, forwards SIGTERM/SIGINT, and when
 any worker exits on its own, stops the others, so a half-dead server never keeps answering. It also serves
-the pod's one metrics endpoint, merging the workers' (pod_metrics.py); the workers answer it, and each other's
-ModelStatistics, on Unix sockets in a private directory (pod.py).
+the pod's one metrics endpoint, merging the workers' (pod/metrics.py); the workers answer it, and each other's
+ModelStatistics, on Unix sockets in a private directory (pod/peers.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Triton model configuration text (config.pbtxt, or RepositoryModelLoad's JSON `config`) -> a plain dict.
 
 The dict is protobuf's JSON mapping with the proto field names: default values are left out and 64-bit
-integers are strings. lifecycle/triton_config.py turns it into a ModelConfig.
+integers are strings. lifecycle/triton_model.py turns it into a ModelConfig.
 """
 
 from __future__ import annotations

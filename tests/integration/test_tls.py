@@ -3,7 +3,7 @@
 localhost, a client certificate, and an unrelated CA. A client trusting the wrong CA, a plaintext client, and under
 mutual TLS a client without a certificate (or with one another CA signed) all fail; certificates rotate on reload
 without a restart (new connections get the new one, open ones keep theirs), and a bad file is refused with the old
-certificate still served. The file checks of inference_server/tls.py come first, without a server."""
+certificate still served. The file checks of inference_server/security/tls.py come first, without a server."""
 
 from __future__ import annotations
 
