@@ -161,7 +161,7 @@ class RotatingContext:
     """TLS whose certificates change without a restart. uvicorn listens with one SSLContext for good (asyncio and
     uvloop keep the one given to create_server), so `listening` is the first context, and its SNI callback (which
     OpenSSL calls on every ClientHello, with or without a server name) moves each new connection onto `current`:
-    a whole context built from the files a reload read (security/tls.py). Connections already open keep theirs. Replacing
+    a whole context built from the files a reload read (security/). Connections already open keep theirs. Replacing
     the context rather than loading new files into the live one never leaves a certificate beside the old key,
     and drops a client CA that is no longer trusted (load_verify_locations only adds)."""
 
