@@ -116,8 +116,11 @@ class App:
                                       reference_path=m.drift_reference_path)
         self._monitors = [m for m in (self.predictions, self.drift) if m is not None]
         self.cache = build_cache(cfg)
-        self._scratch = None if cfg.model_cache_dir else tempfile.TemporaryDirectory(prefix="inference_server-")
-        cache_dir = cfg.model_cache_dir or Path(self._scratch.name)  # type: ignore[union-attr]
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        cache_dir = cfg.model_cache_dir
+        if not cache_dir:
+            self._scratch = tempfile.TemporaryDirectory(prefix="inference_server-")
+            cache_dir = Path(self._scratch.name)
         self.manager = ModelManager(cfg, self.registry, cache_dir=cache_dir, on_change=self._readiness_changed)
         self.gate = Gate(cfg.limits.max_in_flight)
         runner = RequestRunner(cache=self.cache, cache_config=cfg.cache_config, predictions=self.predictions,

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections import Counter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 from redis.asyncio import Redis
@@ -181,7 +181,8 @@ class RedisCache:
         blobs: list[bytes | None] = [None] * len(batch)  # misses, unless Redis answers
         try:
             async with asyncio.timeout(self.timeout_s * 2):  # the socket timeouts bound each step
-                blobs = await self.client.mget([key for key, _ in batch])
+                # bytes, not str: the client does not decode responses
+                blobs = cast("list[bytes | None]", await self.client.mget([key for key, _ in batch]))
         except Exception as e:  # any error of the client's is Redis failing
             self.errors["get"] += 1
             self.breaker.failure(describe(e))

@@ -115,10 +115,17 @@ class ModelConfig:
 
 
 class ModelDefaults(Protocol):
-    """What a model inherits from the server's config (ServerConfig has these)."""
-    device: str
-    execution: str
-    batching: BatchingConfig
+    """What a model inherits from the server's config (ServerConfig has these). Read-only: the frozen ServerConfig
+    satisfies it."""
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def execution(self) -> str: ...
+
+    @property
+    def batching(self) -> BatchingConfig: ...
 
 
 def version_number(raw: object) -> str | None:

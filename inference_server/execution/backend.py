@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
@@ -217,7 +218,7 @@ class OnnxBackend:
             raise ModelLoadError(f"model '{model}': BF16 and string tensors in one model are not supported "
                                  "(ONNX Runtime's Python API feeds BF16 only as OrtValues, strings never)")
         self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model}-{i}",
-                                              initializer=lower_priority if background else None, initargs=(model,))
+                                              initializer=partial(lower_priority, model) if background else None)
                            for i in range(instance_count)]
         io_bound = None
         if self.device == "cuda" and can_bind(self.inputs + self.outputs):
@@ -238,7 +239,7 @@ class OnnxBackend:
         if first_s > budget_s / 10:  # far too slow to matter how slow: spare the load time
             return first_s * 1e6
         instance.run_sync(inputs)
-        times = []
+        times: list[float] = []
         stop_at = time.perf_counter() + budget_s
         while len(times) < runs and (not times or time.perf_counter() < stop_at):
             start = time.perf_counter()

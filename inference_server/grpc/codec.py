@@ -137,19 +137,19 @@ def repository_index(entries: list[IndexEntry]) -> pb.RepositoryIndexResponse:
         for e in entries])
 
 
-def _file(key: str, value: pb.InferParameter) -> bytes:
+def _file(key: str, value: pb.ModelRepositoryParameter) -> bytes:
     if value.WhichOneof("parameter_choice") != "bytes_param":
         raise invalid(f"parameter '{key}' must carry the file's content as bytes")
     return value.bytes_param
 
 
-def _choice(value: pb.InferParameter, *choices: str) -> Any:
+def _choice(value: pb.ModelRepositoryParameter, *choices: str) -> Any:
     """The value when it is one of `choices`, else None."""
     choice = value.WhichOneof("parameter_choice")
     return getattr(value, choice) if choice in choices else None
 
 
-# Repository parameters are InferParameters: a string_param, a bool_param, bytes_param files, int64 versions.
+# Repository parameters are ModelRepositoryParameters: a string_param, a bool_param, bytes_param files, int64 versions.
 PARAMETERS = rules.ParameterWire(
     text=lambda value: _choice(value, "string_param"),
     is_bool=lambda value: value.WhichOneof("parameter_choice") == "bool_param",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,8 +70,9 @@ def check(host: str, port: int, service: str = "", timeout_s: float = 3.0,
     name = repr(service) if service else "the server ('')"
     with channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                               timeout=timeout_s)
+            # types-grpcio-health-checking's HealthStub declares no methods (the generated __init__ sets them)
+            stub: Any = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
         except grpc.RpcError as e:
             code, details = e.code(), (e.details() or "").strip()
             if code == grpc.StatusCode.NOT_FOUND:

@@ -141,8 +141,11 @@ class GrpcFrontEnd:
         # TLS from PEM files (security/tls.py); the fetcher hands grpc core the certificates each SIGHUP re-read.
         self._tls = security.tls
         self._rotation = CertificateRotation()
+        # The fetcher returns None to keep the current certificates, as grpc documents; types-grpcio's Callable
+        # leaves None out.
         credentials = None if self._tls is None else grpc.dynamic_ssl_server_credentials(
-            certificate_configuration(self._tls), self._rotation, require_client_authentication=self._tls.mutual)
+            certificate_configuration(self._tls), self._rotation,  # type: ignore[arg-type]
+            require_client_authentication=self._tls.mutual)
         self._server, self._health, self.port = build_server(service, cfg, [self._auth] if self._auth else [],
                                                              credentials, self.engine)
         log.info("gRPC engine: %s (%s)", self.engine, why)

@@ -100,7 +100,7 @@ NO_DEADLINE_S = 1e9  # a remaining time this long (31 years) is no deadline at a
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     """The client's gRPC deadline in event-loop time, or None when it set none. grpc.aio says "none" with None;
     the native engine, as grpcio's sync server does, with sys.maxsize seconds."""
-    remaining = context.time_remaining()
+    remaining: float | None = context.time_remaining()  # grpc's stubs say float; grpc.aio gives None
     if remaining is None or remaining >= NO_DEADLINE_S:
         return None
     return asyncio.get_running_loop().time() + remaining

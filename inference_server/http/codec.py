@@ -161,7 +161,8 @@ def _nested_elements(data: Any) -> int:
     (data that is not regular is refused when it is converted; data that is not a list counts 0, refused later)."""
     if not isinstance(data, list):
         return 0
-    count, node, depth = 1, data, 0
+    count, depth = 1, 0
+    node: Any = data
     while isinstance(node, list) and depth <= _MAX_NESTING:
         count *= len(node)
         node = node[0] if node else None
@@ -355,8 +356,8 @@ def encode_v1_predict(response: InferResponse) -> bytes:
     values = {t.name: _v1_values(t) for t in response.outputs}
     if len(values) == 1:
         return orjson.dumps({"predictions": next(iter(values.values()))}, option=_NUMPY)
-    batch = {t.shape[0] if t.shape else None for t in response.outputs}
-    if len(batch) > 1 or None in batch:
+    batch = {t.shape[0] for t in response.outputs if t.shape}
+    if len(batch) > 1 or any(not t.shape for t in response.outputs):
         raise invalid("the model's outputs do not share a batch dimension; use the v2 infer endpoint")
     rows = batch.pop() if batch else 0
     predictions = [{name: v[i] for name, v in values.items()} for i in range(rows)]

@@ -440,6 +440,7 @@ class HttpFrontEnd:
                 log.warning("%d HTTP requests still under way after %.1fs", self._routes.in_flight, grace_s)
         # uvicorn bounds its wait for responses under way by this, then cancels them; at least 0.1 s, as uvicorn
         # reports a timeout at 0 even with nothing to wait for. grace_s None: stop now (as gRPC's stop(None)).
+        # uvicorn types it int | None; it is used as asyncio.timeout's delay, which takes a float.
         server.config.timeout_graceful_shutdown = max(grace_s or 0.0, 0.1)  # type: ignore[assignment]
         server.force_exit = grace_s is None
         server.should_exit = True  # seen within 0.1 s (uvicorn's tick)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from inference_server.http import codec
 
@@ -96,6 +96,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     _head_bytes = 0
     _head_timer: asyncio.TimerHandle | None = None
 
+    # The override uvicorn's own connection_made makes: asyncio passes a Transport (BaseProtocol says BaseTransport).
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
@@ -112,6 +113,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_open = False
         self._cancel_head_timer()
+        # A key of this server's own in the ASGI scope, which uvicorn types as a TypedDict of the spec's keys.
         self.scope[CLIENT_GONE] = ClientGone()  # type: ignore[literal-required]
         super().on_headers_complete()
 
@@ -121,7 +123,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
-        cycle = self.cycle
+        cycle: RequestResponseCycle | None = self.cycle  # None before a request's head (uvicorn types it without)
         super().connection_lost(exc)
         if cycle is not None and cycle.disconnected:  # closed before its answer was complete
             gone = cycle.scope.get(CLIENT_GONE)

@@ -92,15 +92,16 @@ class ModelRegistry:
             if state is State.UNAVAILABLE and reason != UNLOADED:
                 raise unavailable(f"model '{name}' version {version} is unavailable: {reason}")
             raise _unknown(name, version)
-        reason = self._model_reason.get(name)
-        if reason is None and name not in self._status:
+        model_reason = self._model_reason.get(name)
+        if model_reason is None and name not in self._status:
             raise _unknown(name)
-        if reason in (None, NOT_LOADED, UNLOADED):
+        if model_reason in (None, NOT_LOADED, UNLOADED):
             loading = [v for v, (s, _) in self._status.get(name, {}).items() if s is State.LOADING]
             if loading:
                 raise unavailable(f"model '{name}' is loading (version {', '.join(loading)})")
-            raise InferenceError(ErrorCode.NOT_FOUND, f"Request for unknown model: '{name}' is {reason or UNLOADED}")
-        raise unavailable(f"model '{name}' is unavailable: {reason}")
+            raise InferenceError(ErrorCode.NOT_FOUND,
+                                 f"Request for unknown model: '{name}' is {model_reason or UNLOADED}")
+        raise unavailable(f"model '{name}' is unavailable: {model_reason}")
 
     def ready(self, name: str, version: str = "") -> bool:
         serving = self._serving.get(name)

@@ -99,7 +99,8 @@ def _instances(doc: Mapping[str, Any], where: str, default_device: str) -> tuple
     groups = toml.get(doc, "instance_group", where, list, [])
     if not groups:
         return default_device, BatchingConfig().instance_count
-    kinds, count = [], 0
+    kinds: list[str] = []
+    count = 0
     for i, group in enumerate(groups):
         prefix = f"{where}instance_group[{i}]."
         group = _check(group, prefix, ("name", "kind", "count"),

@@ -26,6 +26,7 @@ def _stamp_request_id(factory: Callable[..., logging.LogRecord]) -> Callable[...
         record.request_id = REQUEST_ID.get()
         return record
 
+    # A marker on the function object, which declares no such attribute.
     make.stamps_request_id = True  # type: ignore[attr-defined]
     return make
 
@@ -51,8 +52,8 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname, "logger": record.name, "message": record.getMessage(),
         }
-        if getattr(record, "request_id", ""):
-            line["request_id"] = record.request_id
+        if rid := getattr(record, "request_id", ""):
+            line["request_id"] = rid
         for key, value in vars(record).items():
             if key not in _STANDARD and key != "rid":
                 line[key] = value

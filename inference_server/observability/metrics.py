@@ -177,8 +177,8 @@ class StatsCollector:
                                   "current state; version \"\" is a model with no version loaded",
                                   labels=[*LABELS, "state"])
         for entry in self._lifecycle.registry.index_snapshot():
-            for name in State:
-                state.add_metric([entry.name, entry.version, name.value], float(entry.state == name.value))
+            for member in State:
+                state.add_metric([entry.name, entry.version, member.value], float(entry.state == member.value))
         events = self._lifecycle.events
         loads = CounterMetricFamily("inference_model_loads", "Model version loads (sessions and warmup), by result",
                                     labels=["model", "result"])

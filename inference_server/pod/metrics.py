@@ -69,8 +69,8 @@ def merge(workers: Sequence[tuple[str, Sequence[Metric]]]) -> list[Metric]:
                 else:
                     samples[key] = samples.get(key, 0.0) + sample.value
     for name, merged in families.items():
-        for (sample_name, labels), value in values[name].items():
-            merged.add_sample(sample_name, dict(labels), value)
+        for (sample_name, label_pairs), value in values[name].items():
+            merged.add_sample(sample_name, dict(label_pairs), value)
     return list(families.values())
 
 

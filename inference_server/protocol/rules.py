@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from inference_server.config.model import VersionPolicy, version_number
+from inference_server.config.model import version_number
 from inference_server.errors import ErrorCode, InferenceError, invalid
 
 # -- inference requests --------------------------------------------------------------------------------------------
@@ -117,7 +117,20 @@ def _version(value: Any, wire: ParameterWire) -> str:
 
 # -- model configuration -------------------------------------------------------------------------------------------
 
-def version_policy(policy: VersionPolicy) -> dict[str, Any]:
+class Policy(Protocol):
+    """A version policy's fields, as config.model.VersionPolicy and service.views.PolicyView both carry them."""
+
+    @property
+    def kind(self) -> str: ...  # latest | all | specific
+
+    @property
+    def latest(self) -> int: ...
+
+    @property
+    def specific(self) -> tuple[str, ...]: ...
+
+
+def version_policy(policy: Policy) -> dict[str, Any]:
     """Triton's ModelVersionPolicy as plain data (its JSON form, proto field names): one of all, specific, latest."""
     if policy.kind == "all":
         return {"all": {}}

@@ -51,14 +51,16 @@ class Dispatcher:
         variant = router.choose(route, key, self.registry.ready)
         if variant is None:
             variants = ", ".join(f"{v.name} = {v.model}{' v' + v.version if v.version else ''}" for v in cfg.variants)
-            failure = unavailable(f"route '{cfg.name}': no variant is ready ({variants})")
-            return await self._fallback(route, None, request, deadline, failure, "no_variant_ready")
+            return await self._fallback(route, None, request, deadline,
+                                        unavailable(f"route '{cfg.name}': no variant is ready ({variants})"),
+                                        "no_variant_ready")
         breaker = route.breakers.get(variant.name)
         ticket = breaker.enter() if breaker is not None else None
         if breaker is not None and ticket is None:
             router.record(route, variant.name, ErrorCode.UNAVAILABLE.name, None)  # counted; it took no time
-            failure = unavailable(f"route '{cfg.name}' variant '{variant.name}': circuit breaker open")
-            return await self._fallback(route, variant, request, deadline, failure, "breaker_open")
+            return await self._fallback(route, variant, request, deadline,
+                                        unavailable(f"route '{cfg.name}' variant '{variant.name}': circuit breaker "
+                                                    "open"), "breaker_open")
         start = time.perf_counter()
         code: ErrorCode | None = ErrorCode.INTERNAL  # None: answered
         failure: InferenceError | None = None
@@ -121,8 +123,9 @@ class Dispatcher:
         """The fallback's constant outputs, in the datatypes of a serving variant's outputs where one is known,
         a row per request row when the model batches (or, with no model to ask, when the first input has
         dimensions)."""
-        outputs = route.cfg.fallback.outputs  # type: ignore[union-attr]
-        assert outputs is not None
+        fallback = route.cfg.fallback  # _fallback calls this only for a fallback of constant outputs
+        assert fallback is not None and fallback.outputs is not None
+        outputs = fallback.outputs
         candidates = [variant] if variant is not None else list(route.cfg.variants)
         known = next((self.registry.find(v.model, v.version) for v in candidates
                       if self.registry.ready(v.model, v.version)), None)

@@ -60,11 +60,12 @@ class RouteState:
     def _shares(self) -> dict[str, float]:
         """Each variant's share in percent: the canary sets the candidate's, the others split the rest by
         their weights."""
-        share = self.canary.share(self.cfg.canary) if self.canary and self.cfg.canary else None
-        if share is None:
+        canary = self.cfg.canary
+        share = self.canary.share(canary) if self.canary and canary else None
+        if share is None or canary is None:  # (a share comes from a canary)
             total = sum(self.weights.values())
             return {n: 100.0 * w / total if total else 0.0 for n, w in self.weights.items()}
-        candidate = self.cfg.canary.candidate  # type: ignore[union-attr]
+        candidate = canary.candidate
         others = {n: w for n, w in self.weights.items() if n != candidate}
         total = sum(others.values())
         out = {n: (100.0 - share) * w / total if total else 0.0 for n, w in others.items()}
@@ -102,7 +103,7 @@ class Router:
         self._shadows = shadows
         self.stats = stats or RouteStats()
         self._routes = {r.name: RouteState(r, clock(), clock) for r in routes}
-        self._splits: dict[tuple[str, tuple[tuple[str, float], ...]], Split] = {}
+        self._splits: dict[tuple[str, tuple[tuple[str, float], ...]], Split[str]] = {}
         self._closing: set[asyncio.Task[None]] = set()  # shadows of routes a reload removed, closing
         self._start_shadows(self._routes.values())
 
@@ -130,7 +131,7 @@ class Router:
             # afresh, so that they spread by the shares).
             name = self._split(state, tuple((v.name, shares[v.name]) for v in owners)).choose(key, self._rng)
             if len(live) == len(owners) or any(v.name == name for v in live):
-                return state.cfg.variant(name)  # type: ignore[arg-type]
+                return state.cfg.variant(name)
             weighted = tuple((v.name, shares[v.name]) for v in live)
             key = None if key is None else f"{name}:{key}"
         else:  # nothing with a share is ready: whatever is ready, by its configured weight
@@ -138,9 +139,9 @@ class Router:
                              if v.weight > 0 and ready(v.model, v.version))
             if not weighted:
                 return None
-        return state.cfg.variant(self._split(state, weighted).choose(key, self._rng))  # type: ignore[arg-type]
+        return state.cfg.variant(self._split(state, weighted).choose(key, self._rng))
 
-    def _split(self, state: RouteState, weighted: tuple[tuple[str, float], ...]) -> Split:
+    def _split(self, state: RouteState, weighted: tuple[tuple[str, float], ...]) -> Split[str]:
         split_key = (state.cfg.name, weighted)
         split = self._splits.get(split_key)
         if split is None:
@@ -153,9 +154,9 @@ class Router:
         """A routed request's outcome ("OK" or an error code; a fallback answer is the variant's failure).
         `duration_s` None: refused without calling the variant (an open breaker): counted, but no latency."""
         self.stats.record(state.cfg.name, variant, code, duration_s)
-        canary = state.canary
-        if canary is not None and canary.status != OFF:
-            window = canary.candidate if variant == state.cfg.canary.candidate else canary.others  # type: ignore
+        canary, canary_cfg = state.canary, state.cfg.canary
+        if canary is not None and canary_cfg is not None and canary.status != OFF:  # (one is None: both are)
+            window = canary.candidate if variant == canary_cfg.candidate else canary.others
             window.record(code, duration_s)
 
     # -- the canary clock --------------------------------------------------------------------------
@@ -165,19 +166,21 @@ class Router:
         now = self._clock() if now is None else now
         made = []
         for state in self._routes.values():
-            if state.canary is not None and advance(state.cfg.canary, state.canary, now):  # type: ignore[arg-type]
+            canary, canary_cfg = state.canary, state.cfg.canary  # (one is None: both are)
+            if canary is not None and canary_cfg is not None and advance(canary_cfg, canary, now):
                 state.changed()
-                made.append((state.cfg.name, state.canary.decision))
-                level = logging.WARNING if state.canary.decision in ("rollback", "fail") else logging.INFO
-                log.log(level, "route '%s' canary '%s': %s: %s", state.cfg.name, state.cfg.canary.candidate,  # type: ignore
-                        state.canary.decision, state.canary.reason)
+                made.append((state.cfg.name, canary.decision))
+                level = logging.WARNING if canary.decision in ("rollback", "fail") else logging.INFO
+                log.log(level, "route '%s' canary '%s': %s: %s", state.cfg.name, canary_cfg.candidate,
+                        canary.decision, canary.reason)
         return made
 
     def next_window_s(self, now: float | None = None) -> float | None:
         """Seconds until the next running canary's window ends; None with no canary running."""
         now = self._clock() if now is None else now
-        ends = [s.canary.window_start + s.cfg.canary.interval_s - now  # type: ignore[union-attr]
-                for s in self._routes.values() if s.canary is not None and s.canary.status == "running"]
+        ends = [s.canary.window_start + s.cfg.canary.interval_s - now
+                for s in self._routes.values()
+                if s.canary is not None and s.cfg.canary is not None and s.canary.status == "running"]
         return max(0.0, min(ends)) if ends else None
 
     # -- administration ------------------------------------------------------------------------
@@ -188,7 +191,7 @@ class Router:
             raise KeyError(name)
         return state
 
-    def set_weights(self, name: str, weights: Mapping[str, float]) -> RouteState:
+    def set_weights(self, name: str, weights: Mapping[str, object]) -> RouteState:
         """Replace some or all of a route's weights. A canary that is running or paused owns the candidate's
         share: abort it first. Afterwards the weights decide every share (the canary is off until started)."""
         state = self._state(name)
@@ -198,12 +201,14 @@ class Router:
         if unknown:
             raise RouteError(f"route '{name}' has no variant {', '.join(map(repr, unknown))} "
                              f"(its variants: {', '.join(state.weights)})")
+        given: dict[str, float] = {}  # checked: weights come from requests (JSON, protobuf)
         for variant, weight in weights.items():
             if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= MAX_WEIGHT:
                 raise RouteError(f"variant '{variant}': a weight is a number from 0 to {MAX_WEIGHT:g}, got {weight!r}")
+            given[variant] = float(weight)
         if state.canary is not None and state.canary.status in ("running", "paused"):
             raise CanaryConflict(f"route '{name}': a canary is {state.canary.status}; abort it before setting weights")
-        new = {**state.weights, **{k: float(v) for k, v in weights.items()}}
+        new = {**state.weights, **given}
         if not any(new.values()):
             raise RouteError(f"route '{name}': at least one variant needs a weight > 0")
         state.weights = new
@@ -222,7 +227,7 @@ class Router:
             raise CanaryConflict("no other variant has a weight > 0 to serve the rest: set weights first")
         command(state.canary, action, self._clock())
         state.changed()
-        log.info("route '%s' canary '%s': %s: %s", name, state.cfg.canary.candidate,  # type: ignore[union-attr]
+        log.info("route '%s' canary '%s': %s: %s", name, state.cfg.canary.candidate,
                  state.canary.decision, state.canary.reason)
         return state
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import random
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 BUCKETS = 10_000
+V = TypeVar("V", bound=Hashable)  # a variant's label
 
 
 def bucket(key: str) -> int:
@@ -24,13 +26,13 @@ def bucket(key: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Split:
+class Split(Generic[V]):
     """Variants (any hashable labels) and the upper bucket bound of each, cumulative."""
-    variants: tuple[object, ...]
+    variants: tuple[V, ...]
     bounds: tuple[int, ...]
 
     @classmethod
-    def of(cls, weighted: Sequence[tuple[object, float]]) -> Split:
+    def of(cls, weighted: Sequence[tuple[V, float]]) -> Split[V]:
         """Bucket ranges proportional to the weights (largest remainder, so they add up to BUCKETS exactly).
         Variants of weight 0 own no bucket; all weights 0 is an empty split."""
         live = [(v, w) for v, w in weighted if w > 0]
@@ -47,7 +49,7 @@ class Split:
             bounds.append(running)
         return cls(tuple(v for v, _ in live), tuple(bounds))
 
-    def choose(self, key: str | None, rng: random.Random | None = None) -> object:
+    def choose(self, key: str | None, rng: random.Random | None = None) -> V:
         """The variant for a key; with no key, a random bucket (so the weights still hold on average)."""
         if not self.variants:
             raise LookupError("no variant has any weight")
