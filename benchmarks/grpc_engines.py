@@ -29,7 +29,7 @@ import numpy as np
 from benchmarks import overload, perf_analyzer
 from benchmarks.http import COLUMNS, CpuSampler, Target, measure, parse_stat, subtree, tree_cores
 from benchmarks.models import write
-from tests import onnx_models
+from tests.support import onnx_models
 
 ENGINES = ("grpcio", "native")
 LEVELS = (1, 32)

@@ -274,7 +274,7 @@ def triton(path: Path, model: str, work_dir: Path, failures: list[str]) -> Itera
 
 def http_scenario(args: argparse.Namespace) -> dict:
     from benchmarks.scenarios import AIO, BATCHING, OURS, PA, REPO, WORK, our_server, samples
-    from tests.server_process import free_port
+    from tests.support.server_process import free_port
 
     gens = [AIO] + ([PA] if perf_analyzer.available() is None else [])
     points: list[dict] = []

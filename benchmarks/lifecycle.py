@@ -22,8 +22,8 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2
 
 from benchmarks.models import MODELS, write
-from tests import onnx_models
-from tests.server_process import ServerProcess
+from tests.support import onnx_models
+from tests.support.server_process import ServerProcess
 
 WORK = Path(__file__).resolve().parent / ".work" / "lifecycle"
 SOURCE = "models:/cheap@production"
@@ -204,7 +204,7 @@ def memory(args: argparse.Namespace, repo: Path, budget_s: float = 90.0) -> list
 
 def lifecycle_scenario(args: argparse.Namespace) -> dict:
     from benchmarks.scenarios import BATCHING
-    from tests.mlflow_registry import Registry  # needs the mlflow extra
+    from tests.support.mlflow_registry import Registry  # needs the mlflow extra
 
     shutil.rmtree(WORK, ignore_errors=True)
     write(repo := WORK / "repo", "cheap", BATCHING)

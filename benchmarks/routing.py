@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks import loadgen
 from benchmarks.http import LOG_PROBLEM, CpuSampler, cpu_split
 from benchmarks.models import MODELS
-from tests import onnx_models
-from tests.server_process import ServerProcess
+from tests.support import onnx_models
+from tests.support.server_process import ServerProcess
 
 WORK = Path(__file__).resolve().parent / ".work" / "routing"
 TARGET = 0.95  # routed / unrouted infer/s

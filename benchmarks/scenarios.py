@@ -26,7 +26,7 @@ from benchmarks.models import MODELS, write
 from benchmarks.reliability import reliability_scenario
 from benchmarks.routing import routing_scenario
 from benchmarks.shadow import shadow_scenario
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 WORK = Path(__file__).resolve().parent / ".work"
 REPO = WORK / "repo"
@@ -355,7 +355,7 @@ def cache_point(model: str, work: loadgen.Workload, concurrency: int, args: argp
 def cache_scenario(args: argparse.Namespace) -> dict:
     """Both tiers: a hit's latency against a miss's (c=1), and throughput at a 90 % hit rate (c=32), with the
     cache off as the baseline. Redis is a real redis-server on 127.0.0.1, emptied before each point."""
-    from tests import redis_server
+    from tests.support import redis_server
 
     if not redis_server.available():
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")

@@ -1,5 +1,5 @@
 """The shadow scenario: a primary model under a light fixed-rate load and under closed-loop load (c=32) through a
-route with no shadow, with a slow shadow (tests/onnx_models.slow, at normal CPU priority and again with
+route with no shadow, with a slow shadow (tests/support/onnx_models.slow, at normal CPU priority and again with
 cpu_priority = "background"), with a shadow that fails at run time, and with a fast shadow that succeeds (a copy
 of the primary: the mirroring's own cost); one server, five routes over the same primary model, points
 interleaved (the order rotates every round).
@@ -39,7 +39,7 @@ from benchmarks.routing import (
     spread,
     total,
 )
-from tests import onnx_models
+from tests.support import onnx_models
 
 WORK = Path(__file__).resolve().parent / ".work" / "shadow"
 SLOW_SIDE = 1024  # onnx_models.slow(1024): about 8 ms a row with 2 intra-op threads on 2 cores, 14 ms with one

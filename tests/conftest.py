@@ -12,8 +12,8 @@ import pytest
 from inference_server.app import App
 from inference_server.config.server import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, parse_server
 from inference_server.grpc.engine import native_unavailable
-from tests import onnx_models
-from tests import redis_server as redis_process
+from tests.support import onnx_models
+from tests.support import redis_server as redis_process
 
 MODELS = {
     # name: (builder, config.toml)

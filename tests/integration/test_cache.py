@@ -16,10 +16,10 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from inference_server.config.server import CacheConfig, ModelConfig
-from tests import onnx_models
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_metrics import scrape
 from tests.integration.test_statistics import count, stats
+from tests.support import onnx_models
 
 pytestmark = pytest.mark.integration
 TTL_S = 0.5

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_concurrency import slow_model_kept_busy
-from tests.server_process import free_port
+from tests.support.server_process import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests import onnx_models
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_repository import MLP_V1, MLP_V2, expected, index, infer
+from tests.support import onnx_models
 
 pytestmark = pytest.mark.integration
 POLL_S = 0.25

@@ -18,8 +18,8 @@ from tritonclient.utils import InferenceServerException
 
 from inference_server.protocol._generated import grpc_service_pb2 as pb
 from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
-from tests import onnx_models
 from tests.conftest import ServerThread, server_config
+from tests.support import onnx_models
 
 pytestmark = pytest.mark.integration
 

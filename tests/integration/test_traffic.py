@@ -20,9 +20,9 @@ from tritonclient.utils import InferenceServerException
 
 from inference_server.config.routes import parse_route
 from inference_server.config.server import parse_server
-from tests import onnx_models
 from tests.conftest import ServerThread
-from tests.server_process import free_port
+from tests.support import onnx_models
+from tests.support.server_process import free_port
 
 pytestmark = pytest.mark.integration
 

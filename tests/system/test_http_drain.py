@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tests import onnx_models
-from tests.server_process import free_port
+from tests.support import onnx_models
+from tests.support.server_process import free_port
 
 pytestmark = pytest.mark.system
 

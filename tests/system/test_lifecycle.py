@@ -17,8 +17,8 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2
 from tritonclient.utils import InferenceServerException
 
-from tests import onnx_models
-from tests.server_process import ROOT, ServerProcess
+from tests.support import onnx_models
+from tests.support.server_process import ROOT, ServerProcess
 
 pytestmark = pytest.mark.system
 

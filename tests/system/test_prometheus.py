@@ -19,9 +19,9 @@ from tritonclient.utils import InferenceServerException
 
 from benchmarks import loadgen
 from inference_server.observability.stats import DURATION_BUCKETS_S
-from tests import onnx_models
-from tests import redis_server as redis_process
-from tests.server_process import ROOT, ServerProcess, free_port
+from tests.support import onnx_models
+from tests.support import redis_server as redis_process
+from tests.support.server_process import ROOT, ServerProcess, free_port
 
 pytestmark = pytest.mark.system
 

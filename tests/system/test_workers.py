@@ -15,8 +15,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import onnx_models
-from tests.server_process import ServerProcess, free_port
+from tests.support import onnx_models
+from tests.support.server_process import ServerProcess, free_port
 
 pytestmark = pytest.mark.system
 
@@ -85,7 +85,7 @@ def test_workers_refuse_to_start_when_the_http_port_is_taken(repo):
     import subprocess
     import sys
 
-    from tests.server_process import ROOT, free_port
+    from tests.support.server_process import ROOT, free_port
 
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
