@@ -4,8 +4,8 @@ cpu_priority = "background"), with a shadow that fails at run time, and with a f
 of the primary: the mirroring's own cost); one server, five routes over the same primary model, points
 interleaved (the order rotates every round).
 Every answer is compared, byte for byte, with the no-shadow route's answer to the same input; the shadows'
-outcomes come from the metrics endpoint, read after each point once the shadow's queue has drained. scenarios.py
-imports this module, so this one imports scenarios.py's helpers late.
+outcomes come from the metrics endpoint, read after each point once the shadow's queue has drained. The helpers
+the scenarios share come from points.py.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import onnx
 import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks import ceiling, loadgen
+from benchmarks import ceiling
 from benchmarks.http import CpuSampler
+from benchmarks.points import BATCHING
 from benchmarks.routing import (
     checked_closed_loop,
     log_problems,
@@ -39,6 +40,7 @@ from benchmarks.routing import (
     spread,
     total,
 )
+from clients.python import loadgen
 from tests.support import onnx_models
 
 WORK = Path(__file__).resolve().parent / ".work" / "shadow"
@@ -91,7 +93,6 @@ def fails_at_run_time() -> onnx.ModelProto:
 
 
 def write_repo(repo: Path) -> None:
-    from benchmarks.scenarios import BATCHING
 
     shutil.rmtree(repo, ignore_errors=True)
     w = onnx_models.write_model

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from benchmarks import loadgen
+from clients.python import loadgen
 from inference_server.observability.stats import DURATION_BUCKETS_S
 from tests.support import onnx_models
 from tests.support import redis_server as redis_process
