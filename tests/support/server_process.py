@@ -17,8 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
+    """A port the kernel picks (bind to port 0), free on every interface (a server may bind 0.0.0.0 as well as
+    127.0.0.1), and so never one already taken, such as ./scripts/serve's 8000-8002. Where the port must be known
+    before the server starts (a subprocess's argument, --workers, an HTTP port, where 0 means no HTTP), it is
+    picked here; in-process servers bind port 0 themselves."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
