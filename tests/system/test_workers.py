@@ -92,8 +92,8 @@ def test_workers_refuse_to_start_when_the_http_port_is_taken(repo):
         holder.listen()
         taken = holder.getsockname()[1]
         done = subprocess.run([sys.executable, "-m", "inference_server", "--workers", "2", "--port", str(free_port()),
-                               "--http-port", str(taken), "--model-repository", str(repo)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
+                               "--metrics-port", "0", "--http-port", str(taken), "--model-repository", str(repo)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and f"127.0.0.1:{taken} is already in use" in done.stderr
 
 
