@@ -26,3 +26,10 @@ def wait_until(predicate: Callable[[], object], what: str = "the condition", tim
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(POLL_S)
+
+
+async def turns(count: int = 20) -> None:
+    """Let every task that is ready run, `count` times over: for code that waits on events, not on time, so
+    nothing is left to chance and no wall-clock time passes."""
+    for _ in range(count):
+        await asyncio.sleep(0)
