@@ -170,7 +170,7 @@ def test_an_entry_expires_after_the_models_ttl(cached):
     ran = executions(cached, "short")
     infer(cached.url, x, model="short")
     assert executions(cached, "short") == ran  # a hit while fresh
-    time.sleep(TTL_S + 0.2)
+    time.sleep(TTL_S + 0.2)  # the behaviour under test: the entry's time to live runs out
     np.testing.assert_array_equal(infer(cached.url, x, model="short")["y"], first)
     assert executions(cached, "short") == ran + 1  # expired: the model ran again
 

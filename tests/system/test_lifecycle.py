@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.support import onnx_models
 from tests.support.server_process import ROOT, ServerProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.system
 
@@ -55,10 +56,11 @@ def test_signal_drains_in_flight_requests_refuses_new_ones_and_exits_0(launch, s
     for t in threads:
         t.start()
     started.wait()
-    time.sleep(0.15)  # the eight requests are queued behind one another (one row per batch)
+    # The eight requests are in, queued behind one another (one row per batch): seven counted, one executing.
+    wait_until(lambda: server.accepted("slow") >= 7, "the eight requests to arrive")
     server.proc.send_signal(sig)
-    time.sleep(0.1)
-    assert server.health() == health_pb2.HealthCheckResponse.NOT_SERVING
+    wait_until(lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING, "the drain to begin")
+    assert server.proc.poll() is None  # still draining what it accepted
     with grpcclient.InferenceServerClient(server.url) as client:
         with pytest.raises(InferenceServerException) as refused:
             client.infer("slow", [slow_input()], client_timeout=10)
