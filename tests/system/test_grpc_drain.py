@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections import Counter
 
 import grpc
@@ -58,7 +59,12 @@ def test_sigterm_answers_queued_requests_of_a_slow_model(launch, tmp_path, grpc_
                     codes[e.code().name] += 1
 
             tasks = [asyncio.create_task(one()) for _ in range(12)]
-            await asyncio.sleep(0.3)  # all sent; most wait in the queue behind the running one
+            # All in: most wait in the queue behind the running one (eleven counted, one executing). The server's
+            # metrics are read off the loop, which sends the calls.
+            deadline = time.monotonic() + 30
+            while await asyncio.to_thread(server.accepted, "slow") < 11:
+                assert time.monotonic() < deadline, server.log()
+                await asyncio.sleep(0.02)
             server.proc.send_signal(signal.SIGTERM)
             await asyncio.gather(*tasks)
         return codes

@@ -105,9 +105,12 @@ def test_every_dashboard_query_returns_data_and_p99_agrees_with_the_client(prome
         bad = grpcclient.InferInput("x", [1, 2], "FP32")
         bad.set_data_from_numpy(np.ones((1, 2), np.float32))
         client.infer("slow", [bad])  # something for the failures panel
-    time.sleep(3)  # two more scrapes
-
-    empty = [expr for expr in dashboard_queries() if not query(base, expr)]
+    # Until Prometheus has scraped all of it (rates need two scrapes after the traffic).
+    deadline = time.monotonic() + 30
+    while empty := [expr for expr in dashboard_queries() if not query(base, expr)]:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert not empty, f"dashboard queries without data: {empty}"
 
     client_p99_s = float(np.percentile(result.latencies_s, 99))
