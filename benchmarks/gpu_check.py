@@ -183,7 +183,7 @@ def check_models(*, large: bool = True, only: Sequence[str] = ()) -> list[CheckM
 
     from benchmarks.models import channel_means
     from inference_server.protocol.tensors import DATATYPES
-    from tests import onnx_models
+    from tests.support import onnx_models
 
     numeric = [t for t in onnx_models.ALL_BUT_BF16 if t != "BYTES"]
 
@@ -238,7 +238,7 @@ def check_models(*, large: bool = True, only: Sequence[str] = ()) -> list[CheckM
 
 def write_repository(repo: Path, models: Sequence[CheckModel]) -> None:
     from inference_server.config.server import DEFAULT_REPOSITORY
-    from tests import onnx_models
+    from tests.support import onnx_models
 
     shutil.rmtree(repo, ignore_errors=True)
     repo.mkdir(parents=True)
@@ -554,7 +554,7 @@ def check_servers(report: Report, models: Sequence[CheckModel], repo: Path, dead
     import numpy as np
     import tritonclient.grpc as grpcclient
 
-    from tests.server_process import ServerProcess
+    from tests.support.server_process import ServerProcess
 
     if deadline.left() < 60:
         report.fail("server", f"not run: {deadline.left():.0f}s left of the time budget")

@@ -29,7 +29,8 @@ import numpy as np
 from benchmarks import overload, perf_analyzer
 from benchmarks.http import COLUMNS, CpuSampler, Target, measure, parse_stat, subtree, tree_cores
 from benchmarks.models import write
-from tests import onnx_models
+from benchmarks.points import AIO, BATCHING, PA, REPO, WORK, samples
+from tests.support import onnx_models
 
 ENGINES = ("grpcio", "native")
 LEVELS = (1, 32)
@@ -59,7 +60,6 @@ RATIO_COLUMNS = [("model", "model", "s"), ("load", "gen", "s"), ("concurrency", 
 
 def per_call_points(args: argparse.Namespace, failures: list[str]) -> list[dict]:
     from benchmarks.reliability import serving
-    from benchmarks.scenarios import AIO, BATCHING, PA, REPO, WORK, samples
 
     gens = [AIO] + ([PA] if perf_analyzer.available() is None else [])
     points: list[dict] = []
@@ -108,7 +108,6 @@ def ratio_rows(points: list[dict]) -> list[dict]:
 
 def overload_rows(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     from benchmarks.reliability import serving
-    from benchmarks.scenarios import REPO
 
     write(REPO, "large", NO_BATCHING)
     call = overload.Call.of("large", "x", np.random.default_rng(5).standard_normal((1, 512)).astype(np.float32))
@@ -151,7 +150,6 @@ def closed_loop_cpu(server, http: str | None, call: overload.Call, concurrency: 
 
 def refusal_rows(args: argparse.Namespace) -> list[dict]:
     from benchmarks.reliability import serving
-    from benchmarks.scenarios import REPO
 
     onnx_models.write_model(REPO, "refuser", onnx_models.slow(4096),
                             "intra_op_threads = 1\n[batching]\nmax_batch_size = 1\nmax_queue_size = 1\n")
@@ -199,7 +197,7 @@ def grpc_engines_scenario(args: argparse.Namespace) -> dict:
         f"A refusal costs the server {r['us_per_refusal']:.0f} µs of CPU on {r['front_end']}." for r in refusals] + [
         "Per call: one server per engine (the same command but --grpc-engine), both running for the whole model, "
         "points alternating; CPU: mean cores over each point's steady part from /proc/<pid>/stat every 0.2 s; "
-        "µs/infer = server cores / infer/s. 'aio' is tritonclient.grpc.aio (benchmarks/loadgen.py), "
+        "µs/infer = server cores / infer/s. 'aio' is tritonclient.grpc.aio (clients/python/loadgen.py), "
         "'perf_analyzer' is perf_analyzer -i grpc.",
         f"Overload: open loop (benchmarks/overload.py), every call with a {DEADLINE_S:g} s deadline (gRPC deadline; "
         "HTTP Request-Timeout-Ms), 4 gRPC connections or up to 1024 HTTP connections; a fresh server per front "

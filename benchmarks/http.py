@@ -4,8 +4,8 @@ Triton's HTTP front end (through PyTriton), cheap and compute-bound MLP, concurr
 Per model, one server of ours serves both ports (gRPC and --http-port) and one Triton (PyTriton) runs beside it;
 for each load generator and concurrency the points run back to back, interleaved: ours HTTP, Triton HTTP, ours
 gRPC, Triton gRPC, so that the ratios compare figures measured side by side. Every process's CPU is read from
-/proc/<pid>/stat while the points run (server, load generator, everything else). scenarios.py imports this module,
-so this one imports scenarios.py's helpers late.
+/proc/<pid>/stat while the points run (server, load generator, everything else). The helpers the scenarios share
+come from points.py.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from benchmarks import loadgen, peers, perf_analyzer
+from benchmarks import peers, perf_analyzer
 from benchmarks.models import MODELS, write
+from benchmarks.points import AIO, BATCHING, OURS, PA, REPO, WORK, make_point, our_server, samples
+from clients.python import loadgen
 
 TARGET_VS_TRITON = 1.0  # ours HTTP / Triton HTTP, infer/s at c=32, both models
 TARGET_VS_GRPC = 0.7  # ours HTTP / ours gRPC, infer/s, cheap MLP
@@ -165,7 +167,6 @@ def wait_http_ready(http_url: str, model: str, timeout_s: float = 30) -> None:
 
 def drive(target: Target, protocol: str, gen: str, concurrency: int, work: loadgen.Workload,
           args: argparse.Namespace, work_dir: Path) -> dict:
-    from benchmarks.scenarios import PA
 
     url = target.http_url if protocol == "http" else target.grpc_url
     label = f"{target.label.split(':')[0]} {work.model}" + (" grpc" if protocol == "grpc" else "")  # loadgen: http
@@ -178,7 +179,6 @@ def drive(target: Target, protocol: str, gen: str, concurrency: int, work: loadg
 
 def measure(target: Target, others: list[Target], protocol: str, gen: str, concurrency: int,
             work: loadgen.Workload, args: argparse.Namespace, sampler: CpuSampler, work_dir: Path) -> dict:
-    from benchmarks.scenarios import _point
 
     before = batch_counts(target.grpc_url, work.model)
     start = time.monotonic()
@@ -186,7 +186,7 @@ def measure(target: Target, others: list[Target], protocol: str, gen: str, concu
     end = time.monotonic()
     after = batch_counts(target.grpc_url, work.model)
     counts = (after[1] - before[1], after[0] - before[0]) if before and after else None
-    point = _point(summary, target=target.label, model=work.model, gen=gen, concurrency=concurrency, counts=counts)
+    point = make_point(summary, target=target.label, model=work.model, gen=gen, concurrency=concurrency, counts=counts)
     point["protocol"] = "HTTP" if protocol == "http" else "gRPC"
     # The steady part: after the closed loop's 1 s warm-up (perf_analyzer: its start-up), before its end.
     if window := sampler.window(start + 1.0, end - 0.3):
@@ -208,7 +208,6 @@ def http_samples(model: str, count: int = 64, rows: int = 1) -> loadgen.Workload
 def ratio_rows(points: list[dict]) -> list[dict]:
     """ours HTTP / Triton HTTP and ours HTTP / ours gRPC (and, for context, Triton HTTP / Triton gRPC), per model,
     load generator and concurrency, where both points exist without errors."""
-    from benchmarks.scenarios import OURS
 
     def find(target_prefix: str, protocol: str, model: str, gen: str, c: int) -> dict | None:
         return next((p for p in points if p["target"].startswith(target_prefix) and p["protocol"] == protocol
@@ -273,8 +272,7 @@ def triton(path: Path, model: str, work_dir: Path, failures: list[str]) -> Itera
 
 
 def http_scenario(args: argparse.Namespace) -> dict:
-    from benchmarks.scenarios import AIO, BATCHING, OURS, PA, REPO, WORK, our_server, samples
-    from tests.server_process import free_port
+    from tests.support.server_process import free_port
 
     gens = [AIO] + ([PA] if perf_analyzer.available() is None else [])
     points: list[dict] = []
@@ -319,8 +317,9 @@ def http_scenario(args: argparse.Namespace) -> dict:
              f"p99 {r['p99_pair']} ms)" + (f"; target {r['target']}: {'met' if r['met'] == 'yes' else 'MISSED'}"
                                            if r["met"] != "–" else "") for r in ratios]
     notes += cpu_notes(points)
-    notes += ["Load: 'aio' is tritonclient.grpc.aio for gRPC and tritonclient.http.aio for HTTP (benchmarks/loadgen.py;"
-              " HTTP: binary input and output tensors, one keep-alive connection per worker); 'perf_analyzer' is "
+    notes += ["Load: 'aio' is tritonclient.grpc.aio for gRPC and tritonclient.http.aio for HTTP "
+              "(clients/python/loadgen.py; HTTP: binary input and output tensors, one keep-alive connection per "
+              "worker); 'perf_analyzer' is "
               "perf_analyzer -i grpc / -i http (HTTP: binary tensors, its default). Both servers: max_batch_size 64, "
               "no queue delay. One server of ours serves both ports; Triton (PyTriton) runs beside it, idle while "
               "ours is measured and the other way round.",

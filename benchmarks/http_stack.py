@@ -178,7 +178,7 @@ async def point(port: int, pid: int, binary: bool, concurrency: int, args: argpa
     """A closed loop like loadgen.closed_loop's, on tritonclient.http.aio (one client, a connection per worker)."""
     import tritonclient.http.aio as httpclient
 
-    from benchmarks.loadgen import LoadResult
+    from clients.python.loadgen import LoadResult
     x, inputs, outputs = request_parts(binary)
     client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", conn_limit=concurrency)
     check = await client.infer("m", inputs, outputs=outputs)  # the answer is right before it is timed

@@ -1,5 +1,5 @@
 """The lifecycle scenario: cold start, MLflow alias move to the first new answer, reloads under load, RSS over
-reloads; servers on 127.0.0.1. scenarios.py imports this module, so this one imports scenarios.py's helpers late."""
+reloads; servers on 127.0.0.1. The helpers the scenarios share come from points.py."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2
 
 from benchmarks.models import MODELS, write
-from tests import onnx_models
-from tests.server_process import ServerProcess
+from benchmarks.points import AIO, BATCHING, drive, samples
+from tests.support import onnx_models
+from tests.support.server_process import ServerProcess
 
 WORK = Path(__file__).resolve().parent / ".work" / "lifecycle"
 SOURCE = "models:/cheap@production"
@@ -106,7 +107,6 @@ def cold_starts(config: Path, repo: Path, env: dict[str, str], starts: int = 3) 
 
 def alias_moves(registry, config: Path, env: dict[str, str], targets: list[str]) -> list[dict]:
     """Move the alias to each target in turn; one client sends single requests back to back meanwhile."""
-    from benchmarks.scenarios import samples
 
     rows, inputs = [], samples("cheap", count=1).requests[0]  # aio's InferInput is tritonclient.grpc's
     with serving(["--config", str(config)], "alias", env) as (server, client, _):
@@ -146,7 +146,6 @@ def reload_loop(url: str, stop: threading.Event, took: list[float], failed: list
 
 
 def reloads_under_load(args: argparse.Namespace, repo: Path) -> tuple[list[dict], dict]:
-    from benchmarks.scenarios import AIO, drive, samples
 
     phases = []
     with serving(["--model-repository", str(repo), *EXPLICIT], "reload") as (server, _, _):
@@ -174,7 +173,6 @@ def reloads_under_load(args: argparse.Namespace, repo: Path) -> tuple[list[dict]
 
 def memory(args: argparse.Namespace, repo: Path, budget_s: float = 90.0) -> list[dict]:
     """RSS before and after the first reload, then at checkpoints; 10 requests after each reload."""
-    from benchmarks.scenarios import samples
 
     checkpoints = [1, 10, 25, 50, 100] + ([] if args.quick else [200, 500, 1000])
     with serving(["--model-repository", str(repo), *EXPLICIT], "memory") as (server, client, _):
@@ -203,8 +201,7 @@ def memory(args: argparse.Namespace, repo: Path, budget_s: float = 90.0) -> list
 
 
 def lifecycle_scenario(args: argparse.Namespace) -> dict:
-    from benchmarks.scenarios import BATCHING
-    from tests.mlflow_registry import Registry  # needs the mlflow extra
+    from tests.support.mlflow_registry import Registry  # needs the mlflow extra
 
     shutil.rmtree(WORK, ignore_errors=True)
     write(repo := WORK / "repo", "cheap", BATCHING)

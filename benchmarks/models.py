@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from tests import onnx_models
+from tests.support import onnx_models
 
 VOCABULARY = [f"token{i}" for i in range(1000)]
 

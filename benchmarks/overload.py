@@ -14,7 +14,7 @@ import aiohttp
 import grpc
 import numpy as np
 
-from benchmarks.loadgen import Sampler, send_on_schedule
+from clients.python.loadgen import Sampler, send_on_schedule
 from inference_server.protocol._generated import grpc_service_pb2 as pb
 from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 

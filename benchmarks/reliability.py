@@ -37,11 +37,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from benchmarks import overload
 from benchmarks.fuzz import fuzz_table
 from inference_server.grpc.engine import GRPCIO, NATIVE
-from tests import onnx_models
-from tests.integration.test_tls import Authority
-from tests.server_process import ServerProcess, free_port
-from tests.system.test_grpc_drain import REQUEST as DIGITS_REQUEST
-from tests.system.test_grpc_drain import load as grpc_callers
+from tests.support import onnx_models
+from tests.support.grpc_callers import REQUEST as DIGITS_REQUEST
+from tests.support.grpc_callers import load as grpc_callers
+from tests.support.pki import Authority
+from tests.support.server_process import ServerProcess, free_port
 
 WORK = Path(__file__).resolve().parent / ".work" / "reliability"
 SIZES = [256, 4096, 4096, 16]

@@ -2,8 +2,7 @@
 so a distinct routing key, on every request) against the same model asked for by version (unrouted), one server,
 concurrency 1 and 32, points interleaved (routed and unrouted alternate, the first of each pair alternating too).
 Every answer is inspected while the load runs: a routed one must carry the `variant` parameter and come from that
-variant's version. shadow.py shares this module's helpers. scenarios.py imports this module, so this one imports
-scenarios.py's helpers late.
+variant's version. shadow.py shares this module's helpers. The helpers the scenarios share come from points.py.
 """
 
 from __future__ import annotations
@@ -26,11 +25,12 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks import loadgen
 from benchmarks.http import LOG_PROBLEM, CpuSampler, cpu_split
 from benchmarks.models import MODELS
-from tests import onnx_models
-from tests.server_process import ServerProcess
+from benchmarks.points import BATCHING, samples
+from clients.python import loadgen
+from tests.support import onnx_models
+from tests.support.server_process import ServerProcess
 
 WORK = Path(__file__).resolve().parent / ".work" / "routing"
 TARGET = 0.95  # routed / unrouted infer/s
@@ -173,7 +173,6 @@ def log_problems(server: ServerProcess) -> list[str]:
 
 
 def write_repo(repo: Path) -> None:
-    from benchmarks.scenarios import BATCHING
 
     shutil.rmtree(repo, ignore_errors=True)
     onnx_models.write_model(repo, "cheap", MODELS["cheap"].build(), "version_policy = { all = true }\n" + BATCHING,
@@ -220,7 +219,6 @@ def ratio_rows(points: list[dict]) -> list[dict]:
 
 
 def routing_scenario(args: argparse.Namespace) -> dict:
-    from benchmarks.scenarios import samples
 
     write_repo(repo := WORK / "repo")
     pool = samples("cheap")

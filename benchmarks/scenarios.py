@@ -18,23 +18,29 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from benchmarks import ceiling, loadgen, peers, perf_analyzer
+from benchmarks import ceiling, peers, perf_analyzer
 from benchmarks.grpc_engines import grpc_engines_scenario
 from benchmarks.http import http_scenario
 from benchmarks.lifecycle import lifecycle_scenario
 from benchmarks.models import MODELS, write
+from benchmarks.points import (
+    AIO,
+    BATCH_LOG,
+    BATCHING,
+    OURS,
+    PA,
+    REPO,
+    WORK,
+    batch_summary,
+    drive,
+    make_point,
+    our_server,
+    samples,
+)
 from benchmarks.reliability import reliability_scenario
 from benchmarks.routing import routing_scenario
 from benchmarks.shadow import shadow_scenario
-from tests.server_process import ServerProcess
-
-WORK = Path(__file__).resolve().parent / ".work"
-REPO = WORK / "repo"
-BATCH_LOG = re.compile(r"model '(?P<model>[^']+)': executed (?P<batches>\d+) batches, (?P<rows>\d+) rows")
-# Ours and Triton batch the same way in every comparison: up to 64 rows, no added delay.
-BATCHING = "[batching]\nmax_batch_size = 64\nmax_queue_delay_us = 0\n"
-OURS = "inference_server"
-AIO, PA = "aio", "perf_analyzer"
+from clients.python import loadgen
 
 POINT_COLUMNS = [("target", "target", "s"), ("model", "model", "s"), ("config", "config", "s"),
                  ("load", "gen", "s"), ("concurrency", "concurrency", "d"), ("infer/s", "infer_per_s", ".0f"),
@@ -43,43 +49,6 @@ POINT_COLUMNS = [("target", "target", "s"), ("model", "model", "s"), ("config", 
                  ("errors", "error_count", "d")]
 CEILING_COLUMNS = [("ceiling rows/s at that batch (measured right after)", "ceiling_rows_per_s", ".0f"),
                    ("fraction of ceiling", "fraction_of_ceiling", ".2f")]
-
-
-def samples(model: str, count: int = 64, rows: int = 1) -> loadgen.Workload:
-    rng = np.random.default_rng(1)
-    return loadgen.workload(model, [MODELS[model].sample(rng, rows) for _ in range(count)])
-
-
-def batch_summary(log: str, model: str) -> tuple[int, int] | None:
-    """(batches, rows) from every process's drain line for the model (several with --workers)."""
-    found = [(int(m["batches"]), int(m["rows"])) for m in BATCH_LOG.finditer(log) if m["model"] == model]
-    if not found:
-        return None
-    return sum(b for b, _ in found), sum(r for _, r in found)
-
-
-def drive(url: str, work: loadgen.Workload, gen: str, concurrency: int, args: argparse.Namespace, label: str,
-          connections: int = 1) -> dict:
-    if gen == PA:
-        result = perf_analyzer.run(url, work.model, concurrency, measurement_ms=int(args.duration_s * 1000),
-                                   work_dir=WORK / "perf_analyzer")
-        return {**result, "rows_per_s": round(result["infer_per_s"] * work.rows, 1)}
-    return asyncio.run(loadgen.closed_loop(url, work, concurrency=concurrency, duration_s=args.duration_s,
-                                           label=label, connections=connections)).summary()
-
-
-@contextmanager
-def our_server(*extra: str, command: list[str] | None = None) -> Iterator[ServerProcess]:
-    WORK.mkdir(exist_ok=True)
-    server = ServerProcess(["--model-repository", str(REPO), "--log-level", "INFO", *extra], WORK / "server.log",
-                           command)
-    try:
-        server.wait_serving()
-        if "--workers" in extra:  # connections made before a worker listens all go to the others
-            server.wait_workers(int(extra[extra.index("--workers") + 1]))
-        yield server
-    finally:
-        server.kill()
 
 
 def ours_point(model: str, config: str, concurrency: int, args: argparse.Namespace, *, gen: str = AIO,
@@ -95,19 +64,9 @@ def ours_point(model: str, config: str, concurrency: int, args: argparse.Namespa
     counts = batch_summary(server.log(), model)
     if code != 0 or counts is None:
         raise RuntimeError(f"server exited {code} without batch statistics:\n{server.log()[-2000:]}")
-    point = _point(summary, target=OURS, model=model, gen=gen, concurrency=concurrency, counts=counts)
-    point["rows_per_process"] = [int(m["rows"]) for m in BATCH_LOG.finditer(server.log()) if m["model"] == model]
-    return point
-
-
-def _point(summary: dict, *, target: str, model: str, gen: str, concurrency: int,
-           counts: tuple[int, int] | None, config: str = "") -> dict:
-    summary = {**summary, "target": target, "model": model, "gen": gen, "concurrency": concurrency,
-               "config": config, "error_count": sum(summary.get("errors", {}).values())}
-    if counts:
-        summary["server_batches"] = counts[0]
-        summary["mean_batch_rows"] = round(counts[1] / max(counts[0], 1), 2)
-    return summary
+    result = make_point(summary, target=OURS, model=model, gen=gen, concurrency=concurrency, counts=counts)
+    result["rows_per_process"] = [int(m["rows"]) for m in BATCH_LOG.finditer(server.log()) if m["model"] == model]
+    return result
 
 
 def with_ceiling(point: dict) -> dict:
@@ -203,8 +162,8 @@ def open_loop(args: argparse.Namespace) -> dict:
                 result = asyncio.run(loadgen.open_loop(server.url, work, rate_per_s=rate, duration_s=args.duration_s,
                                                        label=model))
                 server.terminate()
-            p = _point(result.summary(), target=OURS, model=model, gen=AIO, concurrency=0,
-                       counts=batch_summary(server.log(), model))
+            p = make_point(result.summary(), target=OURS, model=model, gen=AIO, concurrency=0,
+                           counts=batch_summary(server.log(), model))
             p.update(budget_p99_ms=budget_ms, within_budget="yes" if p["p99_ms"] <= budget_ms else "no")
             points.append(p)
     notes = []
@@ -268,8 +227,8 @@ def peer_comparison(args: argparse.Namespace) -> dict:
                             counts = None
                             if before and after:
                                 counts = (after[1] - before[1], after[0] - before[0])
-                            points.append(_point(summary, target=f"{label}: {peer.name}", model=model, gen=gen,
-                                                 concurrency=c, counts=counts, config=config))
+                            points.append(make_point(summary, target=f"{label}: {peer.name}", model=model, gen=gen,
+                                                      concurrency=c, counts=counts, config=config))
             except Exception as e:  # a peer that cannot run here is reported, not fatal
                 failures.append(f"{label} on {model}: {type(e).__name__}: {str(e)[-600:]}")
                 sys.stderr.write(f"  {failures[-1]}\n")
@@ -344,18 +303,18 @@ def cache_point(model: str, work: loadgen.Workload, concurrency: int, args: argp
         server.terminate()
     hit, miss = (entry["inference_stats"].get(k, {}) for k in ("cache_hit", "cache_miss"))
     hits, misses = int(hit.get("count", 0)), int(miss.get("count", 0))
-    point = _point(summary.summary(), target=OURS, model=model, gen=AIO, concurrency=concurrency,
-                   counts=batch_summary(server.log(), model), config=label)
-    point["hit_rate"] = round(hits / (hits + misses), 3) if hits + misses else None
+    result = make_point(summary.summary(), target=OURS, model=model, gen=AIO, concurrency=concurrency,
+                        counts=batch_summary(server.log(), model), config=label)
+    result["hit_rate"] = round(hits / (hits + misses), 3) if hits + misses else None
     # Server-side mean time of a hit's lookup (hits that shared another request's lookup count as 0).
-    point["hit_lookup_us"] = round(int(hit.get("ns", 0)) / hits / 1e3, 1) if hits else None
-    return point
+    result["hit_lookup_us"] = round(int(hit.get("ns", 0)) / hits / 1e3, 1) if hits else None
+    return result
 
 
 def cache_scenario(args: argparse.Namespace) -> dict:
     """Both tiers: a hit's latency against a miss's (c=1), and throughput at a 90 % hit rate (c=32), with the
     cache off as the baseline. Redis is a real redis-server on 127.0.0.1, emptied before each point."""
-    from tests import redis_server
+    from tests.support import redis_server
 
     if not redis_server.available():
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")

@@ -1,11 +1,11 @@
 """The shadow scenario: a primary model under a light fixed-rate load and under closed-loop load (c=32) through a
-route with no shadow, with a slow shadow (tests/onnx_models.slow, at normal CPU priority and again with
+route with no shadow, with a slow shadow (tests/support/onnx_models.slow, at normal CPU priority and again with
 cpu_priority = "background"), with a shadow that fails at run time, and with a fast shadow that succeeds (a copy
 of the primary: the mirroring's own cost); one server, five routes over the same primary model, points
 interleaved (the order rotates every round).
 Every answer is compared, byte for byte, with the no-shadow route's answer to the same input; the shadows'
-outcomes come from the metrics endpoint, read after each point once the shadow's queue has drained. scenarios.py
-imports this module, so this one imports scenarios.py's helpers late.
+outcomes come from the metrics endpoint, read after each point once the shadow's queue has drained. The helpers
+the scenarios share come from points.py.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import onnx
 import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks import ceiling, loadgen
+from benchmarks import ceiling
 from benchmarks.http import CpuSampler
+from benchmarks.points import BATCHING
 from benchmarks.routing import (
     checked_closed_loop,
     log_problems,
@@ -39,7 +40,8 @@ from benchmarks.routing import (
     spread,
     total,
 )
-from tests import onnx_models
+from clients.python import loadgen
+from tests.support import onnx_models
 
 WORK = Path(__file__).resolve().parent / ".work" / "shadow"
 SLOW_SIDE = 1024  # onnx_models.slow(1024): about 8 ms a row with 2 intra-op threads on 2 cores, 14 ms with one
@@ -91,7 +93,6 @@ def fails_at_run_time() -> onnx.ModelProto:
 
 
 def write_repo(repo: Path) -> None:
-    from benchmarks.scenarios import BATCHING
 
     shutil.rmtree(repo, ignore_errors=True)
     w = onnx_models.write_model

@@ -8,12 +8,18 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from inference_server.app import App
 from inference_server.config.server import DEFAULT_REPOSITORY, ModelConfig, ServerConfig, parse_server
 from inference_server.grpc.engine import native_unavailable
-from tests import onnx_models
-from tests import redis_server as redis_process
+from tests.support import onnx_models
+from tests.support import redis_server as redis_process
+
+# Property tests judge what comes out, never how long an example took: no per-example deadline (a shared,
+# loaded machine made a 200 ms deadline fail examples that were merely slow).
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 MODELS = {
     # name: (builder, config.toml)

@@ -1,4 +1,4 @@
-"""A load test of a running server, built on the benchmark suite's load generator (run from the repo root).
+"""A load test of a running server, on the load generator beside it (loadgen.py, which the benchmarks use too).
 
     python clients/python/load_test.py --model digits [--url 127.0.0.1:8001] [--concurrency 8]
         [--rate 500] [--duration-s 10] [--rows 1]
@@ -13,15 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
-from pathlib import Path
 
+import loadgen  # clients/python/loadgen.py, beside this script
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import triton_to_np_dtype
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: benchmarks/
-from benchmarks import loadgen  # noqa: E402
 
 
 def random_requests(url: str, model: str, rows: int, count: int = 64) -> loadgen.Workload:
@@ -60,4 +56,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

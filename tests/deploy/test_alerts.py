@@ -23,11 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from inference_server.config.server import parse_server
-from tests import onnx_models
-from tests import redis_server as redis_process
 from tests.conftest import ServerThread
 from tests.deploy.conftest import promql_parse
-from tests.server_process import free_port
+from tests.support import onnx_models
+from tests.support import redis_server as redis_process
+from tests.support.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "k8s" / "monitoring"

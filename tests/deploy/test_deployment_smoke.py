@@ -34,10 +34,10 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import onnx_models
-from tests import redis_server as redis_process
 from tests.deploy.conftest import SERVER, Doc, container, find, pod_spec
-from tests.server_process import free_port
+from tests.support import onnx_models
+from tests.support import redis_server as redis_process
+from tests.support.server_process import free_port
 
 TOKEN = "smoke-test-infer-token-0123456789abcdef"
 REDIS_PASSWORD = "smoke-test-redis-password"

@@ -23,9 +23,10 @@ from inference_server.config.model import DEFAULT_MAX_QUEUE_SIZE
 from inference_server.config.server import parse_server
 from inference_server.protocol._generated import grpc_service_pb2 as pb
 from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
-from tests import onnx_models
 from tests.conftest import ServerThread
-from tests.server_process import free_port
+from tests.support import onnx_models
+from tests.support.server_process import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,6 @@ def test_each_models_queue_bound_is_exported_for_alerts(server):
 def burst(server: ServerThread, model: str, n: int) -> list[str]:
     with ThreadPoolExecutor(n) as pool:
         futures = [pool.submit(grpc_call, server.url, model) for _ in range(n)]
-        time.sleep(0.05)
         return sorted(f.result() for f in futures)
 
 
@@ -90,7 +90,7 @@ def test_past_the_in_flight_cap_requests_are_refused_at_once_and_counted(server)
         # HTTP: 503 with Retry-After while the cap is reached
         with ThreadPoolExecutor(2) as pool:
             busy = [pool.submit(grpc_call, server.url, "slow") for _ in range(2)]
-            time.sleep(0.1)
+            wait_until(lambda: server.app.gate.in_flight == 2, "the two slow calls to reach the cap")
             request = urllib.request.Request(
                 f"http://127.0.0.1:{server.app.http_port}/v2/models/slow/infer", method="POST",
                 data=b'{"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}')
@@ -107,7 +107,14 @@ def test_past_the_in_flight_cap_requests_are_refused_at_once_and_counted(server)
 
 def test_past_a_models_queue_bound_requests_are_unavailable_and_counted(server):
     before = rejected(server).get("queue_full", 0)
-    outcomes = burst(server, "bounded", 5)
+    stats = server.app.registry.find("bounded").stats
+    with ThreadPoolExecutor(5) as pool:
+        # One running first (taken off the queue): in a burst from the start, the batcher may not have taken it yet
+        # when the others come, and one is all that is answered.
+        running = pool.submit(grpc_call, server.url, "bounded")
+        wait_until(lambda: server.app.gate.in_flight == 1 and stats.pending() == 0, "the first call to run")
+        others = [pool.submit(grpc_call, server.url, "bounded") for _ in range(4)]
+        outcomes = sorted([running.result(), *(f.result() for f in others)])
     # one running and one queued are answered; the others find the queue full
     assert outcomes.count("OK") >= 2 and "StatusCode.UNAVAILABLE" in outcomes, outcomes
     assert rejected(server)["queue_full"] - before == outcomes.count("StatusCode.UNAVAILABLE")

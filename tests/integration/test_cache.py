@@ -16,10 +16,10 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from inference_server.config.server import CacheConfig, ModelConfig
-from tests import onnx_models
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_metrics import scrape
 from tests.integration.test_statistics import count, stats
+from tests.support import onnx_models
 
 pytestmark = pytest.mark.integration
 TTL_S = 0.5
@@ -170,7 +170,7 @@ def test_an_entry_expires_after_the_models_ttl(cached):
     ran = executions(cached, "short")
     infer(cached.url, x, model="short")
     assert executions(cached, "short") == ran  # a hit while fresh
-    time.sleep(TTL_S + 0.2)
+    time.sleep(TTL_S + 0.2)  # the behaviour under test: the entry's time to live runs out
     np.testing.assert_array_equal(infer(cached.url, x, model="short")["y"], first)
     assert executions(cached, "short") == ran + 1  # expired: the model ran again
 

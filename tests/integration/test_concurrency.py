@@ -11,6 +11,8 @@ import pytest
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
+from tests.support.waiting import until
+
 pytestmark = pytest.mark.integration
 
 
@@ -43,6 +45,11 @@ def slow_call(client: aioclient.InferenceServerClient, **kw):
     return client.infer("slow", [infer_input("x", np.ones((1, 1), np.float32))], **kw)
 
 
+def arrived(server, batches_before: int) -> int:
+    """Requests the server has taken since then: those in flight and those the slow model (one row a batch) ran."""
+    return server.app.gate.in_flight + sum(server.batches("slow").values()) - batches_before
+
+
 @contextlib.asynccontextmanager
 async def slow_model_kept_busy(server, busy_requests: int = 4):
     """A client, while `busy_requests` one-row batches keep the slow model busy; on exit, checks that the
@@ -50,10 +57,11 @@ async def slow_model_kept_busy(server, busy_requests: int = 4):
     before = sum(server.batches("slow").values())
     async with aioclient.InferenceServerClient(server.url) as client:
         busy = [asyncio.create_task(slow_call(client)) for _ in range(busy_requests)]
-        await asyncio.sleep(0.02)
+        await until(lambda: arrived(server, before) >= busy_requests, "the busy requests to reach the server")
         yield client
         await asyncio.gather(*busy)
-    await asyncio.sleep(0.1)  # room for a wrongly kept request to start
+    # What must not happen (a dropped request run after all) can only be watched for: a few slow batches' time.
+    await asyncio.sleep(0.1)
     assert sum(server.batches("slow").values()) - before == busy_requests
 
 
@@ -75,11 +83,12 @@ async def test_cancelled_client_call_never_reaches_the_model(server):
     stats = server.app.registry.find("slow").stats
     before = stats.failures["CANCELED"]
     async with slow_model_kept_busy(server) as client:  # checks on exit that the model ran nothing else
+        in_flight = server.app.gate.in_flight
         doomed = asyncio.create_task(slow_call(client))
-        await asyncio.sleep(0.02)
+        await until(lambda: server.app.gate.in_flight > in_flight, "the doomed request to reach the server")
         doomed.cancel()
-        await asyncio.sleep(0.05)
-        assert stats.failures["CANCELED"] == before + 1  # out of the queue at once, counted (Triton's reason)
+        # Out of the queue, counted (Triton's reason); on exit: the model never ran it.
+        await until(lambda: stats.failures["CANCELED"] == before + 1, "the cancelled request to be counted")
 
 
 async def test_stream_answers_every_request_and_a_bad_one_does_not_end_it(server):

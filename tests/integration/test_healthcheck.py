@@ -16,8 +16,8 @@ import pytest
 
 from inference_server.grpc import healthcheck
 from tests.conftest import ServerThread, server_config
-from tests.integration.test_tls import Authority
-from tests.server_process import free_port
+from tests.support.pki import Authority
+from tests.support.server_process import free_port
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

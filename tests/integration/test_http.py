@@ -25,11 +25,11 @@ from tritonclient.utils import InferenceServerException
 
 from inference_server.config.model import BatchingConfig
 from inference_server.config.server import ModelConfig
-from tests import onnx_models
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_protocol import DIGIT_TWO, NUMPY, types_model_inputs
-from tests.onnx_models import ALL_BUT_BF16
-from tests.server_process import free_port
+from tests.support import onnx_models
+from tests.support.onnx_models import ALL_BUT_BF16
+from tests.support.server_process import free_port
 
 pytestmark = pytest.mark.integration
 

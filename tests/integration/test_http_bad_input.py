@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from tests.conftest import ServerThread, server_config
-from tests.server_process import free_port
+from tests.support.server_process import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_concurrency import slow_model_kept_busy
-from tests.server_process import free_port
+from tests.support.server_process import free_port
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -56,15 +57,16 @@ def test_a_generous_timeout_header_is_answered(server):
 async def test_a_client_that_disconnects_removes_its_queued_request(server):
     before = cancelled_requests(server, "slow")
     async with slow_model_kept_busy(server):  # checks on exit that the model ran nothing else
+        in_flight = server.app.gate.in_flight
         reader, writer = await asyncio.open_connection("127.0.0.1", server.app.http_port)
         writer.write(f"POST {SLOW_PATH} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                      f"content-length: {len(SLOW_BODY)}\r\n\r\n{SLOW_BODY}".encode())
         await writer.drain()
-        await asyncio.sleep(0.05)  # read and queued behind the busy batches
+        await until(lambda: server.app.gate.in_flight > in_flight, "the request to be read and queued")
         writer.close()
         await writer.wait_closed()
-        await asyncio.sleep(0.05)
-        assert cancelled_requests(server, "slow") == before + 1  # left the queue at once, not when its turn came
+        # It leaves the queue when its client goes (the exit check: the model never ran it), not when its turn came.
+        await until(lambda: cancelled_requests(server, "slow") == before + 1, "the request to be counted cancelled")
 
 
 @pytest.mark.parametrize("value", ["soon", "-5", "nan", "inf", ""])

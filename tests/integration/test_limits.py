@@ -24,7 +24,7 @@ from inference_server.config.server import MAX_GRPC_MESSAGE_BYTES, LimitsConfig,
 from inference_server.protocol._generated import grpc_service_pb2 as pb
 from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread, server_config
-from tests.server_process import free_port
+from tests.support.server_process import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import onnx_models
-from tests.mlflow_registry import Registry, mlflow_available
+from tests.support import onnx_models
+from tests.support.mlflow_registry import Registry, mlflow_available
 
 pytestmark = [
     pytest.mark.integration,
@@ -69,7 +69,8 @@ def registry_env(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
 def serving(tmp_path: Path, *sources: tuple[str, str]) -> Iterator[ServerThread]:
     """A server with one [[models]] entry per (name, source), each polled every POLL_S."""
     cfg = parse_server({
-        "server": {"port": 0, "metrics_port": 0, "drain_grace_s": 5, "model_cache_dir": str(tmp_path / "cache")},
+        "server": {"port": 0, "metrics_port": 0, "http_port": 0, "drain_grace_s": 5,
+                   "model_cache_dir": str(tmp_path / "cache")},
         "models": [{"name": name, "source": source, "poll_interval_s": POLL_S} for name, source in sources]})
     server = ServerThread(cfg).start()
     try:
@@ -284,7 +285,8 @@ def test_a_route_variant_follows_an_mlflow_alias(registry: Registry, tmp_path: P
     champion = registry.register(name, ONNX["1"], alias="champion")
     challenger = registry.register(name, ONNX["2"], alias="challenger")
     cfg = parse_server({
-        "server": {"port": 0, "metrics_port": 0, "drain_grace_s": 5, "model_cache_dir": str(tmp_path / "cache")},
+        "server": {"port": 0, "metrics_port": 0, "http_port": 0, "drain_grace_s": 5,
+                   "model_cache_dir": str(tmp_path / "cache")},
         "models": [{"name": name, "source": f"models:/{name}@champion", "poll_interval_s": POLL_S}],
         "routes": {name: {"variants": [{"name": "stable", "weight": 50},
                                        {"name": "candidate", "version": "@challenger", "weight": 50}]}}})

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import onnx_models
-from tests.mlflow_registry import Registry, mlflow_available
+from tests.support import onnx_models
+from tests.support.mlflow_registry import Registry, mlflow_available
 
 pytestmark = [
     pytest.mark.integration,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests import onnx_models
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_repository import MLP_V1, MLP_V2, expected, index, infer
+from tests.support import onnx_models
 
 pytestmark = pytest.mark.integration
 POLL_S = 0.25
@@ -55,7 +55,7 @@ def test_a_version_still_being_copied_is_not_loaded_until_it_settles(polled):
             for i in range(chunks):  # a copy that takes about 6 scans, writing more between every two of them
                 f.write(data[i * step:(i + 1) * step])
                 f.flush()
-                time.sleep(POLL_S / 2)
+                time.sleep(POLL_S / 2)  # the behaviour under test: a copy slower than the scans
                 assert ("a", "2", "READY") not in index(client) and failed_loads(server) == 0
                 assert infer(client, "a").get_response().model_version == "1"
         wait_for(lambda: index(client) == [("a", "2", "READY")])

@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.onnx_models import ALL_BUT_BF16
+from tests.support.onnx_models import ALL_BUT_BF16
 
 pytestmark = pytest.mark.integration
 

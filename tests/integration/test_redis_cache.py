@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from inference_server.config.server import CacheConfig
-from tests import redis_server as redis_process
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_cache import executions, infer, settled
 from tests.integration.test_metrics import scrape
+from tests.support import redis_server as redis_process
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not redis_process.available(), reason="redis-server is not installed")]

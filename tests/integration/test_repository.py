@@ -18,8 +18,9 @@ from tritonclient.utils import InferenceServerException
 
 from inference_server.protocol._generated import grpc_service_pb2 as pb
 from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
-from tests import onnx_models
 from tests.conftest import ServerThread, server_config
+from tests.support import onnx_models
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -367,7 +368,8 @@ def test_unload_finishes_every_request_it_accepted_including_those_waiting_on_th
         for t in threads:
             t.start()
         barrier.wait()
-        time.sleep(0.1)  # all six are in: one executing, the others queued or sharing its execution
+        # All six are in: one executing, the others queued or sharing its execution.
+        wait_until(lambda: server.app.gate.in_flight == 6, "the six calls to reach the server")
         start = time.monotonic()
         client.unload_model("slow")
         unload_s = time.monotonic() - start

@@ -14,9 +14,9 @@ from inference_server.config.routes import parse_route
 from inference_server.errors import ConfigError
 from inference_server.protocol._generated import grpc_service_pb2 as pb
 from inference_server.routing.split import Split
-from tests import onnx_models
 from tests.conftest import ServerThread, server_config
-from tests.server_process import free_port
+from tests.support import onnx_models
+from tests.support.server_process import free_port
 
 pytestmark = pytest.mark.integration
 

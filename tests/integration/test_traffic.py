@@ -20,9 +20,9 @@ from tritonclient.utils import InferenceServerException
 
 from inference_server.config.routes import parse_route
 from inference_server.config.server import parse_server
-from tests import onnx_models
 from tests.conftest import ServerThread
-from tests.server_process import free_port
+from tests.support import onnx_models
+from tests.support.server_process import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -96,9 +96,10 @@ def test_a_healthy_candidate_ramps_to_100_percent_and_becomes_the_stable_variant
     try:
         outcomes, view = drive_until(server, "ranker", "ranker", X4, {"promoted", "rolled_back"})
         assert view.state == "promoted" and view.share_percent == 100
-        # 30 -> 60, then 60 -> 100; a window that saw fewer than min_requests (a slow machine) holds, and counts
-        # nothing against the candidate
-        assert {k: n for k, n in view.decisions.items() if k != "hold"} == {"step": 1, "promote": 1}, view
+        # 30 -> 60, then 60 -> 100. A window that saw fewer than min_requests candidate requests holds (requests
+        # are sent one after another, so how many fit in 0.4 s depends on the machine): holds are not counted.
+        moves = {decision: n for decision, n in view.decisions.items() if decision != "hold"}
+        assert moves == {"step": 1, "promote": 1}, view
         assert "rollback" not in view.decisions and set(outcomes) <= {"stable", "candidate"}  # no request failed
         with grpcclient.InferenceServerClient(server.url) as client:
             after = [call(client, "ranker", X4, f"after-{i}") for i in range(50)]

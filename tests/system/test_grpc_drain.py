@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections import Counter
 
 import grpc
@@ -16,37 +17,10 @@ import pytest
 
 from inference_server.protocol._generated import grpc_service_pb2 as pb
 from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
-from tests import onnx_models
+from tests.support import onnx_models
+from tests.support.grpc_callers import load
 
 pytestmark = pytest.mark.system
-
-X = np.zeros((1, 64), np.float32)
-REQUEST = pb.ModelInferRequest(
-    model_name="digits", inputs=[pb.ModelInferRequest.InferInputTensor(name="pixels", datatype="FP32", shape=[1, 64])],
-    raw_input_contents=[X.tobytes()])
-
-
-async def load(url: str, clients: int, signal_after_s: float, send_signal) -> Counter:
-    """`clients` callers, each calling until its first error (as a load generator's worker does), on one
-    channel; the signal goes out while they call. Returns every call's status."""
-    codes: Counter = Counter()
-    async with grpc.aio.insecure_channel(url) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-
-        async def caller() -> None:
-            while True:
-                try:
-                    await stub.ModelInfer(REQUEST, timeout=30)
-                except grpc.aio.AioRpcError as e:
-                    codes[e.code().name] += 1
-                    return
-                codes["OK"] += 1
-
-        tasks = [asyncio.create_task(caller()) for _ in range(clients)]
-        await asyncio.sleep(signal_after_s)
-        send_signal()
-        await asyncio.wait_for(asyncio.gather(*tasks), 60)
-    return codes
 
 
 @pytest.mark.parametrize("clients", [8, 16])
@@ -85,7 +59,12 @@ def test_sigterm_answers_queued_requests_of_a_slow_model(launch, tmp_path, grpc_
                     codes[e.code().name] += 1
 
             tasks = [asyncio.create_task(one()) for _ in range(12)]
-            await asyncio.sleep(0.3)  # all sent; most wait in the queue behind the running one
+            # All in: most wait in the queue behind the running one (eleven counted, one executing). The server's
+            # metrics are read off the loop, which sends the calls.
+            deadline = time.monotonic() + 30
+            while await asyncio.to_thread(server.accepted, "slow") < 11:
+                assert time.monotonic() < deadline, server.log()
+                await asyncio.sleep(0.02)
             server.proc.send_signal(signal.SIGTERM)
             await asyncio.gather(*tasks)
         return codes

@@ -8,12 +8,12 @@ import http.client
 import json
 import signal
 import threading
-import time
 
 import pytest
 
-from tests import onnx_models
-from tests.server_process import free_port
+from tests.support import onnx_models
+from tests.support.server_process import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.system
 
@@ -59,9 +59,10 @@ def test_signal_drains_http_requests_in_flight_refuses_new_ones_and_exits_0(laun
     for t in threads:
         t.start()
     started.wait()
-    time.sleep(0.3)  # the requests are queued behind one another (one row per batch)
+    # The requests are in, queued behind one another (one row per batch): all but the executing one counted.
+    wait_until(lambda: server.accepted("slow") >= IN_FLIGHT - 1, "the requests to arrive")
     server.proc.send_signal(sig)
-    time.sleep(0.2)
+    wait_until(lambda: call(port, "GET", "/v2/health/ready")[0] == 400, "the drain to begin")
     assert server.proc.poll() is None  # still draining what it accepted
     status, _, body = call(port, "GET", "/v2/health/ready")
     assert (status, body) == (400, b"")  # not ready while it drains

@@ -17,8 +17,9 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2
 from tritonclient.utils import InferenceServerException
 
-from tests import onnx_models
-from tests.server_process import ROOT, ServerProcess
+from tests.support import onnx_models
+from tests.support.server_process import ROOT, ServerProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.system
 
@@ -55,10 +56,11 @@ def test_signal_drains_in_flight_requests_refuses_new_ones_and_exits_0(launch, s
     for t in threads:
         t.start()
     started.wait()
-    time.sleep(0.15)  # the eight requests are queued behind one another (one row per batch)
+    # The eight requests are in, queued behind one another (one row per batch): seven counted, one executing.
+    wait_until(lambda: server.accepted("slow") >= 7, "the eight requests to arrive")
     server.proc.send_signal(sig)
-    time.sleep(0.1)
-    assert server.health() == health_pb2.HealthCheckResponse.NOT_SERVING
+    wait_until(lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING, "the drain to begin")
+    assert server.proc.poll() is None  # still draining what it accepted
     with grpcclient.InferenceServerClient(server.url) as client:
         with pytest.raises(InferenceServerException) as refused:
             client.infer("slow", [slow_input()], client_timeout=10)
@@ -72,8 +74,10 @@ def test_signal_drains_in_flight_requests_refuses_new_ones_and_exits_0(launch, s
 
 
 def run_server(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "inference_server", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    """The server run to its exit. Every port is 0 (picked by the kernel; no HTTP front end) unless `args` name one
+    (the last of a repeated option wins), so it never meets a server on the default ports 8000-8002."""
+    return subprocess.run([sys.executable, "-m", "inference_server", "--port", "0", "--metrics-port", "0",
+                           "--http-port", "0", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def test_bad_config_fails_fast_naming_the_key(tmp_path):
@@ -84,7 +88,7 @@ def test_bad_config_fails_fast_naming_the_key(tmp_path):
 
 
 def test_required_cuda_without_a_gpu_fails_at_start_with_exit_on_error(tmp_path):
-    done = run_server("--device", "cuda", "--port", "0", "--metrics-port", "0", "--exit-on-error")
+    done = run_server("--device", "cuda", "--exit-on-error")
     assert done.returncode == 1 and "device 'cuda' is required" in done.stderr
 
 
@@ -132,7 +136,7 @@ def test_metrics_port_in_use_fails_at_start_naming_the_port():
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        done = run_server("--port", "0", "--metrics-port", str(port))
+        done = run_server("--metrics-port", str(port))
     errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
     assert done.returncode == 1 and len(errors) == 1, done.stderr
     assert f"cannot listen on 127.0.0.1:{port} for metrics: Address already in use" in errors[0]
@@ -157,7 +161,7 @@ def test_json_log_format_writes_one_object_per_line(launch):
 
 
 def test_missing_model_repository_fails_fast_naming_the_key(tmp_path):
-    done = run_server("--model-repository", str(tmp_path / "nowhere"), "--port", "0")
+    done = run_server("--model-repository", str(tmp_path / "nowhere"))
     assert done.returncode == 2 and "server.model_repository" in done.stderr
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from inference_server.protocol._generated import grpc_service_pb2 as pb
 from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
-from tests import onnx_models
+from tests.support import onnx_models
 
 pytestmark = pytest.mark.system
 

@@ -17,11 +17,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from benchmarks import loadgen
+from clients.python import loadgen
 from inference_server.observability.stats import DURATION_BUCKETS_S
-from tests import onnx_models
-from tests import redis_server as redis_process
-from tests.server_process import ROOT, ServerProcess, free_port
+from tests.support import onnx_models
+from tests.support import redis_server as redis_process
+from tests.support.server_process import ROOT, ServerProcess, free_port
 
 pytestmark = pytest.mark.system
 
@@ -105,9 +105,12 @@ def test_every_dashboard_query_returns_data_and_p99_agrees_with_the_client(prome
         bad = grpcclient.InferInput("x", [1, 2], "FP32")
         bad.set_data_from_numpy(np.ones((1, 2), np.float32))
         client.infer("slow", [bad])  # something for the failures panel
-    time.sleep(3)  # two more scrapes
-
-    empty = [expr for expr in dashboard_queries() if not query(base, expr)]
+    # Until Prometheus has scraped all of it (rates need two scrapes after the traffic).
+    deadline = time.monotonic() + 30
+    while empty := [expr for expr in dashboard_queries() if not query(base, expr)]:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert not empty, f"dashboard queries without data: {empty}"
 
     client_p99_s = float(np.percentile(result.latencies_s, 99))

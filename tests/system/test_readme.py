@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.server_process import ROOT
+from tests.support.server_process import ROOT
 
 pytestmark = pytest.mark.system
 
@@ -72,7 +72,7 @@ def readme_blocks(section: str) -> dict[str, str]:
 def test_readme_mlflow_promotion_runs_as_written(tmp_path, monkeypatch):
     """The README's alias promotion, step by step: register two versions, serve the alias, move it."""
     pytest.importorskip("mlflow")
-    from tests.server_process import ServerProcess
+    from tests.support.server_process import ServerProcess
 
     blocks = readme_blocks("Models from MLflow")
     (tmp_path / "inference_server").symlink_to(ROOT / "inference_server")  # the README runs from the repo root
@@ -99,7 +99,7 @@ def test_readme_mlflow_promotion_runs_as_written(tmp_path, monkeypatch):
 
 def test_readme_curl_examples_and_the_http_client_run_against_the_default_server(launch):
     """The README's curl lines, as written but for the port, and clients/python/infer_http.py."""
-    from tests.server_process import free_port
+    from tests.support.server_process import free_port
 
     http_port = free_port()
     launch("--http-port", str(http_port))

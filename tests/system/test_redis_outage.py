@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests import redis_server as redis_process
 from tests.integration.test_metrics import scrape_port
-from tests.server_process import free_port
+from tests.support import redis_server as redis_process
+from tests.support.server_process import free_port
 
 pytestmark = pytest.mark.system
 INPUTS = [np.random.default_rng(i).uniform(0, 16, (1, 64)).astype(np.float32) for i in range(20)]

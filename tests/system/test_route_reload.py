@@ -11,8 +11,8 @@ import urllib.request
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from tests import onnx_models
-from tests.server_process import free_port
+from tests.support import onnx_models
+from tests.support.server_process import free_port
 
 X = np.array([[0.5, -1.0, 2.0, 0.25]], np.float32)
 

@@ -15,8 +15,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import onnx_models
-from tests.server_process import ServerProcess, free_port
+from tests.support import onnx_models
+from tests.support.server_process import ServerProcess, free_port
 
 pytestmark = pytest.mark.system
 
@@ -85,15 +85,15 @@ def test_workers_refuse_to_start_when_the_http_port_is_taken(repo):
     import subprocess
     import sys
 
-    from tests.server_process import ROOT, free_port
+    from tests.support.server_process import ROOT, free_port
 
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
         done = subprocess.run([sys.executable, "-m", "inference_server", "--workers", "2", "--port", str(free_port()),
-                               "--http-port", str(taken), "--model-repository", str(repo)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
+                               "--metrics-port", "0", "--http-port", str(taken), "--model-repository", str(repo)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and f"127.0.0.1:{taken} is already in use" in done.stderr
 
 

@@ -21,7 +21,7 @@ from inference_server.execution.backend import (
 )
 from inference_server.lifecycle.version import resolve_batching
 from inference_server.protocol.tensors import DATATYPES, bytes_to_text
-from tests import onnx_models
+from tests.support import onnx_models
 
 
 @pytest.fixture

@@ -91,13 +91,15 @@ async def test_batch_closes_when_oldest_request_waited_max_queue_delay():
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     first = submit(b, 1)
-    await asyncio.sleep(delay_s / 2)
+    await asyncio.sleep(delay_s / 2)  # the behaviour under test: a second request arrives while the first waits
+    t1 = loop.time()
     second = submit(b, 2)
     await asyncio.gather(first, second)
     assert inst.rows == [2]
-    # Anchored on the oldest request (t0 + delay), not on the newest (t0 + 1.5 * delay).
-    waited = inst.started_at[0] - t0
-    assert delay_s * 0.95 <= waited < delay_s * 1.25, waited
+    # Anchored on the oldest request (t0 + delay), not on the newest (t1 + delay): no upper bound on how late a busy
+    # machine runs the timer, only that it was the first request's (a timer never fires early).
+    started = inst.started_at[0]
+    assert t0 + delay_s * 0.95 <= started < t1 + delay_s, (started - t0, t1 - t0)
     await b.close()
 
 

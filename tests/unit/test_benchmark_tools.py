@@ -7,7 +7,8 @@ from datetime import datetime
 
 import pytest
 
-from benchmarks import http, lifecycle, loadgen, peers, perf_analyzer, scenarios
+from benchmarks import http, lifecycle, peers, perf_analyzer, scenarios
+from clients.python import loadgen
 
 # perf_analyzer 2.51.0 --verbose-csv against a server without statistics, and against Triton (with them).
 PA_CSV = ("Concurrency,Inferences/Second,Client Send,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,"

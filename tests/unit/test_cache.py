@@ -87,7 +87,7 @@ async def test_a_failed_computation_fails_every_waiter_and_a_cancelled_one_is_re
     assert all(isinstance(r, ValueError) for r in await asyncio.gather(*tasks, return_exceptions=True))
 
     async def slow():
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # a computation that never ends within the test: its leader is cancelled
 
     async def fast():
         return {"y": np.zeros(1)}

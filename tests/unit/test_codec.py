@@ -24,7 +24,7 @@ from inference_server.protocol.tensors import (
     encode_bytes,
     encode_raw,
 )
-from tests.datatype_samples import NUMERIC
+from tests.support.datatype_samples import NUMERIC
 
 
 @contextlib.contextmanager

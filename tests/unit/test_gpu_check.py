@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 from benchmarks import gpu_check
 from benchmarks.gpu_check import ATOL_SCALE, RTOL, Report, compare_arrays, compare_outputs, markdown
-from tests import onnx_models
+from tests.support import onnx_models
 
 ROOT = Path(__file__).resolve().parents[2]
 

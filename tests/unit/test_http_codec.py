@@ -21,7 +21,7 @@ from inference_server.observability.stats import ModelStats
 from inference_server.protocol.tensors import DATATYPES, InferResponse, Tensor, decode_raw, encode_bytes, encode_raw
 from inference_server.service.views import (IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView,
                                             snapshot)
-from tests.datatype_samples import NUMERIC
+from tests.support.datatype_samples import NUMERIC
 
 BF16 = np.array([[0x3FC0, 0xC010, 0x0000]], np.uint16)  # 1.5, -2.25, 0.0 as the upper halves of fp32
 STRINGS = np.array([[b"", b"hello", "h\u00e9".encode()]], dtype=object)

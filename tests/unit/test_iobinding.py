@@ -13,7 +13,7 @@ import pytest
 from inference_server.execution import backend as backend_module
 from inference_server.execution.backend import OnnxBackend
 from inference_server.execution.iobinding import IoBoundRun, can_bind, pinned_memory_info
-from tests import onnx_models
+from tests.support import onnx_models
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from inference_server.errors import ErrorCode, InferenceError
 from inference_server.lifecycle.registry import UNLOADED, ModelRegistry
 from inference_server.lifecycle.repository import Repository
 from inference_server.lifecycle.version import ModelVersion, State
+from tests.support.waiting import turns
 
 
 class FakeBackend:
@@ -34,13 +35,13 @@ async def test_a_drain_waits_for_every_lease_and_refuses_new_ones():
     model.acquire()
     model.acquire()
     drain = asyncio.create_task(model.drain_and_close(5))
-    await asyncio.sleep(0.01)
+    await turns()  # the drain waits on an event, the last lease's release
     assert model.state is State.UNLOADING and not drain.done() and not model.backend.closed
     with pytest.raises(InferenceError) as e:
         model.acquire()
     assert e.value.code is ErrorCode.UNAVAILABLE
     model.release()
-    await asyncio.sleep(0.01)
+    await turns()
     assert not drain.done()  # one request still owed
     model.release()
     await asyncio.wait_for(drain, 1)

@@ -4,7 +4,6 @@ traffic is busy, a full queue drops and counts, failures are counted, and closin
 from __future__ import annotations
 
 import asyncio
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,7 +13,9 @@ from inference_server.config.routes import ShadowConfig
 from inference_server.errors import internal
 from inference_server.lifecycle.registry import Lease
 from inference_server.observability.stats import ModelStats
+from inference_server.routing import shadow as shadow_module
 from inference_server.routing.shadow import BUSY_WINDOW_S, LoopLoad, Shadow, ShadowStats
+from tests.support.waiting import until
 
 
 class Version:
@@ -50,8 +51,9 @@ def copy(shadow: Shadow, value: float) -> None:
 
 
 async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0.01)
+    """Time for a paused worker to look again several times (it looks every PAUSE_POLL_S): what it must NOT do
+    (run a copy while paused) can only be observed over a period; what it must do is waited for with until()."""
+    await asyncio.sleep(4 * shadow_module.PAUSE_POLL_S)
 
 
 async def test_copies_wait_while_real_traffic_is_busy_and_a_full_queue_drops():
@@ -67,7 +69,7 @@ async def test_copies_wait_while_real_traffic_is_busy_and_a_full_queue_drops():
     assert stats.requests[("r", "dropped")] == 3  # offered at once: two fit the queue
     assert shadow.queued == 1  # the paused worker holds the other
     busy[0] = 4
-    await settle()
+    await until(lambda: stats.requests[("r", "ok")] == 2, "both queued copies to run")
     assert version.runs == 2 and stats.requests[("r", "ok")] == 2 and version.leases == 0
     assert stats.difference[("r", "y")].sum == 2 * 0.5  # each answer differs from the primary's by 0.5
     await shadow.close()
@@ -78,8 +80,8 @@ async def test_failures_are_counted_and_close_drops_what_is_queued():
     shadow = Shadow("r", ShadowConfig(model="shadow", pause_above_in_flight=0, pause_above_loop_busy_percent=100),
                     Registry(version), stats)
     copy(shadow, 1)
-    await settle()
-    assert stats.requests[("r", "error")] == 1 and version.leases == 0
+    await until(lambda: stats.requests[("r", "error")] == 1, "the failure to be counted")
+    assert version.leases == 0
     blocked = Shadow("b", ShadowConfig(model="shadow", queue_size=8, pause_above_in_flight=1), Registry(version),
                      stats, in_flight=lambda: 5)
     for i in range(3):
@@ -91,19 +93,24 @@ async def test_failures_are_counted_and_close_drops_what_is_queued():
     assert stats.requests[("b", "dropped")] == 3
 
 
-async def test_copies_wait_while_the_event_loop_is_busy():
+async def test_copies_wait_while_the_event_loop_is_busy(monkeypatch):
+    """The loop's load on clocks the test moves (the shadow's LoopLoad reads them), not on the thread's real CPU
+    time: a busy loop's real share depends on what else the machine runs (it once read 0.7999 against 0.8)."""
+    clock = {"wall": 0.0, "cpu": 0.0}
+    monkeypatch.setattr(shadow_module, "LoopLoad", lambda: LoopLoad(wall=lambda: clock["wall"],
+                                                                    cpu=lambda: clock["cpu"]))
     version, stats = Version(), ShadowStats()
     shadow = Shadow("r", ShadowConfig(model="shadow", pause_above_in_flight=0, pause_above_loop_busy_percent=50),
                     Registry(version), stats)
     copy(shadow, 1)
-    for _ in range(30):  # the loop's thread on the CPU for 0.3 s, with brief turns for the shadow's worker
-        end = time.perf_counter() + 0.01
-        while time.perf_counter() < end:
-            pass
-        await asyncio.sleep(0)
+    await settle()
+    assert version.runs == 0  # no whole window yet: the loop reads as fully busy
+    clock["wall"] += BUSY_WINDOW_S
+    clock["cpu"] += 0.9 * BUSY_WINDOW_S  # on the CPU for 90 % of a window
+    await settle()
     assert version.runs == 0
-    await asyncio.sleep(0.3)  # now idle: the next window reads quiet
-    assert version.runs == 1
+    clock["wall"] += BUSY_WINDOW_S  # then a window off the CPU: the next look reads quiet
+    await until(lambda: version.runs == 1, "the copy to run once the loop is quiet")
     await shadow.close()
 
 

@@ -4,21 +4,28 @@ Used by the system tests and by the benchmarks."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
+    """A port the kernel picks (bind to port 0), free on every interface (a server may bind 0.0.0.0 as well as
+    127.0.0.1), and so never one already taken, such as ./scripts/serve's 8000-8002. Where the port must be known
+    before the server starts (a subprocess's argument, --workers, an HTTP port, where 0 means no HTTP), it is
+    picked here; in-process servers bind port 0 themselves."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
@@ -61,6 +68,22 @@ class ServerProcess:
                 raise TimeoutError(f"{count} workers not serving after {timeout_s}s:\n{self.log()}")
             time.sleep(0.1)
         return self
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples that carry `labels` (0 when none), from the metrics endpoint; its port is
+        the one the server logged (it binds port 0)."""
+        port = re.search(r"metrics on http://[^:]+:(\d+)/metrics", self.log())
+        if port is None:
+            raise RuntimeError(f"no metrics endpoint in the log:\n{self.log()}")
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port[1]}/metrics", timeout=10).read().decode()
+        return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                   if s.name == name and labels.items() <= s.labels.items())
+
+    def accepted(self, model: str) -> int:
+        """Requests for the model that are queued or answered (one executing is in neither): a condition to wait
+        on, instead of a sleep, for requests sent at once to have arrived."""
+        return int(self.metric("inference_pending_requests", model=model)
+                   + self.metric("inference_requests_total", model=model))
 
     def log(self) -> str:
         if not self._log.closed:

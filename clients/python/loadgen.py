@@ -17,8 +17,8 @@ import tritonclient.grpc.aio as aioclient
 import tritonclient.http.aio as aiohttpclient
 from tritonclient.utils import np_to_triton_dtype
 
-NAME = "tritonclient.grpc.aio (benchmarks/loadgen.py)"
-HTTP_NAME = "tritonclient.http.aio, binary tensors (benchmarks/loadgen.py)"
+NAME = "tritonclient.grpc.aio (clients/python/loadgen.py)"
+HTTP_NAME = "tritonclient.http.aio, binary tensors (clients/python/loadgen.py)"
 # A channel of its own per connection; grpc would otherwise share one TCP connection between clients.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 

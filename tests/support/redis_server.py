@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from tests.server_process import free_port
+from tests.support.server_process import free_port
 
 BINARY = "redis-server"
 

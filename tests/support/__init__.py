@@ -1,0 +1,2 @@
+"""What the tests and the benchmarks share: ONNX model builders, datatype samples, an MLflow registry, a Redis
+server and the inference server as subprocesses."""
