@@ -80,8 +80,11 @@ def main() -> int:
     run.add_argument("--quick", action="store_true", help="fewer points (a smoke run of the suite)")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"],
                      help="our servers' --device (default: the server's own, auto); the peers are not changed")
+    run.add_argument("--before", metavar="REV", help="revisions: the commit to compare this checkout with")
     args = parser.parse_args()
-    names = list(scenarios.SCENARIOS) if args.scenario == "all" else [args.scenario]
+    # `all`: every scenario but the comparison of two revisions, unless --before names one
+    names = ([n for n in scenarios.SCENARIOS if n != "revisions" or args.before] if args.scenario == "all"
+             else [args.scenario])
     for name in names:
         run_scenario(name, args)
     return 0

@@ -40,6 +40,7 @@ from benchmarks.points import (
 from benchmarks.reliability import reliability_scenario
 from benchmarks.routing import routing_scenario
 from benchmarks.shadow import shadow_scenario
+from benchmarks.revisions import revisions_scenario
 from clients.python import loadgen
 
 POINT_COLUMNS = [("target", "target", "s"), ("model", "model", "s"), ("config", "config", "s"),
@@ -408,4 +409,5 @@ SCENARIOS = {"closed-loop": closed_loop, "batching": batching, "execution": exec
              "workers": workers, "peers": peer_comparison, "batch-score": batch_score, "metrics": metrics_cost,
              "cache": cache_scenario, "lifecycle": lifecycle_scenario,
              "http": http_scenario, "routing": routing_scenario, "shadow": shadow_scenario,
-             "reliability": reliability_scenario, "grpc-engines": grpc_engines_scenario}
+             "reliability": reliability_scenario, "grpc-engines": grpc_engines_scenario,
+             "revisions": revisions_scenario}

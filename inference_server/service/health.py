@@ -11,8 +11,6 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from inference_server.errors import ErrorCode, InferenceError, unavailable
 from inference_server.lifecycle.manager import ModelManager
@@ -38,9 +36,9 @@ class Gate:
             self.rejected["draining"] += 1
             raise unavailable("server is shutting down")
 
-    @contextmanager
-    def admit(self) -> Iterator[None]:
-        """An inference request, counted in flight while the block runs."""
+    def admit(self) -> Gate:
+        """`with gate.admit():` an inference request, refused here or counted in flight until the block ends (a
+        plain context manager: this is on every request's path)."""
         self.check_open()
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
             self.rejected["max_in_flight"] += 1
@@ -48,12 +46,15 @@ class Gate:
                                                                f"flight, its limit (max_in_flight); try again shortly")
         self.in_flight += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._idle.set()
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
 
     async def close(self, grace_s: float) -> None:
         """Refuse new requests and let in-flight ones finish (up to `grace_s`)."""
