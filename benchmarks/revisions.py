@@ -1,7 +1,8 @@
 """Two revisions of the server side by side: this checkout against another (`--before REV`, checked out into a git
 worktree under benchmarks/.work), the same embedded default model, the same closed-loop load over gRPC and HTTP,
-taken in turns (ABBA) so that drift of the shared machine falls on both. The answer is the ratio of medians
-after / before, per front end: what a change did to the request path, free of the peers' run-to-run spread."""
+taken in turns (ABBA) so that drift of the shared machine falls on both: throughput at concurrency 32 and p50
+latency at concurrency 1. The answer is the ratio of medians after / before, per front end and load: what a
+change did to the request path, free of the peers' run-to-run spread."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tests.support.server_process import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, INPUT, SHAPE = "digits", "pixels", (1, 64)  # the embedded default model
-CONCURRENCY = 32
+LOADS = ((32, "infer_per_s"), (1, "p50_ms"))  # (concurrency, the figure compared there)
 
 
 def checkout(rev: str) -> Path:
@@ -46,18 +47,19 @@ def server(tree: Path, label: str) -> tuple[ServerProcess, str]:
     return process.wait_serving(), f"127.0.0.1:{http_port}"
 
 
-def rate(process: ServerProcess, http_url: str, front_end: str, duration_s: float) -> float:
+def measure(process: ServerProcess, http_url: str, front_end: str, concurrency: int, figure: str,
+            duration_s: float) -> float:
     x = {INPUT: np.random.default_rng(0).random(SHAPE, dtype=np.float32)}
     if front_end == "gRPC":
-        run = loadgen.closed_loop(process.url, loadgen.workload(MODEL, [x]), concurrency=CONCURRENCY,
+        run = loadgen.closed_loop(process.url, loadgen.workload(MODEL, [x]), concurrency=concurrency,
                                   duration_s=duration_s)
     else:
-        run = loadgen.http_closed_loop(http_url, loadgen.http_workload(MODEL, [x]), concurrency=CONCURRENCY,
+        run = loadgen.http_closed_loop(http_url, loadgen.http_workload(MODEL, [x]), concurrency=concurrency,
                                        duration_s=duration_s)
-    result = asyncio.run(run)
-    if result.errors:
-        raise RuntimeError(f"{front_end}: errors {result.errors}")
-    return result.requests / result.duration_s
+    summary = asyncio.run(run).summary()
+    if summary["errors"]:
+        raise RuntimeError(f"{front_end}: errors {summary['errors']}")
+    return float(summary[figure])
 
 
 def revisions_scenario(args: argparse.Namespace) -> dict:
@@ -66,31 +68,34 @@ def revisions_scenario(args: argparse.Namespace) -> dict:
     trees = {"before": checkout(args.before), "after": ROOT}
     rounds = 2 if args.quick else 4
     servers = {label: server(tree, label) for label, tree in trees.items()}
-    rates: dict[tuple[str, str], list[float]] = {}
+    figures: dict[tuple[str, int, str], list[float]] = {}
     try:
         for i in range(rounds):
             order = ("before", "after") if i % 2 == 0 else ("after", "before")
             for front_end in ("gRPC", "HTTP"):
-                for label in order:
-                    rates.setdefault((front_end, label), []).append(
-                        rate(*servers[label], front_end, args.duration_s))
+                for concurrency, figure in LOADS:
+                    for label in order:
+                        figures.setdefault((front_end, concurrency, label), []).append(
+                            measure(*servers[label], front_end, concurrency, figure, args.duration_s))
     finally:
         for process, _ in servers.values():
             process.kill()
     rows, notes = [], []
     for front_end in ("gRPC", "HTTP"):
-        before, after = (statistics.median(rates[(front_end, label)]) for label in ("before", "after"))
-        rows.append({"front_end": front_end, "before": round(before), "after": round(after),
-                     "ratio": round(after / before, 3),
-                     "before_rounds": " ".join(f"{r:.0f}" for r in rates[(front_end, "before")]),
-                     "after_rounds": " ".join(f"{r:.0f}" for r in rates[(front_end, "after")])})
-        notes.append(f"{front_end}: after / before = {after / before:.2f} (medians of {rounds} turns each, "
-                     f"{after:.0f} / {before:.0f} infer/s)")
+        for concurrency, figure in LOADS:
+            turns = {label: figures[(front_end, concurrency, label)] for label in ("before", "after")}
+            before, after = (statistics.median(turns[label]) for label in ("before", "after"))
+            rows.append({"front_end": front_end, "concurrency": concurrency, "figure": figure, "before": before,
+                         "after": after, "ratio": round(after / before, 3),
+                         "before_turns": " ".join(f"{v:.4g}" for v in turns["before"]),
+                         "after_turns": " ".join(f"{v:.4g}" for v in turns["after"])})
+            notes.append(f"{front_end}, c={concurrency}, {figure}: after / before = {after / before:.2f} (medians "
+                         f"of {rounds} turns each, {after:.4g} / {before:.4g})")
     notes.append(f"before = {args.before} ({trees['before'].name}), after = this checkout; model {MODEL}, "
-                 f"closed loop, concurrency {CONCURRENCY}, clients/python/loadgen.py; servers with their defaults "
-                 "(gRPC engine auto), both running throughout, measured in turns.")
-    columns = [["front end", "front_end", "s"], ["before infer/s", "before", "d"], ["after infer/s", "after", "d"],
-               ["after / before", "ratio", ".3f"], ["before, each turn", "before_rounds", "s"],
-               ["after, each turn", "after_rounds", "s"]]
+                 "closed loops (clients/python/loadgen.py); servers with their defaults (gRPC engine auto), both "
+                 "running throughout, measured in turns. infer/s: higher is better; p50 ms: lower is better.")
+    columns = [["front end", "front_end", "s"], ["concurrency", "concurrency", "d"], ["figure", "figure", "s"],
+               ["before", "before", ".4g"], ["after", "after", ".4g"], ["after / before", "ratio", ".3f"],
+               ["before, each turn", "before_turns", "s"], ["after, each turn", "after_turns", "s"]]
     return {"title": "this checkout against another revision, side by side", "tables": [
         {"columns": columns, "rows": rows}], "notes": notes}
