@@ -41,14 +41,14 @@ class ErrorCode(enum.Enum):
 
     @property
     def failure_reason(self) -> str:
-        """Triton's reason for a failed request (nv_inference_request_failure{reason}): REJECTED, CANCELED,
-        BACKEND or OTHER."""
+        """Triton's reason for a failed request (nv_inference_request_failure{reason}): one of FAILURE_REASONS."""
         return _FAILURE_REASONS.get(self, "OTHER")
 
 
 _SERVER_FAULTS = frozenset({ErrorCode.INTERNAL, ErrorCode.UNAVAILABLE, ErrorCode.RESOURCE_EXHAUSTED})
 _FALLS_BACK = frozenset({ErrorCode.INTERNAL, ErrorCode.UNAVAILABLE})
 _RETRYABLE = frozenset({ErrorCode.RESOURCE_EXHAUSTED})
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")  # every label, in the order metrics list them
 _FAILURE_REASONS = {ErrorCode.UNAVAILABLE: "REJECTED", ErrorCode.DEADLINE_EXCEEDED: "REJECTED",
                     ErrorCode.RESOURCE_EXHAUSTED: "REJECTED", ErrorCode.CANCELLED: "CANCELED",
                     ErrorCode.INTERNAL: "BACKEND"}

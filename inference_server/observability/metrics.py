@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from inference_server.breaker import STATES
+from inference_server.errors import FAILURE_REASONS
 from inference_server.cache.memory import MemoryCache, ResponseCache
 from inference_server.lifecycle.events import LifecycleStats
 from inference_server.lifecycle.version import State
@@ -239,7 +240,7 @@ class StatsCollector:
         for name, version, s in models:
             labels = [name, version]
             success.add_metric(labels, s.success.count)
-            for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER"):
+            for reason in FAILURE_REASONS:
                 failure.add_metric([*labels, reason], s.failures.get(reason, 0))
             rows.add_metric(labels, s.inference_count)
             executions.add_metric(labels, s.execution_count)

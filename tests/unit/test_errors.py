@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 
-from inference_server.errors import ErrorCode, InferenceError, QueueFull, internal, unavailable
+from inference_server.errors import FAILURE_REASONS, ErrorCode, InferenceError, QueueFull, internal, unavailable
 from inference_server.grpc.servicer import TO_GRPC
 from inference_server.routing.canary import counts_against
 
@@ -44,6 +44,9 @@ def test_triton_failure_reasons():
         "CANCELLED": "CANCELED", "INTERNAL": "BACKEND",
         "INVALID_ARGUMENT": "OTHER", "NOT_FOUND": "OTHER", "UNIMPLEMENTED": "OTHER", "ALREADY_EXISTS": "OTHER",
         "FAILED_PRECONDITION": "OTHER"}
+    # the metrics list every label, zero or not, so a reason outside the list would never be exported
+    assert FAILURE_REASONS == ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+    assert {code.failure_reason for code in ErrorCode} <= set(FAILURE_REASONS)
 
 
 def test_a_canary_counts_server_faults_and_names_it_does_not_know():
