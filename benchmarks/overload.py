@@ -16,7 +16,7 @@ import numpy as np
 
 from clients.python.loadgen import Sampler, send_on_schedule
 from inference_server.protocol._generated import grpc_service_pb2 as pb
-from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
+from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 
 HTTP_CODES = {200: "OK", 400: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
               504: "DEADLINE_EXCEEDED"}

@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from inference_server.config.model import DEFAULT_MAX_QUEUE_SIZE
 from inference_server.config.server import parse_server
 from inference_server.protocol._generated import grpc_service_pb2 as pb
-from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
+from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread
 from tests.support import onnx_models
 from tests.support.server_process import free_port

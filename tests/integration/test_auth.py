@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from inference_server.config.server import AuthConfig
 from inference_server.protocol._generated import route_admin_pb2 as admin_pb
-from inference_server.protocol._generated import route_admin_pb2_grpc as admin_grpc
+from inference_server.grpc._generated import route_admin_pb2_grpc as admin_grpc
 from tests.conftest import ServerThread, server_config
 from tests.support import onnx_models
 from tests.support.server_process import free_port

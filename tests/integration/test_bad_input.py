@@ -8,7 +8,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from inference_server.protocol._generated import grpc_service_pb2 as pb
-from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
+from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 from inference_server.config.server import parse_server
 from inference_server.errors import ConfigError
 from inference_server.protocol._generated import grpc_service_pb2 as pb
-from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
+from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.integration

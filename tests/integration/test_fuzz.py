@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from inference_server.protocol._generated import grpc_service_pb2 as pb
-from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
+from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread, server_config
 from tests.support.server_process import free_port
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from inference_server.protocol._generated import grpc_service_pb2 as pb
-from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
+from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread, server_config
 
 pytestmark = pytest.mark.integration

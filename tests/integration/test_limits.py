@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from inference_server.config.model import BatchingConfig
 from inference_server.config.server import MAX_GRPC_MESSAGE_BYTES, LimitsConfig, ModelConfig
 from inference_server.protocol._generated import grpc_service_pb2 as pb
-from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
+from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread, server_config
 from tests.support.server_process import free_port
 

@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 
 from inference_server.config.routes import parse_route
 from inference_server.protocol._generated import route_admin_pb2 as admin_pb
-from inference_server.protocol._generated import route_admin_pb2_grpc as admin_grpc
+from inference_server.grpc._generated import route_admin_pb2_grpc as admin_grpc
 from inference_server.routing.split import Split
 from tests.conftest import ServerThread, server_config
 from tests.support import onnx_models

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 
 from inference_server.protocol._generated import grpc_service_pb2 as pb
-from inference_server.protocol._generated import grpc_service_pb2_grpc as pb_grpc
+from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 
 X = np.zeros((1, 64), np.float32)
 REQUEST = pb.ModelInferRequest(
