@@ -28,7 +28,7 @@ import numpy as np
 from inference_server.errors import ModelLoadError
 from inference_server.execution.cpus import default_intra_op_threads
 from inference_server.execution.iobinding import IoBoundRun, can_bind, pinned_memory_info
-from inference_server.protocol.tensors import DATATYPES, ONNX_DATATYPES, is_bf16, is_bytes
+from inference_server.protocol.tensors import DATATYPES, ONNX_DATATYPES, aligned, is_bf16, is_bytes
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,9 @@ class OnnxInstance:
         return await loop.run_in_executor(self._executor, self.run_sync, inputs)
 
     def run_sync(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every input reaches ONNX Runtime through here, aligned (tensors.aligned: the decoders and the batcher
+        hand over aligned arrays already, so this copies only what came another way)."""
+        inputs = {name: aligned(array) for name, array in inputs.items()}
         if self._io_bound is not None:
             return self._io_bound(self.session, inputs)
         if self._bf16:
@@ -166,14 +169,14 @@ class OnnxInstance:
         return dict(zip(self._output_names, self.session.run(self._output_names, dict(inputs)), strict=True))
 
     def _run_ort_values(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """BF16 has no numpy dtype: its uint16 bits go in and come out through OrtValues."""
+        """BF16 has no numpy dtype: its uint16 bits go in and come out through OrtValues (inputs C-contiguous, from
+        run_sync)."""
         feeds = {}
         for name, array in inputs.items():
             if name in self._bf16_inputs:
-                feeds[name] = self._ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
-                    np.ascontiguousarray(array), _BF16_ELEMENT_TYPE)
+                feeds[name] = self._ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array, _BF16_ELEMENT_TYPE)
             else:
-                feeds[name] = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+                feeds[name] = self._ort.OrtValue.ortvalue_from_numpy(array)
         results = self.session.run_with_ort_values(self._output_names, feeds)
         return {name: _to_numpy(value) for name, value in zip(self._output_names, results, strict=True)}
 

@@ -33,6 +33,7 @@ from inference_server.errors import ErrorCode, InferenceError, QueueFull, intern
 from inference_server.execution.backend import ModelInstance
 from inference_server.observability.logs import Throttled
 from inference_server.observability.stats import ModelStats
+from inference_server.protocol.tensors import concatenate_aligned
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ class DynamicBatcher:
             if len(live) == 1:
                 inputs = live[0].inputs
             else:
-                inputs = {name: np.concatenate([item.inputs[name] for item in live]) for name in live[0].inputs}
+                inputs = {name: concatenate_aligned([item.inputs[name] for item in live]) for name in live[0].inputs}
             self.executed_batches[rows] += 1
             input_s = (ran := time.perf_counter()) - start
             outputs = await instance.run(inputs)

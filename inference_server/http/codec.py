@@ -29,6 +29,7 @@ from inference_server.protocol.tensors import (
     Tensor,
     TensorLimits,
     add_request_elements,
+    aligned,
     check_tensor_bytes,
     datatype,
     decode_raw,
@@ -153,7 +154,7 @@ def _json_input(name: str, dt: DataType, shape: tuple[int, ...], data: Any,
     array = _json_tensor(name, dt, data, limits)
     if array.size != count:
         raise invalid(f"input '{name}': {array.size} elements given but shape {list(shape)} needs {count}")
-    return array.reshape(shape)
+    return aligned(array.reshape(shape))
 
 
 def _nested_elements(data: Any) -> int:

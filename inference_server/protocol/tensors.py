@@ -1,7 +1,8 @@
 """Tensors as the core sees them: v2 datatypes, requests and responses of numpy arrays, byte layouts.
 
 Everything here is protocol-neutral. Sizes are validated against shape x datatype before any array is
-allocated; fixed-size data is wrapped with ``np.frombuffer`` (no copy). BYTES elements are held as an
+allocated; fixed-size data is wrapped with ``np.frombuffer``, and copied only when the wrapped bytes do not start on
+a 64-byte boundary (`aligned`: ONNX Runtime's answer depends on where its input lies). BYTES elements are held as an
 object array of ``bytes`` and travel as ``<u32 little-endian length><bytes>`` per element. The decoders take the
 server's limits (`TensorLimits`, `[server.limits]`) as an argument and check them before allocating: the
 elements from the shape, the bytes from the shape or the BYTES content, each BYTES length as it is framed.
@@ -107,6 +108,42 @@ class InferResponse:
 
 _U32 = struct.Struct("<I")
 
+# Where an input lies decides ONNX Runtime's answer: its CPU kernels can take the same values in another order at
+# another address (a ReduceSum of FP32 or FP64 rows differs in the last bit at any address that is not a multiple
+# of 16 bytes, on an AVX-512 Xeon). ONNX Runtime allocates its own tensors on 64-byte boundaries; every fixed-size
+# array the core hands it starts on one too, so the answer never depends on the protocol, or on where a tensor sat
+# in a request's body or frame (docs/architecture.md, "Where each decision lives").
+ALIGNMENT = 64
+
+
+def aligned_empty(shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array of `shape` whose data starts on an ALIGNMENT-byte boundary."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    buffer = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    start = -buffer.ctypes.data % ALIGNMENT
+    return buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def aligned(array: np.ndarray) -> np.ndarray:
+    """The one alignment decision: `array` itself when it is C-contiguous and starts on an ALIGNMENT-byte boundary
+    (or holds objects, or nothing), else an aligned C-contiguous copy of it."""
+    if array.dtype.hasobject or not array.size:
+        return array
+    if array.flags.c_contiguous and not array.ctypes.data % ALIGNMENT:
+        return array
+    out = aligned_empty(array.shape, array.dtype)
+    np.copyto(out, array)
+    return out
+
+
+def concatenate_aligned(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Arrays joined along dimension 0 into one aligned array (object arrays: numpy's own)."""
+    first = arrays[0]
+    if first.dtype.hasobject:
+        return np.concatenate(arrays)
+    out = aligned_empty((sum(a.shape[0] for a in arrays), *first.shape[1:]), first.dtype)
+    return np.concatenate(arrays, out=out)
+
 
 class TensorLimits(Protocol):
     """The limits the decoders check (config.LimitsConfig is one). None instead: only what the buffers bound."""
@@ -188,7 +225,7 @@ def decode_raw(name: str, dtype_name: str, shape: Sequence[int], raw: bytes | me
     array = np.frombuffer(raw, dtype=dt.dtype).reshape(shape)
     if dt.name == "BOOL" and count and array.view(np.uint8).max() > 1:
         raise invalid(f"input '{name}': BOOL elements must be 0 or 1")
-    return array
+    return aligned(array)
 
 
 def decode_bytes(raw: bytes | memoryview, count: int, name: str, limits: TensorLimits | None = None) -> np.ndarray:
@@ -247,7 +284,7 @@ def decode_values(name: str, dtype_name: str, shape: Sequence[int], values: Sequ
         return out.reshape(shape)
     check_tensor_bytes(name, dt, count, limits)
     try:
-        return np.asarray(values, dtype=dt.dtype).reshape(shape)
+        return aligned(np.asarray(values, dtype=dt.dtype).reshape(shape))
     except OverflowError:
         raise invalid(f"input '{name}': a value is out of range for {dt.name}") from None
 

@@ -66,6 +66,20 @@ def identity(datatypes: list[str], width: int = 3) -> onnx.ModelProto:
     return _model(nodes, inputs, outputs)
 
 
+def row_sum(datatypes: list[str], width: int = 16) -> onnx.ModelProto:
+    """One ReduceSum per datatype: `x_<T>` [N, width] -> `row_sum_<T>` [N, 1]. ONNX Runtime's CPU kernels sum FP32
+    and FP64 rows in an order that depends on where the input lies, so its answer shows whether the input was
+    aligned (protocol/tensors.py `aligned`)."""
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    inputs, outputs, nodes = [], [], []
+    for name in datatypes:
+        element = ELEMENT_TYPES[name]
+        inputs.append(helper.make_tensor_value_info(f"x_{name}", element, ["N", width]))
+        outputs.append(helper.make_tensor_value_info(f"row_sum_{name}", element, ["N", 1]))
+        nodes.append(helper.make_node("ReduceSum", [f"x_{name}", "axes"], [f"row_sum_{name}"], keepdims=1))
+    return _model(nodes, inputs, outputs, [axes])
+
+
 def text_identity() -> onnx.ModelProto:
     """STRING `text` [N] -> STRING `echo` [N]."""
     return _model([helper.make_node("Identity", ["text"], ["echo"])],

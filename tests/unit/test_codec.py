@@ -17,6 +17,7 @@ from inference_server.protocol.tensors import (
     DATATYPES,
     InferResponse,
     Tensor,
+    aligned_empty,
     bytes_to_text,
     decode_bytes,
     decode_raw,
@@ -45,10 +46,11 @@ def test_raw_round_trip_of_every_fixed_size_datatype(name):
     assert back.dtype == array.dtype
 
 
-def test_raw_decoding_does_not_copy():
-    raw = np.arange(6, dtype=np.float32).tobytes()
-    array = decode_raw("x", "FP32", (2, 3), raw)
-    assert not array.flags.owndata and not array.flags.writeable
+def test_raw_decoding_does_not_copy_an_aligned_buffer():
+    buffer = aligned_empty((24,), np.dtype(np.uint8))  # a misaligned one is copied: tests/unit/test_alignment.py
+    buffer[:] = np.frombuffer(np.arange(6, dtype=np.float32).tobytes(), np.uint8)
+    array = decode_raw("x", "FP32", (2, 3), memoryview(buffer).toreadonly())
+    assert np.shares_memory(array, buffer) and not array.flags.writeable
 
 
 @pytest.mark.parametrize("name", [n for n in NUMERIC if n != "FP16"])
