@@ -36,6 +36,7 @@ from inference_server.lifecycle.registry import NOT_LOADED, UNLOADED, IndexEntry
 from inference_server.lifecycle.repository import PbtxtReader, write_upload
 from inference_server.lifecycle.sources import ModelSources
 from inference_server.lifecycle.version import ModelVersion, State, prepare
+from inference_server.observability.stats import ModelStats
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class ModelManager:
         self.mode = cfg.model_control_mode
         self.registry = registry
         self.events = LifecycleStats()
+        # Every version's figures, by (name, version), for the life of the process: a version loaded again (a
+        # reload, a new file, an alias moved back, a load after an unload) counts on where it left off, so
+        # neither an exported counter nor ModelStatistics ever goes back.
+        self._stats: dict[tuple[str, str], ModelStats] = {}
         self._cache_dir = cache_dir
         self._read_json = read_json  # a load request's config: JSON text -> Triton ModelConfig as a dict
         self._on_change = on_change
@@ -315,7 +320,10 @@ class ModelManager:
             self.events.record_load(cfg.name, False, time.perf_counter() - start)
             log.exception("model '%s' version %s failed to load", cfg.name, cfg.version)
             raise ModelLoadError(f"model '{cfg.name}' version {cfg.version}: {e}") from e
-        version = ModelVersion.start(prepared)
+        stats = self._stats.get((cfg.name, cfg.version))
+        if stats is None:
+            stats = self._stats[(cfg.name, cfg.version)] = ModelStats()
+        version = ModelVersion.start(prepared, stats)
         self.events.record_load(cfg.name, True, time.perf_counter() - start)
         return version
 

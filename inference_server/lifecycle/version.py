@@ -77,10 +77,11 @@ class ModelVersion:
         return self.backend.platform
 
     @classmethod
-    def start(cls, prepared: Prepared) -> ModelVersion:
-        """On the event loop: the batcher over the prepared instances; the version is READY."""
+    def start(cls, prepared: Prepared, stats: ModelStats | None = None) -> ModelVersion:
+        """On the event loop: the batcher over the prepared instances; the version is READY. `stats`: the
+        figures of this name and version to go on counting in (the manager's, kept across loads)."""
         cfg, backend, b = prepared.config, prepared.backend, prepared.batching
-        stats = ModelStats()
+        stats = ModelStats() if stats is None else stats
         batcher = DynamicBatcher(backend.instances, max_batch_size=b.max_batch_size or 0,
                                  max_queue_delay_us=b.max_queue_delay_us, preferred_batch_size=b.preferred_batch_size,
                                  max_queue_size=b.max_queue_size, name=cfg.name, inline=prepared.execution == "inline",

@@ -71,7 +71,9 @@ class BatchStats:
 
 
 class ModelStats:
-    """Everything measured for one model version since it loaded."""
+    """Everything measured for one model version (name and number) since the process started: the manager keeps
+    one per version across its loads, so a reload continues the counts (the batcher of the load that serves sets
+    the queue gauges)."""
 
     def __init__(self, pending: Callable[[], int] = lambda: 0) -> None:
         self.pending = pending  # queued requests, read at collection time

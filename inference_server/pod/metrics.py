@@ -9,13 +9,17 @@ maximum; every other gauge (a model's state, a breaker's, drift, a canary's) is 
 A worker that does not answer a scrape (stuck, or its answer cut off) is counted in
 inference_pod_workers{scrape="missing"}, and its last good answer stands in for it: dropping its series would make
 the pod's counters go down and up again, which Prometheus reads as resets and turns into bursts in rate() (false
-error ratios, a false scale-up). A worker that dies stops the pod (workers.py), so a counter never really resets
-while the supervisor serves.
+error ratios, a false scale-up). For the same reason a counter or histogram series a worker stops exporting (a
+model version it unloaded, maybe before the other workers did; a canary a reload removed) keeps its last value in
+that worker's part of the sum (`carry`). Each worker's own counters never go back (it keeps them per label set for
+its life), and a worker that dies stops the pod (workers.py), so a pod counter never resets while the supervisor
+serves.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +48,23 @@ def parse(text: str) -> list[Metric]:
     families = list(text_string_to_metric_families(text))
     if not families:
         raise ValueError("an empty answer")
+    return families
+
+
+def carry(previous: Sequence[Metric], families: list[Metric]) -> list[Metric]:
+    """A worker's new answer with the cumulative samples (counters, histograms, Triton's untyped counters) of its
+    previous answer that this one lacks, at their last values: without them the pod's sum of a series another
+    worker still exports would drop."""
+    by_name = {f.name: f for f in families}
+    for old in previous:
+        if old.type not in ADDED_TYPES:
+            continue
+        family = by_name.get(old.name)
+        if family is None:
+            family = by_name[old.name] = Metric(old.name, old.documentation, old.type, old.unit)
+            families.append(family)
+        present = {(s.name, tuple(sorted(s.labels.items()))) for s in family.samples}
+        family.samples.extend(s for s in old.samples if (s.name, tuple(sorted(s.labels.items()))) not in present)
     return families
 
 
@@ -87,7 +108,8 @@ class PodCollector:
 
     def __init__(self, sockets: Sequence[Path]) -> None:
         self._sockets = list(sockets)
-        self._last: dict[int, list[Metric]] = {}  # each worker's last good answer
+        self._last: dict[int, list[Metric]] = {}  # each worker's last good answer, with what it carried
+        self._lock = threading.Lock()  # two scrapes at once: each carries from the answer the other kept
         self._pool = ThreadPoolExecutor(max(1, len(self._sockets)), thread_name_prefix="pod-scrape")
 
     def _ask(self, index: int) -> list[Metric] | None:
@@ -98,7 +120,8 @@ class PodCollector:
             log.warning("metrics: worker %d (%s) did not answer (%s); its last answer stands in", index, path.name,
                         e)
             return None
-        self._last[index] = families
+        with self._lock:
+            self._last[index] = carry(self._last.get(index, ()), families)
         return families
 
     def collect(self) -> Iterator[Metric]:

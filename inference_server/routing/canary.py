@@ -81,8 +81,7 @@ class CanaryState:
     step: int = 0  # index into steps_percent
     failed_windows: int = 0  # in a row
     decision: str = START  # the last decision...
-    reason: str = "started"  # ...and why, with the figures
-    decisions: Counter[str] = field(default_factory=Counter)
+    reason: str = "started"  # ...and why, with the figures (the router counts each decision: RouteStats)
     window_start: float = 0.0  # monotonic seconds
     candidate: Window = field(default_factory=Window)
     others: Window = field(default_factory=Window)
@@ -99,7 +98,6 @@ class CanaryState:
 
     def decide(self, decision: str, reason: str) -> None:
         self.decision, self.reason = decision, reason
-        self.decisions[decision] += 1
 
     def new_window(self, now: float) -> None:
         self.window_start = now

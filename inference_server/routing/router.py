@@ -7,7 +7,9 @@ variant with a share is ready (say a promoted candidate was unloaded), the ready
 configured weights.
 
 State has one owner: this router, changed on the event loop (requests, the canary clock, administration,
-a SIGHUP reload) and read by the metrics thread through `views()`. It owns the routes' shadows too: made by
+a SIGHUP reload) and read by the metrics thread through `views()`. Counts are not state: the router writes them
+to the `RouteStats` it is given (the App's, for the life of the process), keyed by route, variant and candidate,
+so a route state that a reload replaces takes no count with it. It owns the routes' shadows too: made by
 the `shadows` factory it is given, kept across a reload that leaves the shadow table as it was, and closed
 when their route goes (`close()` closes them all).
 """
@@ -169,6 +171,7 @@ class Router:
             canary, canary_cfg = state.canary, state.cfg.canary  # (one is None: both are)
             if canary is not None and canary_cfg is not None and advance(canary_cfg, canary, now):
                 state.changed()
+                self.stats.decided(state.cfg.name, canary_cfg.candidate, canary.decision)
                 made.append((state.cfg.name, canary.decision))
                 level = logging.WARNING if canary.decision in ("rollback", "fail") else logging.INFO
                 log.log(level, "route '%s' canary '%s': %s: %s", state.cfg.name, canary_cfg.candidate,
@@ -212,9 +215,10 @@ class Router:
         if not any(new.values()):
             raise RouteError(f"route '{name}': at least one variant needs a weight > 0")
         state.weights = new
-        if state.canary is not None:
+        if state.canary is not None and state.cfg.canary is not None:  # (one is None: both are)
             state.canary.status = OFF  # the weights now decide the candidate's share too
             state.canary.decide("weights", "weights set by an administrator")
+            self.stats.decided(name, state.cfg.canary.candidate, "weights")
         state.changed()
         log.info("route '%s': weights set to %s", name, ", ".join(f"{k} = {v:g}" for k, v in new.items()))
         return state
@@ -227,6 +231,7 @@ class Router:
             raise CanaryConflict("no other variant has a weight > 0 to serve the rest: set weights first")
         command(state.canary, action, self._clock())
         state.changed()
+        self.stats.decided(name, state.cfg.canary.candidate, state.canary.decision)
         log.info("route '%s' canary '%s': %s: %s", name, state.cfg.canary.candidate,
                  state.canary.decision, state.canary.reason)
         return state
@@ -271,10 +276,13 @@ class Router:
     # -- views -----------------------------------------------------------------------------------
 
     def views(self, ready: Ready) -> list[RouteView]:
-        return [view(s, ready) for s in list(self._routes.values())]
+        return [view(s, ready, self.stats) for s in list(self._routes.values())]
+
+    def view(self, state: RouteState, ready: Ready) -> RouteView:
+        return view(state, ready, self.stats)
 
 
-def view(state: RouteState, ready: Ready) -> RouteView:
+def view(state: RouteState, ready: Ready, stats: RouteStats) -> RouteView:
     cfg = state.cfg
     variants = tuple(VariantView(name=v.name, model=v.model, version=v.version, alias=v.alias,
                                  configured_weight=v.weight, weight=state.weights[v.name],
@@ -290,7 +298,7 @@ def view(state: RouteState, ready: Ready) -> RouteView:
                             steps_percent=cfg.canary.steps_percent,
                             share_percent=state.shares[cfg.canary.candidate] if share is None else share,
                             failed_windows=c.failed_windows, last_decision=c.decision, last_reason=c.reason,
-                            decisions=dict(c.decisions))
+                            decisions=stats.canary_decisions(cfg.name, cfg.canary.candidate))
     shadow = fallback = ""
     if cfg.shadow is not None:
         shadow = f"{cfg.shadow.model}{' v' + cfg.shadow.version if cfg.shadow.version else ''} " \

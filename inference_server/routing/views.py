@@ -28,7 +28,8 @@ class CanaryView:
     failed_windows: int
     last_decision: str
     last_reason: str
-    decisions: dict[str, int] = field(default_factory=dict)  # how many of each so far
+    decisions: dict[str, int] = field(default_factory=dict)  # how many of each for this route and candidate name
+    # since the process started (RouteStats: a canary that a reload starts afresh counts on)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from inference_server.config.routes import RouteConfig
 from inference_server.errors import ErrorCode, InferenceError, invalid
 from inference_server.lifecycle.registry import ModelRegistry
 from inference_server.routing.canary import CanaryConflict
-from inference_server.routing.router import Router, RouteState, view
+from inference_server.routing.router import Router, RouteState
 from inference_server.routing.views import RouteView
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class RouteAdmin:
             raise InferenceError(ErrorCode.FAILED_PRECONDITION, f"route '{name}': {e}") from None
         except ValueError as e:  # RouteError, or an unknown canary action
             raise invalid(str(e)) from None
-        return view(state, self._registry.ready)
+        return self._router.view(state, self._registry.ready)
 
     def reload(self, routes: Sequence[RouteConfig]) -> None:
         """Swap in re-read routes (SIGHUP): canary progress, weights set by an administrator and breakers of

@@ -32,6 +32,8 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from inference_server.config.server import parse_server  # noqa: E402
 from tests.conftest import ServerThread  # noqa: E402
+from tests.support.counters import assert_monotonic, sample_value  # noqa: E402
+from tests.support.waiting import wait_until  # noqa: E402
 
 ONNX = {"1": onnx_models.mlp([4, 8, 2], seed=1).SerializeToString(),
         "2": onnx_models.mlp([4, 8, 2], seed=2).SerializeToString()}
@@ -108,10 +110,13 @@ def answered_by(client: grpcclient.InferenceServerClient, name: str) -> str:
     return version
 
 
-def metric(server: ServerThread, sample: str) -> float:
+def scrape(server: ServerThread) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{server.app.metrics.port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
+        return response.read().decode()
+
+
+def metric(server: ServerThread, sample: str) -> float:
+    for line in scrape(server).splitlines():
         if line.startswith(sample + " "):
             return float(line.split()[-1])
     return 0.0
@@ -177,6 +182,32 @@ def test_an_alias_move_swaps_versions_under_load_with_no_failed_request(registry
         with pytest.raises(InferenceServerException) as gone:
             client.infer(name, [], model_version="1")
         assert gone.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_no_counter_goes_back_when_the_alias_moves_away_and_back(registry: Registry, tmp_path: Path) -> None:
+    """Version 1 leaves and comes back: its series disappear, then continue from where they were (a series that
+    came back lower would read as a reset in Prometheus)."""
+    name = "away_and_back"
+    assert registry.register(name, ONNX["1"], alias="production") == "1"
+    assert registry.register(name, ONNX["2"]) == "2"
+    with serving(tmp_path, (name, f"models:/{name}@production")) as server, \
+            grpcclient.InferenceServerClient(server.url) as client:
+        assert [answered_by(client, name) for _ in range(5)] == ["1"] * 5
+        first = scrape(server)
+        assert sample_value(first, "inference_requests_total", model=name, version="1", code="OK") == 5
+        registry.set_alias(name, "production", "2")
+        wait_until(lambda: index(client, name) == [("2", "READY", "")], "only version 2 in the index")
+        assert [answered_by(client, name) for _ in range(3)] == ["2"] * 3
+        second = scrape(server)
+        assert sample_value(second, "inference_requests_total", model=name, version="1", code="OK") is None
+        assert_monotonic(first, second, "the alias moving to version 2")
+        registry.set_alias(name, "production", "1")
+        wait_until(lambda: index(client, name) == [("1", "READY", "")], "version 1 back in the index")
+        assert answered_by(client, name) == "1"
+        third = scrape(server)
+        assert sample_value(third, "inference_requests_total", model=name, version="1", code="OK") == 6
+        assert_monotonic(second, third, "the alias moving back to version 1")
+        assert_monotonic(first, third, "the alias moving away and back")
 
 
 def test_a_missing_alias_leaves_the_model_unavailable_until_it_is_set(registry: Registry, tmp_path: Path) -> None:

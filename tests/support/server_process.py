@@ -69,14 +69,17 @@ class ServerProcess:
             time.sleep(0.1)
         return self
 
-    def metric(self, name: str, **labels: str) -> float:
-        """The sum of a metric's samples that carry `labels` (0 when none), from the metrics endpoint; its port is
-        the one the server logged (it binds port 0)."""
+    def scrape(self) -> str:
+        """The metrics endpoint's exposition; its port is the one the server logged (it binds port 0)."""
         port = re.search(r"metrics on http://[^:]+:(\d+)/metrics", self.log())
         if port is None:
             raise RuntimeError(f"no metrics endpoint in the log:\n{self.log()}")
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port[1]}/metrics", timeout=10).read().decode()
-        return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+        with urllib.request.urlopen(f"http://127.0.0.1:{port[1]}/metrics", timeout=10) as response:
+            return response.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples that carry `labels` (0 when none), from the metrics endpoint."""
+        return sum(s.value for family in text_string_to_metric_families(self.scrape()) for s in family.samples
                    if s.name == name and labels.items() <= s.labels.items())
 
     def accepted(self, model: str) -> int:

@@ -95,7 +95,7 @@ def test_a_healthy_candidate_ramps_one_step_per_window_and_is_promoted_at_100_pe
     assert seen == [25.0, 50.0, 100.0]
     assert state.canary.status == PROMOTED and state.canary.step == 3
     assert state.shares == {"stable": 0.0, "candidate": 100.0}
-    assert state.canary.decisions == {"step": 2, "promote": 1}
+    assert router.stats.canary_decisions("churn", "candidate") == {"step": 2, "promote": 1}
     assert {router.choose(state, k, ready).name for k in KEYS} == {"candidate"}
     # Promoted is final: more windows decide nothing.
     assert window(router, state, clock, errors=50) == []
@@ -191,7 +191,7 @@ def test_no_traffic_holds_for_many_windows_and_the_share_stays():
     for _ in range(50):
         assert window(router, state, clock, candidate=0, others=0) == [("churn", "hold")]
     assert state.canary.status == RUNNING and state.canary.step == 0 and state.canary.failed_windows == 0
-    assert state.canary.decisions == {"hold": 50}
+    assert router.stats.canary_decisions("churn", "candidate") == {"hold": 50}
     assert state.shares == {"stable": 90.0, "candidate": 10.0}
 
 

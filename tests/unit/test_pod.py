@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inference_server.errors import ErrorCode
 from inference_server.observability.stats import ModelStats
-from inference_server.pod.metrics import merge, parse
+from inference_server.pod.metrics import carry, merge, parse
 from inference_server.pod.peers import WorkerSlot
 from inference_server.service.views import StatisticsSnapshot, StatisticsView, own_figures, snapshot, with_peers
 
@@ -73,7 +73,10 @@ nv_gpu_utilization{{gpu_uuid="GPU-1"}} {gpu}
 
 
 def merged_samples(*workers: dict) -> dict:
-    families = merge([(str(i), parse(WORKER.format(**w))) for i, w in enumerate(workers)])
+    return served(merge([(str(i), parse(WORKER.format(**w))) for i, w in enumerate(workers)]))
+
+
+def served(families: list) -> dict:
     registry = CollectorRegistry()
     registry.register(type("Fixed", (), {"collect": lambda self: iter(families)})())
     text = generate_latest(registry).decode()  # what the supervisor serves, parsed back as Prometheus would
@@ -94,6 +97,27 @@ def test_counters_histograms_and_additive_gauges_are_summed_state_gauges_kept_pe
     states = {k: v for k, v in s.items() if k[0] == "inference_model_state"}
     assert states == {("inference_model_state", (*m[:1], ("state", "READY"), m[1], ("worker", str(w)))): 1
                       for w in (0, 1)}
+
+
+def test_a_series_one_worker_stops_exporting_keeps_its_last_value_in_the_pods_sum():
+    """Worker 0 unloads version 1 (say its MLflow alias moved) before worker 1 does: the pod's counters of version 1
+    must not drop to worker 1's alone (Prometheus would read a reset); its gauges go with it."""
+    figures = {"ok": 3, "small": 1, "pending": 2, "gpu": 0.5}
+    first = parse(WORKER.format(**figures))
+    other = parse(WORKER.format(ok=7, small=6, pending=1, gpu=0.7))
+    before = served(merge([("0", first), ("1", other)]))
+    moved = carry(first, parse(WORKER.format(**figures).replace('version="1"', 'version="2"')))
+    after = served(merge([("0", moved), ("1", other)]))
+    m1, m2 = (("model", "m"), ("version", "1")), (("model", "m"), ("version", "2"))
+    cumulative = [k for k in before if k[0] != "inference_pending_requests" and "worker" not in dict(k[1])
+                  and not k[0].startswith("nv_gpu")]
+    assert cumulative and all(after[k] == before[k] for k in cumulative)  # version 1: both workers' last values
+    assert after[("inference_requests_total", (("code", "OK"), *m1))] == 10
+    assert after[("inference_requests_total", (("code", "OK"), *m2))] == 3
+    assert after[("inference_pending_requests", m1)] == 1  # a gauge: worker 1's alone
+    assert ("inference_model_state", (*m1[:1], ("state", "READY"), m1[1], ("worker", "0"))) not in after
+    again = carry(moved, parse(WORKER.format(**figures).replace('version="1"', 'version="2"')))
+    assert served(merge([("0", again), ("1", other)])) == after  # carried once, not added up again
 
 
 def test_the_slot_travels_through_the_environment(tmp_path):

@@ -550,7 +550,10 @@ def test_a_reload_that_changes_the_candidates_version_starts_its_canary_afresh()
     table["variants"][1]["version"] = 5
     fresh, _ = router.reload([parse_route("churn", table)])
     assert (fresh[0].canary.status, fresh[0].canary.step, fresh[0].shares["candidate"]) == ("running", 0, 50.0)
-    assert fresh[0].canary.decisions == {}  # a new canary, not the promoted one
+    # A new canary, not the promoted one; its decisions are counted on from the promoted one's (an exported
+    # counter of the same route and candidate never goes back).
+    assert router.stats.canary_decisions("churn", "candidate") == {"promote": 1}
+    assert router.views(all_ready)[0].canary.decisions == {"promote": 1}
     assert fresh[0].breakers["stable"] is same[0].breakers["stable"]  # an unchanged variant keeps its breaker
     assert fresh[0].breakers["candidate"] is not same[0].breakers["candidate"]
 
