@@ -1,5 +1,8 @@
 # Shared by scripts/serve and scripts/test: find Python >= 3.11, create .venv, install the given extras.
 # Usage: source scripts/_setup.sh; setup_venv EXTRAS   (EXTRAS like "cpu" or "cpu,dev")
+# apt-get runs only as root on Debian/Ubuntu, and only for what is missing: setup_venv installs python3-venv and
+# python3.N-venv (venv_packages) when `python3 -m venv` fails; scripts/test also installs prometheus and
+# redis-server when they are not on PATH. INFERENCE_SERVER_NO_APT=1 skips every apt-get (it says what is missing).
 set -euo pipefail
 
 find_python() {
@@ -15,13 +18,21 @@ find_python() {
   return 1
 }
 
-apt_install() {  # only as root on Debian/Ubuntu; otherwise say what is missing
+apt_install() {  # only as root on Debian/Ubuntu, unless INFERENCE_SERVER_NO_APT=1; otherwise say what is missing
+  if [ "${INFERENCE_SERVER_NO_APT:-0}" = 1 ]; then
+    echo "note: not installing (INFERENCE_SERVER_NO_APT=1): $*" >&2
+    return 1
+  fi
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
   else
     echo "error: please install: $*" >&2
     return 1
   fi
+}
+
+venv_packages() {  # the Debian packages that give PYTHON its venv module: python3-venv and python3.N-venv
+  echo "python3-venv" "$("$1" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}-venv")')"
 }
 
 quiet() {  # run a command, showing its output only when it fails
@@ -41,7 +52,8 @@ setup_venv() {
     if ! "$python" -m venv .venv >/dev/null 2>&1; then
       # Debian and Ubuntu ship venv/ensurepip separately.
       rm -rf .venv
-      apt_install "python3-venv" "$("$python" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}-venv")')"
+      # shellcheck disable=SC2046  # two package names, split on purpose
+      apt_install $(venv_packages "$python")
       "$python" -m venv .venv
     fi
   fi

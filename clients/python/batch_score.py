@@ -7,10 +7,11 @@
 INPUT: .npy (memory-mapped), .csv (numeric, header optional) or .parquet (needs pyarrow); it is read in
 chunks, never whole. Every output of the model is written unless --output-name (repeatable) picks some.
 OUTPUT: .npz (one array per output, as numpy.savez writes them), .npy (exactly one output) or .csv (one row
-per input row, non-batch dims flattened, the outputs' columns side by side; a header row `y[0],y[1],...,h`
-when there are several outputs, none for one), written to a temporary file next to it and renamed only once
-every row has been scored. Requests that fail with UNAVAILABLE or RESOURCE_EXHAUSTED are retried with
-backoff; any other error stops the run (exit 1).
+per input row, non-batch dims flattened, the outputs' columns side by side; when there are several outputs,
+a header row: `NAME` for a 1-wide output, `NAME[i]` for each flattened element of a wider one, e.g.
+`label,probabilities[0],...,probabilities[9]`; none for one output), written to a temporary file next to it
+and renamed only once every row has been scored. Requests that fail with UNAVAILABLE or RESOURCE_EXHAUSTED are
+retried with backoff; any other error stops the run (exit 1).
 Needs `pip install 'tritonclient[grpc]'` (and optionally tqdm) and a running server (./scripts/serve).
 """
 

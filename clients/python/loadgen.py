@@ -51,6 +51,7 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     not_sent: int = 0  # open loop: scheduled sends skipped because max_outstanding were in flight
+    warmup_requests: int = 0  # answered OK during the warm-up: sent, answered, never recorded
 
     @property
     def requests(self) -> int:
@@ -130,6 +131,8 @@ async def _run_closed(clients: list[Any], work: Workload, result: LoadResult,
             else:
                 if now >= measure_from:
                     result.latencies_s.append(time.perf_counter() - sent)
+                else:
+                    result.warmup_requests += 1
             i += concurrency
 
     ticker = asyncio.create_task(_progress(result, label, loop, measure_from))
@@ -211,6 +214,8 @@ async def open_loop(url: str, work: Workload, *, rate_per_s: float, duration_s: 
         else:
             if scheduled >= measure_from:
                 result.latencies_s.append(loop.time() - scheduled)
+            else:
+                result.warmup_requests += 1
 
     ticker = asyncio.create_task(_progress(result, f"{label} {rate_per_s:.0f}/s", loop, measure_from))
     try:

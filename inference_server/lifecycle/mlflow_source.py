@@ -6,8 +6,8 @@ from one worker thread. Registry and tracking URIs come from MLFLOW_TRACKING_URI
 at construction; nothing here calls mlflow.set_*_uri. MLflow's own HTTP retry and timeout settings
 (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT) are left to the user.
 
-Only ONNX files are served: a version with no .onnx (say a python_function / sklearn pickle) is refused, and
-nothing from the artifact is ever unpickled or imported.
+Only ONNX files are served: a version with no .onnx (say an mlflow.sklearn model, saved as skops by default since
+MLflow 3, or as a pickle) is refused, and nothing from the artifact is ever unpickled, deserialised or imported.
 """
 
 from __future__ import annotations
@@ -206,6 +206,7 @@ class MlflowSource:
             raise SourceError(f"{what} has several .onnx files and no MLmodel onnx flavour to choose one: {names}")
         listed = f" (its MLmodel has flavours: {', '.join(flavours)})" if flavours else ""
         raise SourceError(
-            f"{what} has no ONNX file{listed}. This server serves only ONNX models and never loads pickled models "
-            "(python_function / sklearn pickles execute code on load): export the model to ONNX and log the "
-            ".onnx file with mlflow.log_artifact.")
+            f"{what} has no ONNX file{listed}. This server serves only ONNX models and never loads a model of "
+            "another flavour (a pickle or cloudpickle runs code as it loads; skops and every other format need "
+            "that flavour's library and code): export the model to ONNX and log the .onnx file with "
+            "mlflow.log_artifact.")
