@@ -1,30 +1,30 @@
-"""Every TOML example in the README is a config the server accepts, so the documentation cannot drift from
-the parser."""
+"""Every TOML example in README.md and docs/*.md is a config the server accepts (an unknown key or a bad value is
+refused), so the documentation cannot drift from the parser. A failure names the document's line."""
 
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from inference_server.config.cli import load_config
 from inference_server.config.server import ServerConfig, parse_model
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def blocks() -> list[str]:
-    return re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
+from inference_server.errors import ConfigError
+from tests.support.docs import DOCS, fenced
 
 
-def test_every_toml_example_in_the_readme_is_accepted(tmp_path):
-    found = blocks()
-    assert len(found) >= 4
-    for i, text in enumerate(found):
-        doc = tomllib.loads(text)
-        if not ({"server", "monitoring", "cache", "models", "routes"} & doc.keys()):  # a model's config.toml
-            parse_model(doc, "", ServerConfig(), name="m", path=Path("m.onnx"))
-            continue
-        path = tmp_path / f"example{i}.toml"
-        path.write_text(text)
-        load_config(["--config", str(path)], {"REDIS_URL": "redis://127.0.0.1:6379/0"})
+def test_every_toml_example_in_the_documents_is_accepted(tmp_path):
+    found = [code for path in DOCS for code in fenced(path) if code.language == "toml"]
+    assert len(found) >= 5
+    for i, code in enumerate(found):
+        try:
+            doc = tomllib.loads(code.text)
+            if not ({"server", "monitoring", "cache", "models", "routes"} & doc.keys()):  # a model's config.toml
+                parse_model(doc, "", ServerConfig(), name="m", path=Path("m.onnx"))
+                continue
+            path = tmp_path / f"example{i}.toml"
+            path.write_text(code.text)
+            load_config(["--config", str(path)], {"REDIS_URL": "redis://127.0.0.1:6379/0"})
+        except (tomllib.TOMLDecodeError, ConfigError, SystemExit) as e:
+            pytest.fail(f"{code.where}: the TOML example is refused: {e}")
