@@ -9,12 +9,18 @@ equal in bytes but different in shape or datatype collide there; here they canno
 Values are the outputs the request asked for (name -> array); a hit answers with exactly those. `MemoryCache`
 is an in-process LRU bounded in bytes with a TTL; `redis_cache.RedisCache` is the shared tier. `Coalescer`
 makes concurrent identical requests share one lookup and, on a miss, one model execution.
+
+The in-process bound counts what an entry costs the process (`entry_bytes`), not just its arrays' bytes: a
+small answer (the 1-8 rows of a cheap model, 40-320 bytes of floats) costs about 950 bytes once its key, its
+dict, its array objects, the allocators' rounding and the LRU's own tables are counted, so a bound of array
+bytes alone let the process grow to several times it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -49,7 +55,37 @@ def cache_key(model: str, version: str, inputs: Mapping[str, tuple[str, np.ndarr
 
 
 def outputs_nbytes(outputs: Outputs) -> int:
+    """The answer's payload: its arrays' bytes (a BYTES element's length). What `[cache] max_entry_bytes` limits."""
     return sum(a.nbytes if a.dtype != object else sum(len(x) for x in a.ravel()) for a in outputs.values())
+
+
+def _pymalloc(n: int) -> int:
+    """What CPython's allocator hands out for n bytes: 16-byte blocks up to 512 bytes, malloc beyond."""
+    return (n + 15) & ~15 if n <= 512 else _malloc(n)
+
+
+def _malloc(n: int) -> int:
+    """glibc malloc on 64-bit: an 8-byte header, 16-byte chunks, 32 at least (numpy's data and dims use it)."""
+    return max(32, (n + 8 + 15) & ~15)
+
+
+# Per entry, beyond its key, its outputs dict and its arrays: the (expires, outputs, size) tuple, its float and
+# its int (64, 24 in a 32-byte block, 32), the OrderedDict's node (32) and its share of the OrderedDict's tables,
+# which a dict that churns keeps between 3 and 6 slots per entry, 28 bytes a slot (24 + 4 + 8 for the entries,
+# the index and the OrderedDict's node array): 84 to 168 bytes, 126 counted. Checked against tracemalloc in
+# tests/unit/test_cache.py and against the server's RSS in tests/system/test_cache_memory.py.
+_ENTRY_OVERHEAD = 64 + 32 + 32 + 32 + 126
+
+
+def entry_bytes(key: bytes, outputs: Outputs) -> int:
+    """What an entry holding these (owned, contiguous) arrays under `key` costs the process, in bytes."""
+    size = _ENTRY_OVERHEAD + _pymalloc(sys.getsizeof(key)) + _pymalloc(sys.getsizeof(outputs))
+    for array in outputs.values():
+        size += _pymalloc(sys.getsizeof(array) - array.nbytes) + _malloc(array.nbytes)
+        size += _malloc(16 * max(array.ndim, 1))  # numpy's block for the shape and strides
+        if array.dtype == object:  # the elements themselves (bytes or str objects), each its own block
+            size += sum(_pymalloc(sys.getsizeof(element)) for element in array.ravel())
+    return size
 
 
 class ResponseCache(Protocol):
@@ -60,7 +96,8 @@ class ResponseCache(Protocol):
 
 
 class MemoryCache:
-    """LRU bounded in bytes (of the stored arrays), entries expire after their TTL (monotonic clock)."""
+    """LRU bounded in the bytes its entries cost the process (`entry_bytes`), entries expire after their TTL
+    (monotonic clock)."""
 
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
@@ -91,13 +128,14 @@ class MemoryCache:
         return outputs
 
     async def put(self, key: bytes, outputs: Outputs, ttl_s: float | None) -> None:
-        size = outputs_nbytes(outputs) + len(key)
+        # Copies: a cached answer must not keep the whole batch's output arrays alive, and owned arrays are
+        # what entry_bytes counts.
+        stored = {name: array.copy() for name, array in outputs.items()}
+        size = entry_bytes(key, stored)
         if size > self.max_bytes:
             return
         if key in self._entries:
             self._drop(key)
-        # Copies: a cached answer must not keep the whole batch's output arrays alive.
-        stored = {name: array.copy() for name, array in outputs.items()}
         expires = None if ttl_s is None else self._clock() + ttl_s
         self._entries[key] = (expires, stored, size)
         self.bytes += size

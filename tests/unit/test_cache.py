@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
 
 import numpy as np
 import pytest
 
-from inference_server.cache.memory import Coalescer, MemoryCache, cache_key
+from inference_server.cache.memory import Coalescer, MemoryCache, cache_key, entry_bytes, outputs_nbytes
 
 
 def key(model="m", version="1", inputs=None, requested=("y",)) -> bytes:
@@ -31,7 +33,7 @@ def test_the_key_covers_everything_that_determines_the_answer():
 
 
 async def test_lru_is_bounded_in_bytes_and_evicts_the_least_recently_used():
-    cache = MemoryCache(max_bytes=3 * (400 + 8))
+    cache = MemoryCache(max_bytes=3 * entry_bytes(b"a" * 8, {"y": np.zeros(100, np.float32)}))
     for name in (b"a", b"b", b"c"):
         await cache.put(name * 8, {"y": np.zeros(100, np.float32)}, None)
     assert await cache.get(b"a" * 8) is not None  # now the most recently used
@@ -40,6 +42,33 @@ async def test_lru_is_bounded_in_bytes_and_evicts_the_least_recently_used():
     assert len(cache) == 3 and cache.evictions == 1 and cache.bytes <= cache.max_bytes
     await cache.put(b"huge", {"y": np.zeros(10_000, np.float32)}, None)  # larger than the whole cache
     assert await cache.get(b"huge") is None and len(cache) == 3
+
+
+async def test_the_bound_counts_what_entries_really_hold():
+    """The cheap MLP's answers (1-8 rows of 10 floats) under the server's keys: what the cache counts covers every
+    byte Python and numpy allocate for its entries (tracemalloc, which leaves out malloc's own headers, so the
+    count runs above it: 1.3x here, while RSS grows by about the count, tests/system/test_cache_memory.py)
+    and is no gross overestimate. Counting the arrays' bytes alone (and the key's)
+    comes to about a third of it."""
+    batch = np.random.default_rng(0).standard_normal((64, 10)).astype(np.float32)
+    inputs = [np.full((1 + i % 8, 64), float(i), np.float32) for i in range(6000)]
+    keys = [cache_key("cheap", "2", {"x": ("FP32", x)}, ["y"], "0" * 32) for x in inputs]
+    cache = MemoryCache(max_bytes=2 << 20)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key, x in zip(keys, inputs, strict=True):
+            await cache.put(key, {"y": batch[:len(x)]}, 3600.0)  # a view into the batch, as the batcher gives it
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert cache.evictions > 0 and cache.bytes <= cache.max_bytes
+    assert 0.7 * cache.bytes <= held <= cache.bytes, (held, cache.bytes, len(cache))
+    arrays_only = sum(outputs_nbytes({"y": batch[:len(x)]}) + len(k) for k, x in zip(keys, inputs, strict=True)
+                      if k in cache._entries)
+    assert arrays_only < 0.4 * held
 
 
 async def test_entries_expire_after_their_ttl_and_are_copies():
