@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import resource
 import socket
 import ssl
@@ -17,54 +16,22 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from inference_server.config import listeners
+from inference_server.config.listeners import Listener
 from inference_server.http import codec
 
 MAX_HEAD_BYTES = 64 << 10  # request line and headers
 HEAD_TIMEOUT_S = 30.0  # to receive a request's line and headers, once it has begun (or the connection opened)
 
 
-def bind(host: str, port: int, reuse_port: bool, backlog: int = 2048) -> list[socket.socket]:
-    """Listening sockets for host:port (one per address the host resolves to, all on one port). SO_REUSEPORT only
-    when asked (workers share the port on purpose); otherwise a port in use is an error."""
-    address = f"{host}:{port}"
+def bind(listener: Listener, backlog: int = 2048) -> list[socket.socket]:
+    """Listening sockets for the listener's host and port (one per address the host resolves to, all on one port).
+    SO_REUSEPORT only when the listener shares its port on purpose (workers); otherwise a port in use is an error,
+    naming the port's flag (config/listeners.py)."""
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise OSError(f"cannot listen on {address}: {e}") from None
-    has_v4 = any(info[0] == socket.AF_INET for info in infos)
-    sockets: list[socket.socket] = []
-    skipped: list[OSError] = []
-    seen = set()
-    try:
-        for family, kind, proto, _, sockaddr in infos:
-            if (family, sockaddr[0]) in seen:
-                continue
-            seen.add((family, sockaddr[0]))
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if reuse_port:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6 and has_v4:  # the IPv4 address gets its own socket
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                bound_port = sockets[0].getsockname()[1] if sockets else port  # port 0: the first one's
-                sock.bind((sockaddr[0], bound_port, *sockaddr[2:]))
-                sock.listen(backlog)
-                sock.setblocking(False)
-            except OSError as e:
-                sock.close()
-                if e.errno == errno.EADDRINUSE:
-                    raise
-                skipped.append(e)  # e.g. ::1 on a host without IPv6; the other addresses still serve
-                continue
-            sockets.append(sock)
+        return listeners.bind(listener, backlog)
     except OSError as e:
-        for sock in sockets:
-            sock.close()
-        raise OSError(f"cannot listen on {address}: {e.strerror or e}") from None
-    if not sockets:
-        raise OSError(f"cannot listen on {address}: {skipped[0].strerror or skipped[0]}")
-    return sockets
+        raise listeners.cannot_listen(listener, e) from None
 
 
 CLIENT_GONE = "inference_server.client_gone"  # the scope key of a request's ClientGone
