@@ -19,6 +19,8 @@ from inference_server.config.listeners import (
     supervisor_listeners,
 )
 from inference_server.config.server import ServerConfig
+from inference_server.grpc.engine import native_unavailable
+from inference_server.grpc.server import build_server
 from inference_server.http.transport import bind
 from inference_server.observability.metrics import MetricServerThread
 
@@ -109,3 +111,13 @@ def test_a_real_bind_that_fails_after_the_check_names_the_flag(held):
     cfg = dataclasses.replace(ServerConfig(), metrics_host=HOST, metrics_port=port)
     with pytest.raises(ListenError, match=rf"cannot listen: {HOST}:{port} \(--metrics-port\) is in use"):
         MetricServerThread(metrics_listener(cfg), lambda environ, start_response: [])
+
+
+@pytest.mark.parametrize("engine", ["grpcio", pytest.param("native", marks=pytest.mark.skipif(
+    native_unavailable() is not None, reason="pygrpc-native is not installed"))])
+def test_a_grpc_bind_that_fails_after_the_check_names_the_flag(held, engine):
+    """grpc's own error says only that the bind failed: the port checked again says why."""
+    port = listening(held)
+    cfg = dataclasses.replace(ServerConfig(), host=HOST, port=port)
+    with pytest.raises(ListenError, match=rf"cannot listen: {HOST}:{port} \(--port\) is in use"):
+        build_server(None, cfg, engine=engine)  # type: ignore[arg-type]  # the service is never called
