@@ -18,6 +18,7 @@ from prometheus_client import generate_latest
 from inference_server.breaker import CircuitBreaker
 from inference_server.cache.memory import MemoryCache, ResponseCache
 from inference_server.config.cli import load_config
+from inference_server.config.listeners import check_free, metrics_listener, server_listeners
 from inference_server.config.routes import RouteConfig
 from inference_server.config.server import ServerConfig, cache_size_bytes, check_cache, redact_url
 from inference_server.errors import ConfigError, ModelLoadError
@@ -35,7 +36,7 @@ from inference_server.observability.metrics import (
 )
 from inference_server.observability.predictions import PredictionLog
 from inference_server.pod.peers import PeerServer, PodStatistics, WorkerSlot
-from inference_server.pod.workers import port_is_free, supervise
+from inference_server.pod.workers import supervise
 from inference_server.routing.metrics import RouteCollector
 from inference_server.routing.router import Router
 from inference_server.routing.shadow import Shadow, ShadowStats
@@ -148,9 +149,9 @@ class App:
         """Bind every front end and serve health first (NOT_SERVING), then load the models: probes see a live
         server that is not ready while models load and warm up; readiness follows once they are."""
         try:
-            if self.cfg.port and not self.cfg.reuse_port and not port_is_free(self.cfg.host, self.cfg.port):
-                # Said here in one line: gRPC's own bind error comes after a line of its C core's logging.
-                raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port} for gRPC: Address already in use")
+            # Every port this process binds, checked before any is: one message names each that clashes, with its
+            # flag (and gRPC's own bind error would come after a line of its C core's logging).
+            check_free(server_listeners(self.cfg, worker=self.slot is not None))
             self.security = Security.load(self.cfg)  # ConfigError: a bad tokens file, certificate or key
             grpc_front_end = GrpcFrontEnd(self.service, self.cfg, self.security)
             self.front_ends.append(grpc_front_end)
@@ -188,9 +189,10 @@ class App:
             raise
         await self._update_readiness()
         log.info("response cache: %s", describe_cache(self.cfg))
+        unready = "" if self.service.health.ready else (
+            f" (not ready: not loaded: {', '.join(self.manager.unready()) or '?'}; the errors above say why)")
         log.info("serving %d model(s) on %s:%d%s%s", len({m.name for m in self.registry.serving()}), self.cfg.host,
-                 self.port, f" (gRPC), HTTP on port {self.http_port}" if self.http_port else "",
-                 "" if self.service.health.ready else " (not ready: a configured model is not loaded)")
+                 self.port, f" (gRPC), HTTP on port {self.http_port}" if self.http_port else "", unready)
         return self.port
 
     async def _start_metrics(self) -> None:
@@ -204,7 +206,7 @@ class App:
                                                      self.shadow_stats),
                                       RejectionCollector(self.gate.rejected)])
         if self.slot is None:
-            self.metrics = serve_registry(registry, self.cfg.metrics_host, self.cfg.metrics_port)
+            self.metrics = serve_registry(registry, metrics_listener(self.cfg))
             return
         self._peer_server = PeerServer(self.slot.path, lambda: own_figures(self.service.local_statistics()),
                                        lambda: generate_latest(registry))

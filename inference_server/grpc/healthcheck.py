@@ -1,15 +1,20 @@
 """`python -m inference_server.grpc.healthcheck`: one grpc.health.v1 Health/Check against a running server, for a
 container HEALTHCHECK or an exec probe. Exit status 0 when the service is SERVING, 1 otherwise (never 2, which
-Docker reserves), with one line on stderr saying why: not SERVING, not reachable, or a service the server does not
-know. The server sets both "" (the default) and "inference.GRPCInferenceService"; the health service needs no token.
+Docker reserves), with one line on stderr saying why: not SERVING, not reachable, a service the server does not
+know, or a port whose TLS is not the check's (a TLS port checked in plaintext, or the other way round: a check that
+cannot reach the server tries a TLS handshake with the time it has left to tell). The server sets both "" (the
+default) and "inference.GRPCInferenceService"; the health service needs no token.
 
-It imports only grpc and the health stubs (no numpy, no ONNX Runtime), so it starts quickly enough to run every
-few seconds."""
+It imports only grpc, the health stubs and the standard library (no numpy, no ONNX Runtime), so it starts quickly
+enough to run every few seconds."""
 
 from __future__ import annotations
 
 import argparse
+import socket
+import ssl
 import sys
+import time
 from typing import Any
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,9 +62,43 @@ def _read(path: Path | None) -> bytes | None:
         return f.read(MAX_PEM_BYTES)
 
 
+def speaks_tls(host: str, port: int, timeout_s: float) -> bool | None:
+    """Whether the port answers a TLS handshake (certificates unchecked: only whether it speaks TLS), None when
+    that cannot be told (nothing listening, no answer in time)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock, context.wrap_socket(sock):
+            return True
+    except ssl.SSLError as e:  # an alert is TLS (a server that wants a client certificate); anything else is not
+        return "ALERT" in (e.reason or "")
+    except (TimeoutError, ConnectionRefusedError, socket.gaierror):
+        return None
+    except OSError:  # closed or reset in the middle of the handshake: not a TLS server
+        return False
+
+
+def mismatch(host: str, port: int, tls: bool, timeout_s: float) -> str | None:
+    """After a check that could not reach the server: the port's TLS told apart from the check's, with what to
+    give the check, or None when they agree (or it cannot be told)."""
+    if timeout_s <= 0:
+        return None
+    answers = speaks_tls(host, port, timeout_s)
+    if answers and not tls:
+        return (f"{target(host, port)} expects TLS and the check connected in plaintext: give --tls-ca (the CA "
+                "that signed the server's certificate; --tls-cert and --tls-key too under mutual TLS)")
+    if answers is False and tls:
+        return (f"{target(host, port)} does not speak TLS and the check connected with TLS: leave out --tls-ca, "
+                "--tls-cert and --tls-key")
+    return None
+
+
 def check(host: str, port: int, service: str = "", timeout_s: float = 3.0,
           credentials: grpc.ChannelCredentials | None = None, server_name: str | None = None) -> str | None:
     """None when `service` is SERVING at host:port, else why not (one line)."""
+    deadline = time.monotonic() + timeout_s
     address = target(host, port)
     # A probe of a local port never goes through a proxy from the environment, and its deadline is the only wait.
     options: list[tuple[str, int | str]] = [("grpc.enable_http_proxy", 0), ("grpc.enable_retries", 0)]
@@ -78,7 +117,9 @@ def check(host: str, port: int, service: str = "", timeout_s: float = 3.0,
             if code == grpc.StatusCode.NOT_FOUND:
                 return f"unknown service: {address} has no health status for service {service!r}"
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return f"not reachable: {address}: {code.name}: {details or 'no answer'}"
+                # the port's TLS and the check's disagree: said, rather than a bare "Socket closed"
+                why = mismatch(host, port, credentials is not None, deadline - time.monotonic())
+                return why or f"not reachable: {address}: {code.name}: {details or 'no answer'}"
             if code == grpc.StatusCode.UNIMPLEMENTED:
                 return f"not a gRPC health service: {address} answered UNIMPLEMENTED"
             return f"health check of {name} at {address} failed: {code.name}: {details}"

@@ -11,6 +11,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from inference_server.config import listeners
+from inference_server.config.listeners import Listener, grpc_listener
 from inference_server.config.server import ServerConfig
 from inference_server.grpc import admin
 from inference_server.grpc import engine as engines
@@ -86,17 +88,27 @@ def build_server(service: InferenceService, cfg: ServerConfig, interceptors: Seq
     server.add_registered_method_handlers(admin.SERVICE_NAME, admin.method_handlers(service))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    listener = grpc_listener(cfg)
     address = f"{cfg.host}:{cfg.port}"
     try:
         if credentials is None:
             port = server.add_insecure_port(address)
         else:
             port = server.add_secure_port(address, credentials)
-    except RuntimeError as e:
-        raise OSError(f"cannot listen on {address}: {e}") from None
+    except RuntimeError as e:  # the ports were checked free before: another process took this one since
+        raise _bind_failure(listener, e) from None
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise _bind_failure(listener, RuntimeError(f"cannot bind {address}"))
     return server, health_servicer, port
+
+
+def _bind_failure(listener: Listener, error: Exception) -> OSError:
+    """grpc's bind error says no more than that it failed: the port checked again says why (in use, say)."""
+    try:
+        listeners.check_free([listener])
+    except listeners.ListenError as e:
+        return e
+    return listeners.cannot_listen(listener, error)
 
 
 async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:

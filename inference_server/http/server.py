@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from inference_server.config.listeners import http_listener
 from inference_server.config.server import LimitsConfig, ServerConfig
 from inference_server.errors import ErrorCode, InferenceError, invalid
 from inference_server.http import admin, auth, codec
@@ -382,7 +383,7 @@ class HttpFrontEnd:
     def __init__(self, service: InferenceService, cfg: ServerConfig, security: Security) -> None:
         self._tls = security.tls
         self._contexts = None if self._tls is None else RotatingContext(self._tls.context)
-        self._sockets = bind(cfg.host, cfg.http_port, cfg.reuse_port)
+        self._sockets = bind(http_listener(cfg))
         self.port: int = self._sockets[0].getsockname()[1]
         self._routes = Routes(service, cfg.limits.max_request_bytes, cfg.limits)
         self._routes.auth = security.auth

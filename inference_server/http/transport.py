@@ -6,65 +6,38 @@ signal handlers of its own)."""
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
-import errno
+import functools
+import logging
 import resource
 import socket
 import ssl
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from inference_server.config import listeners
+from inference_server.config.listeners import Listener
 from inference_server.http import codec
+
+log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 << 10  # request line and headers
 HEAD_TIMEOUT_S = 30.0  # to receive a request's line and headers, once it has begun (or the connection opened)
 
 
-def bind(host: str, port: int, reuse_port: bool, backlog: int = 2048) -> list[socket.socket]:
-    """Listening sockets for host:port (one per address the host resolves to, all on one port). SO_REUSEPORT only
-    when asked (workers share the port on purpose); otherwise a port in use is an error."""
-    address = f"{host}:{port}"
+def bind(listener: Listener, backlog: int = 2048) -> list[socket.socket]:
+    """Listening sockets for the listener's host and port (one per address the host resolves to, all on one port).
+    SO_REUSEPORT only when the listener shares its port on purpose (workers); otherwise a port in use is an error,
+    naming the port's flag (config/listeners.py)."""
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise OSError(f"cannot listen on {address}: {e}") from None
-    has_v4 = any(info[0] == socket.AF_INET for info in infos)
-    sockets: list[socket.socket] = []
-    skipped: list[OSError] = []
-    seen = set()
-    try:
-        for family, kind, proto, _, sockaddr in infos:
-            if (family, sockaddr[0]) in seen:
-                continue
-            seen.add((family, sockaddr[0]))
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if reuse_port:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6 and has_v4:  # the IPv4 address gets its own socket
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                bound_port = sockets[0].getsockname()[1] if sockets else port  # port 0: the first one's
-                sock.bind((sockaddr[0], bound_port, *sockaddr[2:]))
-                sock.listen(backlog)
-                sock.setblocking(False)
-            except OSError as e:
-                sock.close()
-                if e.errno == errno.EADDRINUSE:
-                    raise
-                skipped.append(e)  # e.g. ::1 on a host without IPv6; the other addresses still serve
-                continue
-            sockets.append(sock)
+        return listeners.bind(listener, backlog)
     except OSError as e:
-        for sock in sockets:
-            sock.close()
-        raise OSError(f"cannot listen on {address}: {e.strerror or e}") from None
-    if not sockets:
-        raise OSError(f"cannot listen on {address}: {skipped[0].strerror or skipped[0]}")
-    return sockets
+        raise listeners.cannot_listen(listener, e) from None
 
 
 CLIENT_GONE = "inference_server.client_gone"  # the scope key of a request's ClientGone
@@ -177,11 +150,121 @@ class RotatingContext:
             connection.context = current
 
 
+TLS_HANDSHAKE = 0x16  # the first byte of a TLS record that carries a handshake message (a ClientHello)
+PLAINTEXT_ANSWER = ("this port expects TLS: the plain HTTP request was sent to an HTTPS port; use https:// (with "
+                    "the server's CA)")
+PLAINTEXT_LOG_EVERY_S = 60.0  # the warning for plaintext requests on the TLS port: at most once a minute
+LINGER_S = 2.0  # after the 400: the rest of the request is read (and dropped) so that closing does not reset it
+
+
+def ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """The SSL protocol the loop itself puts under a TLS connection (uvloop's own on a uvloop loop): what
+    create_server(ssl=...) would use, so the TLS path is the loop's as before."""
+    try:
+        import uvloop
+        from uvloop.loop import SSLProtocol as UvSSLProtocol  # type: ignore[attr-defined]  # not in its stubs
+    except ImportError:
+        return asyncio.sslproto.SSLProtocol
+    return UvSSLProtocol if isinstance(loop, uvloop.Loop) else asyncio.sslproto.SSLProtocol
+
+
+class TlsPort:
+    """The HTTP port with TLS on, as every connection to it shares it: the context, the loop's SSL protocol, and
+    the rate of the plaintext warning."""
+
+    def __init__(self, context: ssl.SSLContext, loop: asyncio.AbstractEventLoop) -> None:
+        self.context = context
+        self.ssl_protocol = ssl_protocol_class(loop)
+        self._last_warning: float | None = None
+        self._unlogged = 0
+
+    def plaintext_request(self, port: int, peer: Any) -> None:
+        now = time.monotonic()
+        if self._last_warning is not None and now - self._last_warning < PLAINTEXT_LOG_EVERY_S:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more since the last such line)" if self._unlogged else ""
+        self._last_warning, self._unlogged = now, 0
+        log.warning("HTTP port %d serves TLS: a plaintext HTTP request from %s was answered 400 (the client must "
+                    "use https://)%s", port, peer[0] if isinstance(peer, tuple) else peer, more)
+
+
+class TlsOrPlaintext(asyncio.Protocol):
+    """A connection to the TLS HTTP port until its first byte, looked at once: a TLS handshake record goes on to the
+    loop's SSL protocol (fed the bytes already read) under the HTTP protocol, as create_server(ssl=...) would set it
+    up; a plaintext HTTP request (a method's capital letter first) gets a plaintext 400 saying the port expects TLS,
+    as nginx answers "The plain HTTP request was sent to HTTPS port"; anything else is closed."""
+
+    def __init__(self, port: TlsPort, app_protocol: Callable[[], asyncio.BaseProtocol]) -> None:
+        self._port = port
+        self._app_protocol = app_protocol
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._answered = False
+
+    # asyncio passes a Transport (BaseProtocol says BaseTransport), as to uvicorn's protocols
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_S, transport.close)  # silent: closed
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        if self._answered:
+            return  # the rest of the plaintext request, read so that closing sends no reset
+        if data[0] == TLS_HANDSHAKE:
+            self._cancel_timer()
+            self._start_tls(transport, data)
+        elif 0x41 <= data[0] <= 0x5A:  # A-Z: GET, POST, PUT, HEAD...
+            self._answer_plaintext(transport)
+        else:
+            transport.close()
+
+    def _start_tls(self, transport: asyncio.Transport, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        tls = self._port.ssl_protocol(loop, self._app_protocol(), self._port.context, None, server_side=True)
+        # as loop.start_tls switches protocols: reading paused, so the SSL protocol is made before its data comes
+        transport.pause_reading()
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        view = memoryview(data)
+        while view:
+            buffer = tls.get_buffer(len(view))
+            n = min(len(buffer), len(view))
+            buffer[:n] = view[:n]
+            tls.buffer_updated(n)
+            view = view[n:]
+        transport.resume_reading()
+
+    def _answer_plaintext(self, transport: asyncio.Transport) -> None:
+        self._answered = True
+        body = codec.error_json(PLAINTEXT_ANSWER)
+        transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                        b"connection: close\r\n\r\n%s" % (len(body), body))
+        sock = transport.get_extra_info("sockname")
+        self._port.plaintext_request(sock[1] if isinstance(sock, tuple) else 0, transport.get_extra_info("peername"))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class EmbeddedServer(uvicorn.Server):
     """uvicorn.Server for a loop that already runs: the process's SIGTERM/SIGINT stay with the App (uvicorn would
     otherwise take them over: `capture_signals` since 0.29, `install_signal_handlers` before). With `ssl_context`,
-    it serves TLS with that context, set where uvicorn has built its own (Config.load) and not yet listened: the
-    same on every uvicorn from 0.30 (`ssl_context_factory` came in 0.47)."""
+    it serves TLS with that context: uvicorn listens in plaintext, and each connection starts TLS itself once its
+    first byte is a TLS handshake's (TlsOrPlaintext), so a plaintext request is told the port expects TLS."""
 
     def __init__(self, config: uvicorn.Config, ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(config)
@@ -196,8 +279,11 @@ class EmbeddedServer(uvicorn.Server):
         pass
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        if self.ssl_context is not None:
-            self.config.ssl = self.ssl_context
+        if self.ssl_context is not None:  # uvicorn listens in plaintext; each connection's first byte says which
+            port = TlsPort(self.ssl_context, asyncio.get_running_loop())
+            http = self.config.http_protocol_class
+            self.config.http_protocol_class = lambda **kwargs: TlsOrPlaintext(  # type: ignore[assignment]
+                port, functools.partial(http, **kwargs))
         await super().startup(sockets=sockets)
         self.listening.set()
 

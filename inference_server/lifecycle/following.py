@@ -1,8 +1,9 @@
 """Following the sources while the server runs: MLflow aliases (every `poll_interval_s`) and, in poll mode,
 the model repository (every `repository_poll_secs`).
 
-An alias that moves loads, warms and swaps to the new version; while the registry cannot be reached the
-current version keeps serving and the outage is logged once. A repository change is applied only once the
+An alias that moves loads, warms and swaps to the new version; while the registry cannot be reached (or the alias
+does not resolve) the current version keeps serving and the failure is logged once per distinct reason, not at
+every poll. A repository change is applied only once the
 model's files looked the same at two scans in a row, so a version still being copied in is never loaded
 half written.
 """
@@ -24,6 +25,7 @@ from inference_server.lifecycle.sources import ModelSources
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+UNREACHABLE = "unreachable"  # the outage reason of a registry that does not answer
 
 
 class Followed(Protocol):
@@ -47,7 +49,8 @@ class Following:
     def __init__(self, manager: Followed) -> None:
         self._manager = manager
         self._tasks: list[asyncio.Task[None]] = []
-        self.outage: set[str] = set()  # models whose registry does not answer (logged once per outage)
+        # models whose registry does not answer, or whose alias does not resolve: the reason last logged
+        self.outage: dict[str, str] = {}
         self._seen: dict[str, Any] = {}  # poll mode: each model's fingerprint at the last scan...
         self._applied: dict[str, Any] = {}  # ...and when it was last applied
 
@@ -74,6 +77,14 @@ class Following:
 
     # -- MLflow ---------------------------------------------------------------------------------
 
+    def failed(self, name: str, error: ModelLoadError) -> bool:
+        """Note that the model's source cannot be read; True when the reason is new (and is to be logged). Every
+        unreachable registry is one reason: its message carries details that change from one try to the next."""
+        reason = UNREACHABLE if isinstance(error, RegistryUnreachable) else str(error)
+        new = self.outage.get(name) != reason
+        self.outage[name] = reason
+        return new
+
     async def _poll_source(self, name: str, entry: ModelConfig) -> None:
         m = self._manager
         while True:
@@ -84,8 +95,7 @@ class Following:
                 version = await m.sources.resolve(name)
             except ModelLoadError as e:
                 m.events.record_poll(name, False)
-                if name not in self.outage:
-                    self.outage.add(name)
+                if self.failed(name, e):
                     log.error("model '%s': cannot read %s (%s); %s", name, entry.source, e,
                               "the current version keeps serving" if m.registry.versions(name) else
                               "retrying at each poll")
@@ -95,14 +105,13 @@ class Following:
                 log.info("model '%s': %s now names version %s; loading it", name, entry.source, version)
                 try:
                     await m.owned(m.refresh(name, mlflow_version=version, if_wanted=True,
-                                            quiet_unreachable=name in self.outage))
-                except RegistryUnreachable:  # the download failed: the same outage, logged once
-                    self.outage.add(name)
+                                            quiet_unreachable=self.outage.get(name) == UNREACHABLE))
+                except RegistryUnreachable as e:  # the download failed: the same outage, logged once
+                    self.failed(name, e)
                     continue
                 except Exception:  # logged where it failed; a version that cannot serve waits for the alias to move
                     pass
-            if name in self.outage:
-                self.outage.discard(name)
+            if self.outage.pop(name, None) is not None:
                 log.info("model '%s': the registry answers again", name)
 
     # -- the repository (poll mode) -------------------------------------------------------------

@@ -104,17 +104,34 @@ class ModelManager:
         failures = []
         for name, result in zip(initial, results, strict=True):
             if isinstance(result, InferenceError):  # an unknown --load-model name
-                self.registry.set_model_reason(name, result.message)
-                failures.append(result.message)
+                reason = self._unknown(known)
+                self.registry.set_model_reason(name, reason)
+                log.error("model '%s' cannot load: %s", name, reason)
+                failures.append(reason)
             elif isinstance(result, Exception) and self.sources.required(name):  # not a route's alias companion
-                failures.append(str(result))
+                failures.append(str(result))  # logged where it failed
             elif isinstance(result, BaseException):
                 raise result
+            if (isinstance(result, ModelLoadError) and name not in self.sources.resolved
+                    and name in self.sources.registry_entries()):
+                self.following.failed(name, result)  # an MLflow alias that did not resolve: polls log a new reason
         if failures and self.cfg.exit_on_error:
             raise ModelLoadError(f"{len(failures)} model(s) failed to load (--exit-on-error): {failures[0]}")
         self.following.start()
         self._started = True
         self._on_change()
+
+    def _unknown(self, known: list[str]) -> str:
+        """Why a --load-model name loads nothing, with the names it could have meant."""
+        repository = self.sources.repository
+        where = ("not a [[models]] entry" if repository is None
+                 else f"not in the model repository {repository.root} nor a [[models]] entry")
+        listed = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+        return f"{where}: check the --load-model name (known models: {listed or 'none'})"
+
+    def unready(self) -> list[str]:
+        """The models the server means to serve that have no ready version (strict readiness waits for them)."""
+        return sorted(n for n in self._wanted if self.sources.required(n) and not self.registry.ready(n))
 
     def ready(self) -> bool:
         """Every model the server means to serve has a ready version (or readiness is not strict)."""

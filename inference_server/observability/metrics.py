@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from inference_server.breaker import STATES
+from inference_server.config.listeners import Listener, cannot_listen
 from inference_server.errors import FAILURE_REASONS
 from inference_server.cache.memory import MemoryCache, ResponseCache
 from inference_server.lifecycle.events import LifecycleStats
@@ -315,11 +316,12 @@ def build_registry(source: Source, *, drift: DriftMonitor | None = None, predict
 class MetricServerThread:
     """A /metrics endpoint on its own thread (prometheus_client's threading WSGI server); stop() closes it."""
 
-    def __init__(self, host: str, port: int, app: Callable[..., Any]) -> None:
+    def __init__(self, listener: Listener, app: Callable[..., Any]) -> None:
+        host = listener.host
         try:
-            self._server = _metrics_server(host, port, app)
-        except OSError as e:  # name the port: the gRPC and HTTP ports are bound by then, so it is this one
-            raise OSError(f"cannot listen on {host}:{port} for metrics: {e.strerror or e}") from None
+            self._server = _metrics_server(host, listener.port, app)
+        except OSError as e:  # named as the check before any bind names it (config/listeners.py)
+            raise cannot_listen(listener, e) from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
         self._thread.start()
         self.port = int(self._server.server_address[1])
@@ -331,5 +333,5 @@ class MetricServerThread:
         self._thread.join(5)
 
 
-def serve_registry(registry: CollectorRegistry, host: str, port: int) -> MetricServerThread:
-    return MetricServerThread(host, port, only_metrics(make_wsgi_app(registry)))
+def serve_registry(registry: CollectorRegistry, listener: Listener) -> MetricServerThread:
+    return MetricServerThread(listener, only_metrics(make_wsgi_app(registry)))

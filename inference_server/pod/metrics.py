@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from inference_server.config.listeners import Listener
 from inference_server.observability.metrics import MetricServerThread, serve_registry
 from inference_server.pod.peers import ask_blocking
 
@@ -136,7 +137,7 @@ class PodCollector:
         yield workers
 
 
-def pod_metrics_server(sockets: Sequence[Path], host: str, port: int) -> MetricServerThread:
+def pod_metrics_server(sockets: Sequence[Path], listener: Listener) -> MetricServerThread:
     registry = CollectorRegistry()
     registry.register(PodCollector(sockets))
-    return serve_registry(registry, host, port)
+    return serve_registry(registry, listener)

@@ -14,13 +14,13 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
 
+from inference_server.config.listeners import check_free, metrics_listener, supervisor_listeners
 from inference_server.config.server import ServerConfig
 from inference_server.pod.metrics import pod_metrics_server
 from inference_server.pod.peers import WorkerSlot, new_peer_directory
@@ -28,25 +28,13 @@ from inference_server.pod.peers import WorkerSlot, new_peer_directory
 log = logging.getLogger(__name__)
 
 
-def port_is_free(host: str, port: int) -> bool:
-    """Bind without SO_REUSEPORT: fails when anything, a server of ours included, listens on the port (with
-    SO_REUSEADDR, as the servers bind, so connections of an earlier server in TIME_WAIT do not count)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def supervise(cfg: ServerConfig, argv: Sequence[str], poll_s: float = 0.2) -> int:
     """Run cfg.workers copies of the server; returns the exit code (0 after a clean SIGTERM drain)."""
-    for port in (cfg.port, cfg.http_port):  # gRPC and, unless off, HTTP: the workers share both
-        if port and not port_is_free(cfg.host, port):
-            log.error("cannot start: %s:%d is already in use", cfg.host, port)
-            return 1
+    try:  # the workers' gRPC and HTTP ports (no other server may be listening there) and the pod's metrics port
+        check_free(supervisor_listeners(cfg))
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        return 1
     command = [sys.executable, "-m", "inference_server", *argv, "--workers", "1", "--reuse-port"]
     try:
         peer_dir = new_peer_directory(cfg.workers)
@@ -56,8 +44,7 @@ def supervise(cfg: ServerConfig, argv: Sequence[str], poll_s: float = 0.2) -> in
     slots = [WorkerSlot(peer_dir, i, cfg.workers) for i in range(cfg.workers)]
     try:
         # The pod's one metrics endpoint: every worker's figures, merged at each scrape.
-        metrics = pod_metrics_server([s.path for s in slots], cfg.metrics_host, cfg.metrics_port) if cfg.metrics \
-            else None
+        metrics = pod_metrics_server([s.path for s in slots], metrics_listener(cfg)) if cfg.metrics else None
     except OSError as e:
         log.error("cannot start: %s", e)
         shutil.rmtree(peer_dir, ignore_errors=True)

@@ -1,6 +1,7 @@
 """`python -m inference_server.grpc.healthcheck`, the images' HEALTHCHECK, against real servers: 0 when SERVING,
-1 with one line on stderr saying why otherwise (not SERVING while draining, not reachable, an unknown service),
-always within its --timeout-s; TLS with the CA (and the name the certificate carries) given."""
+1 with one line on stderr saying why otherwise (not SERVING while draining, not reachable, an unknown service, a
+port whose TLS is not the check's), always within its --timeout-s; TLS with the CA (and the name the certificate
+carries) given."""
 
 from __future__ import annotations
 
@@ -113,11 +114,19 @@ def test_tls_server(plain_repository, tmp_path, capsys):
         assert check(capsys, "--port", port, "--tls-ca", str(ca.path), "--tls-server-name", "localhost") == (0, "")
         result = run_module("--port", port, "--tls-ca", str(ca.path))
         assert (result.returncode, result.stderr) == (0, ""), result.stderr
-        code, err = check(capsys, "--port", port, "--timeout-s", "2")  # plaintext to a TLS port
-        assert code == 1 and "not reachable" in err, err
+        code, err = check(capsys, "--port", port, "--timeout-s", "2")  # plaintext to a TLS port: said so
+        assert code == 1 and err.count("\n") == 1, err
+        assert f"127.0.0.1:{port} expects TLS and the check connected in plaintext: give --tls-ca" in err, err
         code, err = check(capsys, "--port", port, "--tls-ca", str(other.path), "--timeout-s", "2")
         assert code == 1 and "not reachable" in err, err
         code, err = check(capsys, "--port", port, "--tls-ca", str(ca.path), "--tls-server-name", "elsewhere.example")
         assert code == 1 and "not reachable" in err, err
     finally:
         thread.stop()
+
+
+def test_a_tls_check_of_a_plaintext_port_says_the_port_does_not_speak_tls(server, tmp_path, capsys):
+    ca = Authority.make(tmp_path, "healthcheck-ca")
+    code, err = check(capsys, "--port", str(server.port), "--tls-ca", str(ca.path), "--timeout-s", "2")
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"127.0.0.1:{server.port} does not speak TLS and the check connected with TLS: leave out --tls-ca" in err

@@ -470,7 +470,7 @@ def test_an_http_port_in_use_fails_the_start(repository):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(OSError, match=rf"cannot listen: 127.0.0.1:{port} \(--http-port\) is in use"):
             ServerThread(server_config(repository, http_port=port)).start()
 
 

@@ -210,8 +210,13 @@ def test_no_counter_goes_back_when_the_alias_moves_away_and_back(registry: Regis
         assert_monotonic(first, third, "the alias moving away and back")
 
 
-def test_a_missing_alias_leaves_the_model_unavailable_until_it_is_set(registry: Registry, tmp_path: Path) -> None:
+def test_a_missing_alias_leaves_the_model_unavailable_until_it_is_set(registry: Registry, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Also: the model's failure is one ERROR naming it and the reason, at start, and not again at each poll that
+    finds the same reason."""
+    caplog.set_level(logging.INFO, logger=LIFECYCLE_LOG)
     name = "later"
+    failed_polls = f'inference_model_source_polls_total{{model="{name}",result="failure"}}'
     version = registry.register(name, ONNX["1"])  # no alias yet
     with serving(tmp_path, (name, f"models:/{name}@staging")) as server, \
             grpcclient.InferenceServerClient(server.url) as client:
@@ -226,8 +231,11 @@ def test_a_missing_alias_leaves_the_model_unavailable_until_it_is_set(registry: 
         assert refused.value.status() == "StatusCode.UNAVAILABLE"
         assert "alias 'staging'" in refused.value.message()
 
-        time.sleep(3 * POLL_S)  # a few failed polls change nothing
+        wait_for(lambda: metric(server, failed_polls) >= 3, "three failed polls")  # they change nothing
         assert index(client, name)[0][1] == "UNAVAILABLE" and not client.is_server_ready()
+        errors = [r.getMessage() for r in caplog.records
+                  if r.name.startswith(LIFECYCLE_LOG) and r.levelno >= logging.ERROR and f"'{name}'" in r.getMessage()]
+        assert len(errors) == 1 and "alias 'staging'" in errors[0], errors
 
         registry.set_alias(name, "staging", version)
         wait_for(lambda: index(client, name) == [("1", "READY", "")], "version 1 READY", timeout=10 * POLL_S + 5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import json
 import logging
 import queue
 import socket
@@ -247,8 +248,47 @@ def test_a_client_trusting_another_ca_fails(server, pki):
 
 def test_a_plaintext_client_against_the_tls_ports_fails(server, pki):
     grpc_fails(server, None, ssl_on=False)
-    http_fails(server, None, ssl_on=False)
+    with http_client(server, None, ssl_on=False) as client, pytest.raises(InferenceServerException) as e:
+        infer_http(client)
+    assert e.value.status() == "400" and "this port expects TLS" in e.value.message()  # said in plaintext
     infers(server, pki.ca.path)  # and the server still serves
+
+
+def plaintext_exchange(port: int, request: bytes) -> bytes:
+    """What the server sends back to `request` sent in plaintext, until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT_S) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_plaintext_request_on_the_tls_http_port_is_answered_400_saying_the_port_expects_tls(repo, pki, caplog):
+    """The first byte of each connection is looked at once: not a TLS handshake but an HTTP method, the answer is a
+    plaintext 400 naming https:// (then the connection closes); the warning is rate-limited; bytes that are
+    neither get the connection closed, and TLS connections after them are served as before. (A server of its own:
+    the warning's rate is per server.)"""
+    caplog.set_level(logging.WARNING, logger="inference_server.http")
+    server = ServerThread(tls_config(repo, pki.server_cert, pki.server_key)).start()
+    try:
+        plaintext_requests_are_told_to_use_https(server, pki, caplog)
+    finally:
+        server.stop()
+
+
+def plaintext_requests_are_told_to_use_https(server: ServerThread, pki: Pki, caplog) -> None:
+    port = server.app.http_port
+    for _ in range(3):
+        answer = plaintext_exchange(port, b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\ncontent-length: 4\r\n"
+                                          b"\r\n{}{}")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower(), answer
+        assert "this port expects TLS" in json.loads(body)["error"] and "https://" in json.loads(body)["error"]
+    warnings = [r.getMessage() for r in caplog.records if "plaintext HTTP request" in r.getMessage()]
+    assert len(warnings) == 1 and f"HTTP port {port} serves TLS" in warnings[0], warnings
+    assert plaintext_exchange(port, b"\x00\x01\x02 not http, not tls") == b""  # closed, nothing said
+    infers(server, pki.ca.path)
 
 
 def test_mutual_tls_needs_a_client_certificate_the_ca_signed(mtls_server, pki):

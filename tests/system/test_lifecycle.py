@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2
 from tritonclient.utils import InferenceServerException
 
 from tests.support import onnx_models
-from tests.support.server_process import ROOT, ServerProcess
+from tests.support.server_process import ROOT, ServerProcess, free_port
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.system
@@ -120,27 +120,100 @@ def test_a_model_that_cannot_load_leaves_the_server_up_but_not_ready(tmp_path):
             assert server.terminate() == 0
 
 
-def test_port_in_use_fails_at_start(launch):
-    first = launch()
-    done = run_server("--port", str(first.port))
-    assert done.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{first.port} for gRPC: Address already in use" in done.stderr
-    assert "add_port" not in done.stderr  # one line of ours, not the gRPC core's log first
+def listening_sockets(count: int) -> list[socket.socket]:
+    """Sockets listening on ports the kernel picks on 127.0.0.1: ports in use, as another server's would be."""
+    held = []
+    for _ in range(count):
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        held.append(holder)
+    return held
+
+
+def start_failure(done: subprocess.CompletedProcess) -> str:
+    """The one ERROR line a start that cannot listen logs, after checking it exits 1 without a traceback."""
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert "Traceback" not in done.stderr and "add_port" not in done.stderr, done.stderr
     assert "drain" not in done.stderr  # nothing was running: no misleading drain warning
+    return errors[0]
+
+
+def test_every_port_in_use_is_named_with_its_flag_in_one_message():
+    """The ports are all checked before any is bound: both clashes in one line, each with its flag."""
+    held = listening_sockets(2)
+    try:
+        http, metrics = (h.getsockname()[1] for h in held)
+        error = start_failure(run_server("--http-port", str(http), "--metrics-port", str(metrics)))
+    finally:
+        for holder in held:
+            holder.close()
+    assert (f"cannot listen: 127.0.0.1:{http} (--http-port) is in use; "
+            f"127.0.0.1:{metrics} (--metrics-port) is in use") in error
+
+
+@pytest.mark.parametrize("flag", ["--port", "--http-port", "--metrics-port"])
+def test_a_port_in_use_is_named_with_its_flag(flag):
+    (holder,) = listening_sockets(1)
+    with holder:
+        port = holder.getsockname()[1]
+        error = start_failure(run_server(flag, str(port)))
+    assert f"cannot listen: 127.0.0.1:{port} ({flag}) is in use" in error
+    assert error.count("is in use") == 1
+
+
+def test_a_pods_ports_in_use_are_named_by_its_supervisor():
+    """--workers: the supervisor checks the workers' ports and its own metrics port before starting any worker."""
+    held = listening_sockets(2)
+    try:
+        http, metrics = (h.getsockname()[1] for h in held)
+        done = run_server("--workers", "2", "--port", str(free_port()), "--http-port", str(http),
+                          "--metrics-port", str(metrics))
+    finally:
+        for holder in held:
+            holder.close()
+    error = start_failure(done)
+    assert "inference_server.pod.workers" in error and "started 2 worker" not in done.stderr
+    assert f"127.0.0.1:{http} (--http-port) is in use; 127.0.0.1:{metrics} (--metrics-port) is in use" in error
+
+
+def test_a_port_of_a_running_server_is_named_and_that_server_is_unharmed(launch):
+    first = launch()
+    error = start_failure(run_server("--port", str(first.port)))
+    assert f"cannot listen: 127.0.0.1:{first.port} (--port) is in use" in error
     with grpc.insecure_channel(first.url) as channel:  # the first server is unharmed
         grpc.channel_ready_future(channel).result(timeout=5)
 
 
-def test_metrics_port_in_use_fails_at_start_naming_the_port():
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        done = run_server("--metrics-port", str(port))
-    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
-    assert done.returncode == 1 and len(errors) == 1, done.stderr
-    assert f"cannot listen on 127.0.0.1:{port} for metrics: Address already in use" in errors[0]
-    assert "drain" not in done.stderr
+def test_each_configured_model_that_cannot_load_is_an_error_naming_it_and_why(tmp_path):
+    """A --load-model name with a typo, a repository model whose model.onnx is broken and a [[models]] entry
+    whose file is broken: each is one ERROR line naming the model and the reason, and the start-up summary names
+    the models that are not loaded."""
+    repo = tmp_path / "repo"
+    onnx_models.write_model(repo, "linear", onnx_models.mlp([4, 2]))
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx model")
+    (tmp_path / "listed.onnx").write_bytes(b"not one either")
+    (tmp_path / "server.toml").write_text(f'[[models]]\nname = "listed"\npath = "{tmp_path / "listed.onnx"}"\n')
+    server = ServerProcess(["--config", str(tmp_path / "server.toml"), "--model-repository", str(repo),
+                            "--model-control-mode", "explicit", "--load-model", "lineer", "--load-model", "broken",
+                            "--load-model", "listed", "--load-model", "linear"], tmp_path / "server.log")
+    try:
+        wait_until(lambda: " serving " in server.log() or server.proc.poll() is not None, "the start-up loads",
+                   timeout_s=60)
+        log = server.log()
+    finally:
+        assert server.terminate() == 0
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    typo = [line for line in errors if "'lineer'" in line]
+    assert len(typo) == 1 and f"not in the model repository {repo}" in typo[0], errors
+    assert "known models: broken, linear, listed" in typo[0]
+    for name, path in (("broken", repo / "broken" / "1" / "model.onnx"), ("listed", tmp_path / "listed.onnx")):
+        (error,) = [line for line in errors if f"model '{name}' version 1 failed to load" in line]
+        assert f"ONNX Runtime cannot load {path}" in error and "INVALID_PROTOBUF" in error
+    assert len(errors) == 3, errors
+    assert "serving 1 model(s)" in log and "(not ready: not loaded: broken, lineer, listed;" in log
 
 
 def test_version_and_the_cache_tier_at_start(launch):

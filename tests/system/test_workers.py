@@ -78,7 +78,7 @@ def test_workers_refuse_a_port_already_in_use(tmp_path, repo):
         busy = ServerProcess(["--model-repository", str(repo), "--workers", "2", "--port", str(port)],
                              tmp_path / "busy.log")
         assert busy.proc.wait(30) == 1
-        assert f"127.0.0.1:{port} is already in use" in busy.log()
+        assert f"cannot listen: 127.0.0.1:{port} (--port) is in use" in busy.log()
 
 
 def test_workers_refuse_to_start_when_the_http_port_is_taken(repo):
@@ -94,7 +94,7 @@ def test_workers_refuse_to_start_when_the_http_port_is_taken(repo):
         done = subprocess.run([sys.executable, "-m", "inference_server", "--workers", "2", "--port", str(free_port()),
                                "--metrics-port", "0", "--http-port", str(taken), "--model-repository", str(repo)],
                               cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and f"127.0.0.1:{taken} is already in use" in done.stderr
+    assert done.returncode == 1 and f"cannot listen: 127.0.0.1:{taken} (--http-port) is in use" in done.stderr
 
 
 def pod_metrics(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

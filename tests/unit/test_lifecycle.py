@@ -160,3 +160,18 @@ async def test_a_closed_batcher_is_freed_by_reference_counting_alone():
     finally:
         gc.enable()
     assert stats.pending() == 0  # the statistics outlive the batcher and still answer
+
+
+def test_a_source_that_cannot_be_read_is_logged_once_per_distinct_reason():
+    """Following.failed decides whether a failed poll is logged: a new reason is, the same one again is not, and
+    every unreachable-registry error is one reason whatever details its message carries."""
+    from inference_server.lifecycle.following import Following
+    from inference_server.lifecycle.mlflow_source import RegistryUnreachable, SourceError
+
+    following = Following(manager=None)  # type: ignore[arg-type]  # failed() reads only its own outages
+    assert following.failed("m", SourceError("alias 'prod' of model 'm' not found"))
+    assert not following.failed("m", SourceError("alias 'prod' of model 'm' not found"))
+    assert following.failed("m", RegistryUnreachable("unreachable: connection refused (pool at 0x7f01)"))
+    assert not following.failed("m", RegistryUnreachable("unreachable: connection refused (pool at 0x7f99)"))
+    assert following.failed("other", RegistryUnreachable("unreachable"))  # per model
+    assert following.failed("m", SourceError("alias 'prod' of model 'm' not found"))  # the reason changed back
