@@ -50,10 +50,10 @@ def drive(url: str, work: loadgen.Workload, gen: str, concurrency: int, args: ar
 
 
 @contextmanager
-def our_server(*extra: str, command: list[str] | None = None) -> Iterator[ServerProcess]:
+def our_server(*extra: str, command: list[str] | None = None, repository: Path = REPO) -> Iterator[ServerProcess]:
     WORK.mkdir(exist_ok=True)
-    server = ServerProcess(["--model-repository", str(REPO), "--log-level", "INFO", *extra], WORK / "server.log",
-                           command)
+    server = ServerProcess(["--model-repository", str(repository), "--log-level", "INFO", *extra],
+                           WORK / "server.log", command)
     try:
         server.wait_serving()
         if "--workers" in extra:  # connections made before a worker listens all go to the others

@@ -19,6 +19,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from benchmarks import ceiling, peers, perf_analyzer
+from benchmarks.cache_memory import cache_memory_scenario
 from benchmarks.grpc_engines import grpc_engines_scenario
 from benchmarks.http import http_scenario
 from benchmarks.lifecycle import lifecycle_scenario
@@ -407,7 +408,7 @@ def batch_score(args: argparse.Namespace) -> dict:
 
 SCENARIOS = {"closed-loop": closed_loop, "batching": batching, "execution": execution, "open-loop": open_loop,
              "workers": workers, "peers": peer_comparison, "batch-score": batch_score, "metrics": metrics_cost,
-             "cache": cache_scenario, "lifecycle": lifecycle_scenario,
+             "cache": cache_scenario, "cache-memory": cache_memory_scenario, "lifecycle": lifecycle_scenario,
              "http": http_scenario, "routing": routing_scenario, "shadow": shadow_scenario,
              "reliability": reliability_scenario, "grpc-engines": grpc_engines_scenario,
              "revisions": revisions_scenario}

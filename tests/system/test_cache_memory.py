@@ -16,17 +16,11 @@ cost 3.7x their arrays' bytes), past the limit of 7.4 MiB."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 
-import aiohttp
-import grpc
-import numpy as np
 import pytest
 
-from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
-from inference_server.protocol._generated import grpc_service_pb2 as pb
 from tests.support import onnx_models
+from tests.support.request_stream import Stream, rss_bytes
 from tests.support.server_process import free_port
 
 pytestmark = pytest.mark.system
@@ -36,67 +30,8 @@ ALLOWANCE_MIB = 3
 MIX = 63  # cheap requests to one wide one
 ROUND = 1500  # requests
 MAX_ROUNDS = 12
-WIDTHS = {"cheap": 64, "wide": 8}  # input features
+FEATURES = {"cheap": 64, "cheap_off": 64, "wide": 8, "wide_off": 8}  # each model's input width
 BATCHING = "[batching]\nmax_batch_size = 32\n"
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
-class Stream:
-    """Distinct requests (each a fresh input, 1-8 rows) to models in turn, over gRPC and HTTP concurrently."""
-
-    def __init__(self, grpc_url: str, http_port: int) -> None:
-        self.grpc_url, self.http_port = grpc_url, http_port
-        self._counter = itertools.count(1)
-
-    def _input(self, model: str) -> np.ndarray:
-        n = next(self._counter)
-        rows = 1 + n % 8
-        x = np.zeros((rows, WIDTHS[model.removesuffix("_off")]), np.float32)
-        x[:, 0] = n  # never seen before: a miss, then an entry
-        return x
-
-    async def run(self, models: list[str], requests: int, clients: int = 8) -> None:
-        turns = itertools.cycle(models)
-        left = [requests]
-
-        def take() -> str | None:
-            if left[0] <= 0:
-                return None
-            left[0] -= 1
-            return next(turns)
-
-        async with grpc.aio.insecure_channel(self.grpc_url) as channel, aiohttp.ClientSession() as session:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-
-            async def over_grpc() -> None:
-                while (model := take()) is not None:
-                    x = self._input(model)
-                    await stub.ModelInfer(pb.ModelInferRequest(
-                        model_name=model, inputs=[pb.ModelInferRequest.InferInputTensor(
-                            name="x", datatype="FP32", shape=list(x.shape))],
-                        raw_input_contents=[x.tobytes()]), timeout=30)
-
-            async def over_http() -> None:
-                while (model := take()) is not None:
-                    x = self._input(model)
-                    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
-                                                     "parameters": {"binary_data_size": x.nbytes}}],
-                                         "parameters": {"binary_data_output": True}}).encode()
-                    async with session.post(f"http://127.0.0.1:{self.http_port}/v2/models/{model}/infer",
-                                            data=header + x.tobytes(),
-                                            headers={"Inference-Header-Content-Length": str(len(header))}) as r:
-                        assert r.status == 200, await r.text()
-                        await r.read()
-
-            await asyncio.gather(*(over_grpc() for _ in range(clients // 2)),
-                                 *(over_http() for _ in range(clients - clients // 2)))
 
 
 def test_the_cache_bound_bounds_the_servers_memory(launch, tmp_path):
@@ -107,7 +42,7 @@ def test_the_cache_bound_bounds_the_servers_memory(launch, tmp_path):
     http_port = free_port()
     server = launch("--model-repository", str(repo), "--cache", f"memory:{BOUND_MIB}", "--http-port",
                     str(http_port))
-    stream = Stream(server.url, http_port)
+    stream = Stream(server.url, http_port, FEATURES)
     # Warm: every model answers, the uncached twins a whole stream's worth of the same traffic.
     asyncio.run(stream.run(["cheap", "wide"], 16))
     asyncio.run(stream.run(["cheap_off"] * MIX + ["wide_off"], ROUND))
