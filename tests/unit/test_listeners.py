@@ -115,8 +115,9 @@ def test_a_real_bind_that_fails_after_the_check_names_the_flag(held):
 
 @pytest.mark.parametrize("engine", ["grpcio", pytest.param("native", marks=pytest.mark.skipif(
     native_unavailable() is not None, reason="pygrpc-native is not installed"))])
-def test_a_grpc_bind_that_fails_after_the_check_names_the_flag(held, engine):
-    """grpc's own error says only that the bind failed: the port checked again says why."""
+async def test_a_grpc_bind_that_fails_after_the_check_names_the_flag(held, engine):
+    """grpc's own error says only that the bind failed: the port checked again says why (on the event loop, as
+    the App builds its servers)."""
     port = listening(held)
     cfg = dataclasses.replace(ServerConfig(), host=HOST, port=port)
     with pytest.raises(ListenError, match=rf"cannot listen: {HOST}:{port} \(--port\) is in use"):
