@@ -2,7 +2,7 @@
 #   docker build -t inference-server:cpu .
 #   docker run -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD/models:/models:ro" inference-server:cpu
 # Ports: 8000 HTTP/REST, 8001 gRPC, 8002 Prometheus metrics. Models: a Triton-style repository mounted at /models,
-# or pulled from an MLflow registry at start (build with EXTRAS=cpu,mlflow and pass --config with the sources).
+# or pulled from an MLflow registry at start (build with EXTRAS=cpu,tracing,mlflow and pass --config with the sources).
 # Arguments replace the whole CMD, so repeat --host 0.0.0.0 --metrics-host 0.0.0.0 when giving your own.
 # SIGTERM drains for up to 30 s (--drain-grace-s): give `docker stop -t 40` / terminationGracePeriodSeconds >= 40.
 # Read-only root filesystem: the server writes only to /tmp and /var/cache/inference-server (the model cache);
@@ -12,9 +12,10 @@
 ARG PYTHON_IMAGE=python:3.12-slim-trixie
 
 FROM ${PYTHON_IMAGE} AS build
-# The project's extras: `cpu` by default; `cpu,mlflow` adds the MLflow registry client. Never `gpu` as well: both
-# ONNX Runtime wheels install the same package (the check below fails).
-ARG EXTRAS=cpu
+# The project's extras: `cpu,tracing` by default (tracing: OpenTelemetry's SDK and OTLP exporters, off until an
+# OTEL_EXPORTER_OTLP_* endpoint is set); `cpu,tracing,mlflow` adds the MLflow registry client. Never `gpu` as well:
+# both ONNX Runtime wheels install the same package (the check below fails).
+ARG EXTRAS=cpu,tracing
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 WORKDIR /src

@@ -5,6 +5,7 @@ only what a cluster would provide replaced by local stand-ins.
   ConfigMap's files, the Secret's keys with test values and the volume's mode, a tiny ONNX model for the models
   claim, empty dirs for emptyDirs). Exactly the mounted paths are rewritten, wherever they appear in the
   command, args, env values and the config file.
+- envFrom: only optional ConfigMaps (the OTEL_* one for tracing), left out, as in a cluster without them.
 - Secrets: secretKeyRef env values become test values (REDIS_URL names a real local redis-server that wants a
   password, REDIS_PASSWORD is that password).
 - Ports: the config binds fixed ports (8001, 8000, 8002); its copy gets free ones instead, so the test never
@@ -97,6 +98,9 @@ class Pod:
 
     def env(self) -> dict[str, str]:
         env = {"PATH": os.environ["PATH"]}
+        for source in self.container.get("envFrom", []):
+            # Only optional ConfigMaps (the OTEL_* one): absent here, as in a cluster that has none.
+            assert source.get("configMapRef", {}).get("optional") is True, f"a required envFrom: {source}"
         for var in self.container["env"]:
             if "value" in var:
                 env[var["name"]] = self.local_paths(var["value"])

@@ -361,6 +361,7 @@ def test_gpu_image_installs_the_gpu_extra_and_never_the_cpu_onnxruntime():
     assert project and all(re.fullmatch(r"\.\[[\w,-]+\]", p) for p in project), installs
     extras = {e for p in project for e in p[2:-1].split(",")}
     assert "gpu" in extras and "cpu" not in extras, extras
+    assert "tracing" in extras, f"the image installs the tracing extra (OpenTelemetry), as scripts/serve does: {extras}"
     names = {Requirement(a).name for a in installs[0] if not a.startswith(".")}
     assert names == {"onnxruntime-gpu"}
     pin = [a for a in installs[0] if a.startswith("onnxruntime-gpu")]
@@ -402,7 +403,7 @@ def test_cpu_image_installs_the_cpu_extra_and_never_onnxruntime_gpu(tmp_path):
     assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", build.base), build.base
     assert not pip_installs(final)
     [install] = pip_installs(build)
-    assert install == [".[cpu]"], install
+    assert install == [".[cpu,tracing]"], install  # tracing: OpenTelemetry, as scripts/serve installs it
     assert not [i for i in instructions(CPU) if "onnxruntime-gpu" in i.args and "assert" not in i.args]
     code = guard_code(build, "CPUExecutionProvider")
     real = run_guard(code, None)  # this venv is the cpu extra
@@ -411,6 +412,27 @@ def test_cpu_image_installs_the_cpu_extra_and_never_onnxruntime_gpu(tmp_path):
                         ["CUDAExecutionProvider", "CPUExecutionProvider"], "1.32.0")
     refused = run_guard(code, both)
     assert refused.returncode != 0 and "onnxruntime-gpu is installed" in refused.stderr, refused.stderr
+
+
+# -- the tracing extra, in every default install ------------------------------------------------------------------
+
+def script_extras(script: str) -> set[str]:
+    """The extras a setup script installs by default (setup_venv's argument, a variable's default taken)."""
+    (call,) = re.findall(r'^setup_venv "([^"]+)"$', (REPO / "scripts" / script).read_text(), re.M)
+    default = re.fullmatch(r"\$\{\w+:-([\w,-]+)\}", call)
+    return set((default[1] if default else call).split(","))
+
+
+def test_the_tracing_extra_is_in_every_default_install():
+    """OpenTelemetry's SDK and both OTLP exporters: tracing turns on by the OTEL_* environment alone (KServe's
+    spec.tracing, the k8s ConfigMap), so every install a user gets without choosing carries them."""
+    assert {r.name for r in pyproject_extra("tracing")} == {
+        "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-grpc", "opentelemetry-exporter-otlp-proto-http"}
+    assert script_extras("serve") == {"cpu", "tracing"}
+    assert script_extras("test") == {"cpu", "dev", "mlflow", "tracing"}
+    for image in (CPU, GPU):
+        [install] = pip_installs(stages(image)[0])
+        assert any(re.fullmatch(r"\.\[[\w,-]*\btracing\b[\w,-]*\]", arg) for arg in install), (image.name, install)
 
 
 # -- .dockerignore ------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 the Kubernetes OpenAPI schemas of a pinned version, CRDs against vendored CRD schemas), and the semantics no
 schema sees hold: GPU request == limit, probes on real ports and health endpoints, selectors that match, the
 autoscaler on the Deployment and on metrics the server really exports, a grace period that covers the drain,
-a ConfigMap the server's own loader accepts, and secrets that are referenced, never committed."""
+a ConfigMap the server's own loader accepts, secrets that are referenced, never committed, and tracing configured
+by an optional ConfigMap of OTEL_* variables (the one docs/deployment.md shows, read by the OpenTelemetry SDK)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import yaml
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference_server.config.cli import load_config
@@ -30,6 +33,7 @@ from tests.deploy.conftest import (
     GPU_OVERLAYS,
     K8S,
     OVERLAYS,
+    ROOT,
     SERVER,
     Doc,
     adapter_rules,
@@ -43,6 +47,7 @@ from tests.deploy.conftest import (
     promql_selectors,
     server_config_text,
 )
+from tests.support.docs import fenced
 
 K8S_VERSION = "1.33"  # the oldest Kubernetes these manifests support (lifecycle.preStop.sleep needs >= 1.30)
 NEWEST_K8S_VERSION = "1.37"  # the newest kubernetes-validate 1.37.0 knows: nothing used has been removed since
@@ -51,6 +56,7 @@ NAMESPACE = "inference"
 PRESTOP_DRAIN_LINGER_S = 2  # after drain_grace_s the server keeps refusing for up to 2 s before closing its ports
 HEALTH_PATHS = {"/v2/health/live", "/v2/health/ready"}
 DEFAULT_REDIS_URL = "redis://inference-redis:6379/0"  # the documented value of the Secret's redis-url key
+OTEL_CONFIG_MAP = "inference-server-otel"  # the platform's OTEL_* variables for the server (docs/deployment.md)
 
 
 # --- strict validation -----------------------------------------------------------------------------------------
@@ -564,3 +570,42 @@ def test_the_service_monitor_carries_the_prometheus_rules_release_label(docs):
     rule_labels = find(docs, "PrometheusRule")["metadata"]["labels"]
     monitor_labels = find(docs, "ServiceMonitor")["metadata"]["labels"]
     assert monitor_labels.get("release") == rule_labels["release"]
+
+
+# --- tracing ---------------------------------------------------------------------------------------------------
+
+def test_tracing_is_configured_by_an_optional_config_map(docs):
+    server = container(find(docs, "Deployment", SERVER))
+    # Optional: a cluster without the ConfigMap starts the pods, with tracing off.
+    assert server["envFrom"] == [{"configMapRef": {"name": OTEL_CONFIG_MAP, "optional": True}}]
+    # An env entry would win over the ConfigMap (and over KServe's or the Operator's injection): none is set here.
+    assert not [e["name"] for e in server["env"] if e["name"].startswith("OTEL_")]
+    # The platform provides it, like the Secret: nothing in the repository defines it.
+    assert not [d["metadata"]["name"] for d in find_all(docs, "ConfigMap")
+                if d["metadata"]["name"].startswith(OTEL_CONFIG_MAP)]
+
+
+def documented_otel_config_map() -> Doc:
+    guide = ROOT / "docs" / "deployment.md"
+    (block,) = [c for c in fenced(guide) if c.language == "yaml" and f"name: {OTEL_CONFIG_MAP}" in c.text]
+    return yaml.safe_load(block.text)
+
+
+def test_the_documented_tracing_config_map_is_the_one_the_pods_read(docs, monkeypatch):
+    config_map = documented_otel_config_map()
+    validate(config_map)
+    assert config_map["kind"] == "ConfigMap"
+    assert config_map["metadata"] == {"name": OTEL_CONFIG_MAP, "namespace": find(docs, "Deployment", SERVER)
+                                      ["metadata"]["namespace"]}
+    data = config_map["data"]
+    assert all(name.startswith("OTEL_") and isinstance(value, str) for name, value in data.items()), data
+    assert data["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://")  # the variable that turns tracing on
+    assert data["OTEL_EXPORTER_OTLP_PROTOCOL"] in ("grpc", "http/protobuf")
+    # The OpenTelemetry SDK reads the sampler and the resource from these variables as documented.
+    for name, value in data.items():
+        monkeypatch.setenv(name, value)
+    provider = TracerProvider()
+    assert provider.sampler.get_description() == "ParentBased{root:TraceIdRatioBased{0.01},remoteParentSampled:" \
+        "AlwaysOnSampler,remoteParentNotSampled:AlwaysOffSampler,localParentSampled:AlwaysOnSampler," \
+        "localParentNotSampled:AlwaysOffSampler}"
+    assert Resource.create().attributes["deployment.environment.name"] == "production"
