@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -30,7 +31,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, args: list[str], log_path: Path, command: list[str] | None = None) -> None:
+    def __init__(self, args: list[str], log_path: Path, command: list[str] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        """`env`: variables set for the server over the test's own environment (OTEL_*, for one)."""
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -40,8 +43,8 @@ class ServerProcess:
         cmd = (command or [sys.executable, "-m", "inference_server"]) + ["--port", str(self.port),
                                                                        "--metrics-port", "0", "--http-port", "0",
                                                                        *args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
     def health(self) -> int | None:
         with grpc.insecure_channel(self.url) as channel:
