@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,10 +50,12 @@ def drive(url: str, work: loadgen.Workload, gen: str, concurrency: int, args: ar
 
 
 @contextmanager
-def our_server(*extra: str, command: list[str] | None = None, repository: Path = REPO) -> Iterator[ServerProcess]:
+def our_server(*extra: str, command: list[str] | None = None, repository: Path = REPO,
+               env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A server of ours serving `repository`; `env`: variables set for it (OTEL_*, for one)."""
     WORK.mkdir(exist_ok=True)
     server = ServerProcess(["--model-repository", str(repository), "--log-level", "INFO", *extra],
-                           WORK / "server.log", command)
+                           WORK / "server.log", command, env)
     try:
         server.wait_serving()
         if "--workers" in extra:  # connections made before a worker listens all go to the others

@@ -41,6 +41,7 @@ from benchmarks.points import (
 from benchmarks.reliability import reliability_scenario
 from benchmarks.routing import routing_scenario
 from benchmarks.shadow import shadow_scenario
+from benchmarks.tracing import tracing_scenario
 from benchmarks.revisions import revisions_scenario
 from clients.python import loadgen
 
@@ -411,4 +412,4 @@ SCENARIOS = {"closed-loop": closed_loop, "batching": batching, "execution": exec
              "cache": cache_scenario, "cache-memory": cache_memory_scenario, "lifecycle": lifecycle_scenario,
              "http": http_scenario, "routing": routing_scenario, "shadow": shadow_scenario,
              "reliability": reliability_scenario, "grpc-engines": grpc_engines_scenario,
-             "revisions": revisions_scenario}
+             "tracing": tracing_scenario, "revisions": revisions_scenario}

@@ -102,8 +102,16 @@ def test_the_otlp_exporters_trace_comes_back_span_for_span(protocol, compression
         ids = send_trace(provider_to(protocol, monkeypatch, env))
         check_trace(collector, ids)
         assert collector.exports >= 1
+        assert collector.names == {"InferRequest": 1, "compute": 1, "batch": 1}
         collector.clear()
-        assert collector.spans() == [] and collector.exports == 0
+        assert collector.spans() == [] and collector.exports == 0 and not collector.names
+
+
+def test_a_receiver_that_keeps_nothing_counts_the_spans_by_name(protocol, monkeypatch):
+    with receiver(protocol, keep=False) as collector:
+        send_trace(provider_to(protocol, monkeypatch, collector.env()))
+        assert collector.exports >= 1  # force_flush returned: the export was answered
+        assert collector.names == {"InferRequest": 1, "compute": 1, "batch": 1} and collector.spans() == []
 
 
 def test_the_http_endpoint_takes_the_traces_specific_url(monkeypatch):

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from contextlib import AbstractContextManager, contextmanager
@@ -135,21 +136,27 @@ def records(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Span]:
 # -- the collector's store -----------------------------------------------------------------------------------------
 
 class Receiver:
-    """The spans received so far, whichever transport brought them; thread-safe."""
+    """The spans received so far, whichever transport brought them; thread-safe. `keep=False` (benchmarks) only
+    counts them by name, in `names`, as every receiver does, and keeps no record."""
 
     protocol: str  # OTEL_EXPORTER_OTLP_PROTOCOL's value for this receiver
     endpoint: str  # OTEL_EXPORTER_OTLP_ENDPOINT's value for this receiver
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
         self._spans: list[Span] = []
         self._changed = threading.Condition()
+        self.keep = keep
         self.exports = 0  # export requests received
+        self.names: Counter[str] = Counter()  # spans received, by name
 
     def add(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
-        spans = records(request)
+        names = Counter(span.name for resource_spans in request.resource_spans
+                        for scope_spans in resource_spans.scope_spans for span in scope_spans.spans)
+        spans = records(request) if self.keep else []
         with self._changed:
             self._spans.extend(spans)
             self.exports += 1
+            self.names.update(names)
             self._changed.notify_all()
 
     def spans(self) -> list[Span]:
@@ -182,6 +189,7 @@ class Receiver:
         with self._changed:
             self._spans.clear()
             self.exports = 0
+            self.names.clear()
 
     def env(self, schedule_delay_ms: int = 50) -> dict[str, str]:
         """The OTEL_* variables that send a process's traces here (otel_env)."""
@@ -205,10 +213,10 @@ class GrpcReceiver(Receiver):
 
 
 @contextmanager
-def grpc_receiver() -> Iterator[GrpcReceiver]:
+def grpc_receiver(keep: bool = True) -> Iterator[GrpcReceiver]:
     """The collector's gRPC TraceService on 127.0.0.1:<port>; `endpoint` is http://127.0.0.1:<port> (the http
     scheme tells the exporter to connect without TLS)."""
-    receiver = GrpcReceiver()
+    receiver = GrpcReceiver(keep)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="otlp-grpc"))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(receiver), server)
     port = server.add_insecure_port(f"{HOST}:0")
@@ -268,10 +276,10 @@ def _handler(receiver: HttpReceiver) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def http_receiver() -> Iterator[HttpReceiver]:
+def http_receiver(keep: bool = True) -> Iterator[HttpReceiver]:
     """The OTLP HTTP/protobuf endpoint: `endpoint` is the base URL http://127.0.0.1:<port> (the exporter appends
     /v1/traces to OTEL_EXPORTER_OTLP_ENDPOINT); `traces_url` is the full one."""
-    receiver = HttpReceiver()
+    receiver = HttpReceiver(keep)
     server = ThreadingHTTPServer((HOST, 0), _handler(receiver))
     server.daemon_threads = True
     # serve_forever looks for shutdown() every poll_interval (0.5 s by default): a short one ends the context fast.
@@ -311,6 +319,6 @@ def down_receiver(protocol: str = "grpc") -> Iterator[DownReceiver]:
         yield DownReceiver(f"http://{HOST}:{held.getsockname()[1]}", protocol)
 
 
-def receiver(protocol: str) -> AbstractContextManager[Receiver]:
+def receiver(protocol: str, keep: bool = True) -> AbstractContextManager[Receiver]:
     """A receiver for an OTEL_EXPORTER_OTLP_PROTOCOL value: "grpc" or "http/protobuf"."""
-    return {"grpc": grpc_receiver, "http/protobuf": http_receiver}[protocol]()
+    return {"grpc": grpc_receiver, "http/protobuf": http_receiver}[protocol](keep)
