@@ -226,6 +226,19 @@ def test_errors_set_the_status_of_the_request_and_of_the_span_where_they_happene
     assert request.status.description.startswith("NOT_FOUND: ")
 
 
+def test_a_request_that_expires_in_the_queue_still_ends_its_spans_with_its_error(traced):
+    parent, trace_id, _ = traceparent()
+    with httpclient.InferenceServerClient(f"127.0.0.1:{traced.app.http_port}") as client:
+        with pytest.raises(InferenceServerException, match="timeout"):  # 5 ms: mlp waits 20 ms for a batch
+            client.infer("mlp", [x(module=httpclient)], headers={"traceparent": parent, "request-timeout-ms": "5"})
+    spans = spans_of(traced, trace_id)
+    for span in (one(spans, "InferRequest"), one(spans, "mlp")):
+        assert span.status.description.startswith("DEADLINE_EXCEEDED: ")
+    compute = one(spans, "compute")  # its wait in the queue, and nothing after
+    assert [e.name for e in compute.events] == ["QUEUE_START"] and compute.links == ()
+    assert compute.end_time <= one(spans, "mlp").end_time
+
+
 def test_a_routed_request_records_its_variant_and_its_shadow_copy_runs_under_it(traced):
     parent, trace_id, _ = traceparent()
     with grpcclient.InferenceServerClient(traced.url) as client:
