@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import generate_latest
 
@@ -46,6 +46,11 @@ from inference_server.service.health import Gate
 from inference_server.service.inference import InferenceService
 from inference_server.service.runner import RequestRunner
 from inference_server.service.views import own_figures
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from inference_server.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,22 @@ def build_cache(cfg: ServerConfig) -> ResponseCache | None:
         raise ConfigError("server.cache", f"{redact_url(cfg.cache)}: {e}") from None
 
 
+def build_tracing(cfg: ServerConfig, exporter: SpanExporter | None = None) -> Tracing | None:
+    """The server's tracer when tracing is on (config/tracing.py), else None. `exporter`: spans go there instead
+    of the OTLP exporter (tests)."""
+    if not cfg.tracing.enabled:
+        return None
+    try:
+        from inference_server.observability.tracing import (
+            Tracing,  # the OpenTelemetry SDK and exporters: imported only when tracing is on
+        )
+
+        return Tracing(cfg.tracing, exporter)
+    except ImportError as e:
+        raise ConfigError("tracing", f"tracing is on but OpenTelemetry cannot be imported ({e}); install the "
+                                     "server's `tracing` extra (pip install 'inference_server[tracing]')") from None
+
+
 class FrontEnd(Protocol):
     """A protocol server over the one InferenceService (gRPC, and HTTP/REST unless http_port is 0)."""
     name: str
@@ -99,7 +120,7 @@ class App:
     """The running server. `start()` returns the bound port; `stop()` drains and shuts down."""
 
     def __init__(self, cfg: ServerConfig, reread: Callable[[], ServerConfig] | None = None,
-                 slot: WorkerSlot | None = None) -> None:
+                 slot: WorkerSlot | None = None, span_exporter: SpanExporter | None = None) -> None:
         self.cfg = cfg
         self.slot = slot  # one worker of several (--workers N): the pod's statistics and metrics need its peers
         if slot is not None:
@@ -117,6 +138,7 @@ class App:
                                       reference_path=m.drift_reference_path)
         self._monitors = [m for m in (self.predictions, self.drift) if m is not None]
         self.cache = build_cache(cfg)
+        self.tracing = build_tracing(cfg, span_exporter)  # None: off (`span_exporter`: tests' spans go there)
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         cache_dir = cfg.model_cache_dir
         if not cache_dir:
@@ -135,7 +157,8 @@ class App:
 
         router = Router(cfg.routes, shadows=shadow, stats=self.route_stats)
         self.service = InferenceService(self.registry, self.manager, router=router, runner=runner, gate=self.gate,
-                                        pod=None if slot is None else PodStatistics(slot), http=bool(cfg.http_port))
+                                        pod=None if slot is None else PodStatistics(slot), http=bool(cfg.http_port),
+                                        tracing=self.tracing)
         self.port = 0  # the gRPC port, once bound
         self.http_port = 0  # the HTTP port, once bound (0: no HTTP front end)
         self.front_ends: list[FrontEnd] = []  # started in this order, stopped in this order
@@ -185,10 +208,13 @@ class App:
                 await monitor.close()
             if self.cache is not None:
                 await self.cache.close()
+            if self.tracing is not None:
+                await self.tracing.close()
             self._cleanup()
             raise
         await self._update_readiness()
         log.info("response cache: %s", describe_cache(self.cfg))
+        log.info("tracing: %s", "off" if self.tracing is None else self.tracing.describe())
         unready = "" if self.service.health.ready else (
             f" (not ready: not loaded: {', '.join(self.manager.unready()) or '?'}; the errors above say why)")
         log.info("serving %d model(s) on %s:%d%s%s", len({m.name for m in self.registry.serving()}), self.cfg.host,
@@ -277,6 +303,8 @@ class App:
             await self.cache.close()  # queued Redis writes are sent (briefly) first
         for monitor in self._monitors:
             await monitor.close()
+        if self.tracing is not None:
+            await self.tracing.close()  # the drained requests' last spans, bounded
         await self._stop_metrics()
         self._cleanup()
         log.info("stopped")

@@ -37,8 +37,9 @@ MODELS = {
 class ServerThread:
     """A real App on 127.0.0.1 in a thread with its own event loop, so blocking clients cannot stall it."""
 
-    def __init__(self, cfg: ServerConfig) -> None:
+    def __init__(self, cfg: ServerConfig, span_exporter: object = None) -> None:
         self.cfg = cfg
+        self.span_exporter = span_exporter  # with cfg.tracing on: spans go there (an InMemorySpanExporter)
         self.app: App | None = None
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -62,7 +63,7 @@ class ServerThread:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.app = App(self.cfg)
+        self.app = App(self.cfg, span_exporter=self.span_exporter)
         try:
             self.port = await self.app.start()
         except BaseException as e:  # handed to the test thread

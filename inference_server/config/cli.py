@@ -1,5 +1,6 @@
 """The command line: flags over the TOML file (`--config` or $INFERENCE_SERVER_CONFIG) over the defaults,
-and the environment variables the server reads ($REDIS_URL, $REDIS_PASSWORD)."""
+and the environment variables the server reads ($REDIS_URL, $REDIS_PASSWORD, and OpenTelemetry's OTEL_* over
+[tracing]: config/tracing.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from inference_server.config.server import (
     ServerConfig,
     parse_server,
 )
+from inference_server.config.tracing import with_environment
 from inference_server.errors import ConfigError
 
 # The [server] and [batching] keys that have a flag of their name (--auth-tokens sets server.auth.tokens_file).
@@ -127,4 +129,6 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Serve
             raise ConfigError("server.cache", f"'redis' takes its URL from ${REDIS_URL_ENV}, which is not set")
         server["cache"] = environ[REDIS_URL_ENV]
     merged = {**doc, "server": server, "batching": batching}
-    return dataclasses.replace(parse_server(merged), redis_password=environ.get(REDIS_PASSWORD_ENV) or None)
+    cfg = parse_server(merged)
+    return dataclasses.replace(cfg, redis_password=environ.get(REDIS_PASSWORD_ENV) or None,
+                               tracing=with_environment(cfg.tracing, environ))

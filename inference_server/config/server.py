@@ -22,6 +22,7 @@ from inference_server.config.model import (
     parse_model,
 )
 from inference_server.config.routes import RouteConfig, parse_routes, with_aliases
+from inference_server.config.tracing import TracingConfig, parse_tracing
 from inference_server.errors import ConfigError
 
 MODEL_CONTROL_MODES = ("none", "explicit", "poll")
@@ -130,6 +131,8 @@ class ServerConfig:
     tls_client_ca: Path | None = None  # clients must present a certificate this CA signed
     auth: AuthConfig = field(default_factory=lambda: AuthConfig())
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    # [tracing]: OpenTelemetry, with the OTEL_* environment over the table (config/tracing.py, cli.load_config)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
 
 def cache_size_bytes(spec: str, key: str = "server.cache") -> int:
@@ -207,14 +210,15 @@ def parse_monitoring(table: Mapping[str, Any], prefix: str = "monitoring.") -> M
 
 
 # ServerConfig's fields that are not keys of [server]: other tables of the file, and the environment.
-NOT_SERVER_KEYS = frozenset({"batching", "redis_password", "cache_config", "monitoring", "models", "routes"})
+NOT_SERVER_KEYS = frozenset({"batching", "redis_password", "cache_config", "monitoring", "models", "routes",
+                             "tracing"})
 # The keys of [server], in ServerConfig's order: the parser's, and the command line's (cli.py: one flag for each
 # but auth and limits).
 SERVER_KEYS = tuple(f.name for f in dataclasses.fields(ServerConfig) if f.name not in NOT_SERVER_KEYS)
 
 
 def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
-    toml.reject_unknown(doc, ["server", "batching", "monitoring", "cache", "models", "routes"], "")
+    toml.reject_unknown(doc, ["server", "batching", "monitoring", "cache", "tracing", "models", "routes"], "")
     s = toml.get(doc, "server", "", dict, {})
     toml.reject_unknown(s, SERVER_KEYS, "server.")
     d, p = ServerConfig(), "server."
@@ -249,6 +253,7 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         metrics_port=toml.count(s, "metrics_port", p, d.metrics_port, maximum=65535),
         batching=parse_batching(toml.get(doc, "batching", "", dict, {}), "batching.", d.batching),
         monitoring=parse_monitoring(toml.get(doc, "monitoring", "", dict, {})),
+        tracing=parse_tracing(toml.get(doc, "tracing", "", dict, {})),
         model_control_mode=toml.choice(s, "model_control_mode", p, MODEL_CONTROL_MODES, d.model_control_mode),
         load_models=tuple(toml.names(s, "load_models", p)),
         repository_poll_secs=toml.seconds(s, "repository_poll_secs", p, d.repository_poll_secs),

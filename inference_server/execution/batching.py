@@ -13,7 +13,9 @@ Rules (Triton's dynamic batcher semantics):
 - Inline instances (cheap models run on the event loop) with no queue delay: a request that finds the
   queue empty runs at once, as a batch of its own. An inline run never yields to the loop, so no other
   request can arrive to join it; queueing it would only add a task switch.
-Each request's future lives in its queue item; no side table keyed by id.
+Each request's future lives in its queue item; no side table keyed by id. A traced request brings its `Marks`
+(observability/trace_marks.py): the batcher stamps when it was queued and when its batch began and ended computing;
+the tracing code makes the spans of them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from inference_server.errors import ErrorCode, InferenceError, QueueFull, intern
 from inference_server.execution.backend import ModelInstance
 from inference_server.observability.logs import Throttled
 from inference_server.observability.stats import ModelStats
+from inference_server.observability.trace_marks import BatchMarks, Marks
 from inference_server.protocol.tensors import concatenate_aligned
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ class _Item:
     deadline: float | None
     future: asyncio.Future[dict[str, np.ndarray]]
     request_id: str
+    marks: Marks | None = None  # a traced request's moments
     queued: bool = True
     waited_s: float = 0.0  # time in the queue, set when the item leaves it for a batch
 
@@ -113,8 +117,9 @@ class DynamicBatcher:
         self._task.add_done_callback(self._loop_done)
 
     async def submit(self, inputs: Arrays, rows: int, deadline: float | None = None,
-                     request_id: str = "") -> dict[str, np.ndarray]:
-        """Queue one request of `rows` rows; returns its own rows of every output."""
+                     request_id: str = "", marks: Marks | None = None) -> dict[str, np.ndarray]:
+        """Queue one request of `rows` rows; returns its own rows of every output. `marks`: a traced request's,
+        stamped as it goes."""
         if self._closing or self._task is None:
             raise unavailable(f"model '{self.name}' is not accepting requests (shutting down)")
         check_rows(rows, self._max_rows, self.name)
@@ -124,10 +129,12 @@ class DynamicBatcher:
         now = loop.time()
         if deadline is not None and deadline <= now:
             raise _expired()
+        if marks is not None:
+            marks.queue_start_ns = time.time_ns()
         if self._run_at_once and not self._queue:
-            return await self._run_alone(inputs, rows, request_id)
+            return await self._run_alone(inputs, rows, request_id, marks)
         signature = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
-        item = _Item(inputs, rows, signature, now, deadline, loop.create_future(), request_id)
+        item = _Item(inputs, rows, signature, now, deadline, loop.create_future(), request_id, marks)
         self._queue.append(item)
         self._wakeup.set()
         timer = loop.call_at(deadline, self._expire, item) if deadline is not None else None
@@ -237,11 +244,17 @@ class DynamicBatcher:
             batch.append(item)
         return batch
 
-    async def _run_alone(self, inputs: Arrays, rows: int, request_id: str) -> dict[str, np.ndarray]:
+    async def _run_alone(self, inputs: Arrays, rows: int, request_id: str,
+                         marks: Marks | None) -> dict[str, np.ndarray]:
         self.executed_batches[rows] += 1
+        traced = [marks] if marks is not None else None
         try:
             start = time.perf_counter()
-            outputs = self._check_rows(await self._instances[0].run(inputs), rows)
+            start_ns = _began(traced)
+            outputs = await self._instances[0].run(inputs)
+            if traced:
+                _ended(traced, self.name, 1, rows, start_ns)
+            self._check_rows(outputs, rows)
             self.stats.record_batch(rows, [0.0], 0.0, time.perf_counter() - start, 0.0)
             return outputs
         except InferenceError as error:
@@ -260,7 +273,9 @@ class DynamicBatcher:
             if not live:
                 return
             rows = sum(item.rows for item in live)
+            traced = [item.marks for item in live if item.marks is not None]
             start = time.perf_counter()
+            start_ns = _began(traced)
             if len(live) == 1:
                 inputs = live[0].inputs
             else:
@@ -269,6 +284,8 @@ class DynamicBatcher:
             input_s = (ran := time.perf_counter()) - start
             outputs = await instance.run(inputs)
             infer_s = time.perf_counter() - ran
+            if traced:
+                _ended(traced, self.name, len(live), rows, start_ns)
             # Start the next batch before answering this one: the answers wake one task per request, and
             # the loop would run them all before the batch loop got the instance back.
             self._free.put_nowait(instance)
@@ -335,6 +352,25 @@ class DynamicBatcher:
             log.error("model '%s': batch loop stopped", self.name, exc_info=task.exception())
             self._closing = True
             self._fail_queued(internal(f"model '{self.name}' batcher stopped"))
+
+
+def _began(traced: list[Marks] | None) -> int:
+    """A batch begins computing: its traced requests' COMPUTE_START (0 when none is traced: no clock read)."""
+    if not traced:
+        return 0
+    now = time.time_ns()
+    for marks in traced:
+        marks.compute_start_ns = now
+    return now
+
+
+def _ended(traced: list[Marks], model: str, requests: int, rows: int, start_ns: int) -> None:
+    """The batch computed: its traced requests' COMPUTE_END, and the execution they shared."""
+    end_ns = time.time_ns()
+    batch = BatchMarks(model, requests, rows, start_ns, end_ns)
+    for marks in traced:
+        marks.compute_end_ns = end_ns
+        marks.batch = batch
 
 
 def _ids(batch: list[_Item]) -> str:

@@ -15,9 +15,11 @@ from inference_server.config.server import LimitsConfig
 from inference_server.errors import ErrorCode, InferenceError
 from inference_server.grpc import codec
 from inference_server.protocol._generated import grpc_service_pb2 as pb
+from inference_server.protocol.tensors import InferRequest
 from inference_server.service.inference import InferenceService
 
 log = logging.getLogger(__name__)
+PROTOCOL = "grpc"  # InferRequest.protocol
 
 TO_GRPC = {
     ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -86,12 +88,23 @@ async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messag
         raise asyncio.CancelledError from None
 
 
-def routing_key(context: grpc.aio.ServicerContext) -> str | None:
-    """The `routing-key` metadata: what a route hashes for stickiness when the request names no key itself."""
+def from_metadata(context: grpc.aio.ServicerContext, request: InferRequest) -> InferRequest:
+    """What an inference request takes from the call's metadata, in one pass: the `routing-key` (what a route hashes
+    for stickiness when the request names no key itself) and the W3C trace context."""
+    routing_key, parent, states = None, "", []
     for key, value in context.invocation_metadata() or ():
+        if not isinstance(value, str):  # binary (-bin) metadata
+            continue
         if key == "routing-key":
-            return value if isinstance(value, str) else None
-    return None
+            routing_key = value if routing_key is None else routing_key
+        elif key == "traceparent":
+            parent = value
+        elif key == "tracestate":
+            states.append(value)
+    request.routing_key = routing_key
+    request.traceparent, request.tracestate = parent, ",".join(states)
+    request.protocol = PROTOCOL
+    return request
 
 
 NO_DEADLINE_S = 1e9  # a remaining time this long (31 years) is no deadline at all
@@ -161,8 +174,7 @@ class InferenceServicer:
 
     @rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        decoded = codec.decode_request(request, self.limits)
-        decoded.routing_key = routing_key(context)
+        decoded = from_metadata(context, codec.decode_request(request, self.limits))
         response = await self.service.infer(decoded, deadline_of(context))
         return codec.encode_response(response)
 
@@ -172,9 +184,12 @@ class InferenceServicer:
         message, is written as soon as it is ready, and a bad request never ends the stream."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
+        # The stream's metadata: each request on it continues the caller's trace.
+        stream = from_metadata(context, InferRequest("", []))
+        trace = stream.traceparent, stream.tracestate
 
         async def answer(request: Any) -> None:
-            answers.put_nowait(await self._stream_one(request, deadline_of(context)))
+            answers.put_nowait(await self._stream_one(request, deadline_of(context), trace))
 
         async def read() -> None:
             try:
@@ -197,13 +212,17 @@ class InferenceServicer:
             for task in list(tasks):
                 task.cancel()
 
-    async def _stream_one(self, request: Any, deadline: float | None) -> pb.ModelStreamInferResponse:
+    async def _stream_one(self, request: Any, deadline: float | None,
+                          trace: tuple[str, str] = ("", "")) -> pb.ModelStreamInferResponse:
         request_id = getattr(request, "id", "")
         try:
             if isinstance(request, Malformed):
                 raise InferenceError(ErrorCode.INVALID_ARGUMENT,
                                      f"request is not a valid {request.type_name} protobuf message")
-            response = await self.service.infer(codec.decode_request(request, self.limits), deadline)
+            decoded = codec.decode_request(request, self.limits)
+            decoded.traceparent, decoded.tracestate = trace
+            decoded.protocol = PROTOCOL
+            response = await self.service.infer(decoded, deadline)
             return pb.ModelStreamInferResponse(infer_response=codec.encode_response(response))
         except InferenceError as e:
             message = e.message

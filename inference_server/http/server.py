@@ -58,6 +58,8 @@ RETRY_AFTER_S = "1"  # seconds, on a 503 for a full queue or the in-flight cap
 BINARY = "application/octet-stream"
 REQUEST_ID_HEADER = "x-request-id"
 ROUTING_KEY_HEADER = "routing-key"  # what a route hashes for stickiness when the request names no key itself
+TRACEPARENT_HEADER, TRACESTATE_HEADER = "traceparent", "tracestate"  # W3C Trace Context
+PROTOCOL = "http"  # InferRequest.protocol
 # How long the client waits, in milliseconds: ours, and the one Envoy (and Istio) add for the route's timeout.
 TIMEOUT_HEADERS = ("request-timeout-ms", "x-envoy-expected-rq-timeout-ms")
 # JSON tensors cost about 14x their size in memory and seconds per 100 MB to decode: beyond this, send binary
@@ -118,11 +120,17 @@ def endpoint(handler: Handler) -> Handler:
 
 
 def _from_headers(request: Request, infer_request: InferRequest) -> None:
-    """What an inference request takes from the HTTP headers: the request id when the body gives none, and the
-    routing key. The id is also kept for the error log."""
+    """What an inference request takes from the HTTP headers: the request id when the body gives none, the routing
+    key and the trace context (several tracestate headers are one list, in order). The id is also kept for the
+    error log."""
+    headers = request.headers
     if not infer_request.id:
-        infer_request.id = request.headers.get(REQUEST_ID_HEADER, "")
-    infer_request.routing_key = request.headers.get(ROUTING_KEY_HEADER)
+        infer_request.id = headers.get(REQUEST_ID_HEADER, "")
+    infer_request.routing_key = headers.get(ROUTING_KEY_HEADER)
+    infer_request.protocol = PROTOCOL
+    if (parent := headers.get(TRACEPARENT_HEADER)) is not None:
+        infer_request.traceparent = parent
+        infer_request.tracestate = ",".join(headers.getlist(TRACESTATE_HEADER))
     request.scope["inference_server.request_id"] = infer_request.id
 
 

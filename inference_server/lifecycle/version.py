@@ -26,6 +26,7 @@ from inference_server.errors import ModelLoadError, unavailable
 from inference_server.execution.backend import OnnxBackend, TensorSpec, sample_inputs
 from inference_server.execution.batching import DynamicBatcher
 from inference_server.observability.stats import ModelStats
+from inference_server.observability.trace_marks import Marks
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,9 @@ class ModelVersion:
         return version
 
     async def submit(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None,
-                     request_id: str) -> dict[str, np.ndarray]:
+                     request_id: str, marks: Marks | None = None) -> dict[str, np.ndarray]:
         assert self.batcher is not None, "a version serves only once started"
-        return await self.batcher.submit(inputs, rows, deadline, request_id)
+        return await self.batcher.submit(inputs, rows, deadline, request_id, marks)
 
     def acquire(self) -> None:
         """A request takes a lease on the version it was routed to (synchronously with the routing)."""

@@ -1,29 +1,40 @@
 """Logging: the stdlib, one line per event, the request id on every line logged while serving a request.
 
 `log_format = "json"` writes one JSON object per line (ts, level, logger, message, request_id, and any
-`extra=` fields); "text" writes `time LEVEL logger [request_id]: message`. The access log (logger
-`inference_server.access`, off by default) is one line per answered request.
+`extra=` fields); "text" writes `time LEVEL logger [request_id]: message`. With tracing on, a request's lines also
+carry its trace id (JSON: `trace_id`; text: `[request_id trace=<trace id>]`), so a line can be found from its trace
+and a trace from its line. The access log (logger `inference_server.access`, off by default) is one line per
+answered request.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
+TRACE_ID: ContextVar[int] = ContextVar("trace_id", default=0)  # the request's OpenTelemetry trace id; 0: none
 ACCESS = logging.getLogger("inference_server.access")
 # LogRecord's own attributes; anything else on a record came from `extra=` and goes into the JSON line.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id",
+                                                                         "trace_id"}
+
+
+def trace_id_hex(trace_id: int) -> str:
+    """A trace id as W3C Trace Context and every tracing backend write it: 32 lowercase hex digits."""
+    return f"{trace_id:032x}"
 
 
 def _stamp_request_id(factory: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
     def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = factory(*args, **kwargs)
         record.request_id = REQUEST_ID.get()
+        record.trace_id = TRACE_ID.get()
         return record
 
     # A marker on the function object, which declares no such attribute.
@@ -42,7 +53,11 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         rid = getattr(record, "request_id", "")
-        record.rid = f" [{rid}]" if rid else ""
+        tid = getattr(record, "trace_id", 0)
+        if tid:
+            record.rid = f" [{rid or '-'} trace={trace_id_hex(tid)}]"
+        else:
+            record.rid = f" [{rid}]" if rid else ""
         return super().format(record)
 
 
@@ -54,6 +69,8 @@ class JsonFormatter(logging.Formatter):
         }
         if rid := getattr(record, "request_id", ""):
             line["request_id"] = rid
+        if tid := getattr(record, "trace_id", 0):
+            line["trace_id"] = trace_id_hex(tid)
         for key, value in vars(record).items():
             if key not in _STANDARD and key != "rid":
                 line[key] = value
@@ -95,3 +112,31 @@ class Throttled:
             args = (*args, self._left_out)
         self._last, self._left_out = now, 0
         self._log.log(level, msg, *args, exc_info=exc_info)
+
+
+class RateLimited(logging.Filter):
+    """A logger's repeating lines let through once per `interval_s` each (keyed by logger and message template);
+    the next line that gets through says how many like it were left out. For libraries' loggers that repeat a
+    line per attempt (an OpenTelemetry exporter whose collector is down): one filter, added to each such logger."""
+
+    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: dict[tuple[str, object], float] = {}
+        self._left_out: dict[tuple[str, object], int] = {}
+        self._lock = threading.Lock()  # libraries log from their own threads
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = self._clock()
+        with self._lock:
+            if now - self._last.get(key, -float("inf")) < self._interval_s:
+                self._left_out[key] = self._left_out.get(key, 0) + 1
+                return False
+            self._last[key] = now
+            left_out = self._left_out.pop(key, 0)
+        if left_out:
+            record.msg = f"{record.getMessage()} ({left_out} more like it left out of the log since the last)"
+            record.args = ()
+        return True

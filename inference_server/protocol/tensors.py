@@ -95,6 +95,11 @@ class InferRequest:
     timeout_us: int | None = None  # Triton's per-request queue timeout
     parameters: dict[str, Any] = field(default_factory=dict)
     routing_key: str | None = None  # the `routing-key` gRPC metadata or HTTP header, set by the front end
+    # W3C Trace Context: the caller's `traceparent` and `tracestate` metadata or headers, as sent (the core
+    # extracts the context when tracing is on), and the front end that took the request ("grpc" | "http")
+    traceparent: str = ""
+    tracestate: str = ""
+    protocol: str = ""
 
 
 @dataclass(slots=True)

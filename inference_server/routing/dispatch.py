@@ -1,7 +1,9 @@
 """A routed request, from the variant the router chooses to its answer: on the variant's server-side failure
 (or an open breaker, or no ready variant) the route's fallback answers instead, marked `fallback`, and the
 variant is counted as failed; a success may be copied to the route's shadow. The request runner runs each
-version (`run`: validation, the cache, the batcher, statistics) and owns the request's accounting."""
+version (`run`: validation, the cache, the batcher, statistics) and owns the request's accounting. A traced request
+(`trace`, its InferRequest span) records its route and variant; a fallback answer has a span of its own, and the
+shadow copy is made under the request's span."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +23,9 @@ from inference_server.lifecycle.version import ModelVersion
 from inference_server.protocol.tensors import InferRequest, InferResponse
 from inference_server.routing.fallback import constant_outputs
 from inference_server.routing.router import Router, RouteState
+
+if TYPE_CHECKING:
+    from inference_server.observability.tracing import Scope
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,7 @@ class Answer:
     outputs: dict[str, np.ndarray]
 
 
-Run = Callable[[ModelVersion, InferRequest, "float | None"], Awaitable[Answer]]
+Run = Callable[[ModelVersion, InferRequest, "float | None", "Scope | None"], Awaitable[Answer]]
 
 
 class Dispatcher:
@@ -42,7 +48,8 @@ class Dispatcher:
         self.registry = registry
         self._run = run
 
-    async def infer(self, route: RouteState, request: InferRequest, deadline: float | None) -> InferResponse:
+    async def infer(self, route: RouteState, request: InferRequest, deadline: float | None,
+                    trace: Scope | None = None) -> InferResponse:
         """The route's variant answers; if it fails on the server's side (or its breaker is open, or no
         variant is ready) the route's fallback answers instead, marked `fallback`, and the variant is
         counted as failed. A successful answer may be copied to the route's shadow."""
@@ -53,20 +60,22 @@ class Dispatcher:
             variants = ", ".join(f"{v.name} = {v.model}{' v' + v.version if v.version else ''}" for v in cfg.variants)
             return await self._fallback(route, None, request, deadline,
                                         unavailable(f"route '{cfg.name}': no variant is ready ({variants})"),
-                                        "no_variant_ready")
+                                        "no_variant_ready", trace)
+        if trace is not None:
+            trace.routed(cfg.name, variant.name)
         breaker = route.breakers.get(variant.name)
         ticket = breaker.enter() if breaker is not None else None
         if breaker is not None and ticket is None:
             router.record(route, variant.name, ErrorCode.UNAVAILABLE.name, None)  # counted; it took no time
             return await self._fallback(route, variant, request, deadline,
                                         unavailable(f"route '{cfg.name}' variant '{variant.name}': circuit breaker "
-                                                    "open"), "breaker_open")
+                                                    "open"), "breaker_open", trace)
         start = time.perf_counter()
         code: ErrorCode | None = ErrorCode.INTERNAL  # None: answered
         failure: InferenceError | None = None
         try:
             with self.registry.lease(variant.model, variant.version) as model:
-                answer = await self._run(model, request, deadline)
+                answer = await self._run(model, request, deadline, trace)
             code = None
         except InferenceError as e:
             code = e.code
@@ -90,33 +99,48 @@ class Dispatcher:
         if failure is not None:
             if not failure.code.falls_back:
                 raise failure
-            return await self._fallback(route, variant, request, deadline, failure, failure.code.name.lower())
+            return await self._fallback(route, variant, request, deadline, failure, failure.code.name.lower(), trace)
         answer.response.parameters["variant"] = variant.name
         if route.shadow is not None and route.shadow.wants(key):
-            route.shadow.offer(answer.inputs, answer.rows, answer.outputs, request.id)
+            route.shadow.offer(answer.inputs, answer.rows, answer.outputs, request.id, trace)
         return answer.response
 
     async def _fallback(self, route: RouteState, variant: VariantConfig | None, request: InferRequest,
-                        deadline: float | None, failure: InferenceError, why: str) -> InferResponse:
+                        deadline: float | None, failure: InferenceError, why: str,
+                        trace: Scope | None = None) -> InferResponse:
         """The route's fallback answer (the failure itself without one, or when the fallback fails too)."""
         fb = route.cfg.fallback
         if fb is None:
             raise failure
         self.router.stats.fallback(route.cfg.name, variant.name if variant else "", why)
-        if fb.model is not None:
-            try:
-                with self.registry.lease(fb.model, fb.version) as model:
-                    response = (await self._run(model, request, deadline)).response
-            except InferenceError as e:
-                raise InferenceError(failure.code, f"{failure.message}; the fallback '{fb.model}' failed too: "
-                                                   f"{e.message}") from None
-        else:
-            response = self._constant(route, variant, request, failure)
+        scope = None if trace is None else trace.fallback(route.cfg.name, fb.model, why)
+        try:
+            response = await self._fallback_answer(route, variant, request, deadline, failure, scope)
+        except BaseException as e:
+            if scope is not None:
+                scope.fail(e)
+            raise
+        finally:
+            if scope is not None:
+                scope.end()
         log.debug("route '%s': fallback answer (%s)", route.cfg.name, why)
         response.parameters["fallback"] = True
         if variant is not None:
             response.parameters["variant"] = variant.name
         return response
+
+    async def _fallback_answer(self, route: RouteState, variant: VariantConfig | None, request: InferRequest,
+                               deadline: float | None, failure: InferenceError, trace: Scope | None) -> InferResponse:
+        fb = route.cfg.fallback
+        assert fb is not None
+        if fb.model is None:
+            return self._constant(route, variant, request, failure)
+        try:
+            with self.registry.lease(fb.model, fb.version) as model:
+                return (await self._run(model, request, deadline, trace)).response
+        except InferenceError as e:
+            raise InferenceError(failure.code, f"{failure.message}; the fallback '{fb.model}' failed too: "
+                                               f"{e.message}") from None
 
     def _constant(self, route: RouteState, variant: VariantConfig | None, request: InferRequest,
                   failure: InferenceError) -> InferResponse:

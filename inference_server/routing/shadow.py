@@ -16,21 +16,26 @@ thread of the lowest priority.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from inference_server.config.routes import ShadowConfig
-from inference_server.errors import InferenceError
+from inference_server.errors import InferenceError, invalid
 from inference_server.lifecycle.registry import ModelRegistry
 from inference_server.lifecycle.version import ModelVersion
 from inference_server.observability.stats import DURATION_BUCKETS_S, Histogram
 from inference_server.routing.split import BUCKETS, bucket
+
+if TYPE_CHECKING:
+    from inference_server.observability.tracing import Scope
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +103,13 @@ def difference(shadow: np.ndarray, primary: np.ndarray) -> float:
 
 
 # A copy's run on the shadow's version (the request runner's `run_copy`: the batcher, then the version's
-# statistics and the prediction log); raises InferenceError when the version fails it.
-RunCopy = Callable[[ModelVersion, dict[str, np.ndarray], int, str], Awaitable[dict[str, np.ndarray]]]
+# statistics and the prediction log; its `compute` span under the copy's span when traced); raises InferenceError
+# when the version fails it.
+RunCopy = Callable[[ModelVersion, dict[str, np.ndarray], int, str, "Scope | None"], Awaitable[dict[str, np.ndarray]]]
 
 
-async def submit_copy(model: ModelVersion, inputs: dict[str, np.ndarray], rows: int,
-                      request_id: str) -> dict[str, np.ndarray]:
+async def submit_copy(model: ModelVersion, inputs: dict[str, np.ndarray], rows: int, request_id: str,
+                      trace: Scope | None = None) -> dict[str, np.ndarray]:
     """A copy straight to the batcher, recorded nowhere else (a shadow built without a request runner)."""
     return await model.submit(inputs, rows, None, request_id)
 
@@ -114,6 +120,7 @@ class _Copy:
     rows: int
     primary: dict[str, np.ndarray]
     request_id: str
+    trace: Scope | None  # the request's InferRequest span, when it was traced
 
 
 class Shadow:
@@ -136,16 +143,19 @@ class Shadow:
         return b < self.cfg.percent * BUCKETS / 100
 
     def offer(self, inputs: dict[str, np.ndarray], rows: int, primary: dict[str, np.ndarray],
-              request_id: str) -> None:
-        """From the request path, after its answer: never blocks, never raises."""
+              request_id: str, trace: Scope | None = None) -> None:
+        """From the request path, after its answer: never blocks, never raises. `trace`: the request's span, for a
+        traced request (the copy's span goes under it)."""
         if self._closed:
             return
         if not self._workers:
             self._loop_load = LoopLoad()
-            self._workers = [asyncio.get_running_loop().create_task(self._work(), name=f"shadow-{self.route}-{i}")
+            # In a context of their own: not the first request's (its request and trace ids on every log line)
+            self._workers = [asyncio.get_running_loop().create_task(self._work(), name=f"shadow-{self.route}-{i}",
+                                                                    context=contextvars.Context())
                              for i in range(self.cfg.concurrency)]
         try:
-            self._queue.put_nowait(_Copy(inputs, rows, primary, request_id))
+            self._queue.put_nowait(_Copy(inputs, rows, primary, request_id, trace))
         except asyncio.QueueFull:
             self._stats.count(self.route, "dropped")
 
@@ -177,26 +187,44 @@ class Shadow:
             await asyncio.sleep(PAUSE_POLL_S)
 
     async def _run(self, copy: _Copy) -> None:
+        scope = None if copy.trace is None else copy.trace.shadow(self.route, self.cfg.model)
+        error: BaseException | None
+        try:
+            outcome, error = await self._outcome(copy, scope)
+        except BaseException as e:
+            outcome, error = "error", e
+            raise
+        finally:
+            if scope is not None:
+                scope.outcome(outcome, error)
+                scope.end()
+
+    async def _outcome(self, copy: _Copy, scope: Scope | None) -> tuple[str, InferenceError | None]:
+        """Run the copy and count its outcome: the outcome, and the error of one that failed."""
         cfg = self.cfg
         try:
             lease = self._registry.lease(cfg.model, cfg.version)
-        except InferenceError:
+        except InferenceError as e:
             self._stats.count(self.route, "unavailable")
-            return
+            return "unavailable", e
         with lease as model:
+            if scope is not None:
+                scope.served_by(model.version)
             if {s.name for s in model.inputs} != set(copy.inputs):
                 self._stats.count(self.route, "incompatible")
-                return
+                return "incompatible", invalid(f"the shadow's inputs ({', '.join(s.name for s in model.inputs)}) "
+                                               f"are not the primary's ({', '.join(copy.inputs)})")
             start = time.perf_counter()
             try:
-                outputs = await self._run_copy(model, copy.inputs, copy.rows, copy.request_id)
+                outputs = await self._run_copy(model, copy.inputs, copy.rows, copy.request_id, scope)
             except InferenceError as e:
                 self._stats.count(self.route, "error")
                 log.debug("route '%s': shadow %s v%s failed: %s", self.route, model.name, model.version, e.message)
-                return
+                return "error", e
             self._stats.observe(self.route, time.perf_counter() - start,
                                 {name: difference(outputs[name], copy.primary[name])
                                  for name in outputs if name in copy.primary})
+            return "ok", None
 
     async def close(self) -> None:
         """Stop: copies still queued are dropped and counted (shadows never hold up a shutdown)."""

@@ -9,13 +9,14 @@ served model (metadata, config, statistics) and `infer`, which passes the gate a
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from inference_server import __version__
 from inference_server.config.model import version_key
 from inference_server.errors import invalid
 from inference_server.lifecycle.manager import ModelManager
 from inference_server.lifecycle.registry import ModelRegistry
-from inference_server.observability.logs import REQUEST_ID
+from inference_server.observability.logs import REQUEST_ID, TRACE_ID
 from inference_server.pod.peers import PodStatistics
 from inference_server.protocol.tensors import InferRequest, InferResponse
 from inference_server.routing.dispatch import Dispatcher
@@ -34,6 +35,9 @@ from inference_server.service.views import (
     with_peers,
 )
 
+if TYPE_CHECKING:
+    from inference_server.observability.tracing import Tracing
+
 SERVER_NAME = "inference_server"
 # Only what is implemented end to end; perf_analyzer and clients trust this list.
 EXTENSIONS = ("model_configuration", "statistics")
@@ -44,7 +48,7 @@ HTTP_EXTENSIONS = ("binary_tensor_data",)  # with the HTTP front end (Triton lis
 class InferenceService:
     def __init__(self, registry: ModelRegistry, manager: ModelManager, *, router: Router | None = None,
                  runner: RequestRunner | None = None, gate: Gate | None = None, pod: PodStatistics | None = None,
-                 http: bool = False) -> None:
+                 http: bool = False, tracing: Tracing | None = None) -> None:
         self.registry = registry
         self.gate = gate or Gate()
         self.runner = runner or RequestRunner(rejected=self.gate.rejected)
@@ -55,6 +59,7 @@ class InferenceService:
         self._manager = manager
         self._dispatch = Dispatcher(self.router, registry, self.runner.run)
         self._pod = pod  # with --workers N: the other workers' statistics
+        self.tracing = tracing  # None: tracing is off
         self.name = SERVER_NAME
         self.version = __version__
         self.extensions = (EXTENSIONS + (HTTP_EXTENSIONS if http else ())
@@ -92,18 +97,33 @@ class InferenceService:
 
     async def infer(self, request: InferRequest, deadline: float | None = None) -> InferResponse:
         """Run one request: routed (a route for the model and no version named) or straight to the version.
-        `deadline` is in event-loop time (the transport's deadline), or None."""
-        with self.gate.admit():
-            token = REQUEST_ID.set(request.id)  # every log line about this request carries its id
-            try:
-                route = None if request.model_version else self.router.route(request.model_name)
-                if route is not None:
-                    return await self._dispatch.infer(route, request, deadline)
-                # an unknown model or version: refused here, with nothing to count
-                with self.registry.lease(request.model_name, request.model_version) as model:
-                    return (await self.runner.run(model, request, deadline)).response
-            finally:
-                REQUEST_ID.reset(token)
+        `deadline` is in event-loop time (the transport's deadline), or None. With tracing on, the request's
+        `InferRequest` span covers it all, admission included (observability/tracing.py)."""
+        trace = trace_token = None
+        if self.tracing is not None:
+            trace, trace_id = self.tracing.begin(request)
+            trace_token = TRACE_ID.set(trace_id)  # its log lines carry the trace id, sampled or not
+        try:
+            with self.gate.admit():
+                token = REQUEST_ID.set(request.id)  # every log line about this request carries its id
+                try:
+                    route = None if request.model_version else self.router.route(request.model_name)
+                    if route is not None:
+                        return await self._dispatch.infer(route, request, deadline, trace)
+                    # an unknown model or version: refused here, with nothing to count
+                    with self.registry.lease(request.model_name, request.model_version) as model:
+                        return (await self.runner.run(model, request, deadline, trace)).response
+                finally:
+                    REQUEST_ID.reset(token)
+        except BaseException as e:
+            if trace is not None:
+                trace.fail(e)
+            raise
+        finally:
+            if trace_token is not None:
+                TRACE_ID.reset(trace_token)
+            if trace is not None:
+                trace.end()
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new requests, let in-flight ones finish (up to `grace_s`), stop the shadows, then close every

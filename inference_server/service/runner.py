@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,9 +21,13 @@ from inference_server.lifecycle.version import ModelVersion
 from inference_server.observability.drift import DriftMonitor
 from inference_server.observability.logs import ACCESS
 from inference_server.observability.predictions import PredictionLog
+from inference_server.observability.trace_marks import Marks
 from inference_server.protocol.tensors import InferRequest, InferResponse, Tensor
 from inference_server.routing.dispatch import Answer
 from inference_server.service.validation import select_outputs, validate_inputs
+
+if TYPE_CHECKING:
+    from inference_server.observability.tracing import Scope
 
 
 class RequestRunner:
@@ -40,23 +45,34 @@ class RequestRunner:
     def caches(self, model: ModelVersion) -> bool:
         return self.cache is not None and model.config.cache
 
-    async def run(self, model: ModelVersion, request: InferRequest, deadline: float | None) -> Answer:
-        """Run a request on a leased version, counted in its statistics (and the access log)."""
+    async def run(self, model: ModelVersion, request: InferRequest, deadline: float | None,
+                  trace: Scope | None = None) -> Answer:
+        """Run a request on a leased version, counted in its statistics (and the access log). `trace`: the span the
+        run's model span goes under, when the request is traced."""
         start = time.perf_counter()
         code: ErrorCode | None = ErrorCode.INTERNAL
+        scope = marks = None
+        if trace is not None:
+            scope, marks = trace.model(model.name, model.version), Marks()
+        failure: BaseException | None = None
         try:
-            answer = await self._infer(model, request, deadline, start)
+            answer = await self._infer(model, request, deadline, start, scope, marks)
             code = None
             return answer
         except InferenceError as e:
-            code = e.code
+            code, failure = e.code, e
             if isinstance(e, QueueFull):
                 self.rejected["queue_full"] += 1
             raise
-        except asyncio.CancelledError:
-            code = ErrorCode.CANCELLED
+        except asyncio.CancelledError as e:
+            code, failure = ErrorCode.CANCELLED, e
+            raise
+        except Exception as e:
+            failure = e
             raise
         finally:
+            if scope is not None:
+                _end(scope, marks, failure)
             duration_s = time.perf_counter() - start
             model.stats.record_request(code, duration_s)
             if self.access_log:
@@ -66,15 +82,20 @@ class RequestRunner:
                                                      "duration_ms": round(duration_s * 1e3, 3)})
 
     async def run_copy(self, model: ModelVersion, inputs: dict[str, np.ndarray], rows: int,
-                       request_id: str) -> dict[str, np.ndarray]:
+                       request_id: str, trace: Scope | None = None) -> dict[str, np.ndarray]:
         """A shadow's copy of a request already validated against the primary: straight to the batcher (never
-        cached, no deadline), counted in the shadow version's statistics and prediction log (marked shadow)."""
+        cached, no deadline), counted in the shadow version's statistics and prediction log (marked shadow).
+        `trace`: the copy's span, when the request was traced (its `compute` goes under it)."""
         start = time.perf_counter()
+        marks = None if trace is None else Marks()
         try:
-            outputs = await model.submit(inputs, rows, None, request_id)
+            outputs = await model.submit(inputs, rows, None, request_id, marks)
         except InferenceError as e:
             model.stats.record_request(e.code, time.perf_counter() - start)
             raise
+        finally:
+            if trace is not None and marks is not None:
+                trace.computed(marks)
         duration_s = time.perf_counter() - start
         model.stats.record_request(None, duration_s)
         if self.predictions is not None:
@@ -82,16 +103,20 @@ class RequestRunner:
         return outputs
 
     async def _infer(self, model: ModelVersion, request: InferRequest, deadline: float | None,
-                     start: float) -> Answer:
+                     start: float, scope: Scope | None, marks: Marks | None) -> Answer:
         inputs, rows = validate_inputs(model, request.inputs)
         wanted = select_outputs(model, request.requested_outputs)
         if request.timeout_us:
             timeout_deadline = asyncio.get_running_loop().time() + request.timeout_us / 1e6
             deadline = timeout_deadline if deadline is None else min(deadline, timeout_deadline)
+        if scope is not None:
+            scope.rows(rows)
         if self.caches(model):
-            outputs = await self._cached(model, inputs, rows, wanted, deadline, request.id)
+            outputs = await self._cached(model, inputs, rows, wanted, deadline, request.id, scope, marks)
         else:
-            outputs = await model.submit(inputs, rows, deadline, request.id)
+            if scope is not None:
+                scope.cache("off")
+            outputs = await model.submit(inputs, rows, deadline, request.id, marks)
         if self.drift is not None:
             self.drift.observe(model.name, model.version, outputs)
         if self.predictions is not None:
@@ -101,10 +126,12 @@ class RequestRunner:
         return Answer(InferResponse(model.name, model.version, request.id, tensors), inputs, rows, outputs)
 
     async def _cached(self, model: ModelVersion, inputs: dict[str, np.ndarray], rows: int, wanted: list[TensorSpec],
-                      deadline: float | None, request_id: str) -> dict[str, np.ndarray]:
+                      deadline: float | None, request_id: str, scope: Scope | None = None,
+                      marks: Marks | None = None) -> dict[str, np.ndarray]:
         """Identical concurrent requests share one lookup and, on a miss, one execution (the others count as
         hits: they are answered without an execution of their own). A miss stores the requested outputs before
-        the next identical request can start its own lookup."""
+        the next identical request can start its own lookup. A traced request says which it was (a shared answer
+        is a hit), and only a miss that executes brings its marks to the batcher."""
         assert self.cache is not None
         cache = self.cache
         stats = model.stats
@@ -114,11 +141,13 @@ class RequestRunner:
 
         async def lookup_or_run() -> dict[str, np.ndarray]:
             found = await cache.get(key)
+            if scope is not None:
+                scope.cache("hit" if found is not None else "miss")
             if found is not None:
                 stats.record_cache(True, time.perf_counter() - start)
                 return found
             lookup_s = time.perf_counter() - start
-            outputs = await model.submit(inputs, rows, deadline, request_id)
+            outputs = await model.submit(inputs, rows, deadline, request_id, marks)
             insert_start = time.perf_counter()
             answer = {spec.name: outputs[spec.name] for spec in wanted}
             if outputs_nbytes(answer) <= self.cache_config.max_entry_bytes:
@@ -130,4 +159,15 @@ class RequestRunner:
         outputs, shared = await self._coalescer.run(key, lookup_or_run)
         if shared:
             stats.record_cache(True, None)
+            if scope is not None:
+                scope.cache("hit")
         return outputs
+
+
+def _end(scope: Scope, marks: Marks | None, failure: BaseException | None) -> None:
+    """A traced run's spans: its `compute` (when it reached the batcher), then its model span, failed or not."""
+    if marks is not None:
+        scope.computed(marks)
+    if failure is not None:
+        scope.fail(failure)
+    scope.end()
