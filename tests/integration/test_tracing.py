@@ -36,20 +36,24 @@ pytestmark = pytest.mark.integration
 
 ROUTE = {"variants": [{"name": "stable", "model": "mlp", "weight": 1}],
          "shadow": {"model": "shadow_mlp", "pause_above_in_flight": 0, "pause_above_loop_busy_percent": 100}}
+# routes whose only variant is never loaded: a fallback model answers, or constant outputs
+GUARDED = {"variants": [{"name": "main", "model": "ghost", "weight": 1}], "fallback": {"model": "mlp"}}
+CONSTANT = {"variants": [{"name": "main", "model": "ghost", "weight": 1}], "fallback": {"outputs": {"y": [0.5] * 4}}}
 
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory, grpc_engine):
     """Tracing on (always sampled unless the caller's parent says otherwise), spans kept in memory; `mlp` batches
     what arrives within 20 ms, `cached` answers from the response cache, `ranker` is a route to `mlp` with a
-    shadow."""
+    shadow, `guarded` and `constant` answer from their fallbacks."""
     repo = tmp_path_factory.mktemp("traced")
     onnx_models.write_model(repo, "mlp", onnx_models.mlp([8, 16, 4]),
                             "cache = false\n[batching]\nmax_batch_size = 64\nmax_queue_delay_us = 20000\n")
     onnx_models.write_model(repo, "cached", onnx_models.mlp([8, 16, 4], seed=3))
     onnx_models.write_model(repo, "shadow_mlp", onnx_models.mlp([8, 16, 4], seed=2), "cache = false\n")
     cfg = server_config(repo, http_port=free_port(), cache="memory:16", access_log=True, grpc_engine=grpc_engine)
-    cfg = dataclasses.replace(cfg, models=(), routes=(parse_route("ranker", ROUTE),),
+    routes = (parse_route("ranker", ROUTE), parse_route("guarded", GUARDED), parse_route("constant", CONSTANT))
+    cfg = dataclasses.replace(cfg, models=(), routes=routes,
                               tracing=TracingConfig(enabled=True))
     exporter = InMemorySpanExporter()
     server = ServerThread(cfg, span_exporter=exporter).start()
@@ -226,6 +230,19 @@ def test_errors_set_the_status_of_the_request_and_of_the_span_where_they_happene
     assert request.status.description.startswith("NOT_FOUND: ")
 
 
+def test_a_request_that_expires_in_the_queue_still_ends_its_spans_with_its_error(traced):
+    parent, trace_id, _ = traceparent()
+    with httpclient.InferenceServerClient(f"127.0.0.1:{traced.app.http_port}") as client:
+        with pytest.raises(InferenceServerException, match="timeout"):  # 5 ms: mlp waits 20 ms for a batch
+            client.infer("mlp", [x(module=httpclient)], headers={"traceparent": parent, "request-timeout-ms": "5"})
+    spans = spans_of(traced, trace_id)
+    for span in (one(spans, "InferRequest"), one(spans, "mlp")):
+        assert span.status.description.startswith("DEADLINE_EXCEEDED: ")
+    compute = one(spans, "compute")  # its wait in the queue, and nothing after
+    assert [e.name for e in compute.events] == ["QUEUE_START"] and compute.links == ()
+    assert compute.end_time <= one(spans, "mlp").end_time
+
+
 def test_a_routed_request_records_its_variant_and_its_shadow_copy_runs_under_it(traced):
     parent, trace_id, _ = traceparent()
     with grpcclient.InferenceServerClient(traced.url) as client:
@@ -270,3 +287,21 @@ def test_tracing_off_makes_no_tracer_and_no_span(repository):
     finally:
         server.stop()
     assert exporter.get_finished_spans() == ()
+
+
+def test_a_fallback_answer_has_its_span_under_the_request(traced):
+    model_parent, model_trace, _ = traceparent()
+    constant_parent, constant_trace, _ = traceparent()
+    with grpcclient.InferenceServerClient(traced.url) as client:
+        client.infer("guarded", [x()], headers={"traceparent": model_parent})
+        client.infer("constant", [x()], headers={"traceparent": constant_parent})
+    spans = spans_of(traced, model_trace)
+    request, fallback = one(spans, "InferRequest"), one(spans, "fallback mlp")
+    assert request.status.status_code is StatusCode.UNSET  # answered
+    assert (request.attributes["triton.model_version"], "inference.variant" in request.attributes) == ("1", False)
+    assert fallback.parent.span_id == request.context.span_id
+    assert (fallback.attributes["inference.route"], fallback.attributes["inference.fallback.reason"]) == (
+        "guarded", "no_variant_ready")
+    assert one(spans, "mlp").parent.span_id == fallback.context.span_id and one(spans, "compute")
+    spans = spans_of(traced, constant_trace)
+    assert sorted(s.name for s in spans) == ["InferRequest", "fallback constant"]

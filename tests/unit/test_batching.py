@@ -9,6 +9,7 @@ import pytest
 
 from inference_server.errors import ErrorCode, InferenceError
 from inference_server.execution.batching import DynamicBatcher
+from inference_server.observability.trace_marks import Marks
 
 
 class FakeInstance:
@@ -394,4 +395,51 @@ async def test_next_batch_starts_before_the_previous_batch_is_answered():
     inst.gate.set()
     await asyncio.wait_for(asyncio.gather(first, *rest), 2)
     assert events == ["run 1", "run 2", "answer 0", "answer 1", "answer 2"]
+    await b.close()
+
+
+async def test_traced_requests_are_stamped_and_the_traced_requests_of_a_batch_share_its_marks():
+    inst = FakeInstance(gated=True)
+    b = make([inst], max_batch_size=8, max_queue_delay_us=0)
+    first = Marks()
+    running = submit(b, 0, marks=first)
+    await inst.running.wait()  # the instance is busy: the next three queue into one batch
+    traced = [Marks(), Marks()]
+    rest = [submit(b, 1, marks=traced[0]), submit(b, 2, rows=2), submit(b, 3, marks=traced[1])]
+    await settle()
+    assert all(m.queue_start_ns and not m.compute_start_ns for m in traced)  # queued, not computing
+    inst.gate.set()
+    await asyncio.gather(running, *rest)
+    assert inst.rows == [1, 4]
+    assert first.batch is not None and (first.batch.requests, first.batch.rows) == (1, 1)
+    batch = traced[0].batch
+    assert batch is not None and batch is traced[1].batch and batch is not first.batch
+    assert (batch.model, batch.requests, batch.rows) == ("m", 3, 4)  # the untraced request counts in its batch
+    for m in traced:
+        assert first.compute_end_ns <= m.compute_start_ns
+        assert m.queue_start_ns <= m.compute_start_ns == batch.start_ns <= m.compute_end_ns == batch.end_ns
+    await b.close()
+
+
+async def test_a_traced_request_that_expires_in_the_queue_keeps_only_its_queue_start():
+    inst = FakeInstance(gated=True)
+    b = make([inst], max_batch_size=8, max_queue_delay_us=0)
+    busy = submit(b, 0)
+    await inst.running.wait()
+    marks = Marks()
+    with pytest.raises(InferenceError) as e:
+        await b.submit(req(1), 1, deadline=asyncio.get_running_loop().time() + 0.01, marks=marks)
+    assert e.value.code == ErrorCode.DEADLINE_EXCEEDED
+    assert marks.queue_start_ns and not marks.compute_start_ns and marks.batch is None
+    inst.gate.set()
+    await busy
+    await b.close()
+
+
+async def test_an_inline_run_stamps_its_marks_as_a_batch_of_its_own():
+    marks = Marks()
+    b = make([InlineInstance()], inline=True)
+    await b.submit(req(3, rows=2), 2, marks=marks)
+    assert marks.batch is not None and (marks.batch.requests, marks.batch.rows) == (1, 2)
+    assert 0 < marks.queue_start_ns <= marks.compute_start_ns <= marks.compute_end_ns
     await b.close()

@@ -7,7 +7,7 @@ import io
 import json
 import logging
 
-from inference_server.observability.logs import REQUEST_ID, JsonFormatter, TextFormatter
+from inference_server.observability.logs import REQUEST_ID, TRACE_ID, JsonFormatter, TextFormatter
 
 log = logging.getLogger("inference_server.test")
 
@@ -66,3 +66,26 @@ def test_a_repeating_event_is_logged_once_per_interval_and_says_how_many_were_le
         throttled.log(logging.ERROR, "model '%s': batch failed", "m")
     assert [r.getMessage() for r in caplog.records] == [
         "model 'm': batch failed", "model 'm': batch failed (99 more like it left out of the log since the last)"]
+
+
+async def test_with_tracing_on_a_requests_lines_carry_its_trace_id_beside_its_request_id():
+    json_handler, json_out = capture(JsonFormatter())
+    text_handler, text_out = capture(TextFormatter())
+    try:
+        async def serve(request_id: str, trace_id: int) -> None:
+            REQUEST_ID.set(request_id)
+            TRACE_ID.set(trace_id)
+            await asyncio.sleep(0)
+            log.info("working on it")
+
+        await asyncio.gather(serve("req-1", 0x0AF7651916CD43DD8448EB211C80319C), serve("", 1), serve("req-3", 0))
+    finally:
+        log.removeHandler(json_handler)
+        log.removeHandler(text_handler)
+    lines = [json.loads(line) for line in json_out.getvalue().splitlines()]
+    assert [(line.get("request_id"), line.get("trace_id")) for line in lines] == [
+        ("req-1", "0af7651916cd43dd8448eb211c80319c"), (None, "00000000000000000000000000000001"), ("req-3", None)]
+    text = text_out.getvalue().splitlines()
+    assert "[req-1 trace=0af7651916cd43dd8448eb211c80319c]: working on it" in text[0]
+    assert "[- trace=00000000000000000000000000000001]: working on it" in text[1]
+    assert "[req-3]: working on it" in text[2]

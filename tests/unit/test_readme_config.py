@@ -20,7 +20,8 @@ def test_every_toml_example_in_the_documents_is_accepted(tmp_path):
     for i, code in enumerate(found):
         try:
             doc = tomllib.loads(code.text)
-            if not ({"server", "monitoring", "cache", "models", "routes"} & doc.keys()):  # a model's config.toml
+            server_tables = {"server", "monitoring", "cache", "tracing", "models", "routes"}
+            if not (server_tables & doc.keys()):  # a model's config.toml
                 parse_model(doc, "", ServerConfig(), name="m", path=Path("m.onnx"))
                 continue
             path = tmp_path / f"example{i}.toml"

@@ -1,0 +1,338 @@
+"""Tracing's settings (the OTEL_* environment over [tracing]), the resource, the samplers, the exporters' rate-limited
+logging and a bounded shutdown. The spans of requests are tested through a real server
+(tests/integration/test_tracing.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import pytest
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+from inference_server.config.cli import load_config
+from inference_server.config.server import parse_server
+from inference_server.config.tracing import TracingConfig, parse_tracing, with_environment
+from inference_server.errors import ConfigError
+from inference_server.observability import tracing as tracing_module
+from inference_server.observability.logs import RateLimited
+from inference_server.observability.tracing import (
+    BATCH_REQUESTS,
+    EXPORT_LOG,
+    EXPORT_LOGGERS,
+    BatchesSampled,
+    Tracing,
+    configured_sampler,
+    remote_parent,
+    service_resource,
+)
+from inference_server.protocol.tensors import InferRequest
+
+ON = TracingConfig(enabled=True)
+OFF = TracingConfig()
+
+
+def resolved(environ: dict[str, str], cfg: TracingConfig = OFF) -> TracingConfig:
+    return with_environment(cfg, environ)
+
+
+def test_tracing_is_off_unless_an_endpoint_variable_or_the_table_turns_it_on():
+    assert resolved({}) == TracingConfig()
+    assert not resolved({"OTEL_TRACES_SAMPLER": "always_on"}).enabled  # a sampler alone says nothing
+    for variable in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        assert resolved({variable: "http://collector:4318"}).enabled
+    assert resolved({}, ON).enabled
+
+
+def test_otel_sdk_disabled_turns_it_off_whatever_else_says_on():
+    environ = {"OTEL_SDK_DISABLED": "TRUE", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+    assert not resolved(environ, ON).enabled
+    assert resolved({**environ, "OTEL_SDK_DISABLED": "false"}).enabled
+
+
+def test_defaults_are_the_specifications():
+    cfg = resolved({}, ON)
+    assert (cfg.protocol, cfg.endpoint, cfg.sampler, cfg.sampler_arg) == (
+        "http/protobuf", "http://localhost:4318/v1/traces", "parentbased_always_on", None)
+    assert resolved({}, TracingConfig(enabled=True, protocol="grpc")).endpoint == "http://localhost:4317"
+
+
+def test_variables_win_over_the_table_and_per_signal_ones_over_general_ones():
+    table = parse_tracing({"enabled": True, "endpoint": "http://from-toml:4318", "protocol": "grpc",
+                           "sampler": "traceidratio", "sampler_arg": 0.5})
+    assert resolved({}, table) == TracingConfig(enabled=True, endpoint="http://from-toml:4318", protocol="grpc",
+                                                sampler="traceidratio", sampler_arg=0.5)
+    environ = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+               "OTEL_EXPORTER_OTLP_ENDPOINT": "http://general:4318/",
+               "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+    assert resolved(environ, table) == TracingConfig(enabled=True, endpoint="http://general:4318/v1/traces",
+                                                     protocol="http/protobuf", sampler="parentbased_traceidratio",
+                                                     sampler_arg=0.01)
+    environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = "http://traces:4318/custom"  # taken as it is
+    assert resolved(environ, table).endpoint == "http://traces:4318/custom"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+@pytest.mark.parametrize("environ", [
+    {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://general:4318"},
+    {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://general:4318/"},
+    {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://general:4318", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/x"},
+])
+def test_the_endpoint_is_the_one_the_otlp_exporter_itself_reads_from_the_environment(monkeypatch, environ,
+                                                                                      protocol):
+    """Where the exporters would send given only the environment: the resolved endpoint passed to them is the same."""
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    by_environment = OTLPSpanExporter()
+    ours = OTLPSpanExporter(endpoint=resolved({**environ, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}).endpoint)
+    try:
+        assert ours._endpoint == by_environment._endpoint
+    finally:
+        by_environment.shutdown()
+        ours.shutdown()
+
+
+@pytest.mark.parametrize(("environ", "variable"), [
+    ({"OTEL_TRACES_SAMPLER": "jaeger_remote"}, "OTEL_TRACES_SAMPLER"),
+    ({"OTEL_TRACES_SAMPLER_ARG": "1.5"}, "OTEL_TRACES_SAMPLER_ARG"),
+    ({"OTEL_TRACES_SAMPLER_ARG": "half"}, "OTEL_TRACES_SAMPLER_ARG"),
+    ({"OTEL_TRACES_SAMPLER_ARG": "nan"}, "OTEL_TRACES_SAMPLER_ARG"),
+    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+    ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "udp"}, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+])
+def test_a_bad_variable_fails_the_start_naming_it(environ, variable):
+    with pytest.raises(ConfigError) as raised:
+        resolved({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", **environ})
+    assert raised.value.key == variable and variable in str(raised.value)
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"sampler": "sometimes"}, "tracing.sampler"),
+    ({"sampler_arg": 2}, "tracing.sampler_arg"),
+    ({"protocol": "grpc+tls"}, "tracing.protocol"),
+    ({"enabled": "yes"}, "tracing.enabled"),
+    ({"service_name": "x"}, "tracing.service_name"),
+])
+def test_a_bad_table_value_fails_the_start_naming_its_key(table, key):
+    with pytest.raises(ConfigError) as raised:
+        parse_server({"tracing": table})
+    assert raised.value.key == key
+
+
+def test_the_command_line_reads_the_table_and_the_environment_over_it(tmp_path):
+    path = tmp_path / "server.toml"
+    path.write_text('[tracing]\nenabled = true\nprotocol = "grpc"\nendpoint = "http://toml:4317"\n')
+    assert load_config(["--config", str(path)], {}).tracing == TracingConfig(
+        enabled=True, protocol="grpc", endpoint="http://toml:4317")
+    assert load_config(["--config", str(path)], {"OTEL_SDK_DISABLED": "true"}).tracing.enabled is False
+    kserve = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+    assert load_config([], kserve).tracing.endpoint == "http://collector:4318/v1/traces"
+
+
+def test_the_service_is_named_inference_server_unless_the_environment_names_it(monkeypatch):
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+    attrs = service_resource().attributes
+    assert attrs["service.name"] == "inference-server" and attrs["deployment.environment"] == "test"
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attributes,service.version=9")
+    attrs = service_resource().attributes
+    assert (attrs["service.name"], attrs["service.version"]) == ("from-attributes", "9")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-name")
+    assert service_resource().attributes["service.name"] == "from-name"
+
+
+def parent(sampled: bool):
+    context = SpanContext(1, 2, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else 0))
+    return set_span_in_context(NonRecordingSpan(context))
+
+
+def test_the_sampler_names_are_the_specifications():
+    assert configured_sampler("always_on", None).get_description() == "AlwaysOnSampler"
+    assert configured_sampler("traceidratio", None).get_description() == "TraceIdRatioBased{1.0}"
+    assert configured_sampler("parentbased_traceidratio", 0.25).get_description().startswith(
+        "ParentBased{root:TraceIdRatioBased{0.25}")
+    assert configured_sampler("parentbased_always_off", None).get_description().startswith(
+        "ParentBased{root:AlwaysOffSampler")
+
+
+def test_batch_spans_are_always_sampled_and_the_rest_as_configured():
+    never = BatchesSampled(TraceIdRatioBased(0.0))
+    batch = never.should_sample(None, 123, "batch", attributes={BATCH_REQUESTS: 3})
+    assert batch.decision is Decision.RECORD_AND_SAMPLE and batch.attributes[BATCH_REQUESTS] == 3
+    assert never.should_sample(None, 123, "InferRequest", attributes={"triton.model_name": "m"}).decision is \
+        Decision.DROP
+    parent_based = BatchesSampled(configured_sampler("parentbased_always_on", None))
+    assert parent_based.should_sample(parent(False), 1, "InferRequest").decision is Decision.DROP
+    assert parent_based.should_sample(parent(True), 1, "InferRequest").decision is Decision.RECORD_AND_SAMPLE
+    assert BatchesSampled(ALWAYS_OFF).should_sample(parent(True), 1, "batch", attributes={
+        BATCH_REQUESTS: 1}).decision is Decision.RECORD_AND_SAMPLE
+
+
+@pytest.mark.parametrize("header", [
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",  # another flag beside sampled
+    " 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\t",
+    "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future",  # a later version may add fields
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",  # version 00 may not
+    "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+    "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+    "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",  # upper case
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-" + "x" * 600,
+    "garbage",
+])
+def test_the_traceparent_is_read_as_the_sdks_propagator_reads_it(header):
+    from opentelemetry.trace import get_current_span
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    context = get_current_span(TraceContextTextMapPropagator().extract({"traceparent": header})).get_span_context()
+    expected = (context.trace_id, context.trace_flags.sampled) if context.is_valid else None
+    assert remote_parent(header) == expected
+
+
+@pytest.mark.parametrize("sampler", ["traceidratio", "parentbased_traceidratio", "parentbased_always_off",
+                                     "always_on"])
+def test_the_decision_before_the_sdk_is_the_sdk_samplers(sampler):
+    """begin decides without the SDK for the requests it leaves out; for every request, traced or not, the
+    decision is the configured sampler's (asked here directly), and a traced request's span has the trace id the
+    log lines were given."""
+    import secrets
+
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(TracingConfig(enabled=True, sampler=sampler, sampler_arg=0.5), exporter)
+    reference = configured_sampler(sampler, 0.5)
+    decisions = []
+    try:
+        for i in range(300):
+            header = "" if i % 3 == 0 else f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-0{i % 2}"
+            scope, trace_id = tracing.begin(InferRequest("m", [], traceparent=header))
+            parent = TraceContextTextMapPropagator().extract({"traceparent": header}) if header else None
+            expected = reference.should_sample(parent, trace_id, "InferRequest").decision.is_sampled()
+            assert (scope is not None) == expected
+            if scope is not None:
+                assert scope.span.get_span_context().trace_id == trace_id
+                scope.end()
+            decisions.append(expected)
+    finally:
+        asyncio.run(tracing.close(1.0))
+    if sampler not in ("always_on", "parentbased_always_off"):
+        assert 0 < sum(decisions) < len(decisions)  # both kinds of decision were made
+    assert len(exporter.get_finished_spans()) == sum(decisions)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(msg: str, *args: object, name: str = "lib") -> logging.LogRecord:
+    return logging.LogRecord(name, logging.WARNING, __file__, 1, msg, args, None)
+
+
+def test_a_repeating_library_line_passes_once_a_minute_with_the_count_left_out():
+    clock = Clock()
+    limit = RateLimited(60.0, clock)
+    first = record("Transient error %s, retrying in %.2fs", "UNAVAILABLE", 1.0)
+    assert limit.filter(first) and first.getMessage() == "Transient error UNAVAILABLE, retrying in 1.00s"
+    for seconds in (1, 10, 59):
+        clock.now = seconds
+        assert not limit.filter(record("Transient error %s, retrying in %.2fs", "UNAVAILABLE", 2.0))
+    assert limit.filter(record("Failed to export to %s", "collector"))  # another line has its own minute
+    assert limit.filter(record("Transient error %s, retrying in %.2fs", "UNAVAILABLE", 1.0, name="other"))
+    clock.now = 60.5
+    late = record("Transient error %s, retrying in %.2fs", "UNAVAILABLE", 4.0)
+    assert limit.filter(late)
+    assert late.getMessage() == ("Transient error UNAVAILABLE, retrying in 4.00s (3 more like it left out of the log "
+                                 "since the last)")
+    clock.now = 61
+    assert not limit.filter(record("Transient error %s, retrying in %.2fs", "UNAVAILABLE", 8.0))
+
+
+def test_the_exporters_loggers_are_rate_limited_once_tracing_is_built(caplog):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    tracing = Tracing(TracingConfig(enabled=True), InMemorySpanExporter())
+    try:
+        for name in EXPORT_LOGGERS:
+            assert EXPORT_LOG in logging.getLogger(name).filters
+        caplog.set_level(logging.WARNING)
+        logger = logging.getLogger("opentelemetry.exporter.otlp.proto.grpc.exporter")
+        for _ in range(5):
+            logger.warning("Failed to export %s to %s (test line)", "traces", "localhost:4317")
+        assert len([r for r in caplog.records if "(test line)" in r.getMessage()]) == 1
+    finally:
+        asyncio.run(tracing.close(1.0))
+
+
+class StuckExporter:
+    """An exporter whose collector never answers (until released)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.exported = threading.Event()
+
+    def export(self, spans):
+        self.exported.set()
+        self.release.wait(30)
+        return SpanExportResult.FAILURE
+
+    def shutdown(self):
+        self.release.set()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def test_the_shutdown_gives_up_on_a_collector_that_does_not_answer(caplog):
+    from inference_server.protocol.tensors import InferRequest
+
+    exporter = StuckExporter()
+    tracing = Tracing(TracingConfig(enabled=True), exporter)  # type: ignore[arg-type]
+    scope, _ = tracing.begin(InferRequest("m", []))
+    assert scope is not None
+    scope.end()
+    started = time.monotonic()
+    asyncio.run(tracing.close(0.2))
+    assert time.monotonic() - started < 5  # bounded: not the exporter's 30 s
+    assert "did not reach the collector" in caplog.text
+    exporter.release.set()
+
+
+def test_tracing_module_is_the_only_place_opentelemetry_is_imported():
+    """The rest of the core holds Scopes and Marks; the SDK stays an extra (imported when tracing is on)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(tracing_module.__file__).parents[1]
+    importers = set()
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.startswith("opentelemetry") for n in names) and not _under_type_checking(tree, node):
+                importers.add(path.relative_to(package).as_posix())
+    assert importers == {"observability/tracing.py"}
+
+
+def _under_type_checking(tree, node) -> bool:
+    import ast
+
+    return any(isinstance(n, ast.If) and isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING" and
+               node in ast.walk(n) for n in ast.walk(tree))
