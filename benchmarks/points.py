@@ -51,11 +51,12 @@ def drive(url: str, work: loadgen.Workload, gen: str, concurrency: int, args: ar
 
 @contextmanager
 def our_server(*extra: str, command: list[str] | None = None, repository: Path = REPO,
-               env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
-    """A server of ours serving `repository`; `env`: variables set for it (OTEL_*, for one)."""
+               env: Mapping[str, str] | None = None, log: str = "server.log") -> Iterator[ServerProcess]:
+    """A server of ours serving `repository`; `env`: variables set for it (OTEL_*, for one); `log`: its log's name
+    in the work folder (servers that run at once need one each)."""
     WORK.mkdir(exist_ok=True)
     server = ServerProcess(["--model-repository", str(repository), "--log-level", "INFO", *extra],
-                           WORK / "server.log", command, env)
+                           WORK / log, command, env)
     try:
         server.wait_serving()
         if "--workers" in extra:  # connections made before a worker listens all go to the others
