@@ -1,14 +1,16 @@
 """OpenTelemetry tracing as a collector sees it: the server runs as a process configured only by the standard OTEL_*
 environment (the contract that KServe's injection relies on), and exports to a real OTLP receiver in this test
 (tests/support/otlp_receiver.py), once over gRPC and once over HTTP/protobuf. A backend's client span continues
-through gRPC and HTTP; a parent that is not sampled yields no span; 32 concurrent requests share fewer batch
-executions, each request's compute span linked to its batch; cache hits, errors and routed requests have their
-spans; and a collector that is down changes no answer and is logged once, not once per request."""
+through gRPC (unary and each message of a stream) and HTTP (v2 and v1); a parent that is not sampled yields no
+span; 32 concurrent requests share fewer batch executions, each request's compute span linked to its batch; cache
+hits, errors, routed requests (with their shadow) and fallback answers have their spans; and a collector that is
+down changes no answer and is logged once, not once per request."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import re
 import secrets
 import urllib.request
@@ -49,6 +51,11 @@ variants = [ {{ name = "stable", model = "mlp", weight = 1 }} ]
 model = "shadow_mlp"
 pause_above_in_flight = 0
 pause_above_loop_busy_percent = 100
+
+[routes.guarded]  # its only variant is never loaded: the fallback answers
+variants = [ {{ name = "main", model = "ghost", weight = 1 }} ]
+[routes.guarded.fallback]
+model = "mlp"
 """
 # Per protocol: what else the platform sets (the service's name, resource attributes); one server leaves the name
 # to the default.
@@ -60,7 +67,7 @@ EVENTS = ["QUEUE_START", "COMPUTE_START", "COMPUTE_END"]
 
 def write_repository(root: Path) -> Path:
     """`mlp` batches what arrives within 20 ms and is never cached; `cached` is; `shadow_mlp` is the shadow of the
-    route `ranker` (whose one variant is `mlp`)."""
+    route `ranker` (whose one variant is `mlp`); `guarded` answers from its fallback, `mlp`."""
     repo = root / "repo"
     onnx_models.write_model(repo, "mlp", onnx_models.mlp([8, 16, 4]),
                             "cache = false\n[batching]\nmax_batch_size = 64\nmax_queue_delay_us = 20000\n")
@@ -229,6 +236,22 @@ def test_http_v2_and_v1_continue_the_callers_trace(traced):
     check_request(traced, trace_id, span_id, "http")
 
 
+def test_each_message_of_a_stream_continues_the_streams_trace(traced):
+    parent, trace_id, span_id = traceparent()
+    answers: queue.Queue = queue.Queue()
+    with grpcclient.InferenceServerClient(traced.server.url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error), headers={"traceparent": parent})
+        for i in range(2):
+            client.async_stream_infer("mlp", [x(float(i))], request_id=f"stream-{i}")
+        errors = [answers.get(timeout=10) for _ in range(2)]
+        client.stop_stream()
+    assert errors == [None, None]
+    spans = traced.spans_of(trace_id, has("InferRequest", "InferRequest", "compute", "compute"), "both messages' spans")
+    requests = [s for s in spans if s.name == "InferRequest"]
+    assert sorted(r.attributes["triton.request_id"] for r in requests) == ["stream-0", "stream-1"]
+    assert {(r.parent_span_id, r.attributes["inference.protocol"]) for r in requests} == {(span_id, "grpc")}
+
+
 def test_a_request_without_a_parent_starts_a_trace_of_its_own(traced):
     with grpcclient.InferenceServerClient(traced.server.url) as client:
         client.infer("mlp", [x()], request_id="no-parent-1")
@@ -335,6 +358,19 @@ def test_a_routed_request_names_its_route_and_variant_and_its_shadow_runs_under_
     assert shadow.parent_span_id == request.span_id and "shadow_mlp" in shadow.name
     shadow_compute = [s for s in spans if s.name == "compute" and s.parent_span_id == shadow.span_id]
     assert len(shadow_compute) == 1 and [e.name for e in shadow_compute[0].events] == EVENTS
+
+
+def test_a_fallback_answer_has_its_span_under_the_request(traced):
+    parent, trace_id, span_id = traceparent()
+    with grpcclient.InferenceServerClient(traced.server.url) as client:
+        client.infer("guarded", [x()], headers={"traceparent": parent})
+    spans = traced.spans_of(trace_id, has("InferRequest", "fallback mlp", "mlp", "compute"), "the fallback's spans")
+    request, fallback = one(spans, "InferRequest"), one(spans, "fallback mlp")
+    assert (request.parent_span_id, request.status.code) == (span_id, "UNSET")  # answered, by the fallback
+    assert fallback.parent_span_id == request.span_id
+    assert (fallback.attributes["inference.route"], fallback.attributes["inference.fallback.reason"]) == (
+        "guarded", "no_variant_ready")
+    assert one(spans, "mlp").parent_span_id == fallback.span_id
 
 
 # -- a collector that is down ---------------------------------------------------------------------------------------
