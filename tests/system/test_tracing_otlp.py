@@ -375,7 +375,7 @@ def test_a_fallback_answer_has_its_span_under_the_request(traced):
 
 # -- a collector that is down ---------------------------------------------------------------------------------------
 
-EXPORT_FAILURE = re.compile(r"Failed to export|Transient error|Exception while exporting")
+EXPORT_FAILURE = re.compile(r"Failed to export")
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -403,9 +403,8 @@ def test_a_collector_that_is_down_changes_no_answer_and_is_logged_once(protocol,
             assert server.terminate() == 0  # the last spans' export fails within the bound, and the server stops
         finally:
             server.kill()
-    lines = server.log().splitlines()
-    failures = [ln for ln in lines if EXPORT_FAILURE.search(ln)]
-    assert 1 <= len(failures) <= 2, failures  # one line per kind of complaint (failed; retrying), not per request
-    assert len({EXPORT_FAILURE.search(ln)[0] for ln in failures}) == len(failures), failures  # type: ignore[index]
-    assert sum("opentelemetry" in ln for ln in lines) <= 3, [ln for ln in lines if "opentelemetry" in ln]
+    # One line about the failed exports (the exporter never retries within 0.5 s: its first backoff is longer),
+    # not one per export or per request, and nothing else from OpenTelemetry
+    exporter_lines = [ln for ln in server.log().splitlines() if "opentelemetry" in ln]
+    assert len(exporter_lines) == 1 and EXPORT_FAILURE.search(exporter_lines[0]), exporter_lines
     assert "Traceback" not in server.log()
