@@ -11,8 +11,8 @@ from tests.support.server_process import ServerProcess
 def launch(tmp_path):
     started: list[ServerProcess] = []
 
-    def start(*args: str, command: list[str] | None = None, env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(list(args), tmp_path / f"server-{len(started)}.log", command, env)
+    def start(*args: str, command: list[str] | None = None) -> ServerProcess:
+        server = ServerProcess(list(args), tmp_path / f"server-{len(started)}.log", command)
         started.append(server)
         return server.wait_serving()
 
