@@ -29,6 +29,8 @@ import logging
 import re
 import threading
 from collections.abc import Sequence
+from random import getrandbits
+from typing import cast
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -78,6 +80,8 @@ EXPORT_LOGGERS = ("opentelemetry.exporter.otlp.proto.grpc.exporter",
 EXPORT_LOG = RateLimited(60.0)
 SHUTDOWN_TIMEOUT_S = 5.0  # at stop, how long the last spans may take to reach the collector
 _ROOT = Context()  # no parent: a batch span starts a trace of its own
+_LOW_64 = (1 << 64) - 1  # a ratio sampler decides on the trace id's low 64 bits
+_ID_SPACE = 1 << 64  # a bound above every such value: always sampled
 # W3C Trace Context's traceparent (version, trace id, parent id, flags), as the SDK's propagator reads it
 TRACEPARENT = re.compile(r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?[ \t]*$")
 MAX_TRACEPARENT = 512  # longer is ignored, as the SDK's propagator ignores it
@@ -278,7 +282,11 @@ class Tracing:
         self._otlp = exporter is None
         self.exporter = exporter if exporter is not None else otlp_exporter(cfg)
         self.sampler = BatchesSampled(configured_sampler(cfg.sampler, cfg.sampler_arg))
-        self._root = root_sampler(cfg.sampler, cfg.sampler_arg)
+        # The root sampler's rule as a bound on the trace id's low 64 bits (TraceIdRatioBased's own; always_on:
+        # every id, always_off: none): a comparison instead of a call into the SDK for every request.
+        root = root_sampler(cfg.sampler, cfg.sampler_arg)
+        self._root_bound = (_ID_SPACE if root is ALWAYS_ON else 0 if root is ALWAYS_OFF
+                            else cast(TraceIdRatioBased, root).bound)
         self._parent_based = cfg.sampler.startswith("parentbased_")
         self._ids = _TraceIds()
         self.resource = service_resource()
@@ -300,15 +308,14 @@ class Tracing:
         Scope when the sampler keeps it, else None; and its trace id (for the log lines), sampled or not."""
         remote = remote_parent(request.traceparent) if request.traceparent else None
         if remote is None:  # a new trace
-            trace_id = self._ids.generate_trace_id()
-            if not self._root.should_sample(_ROOT, trace_id, INFER_REQUEST).decision.is_sampled():
+            trace_id = getrandbits(128) or 1  # as RandomIdGenerator draws them (0 is not a valid id)
+            if trace_id & _LOW_64 >= self._root_bound:
                 return None, trace_id
             self._ids.next_trace_id = trace_id  # the SDK starts the span with the id decided on
             parent = _ROOT
         else:
             trace_id, sampled = remote
-            if not (sampled if self._parent_based else
-                    self._root.should_sample(_ROOT, trace_id, INFER_REQUEST).decision.is_sampled()):
+            if not (sampled if self._parent_based else trace_id & _LOW_64 < self._root_bound):
                 return None, trace_id
             parent = self._propagator.extract({"traceparent": request.traceparent,
                                                "tracestate": request.tracestate}, _ROOT)
