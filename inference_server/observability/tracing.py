@@ -10,9 +10,9 @@ exporters); the rest of the core sees a `Scope`, or None.
 - W3C Trace Context only: the front ends copy `traceparent` and `tracestate` into the `InferRequest`, and `begin`
   continues the caller's trace from them. The sampler decides there; a request it leaves out gets no `Scope`, so
   it costs the decision and nothing more: `begin` makes the decision itself, from the traceparent's flags (a
-  parent-based sampler) or the configured root sampler on the trace id, before the SDK is asked for anything (its
-  extraction and non-recording span cost 20 us a request here, ten times the decision), and the SDK's own sampler,
-  the same rules, agrees on the requests it is then asked to start.
+  parent-based sampler) or the root sampler's bound on the trace id, before the SDK is asked for anything (its
+  extraction and non-recording span cost 20 us a request here, its sampler 2.5 us, the comparison 0.2 us), and the
+  SDK's own sampler, the same rules, agrees on the requests it is then asked to start.
 - Spans, with Triton's names: `InferRequest` (SERVER), inside it the model span (named after the model), inside
   that `compute`, with the events QUEUE_START, COMPUTE_START and COMPUTE_END, made afterwards from the batcher's
   marks (observability/trace_marks.py). A batch is one span of its own, `batch`, made by the first of its traced
