@@ -13,18 +13,24 @@ gives the same settings; a variable that is set wins over it.
 
 The exporters read the rest of their `OTEL_EXPORTER_OTLP_*` settings (headers, certificates, compression, timeout)
 themselves, and the resource its `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` (observability/tracing.py).
-A bad value fails the start, naming the variable or the key.
+A bad value in the TOML fails the start, naming the key. A variable's value that is not recognised (a sampler or
+protocol this server does not have, such as `jaeger_remote` or `http/json`, or an argument that is not a ratio) is
+logged as a warning naming the variable and ignored, as the OpenTelemetry specification asks of an SDK: a platform
+that injects one setting into every pod must not stop them from starting. Names are read case-insensitively.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from inference_server.config import toml
 from inference_server.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 GRPC, HTTP_PROTOBUF = "grpc", "http/protobuf"
 PROTOCOLS = (GRPC, HTTP_PROTOBUF)
@@ -76,13 +82,26 @@ def ratio(value: Any, key: str) -> float:
 
 def _choice(environ: Mapping[str, str], names: tuple[str, ...], choices: tuple[str, ...],
             default: str) -> str:
-    """The first of `names` set in the environment, checked against `choices`; else `default`."""
+    """The first of `names` set in the environment to one of `choices` (any case); else `default`. A value that is
+    none of them is ignored with a warning."""
     for name in names:
         if value := environ.get(name, "").strip():
-            if value not in choices:
-                raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
-            return value
+            if value.lower() in choices:
+                return value.lower()
+            log.warning("tracing: %s=%r is not one of %s: ignored", name, value, ", ".join(choices))
     return default
+
+
+def _ratio_variable(environ: Mapping[str, str], default: float | None) -> float | None:
+    """`OTEL_TRACES_SAMPLER_ARG` as a ratio; one that is not a ratio is ignored with a warning."""
+    arg = environ.get(SAMPLER_ARG, "").strip()
+    if not arg:
+        return default
+    try:
+        return ratio(arg, SAMPLER_ARG)
+    except ConfigError as e:
+        log.warning("tracing: %s: ignored", e)
+        return default
 
 
 def traces_endpoint(base: str) -> str:
@@ -99,8 +118,12 @@ def with_environment(cfg: TracingConfig, environ: Mapping[str, str]) -> TracingC
         return cfg
     protocol = _choice(environ, (TRACES_PROTOCOL, PROTOCOL), PROTOCOLS, cfg.protocol)
     sampler = _choice(environ, (SAMPLER,), SAMPLERS, cfg.sampler)
-    arg = environ.get(SAMPLER_ARG, "").strip()
-    sampler_arg = ratio(arg, SAMPLER_ARG) if arg else cfg.sampler_arg
+    # The argument is the sampler variable's: read only for a ratio sampler, and not when that variable named one
+    # this server does not have (it means something else to them: jaeger_remote's endpoint).
+    named = environ.get(SAMPLER, "").strip().lower()
+    sampler_arg = cfg.sampler_arg
+    if sampler in RATIO_SAMPLERS and (not named or named in SAMPLERS):
+        sampler_arg = _ratio_variable(environ, cfg.sampler_arg)
     if traces_url:
         endpoint = traces_url
     else:
