@@ -251,7 +251,12 @@ class DynamicBatcher:
         try:
             start = time.perf_counter()
             start_ns = _began(traced)
-            outputs = await self._instances[0].run(inputs)
+            try:
+                outputs = await self._instances[0].run(inputs)
+            except BaseException as e:
+                if traced:
+                    _ended(traced, self.name, 1, rows, start_ns, e)
+                raise
             if traced:
                 _ended(traced, self.name, 1, rows, start_ns)
             self._check_rows(outputs, rows)
@@ -282,7 +287,12 @@ class DynamicBatcher:
                 inputs = {name: concatenate_aligned([item.inputs[name] for item in live]) for name in live[0].inputs}
             self.executed_batches[rows] += 1
             input_s = (ran := time.perf_counter()) - start
-            outputs = await instance.run(inputs)
+            try:
+                outputs = await instance.run(inputs)
+            except BaseException as e:
+                if traced:
+                    _ended(traced, self.name, len(live), rows, start_ns, e)
+                raise
             infer_s = time.perf_counter() - ran
             if traced:
                 _ended(traced, self.name, len(live), rows, start_ns)
@@ -364,10 +374,17 @@ def _began(traced: list[Marks] | None) -> int:
     return now
 
 
-def _ended(traced: list[Marks], model: str, requests: int, rows: int, start_ns: int) -> None:
-    """The batch computed: its traced requests' COMPUTE_END, and the execution they shared."""
+def _ended(traced: list[Marks], model: str, requests: int, rows: int, start_ns: int,
+           failed: BaseException | None = None) -> None:
+    """The batch computed (or `failed`): its traced requests' COMPUTE_END, and the execution they shared."""
     end_ns = time.time_ns()
     batch = BatchMarks(model, requests, rows, start_ns, end_ns)
+    if failed is not None:
+        if isinstance(failed, InferenceError):
+            batch.error_code, batch.error = failed.code.name, f"{failed.code.name}: {failed.message}"
+        else:  # what the requests are answered: internal(...) in the except clauses
+            batch.error_code = ErrorCode.INTERNAL.name
+            batch.error = f"INTERNAL: {type(failed).__name__}: {failed}"
     for marks in traced:
         marks.compute_end_ns = end_ns
         marks.batch = batch

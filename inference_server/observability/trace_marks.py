@@ -20,6 +20,8 @@ class BatchMarks:
     start_ns: int
     end_ns: int
     context: Any = None  # its span's context, once the first of its requests made it (observability/tracing.py)
+    error_code: str = ""  # when the execution failed: the ErrorCode's name...
+    error: str = ""  # ...and the status description, `CODE: message`
 
 
 @dataclass(slots=True, eq=False)

@@ -52,6 +52,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import Attributes
 
 from inference_server import __version__
+from inference_server.config.server import redact_url
 from inference_server.config.tracing import GRPC, TracingConfig
 from inference_server.errors import InferenceError
 from inference_server.observability.logs import RateLimited
@@ -180,6 +181,11 @@ def failure(error: BaseException) -> tuple[str, str]:
     return "INTERNAL", f"INTERNAL: {type(error).__name__}: {error}"
 
 
+def _failed(span: trace.Span, code: str, description: str) -> None:
+    span.set_status(Status(StatusCode.ERROR, description))
+    span.set_attribute(ERROR_TYPE, code)
+
+
 class Scope:
     """A recording span, the parent of what runs inside it; `request` is the scope of its `InferRequest` span."""
 
@@ -215,7 +221,8 @@ class Scope:
         return self._child(f"shadow {model}", {ROUTE: route, MODEL_NAME: model})
 
     def routed(self, route: str, variant: str) -> None:
-        self.request.span.set_attributes({ROUTE: route, VARIANT: variant})
+        """The request's route, and the variant chosen ("" when none was ready: the fallback answers)."""
+        self.request.span.set_attributes({ROUTE: route, VARIANT: variant} if variant else {ROUTE: route})
 
     def rows(self, rows: int) -> None:
         self.request.span.set_attribute(BATCH_SIZE, rows)
@@ -236,8 +243,7 @@ class Scope:
 
     def fail(self, error: BaseException) -> None:
         code, description = failure(error)
-        self.span.set_status(Status(StatusCode.ERROR, description))
-        self.span.set_attribute(ERROR_TYPE, code)
+        _failed(self.span, code, description)
         if not isinstance(error, (InferenceError, asyncio.CancelledError)):
             self.span.record_exception(error)
 
@@ -256,6 +262,8 @@ class Scope:
             span.add_event(COMPUTE_START, timestamp=marks.compute_start_ns)
         if marks.compute_end_ns:
             span.add_event(COMPUTE_END, timestamp=marks.compute_end_ns)
+        if marks.batch is not None and marks.batch.error:
+            _failed(span, marks.batch.error_code, marks.batch.error)
         span.end(end_time=marks.compute_end_ns or None)
 
     def _batch_context(self, batch: BatchMarks) -> SpanContext:
@@ -264,6 +272,8 @@ class Scope:
             span = self._tracer.start_span(BATCH, _ROOT, attributes={
                 MODEL_NAME: batch.model, BATCH_REQUESTS: batch.requests, BATCH_ROWS: batch.rows},
                 start_time=batch.start_ns)
+            if batch.error:  # the execution failed: every request in it did
+                _failed(span, batch.error_code, batch.error)
             span.end(end_time=batch.end_ns)
             batch.context = span.get_span_context()
         context: SpanContext = batch.context
@@ -299,7 +309,8 @@ class Tracing:
 
     def describe(self) -> str:
         """For the start-up log."""
-        where = f"OTLP {self.cfg.protocol} to {self.cfg.endpoint}" if self._otlp else type(self.exporter).__name__
+        where = (f"OTLP {self.cfg.protocol} to {redact_url(self.cfg.endpoint)}" if self._otlp
+                 else type(self.exporter).__name__)
         arg = "" if self.cfg.sampler_arg is None else f" ({self.cfg.sampler_arg:g})"
         return f"{where}, service {self.resource.attributes.get(SERVICE_NAME)}, sampler {self.cfg.sampler}{arg}"
 
@@ -346,5 +357,5 @@ class Tracing:
         threading.Thread(target=shut_down, name="tracing-shutdown", daemon=True).start()
         if not await asyncio.to_thread(finished.wait, timeout_s):
             log.warning("tracing: the last spans did not reach the collector within %.0f s (%s); they are dropped",
-                        timeout_s, self.cfg.endpoint or "no endpoint")
+                        timeout_s, redact_url(self.cfg.endpoint) if self.cfg.endpoint else "no endpoint")
 

@@ -57,6 +57,8 @@ class Dispatcher:
         key = router.key(route, request.parameters, request.routing_key, request.id)
         variant = router.choose(route, key, self.registry.ready)
         if variant is None:
+            if trace is not None:
+                trace.routed(cfg.name, "")
             variants = ", ".join(f"{v.name} = {v.model}{' v' + v.version if v.version else ''}" for v in cfg.variants)
             return await self._fallback(route, None, request, deadline,
                                         unavailable(f"route '{cfg.name}': no variant is ready ({variants})"),

@@ -299,6 +299,7 @@ def test_a_fallback_answer_has_its_span_under_the_request(traced):
     request, fallback = one(spans, "InferRequest"), one(spans, "fallback mlp")
     assert request.status.status_code is StatusCode.UNSET  # answered
     assert (request.attributes["triton.model_version"], "inference.variant" in request.attributes) == ("1", False)
+    assert request.attributes["inference.route"] == "guarded"  # no variant was ready: the route is still named
     assert fallback.parent.span_id == request.context.span_id
     assert (fallback.attributes["inference.route"], fallback.attributes["inference.fallback.reason"]) == (
         "guarded", "no_variant_ready")

@@ -443,3 +443,29 @@ async def test_an_inline_run_stamps_its_marks_as_a_batch_of_its_own():
     assert marks.batch is not None and (marks.batch.requests, marks.batch.rows) == (1, 2)
     assert 0 < marks.queue_start_ns <= marks.compute_start_ns <= marks.compute_end_ns
     await b.close()
+
+
+async def test_a_failed_execution_still_stamps_its_traced_requests_and_says_why():
+    """A batch whose execution raises is still one execution: its traced requests share its marks, with the error
+    they are all answered with (the tracing code gives the batch and compute spans that status)."""
+    inst = FakeInstance(gated=True)
+    b = make([inst], max_batch_size=8, max_queue_delay_us=0)
+    busy = submit(b, 0)
+    await inst.running.wait()
+    traced = [Marks(), Marks()]
+    failing = [submit(b, 1, marks=traced[0]), submit(b, 2, marks=traced[1])]
+    await settle()
+    # the busy request's own batch fails first, then the batch of the two traced ones
+    inst.fail_next += [InferenceError(ErrorCode.INVALID_ARGUMENT, "a value out of range"), RuntimeError("boom")]
+    inst.gate.set()
+    with pytest.raises(InferenceError) as e:
+        await busy
+    for task in failing:
+        with pytest.raises(InferenceError):
+            await task
+    batch = traced[0].batch
+    assert e.value.code == ErrorCode.INVALID_ARGUMENT
+    assert batch is not None and batch is traced[1].batch and (batch.requests, batch.rows) == (2, 2)
+    assert (batch.error_code, batch.error) == ("INTERNAL", "INTERNAL: RuntimeError: boom")
+    assert all(m.compute_start_ns == batch.start_ns <= m.compute_end_ns == batch.end_ns for m in traced)
+    await b.close()

@@ -359,3 +359,42 @@ def _under_type_checking(tree, node) -> bool:
 
     return any(isinstance(n, ast.If) and isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING" and
                node in ast.walk(n) for n in ast.walk(tree))
+
+
+def test_a_failed_execution_gives_its_batch_and_compute_spans_the_error():
+    """32 requests failing in one execution read as one failed execution, not 32 unrelated failures."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from inference_server.observability.trace_marks import BatchMarks, Marks
+
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(ON, exporter)
+    batch = BatchMarks("m", 2, 2, 10, 20, error_code="INTERNAL", error="INTERNAL: RuntimeError: boom")
+    for i in range(2):
+        scope, _ = tracing.begin(InferRequest("m", [], id=str(i), protocol="grpc"))
+        assert scope is not None
+        model = scope.model("m", "1")
+        model.computed(Marks(queue_start_ns=5, compute_start_ns=10, compute_end_ns=20, batch=batch))
+        model.end()
+        scope.end()
+    assert tracing.flush(10)
+    spans = exporter.get_finished_spans()
+    batches = [s for s in spans if s.name == "batch"]
+    computes = [s for s in spans if s.name == "compute"]
+    assert len(batches) == 1 and len(computes) == 2
+    for span in (*batches, *computes):
+        assert span.status.status_code == StatusCode.ERROR
+        assert span.status.description == "INTERNAL: RuntimeError: boom"
+        assert span.attributes is not None and span.attributes["error.type"] == "INTERNAL"
+    assert all(c.links[0].context.span_id == batches[0].context.span_id for c in computes)
+
+
+def test_the_start_up_line_names_the_endpoint_without_its_credentials():
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    tracing = Tracing(ON, InMemorySpanExporter())
+    tracing._otlp = True  # as with the OTLP exporter: the line names where spans go
+    tracing.cfg = TracingConfig(enabled=True, endpoint="https://user:secret@collector:4318/v1/traces")
+    described = tracing.describe()
+    assert "https://collector:4318/v1/traces" in described and "secret" not in described and "user" not in described
