@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from dataclasses import dataclass
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -41,6 +42,9 @@ class Malformed:
     def __init__(self, type_name: str) -> None:
         self.type_name = type_name
 
+    def error(self, what: str = "request body") -> InferenceError:
+        return InferenceError(ErrorCode.INVALID_ARGUMENT, f"{what} is not a valid {self.type_name} protobuf message")
+
 
 def parser(message_class: Any) -> Callable[[bytes], Any]:
     """A request deserializer: the message, or a Malformed marker so that `rpc` answers INVALID_ARGUMENT."""
@@ -57,14 +61,15 @@ def parser(message_class: Any) -> Callable[[bytes], Any]:
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def rpc(method: Handler) -> Handler:
-    """Every unary RPC goes through here: InferenceError -> its status; anything else -> INTERNAL, logged."""
+def rpc(method: Handler, *, takes_malformed: bool = False) -> Handler:
+    """Every unary RPC goes through here: InferenceError -> its status; anything else -> INTERNAL, logged. A
+    malformed message is answered INVALID_ARGUMENT here, unless the method `takes_malformed` (ModelInfer, which
+    records the refusal in the caller's trace first)."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, Malformed):
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                        f"request body is not a valid {request.type_name} protobuf message")
+        if isinstance(request, Malformed) and not takes_malformed:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.error().message)
         try:
             return await method(self, request, context)
         except InferenceError as e:
@@ -88,9 +93,26 @@ async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messag
         raise asyncio.CancelledError from None
 
 
-def from_metadata(context: grpc.aio.ServicerContext, request: InferRequest) -> InferRequest:
-    """What an inference request takes from the call's metadata, in one pass: the `routing-key` (what a route hashes
-    for stickiness when the request names no key itself) and the W3C trace context."""
+@dataclass(frozen=True, slots=True)
+class CallMetadata:
+    """What an inference request takes from the call's metadata: the `routing-key` (what a route hashes for
+    stickiness when the request names no key itself) and the W3C trace context. Read before the request is
+    decoded, so that a request refused while decoding still continues the caller's trace."""
+
+    routing_key: str | None = None
+    traceparent: str = ""
+    tracestate: str = ""
+
+    def apply(self, request: InferRequest, *, routing_key: bool = True) -> InferRequest:
+        if routing_key:
+            request.routing_key = self.routing_key
+        request.traceparent, request.tracestate = self.traceparent, self.tracestate
+        request.protocol = PROTOCOL
+        return request
+
+
+def from_metadata(context: grpc.aio.ServicerContext) -> CallMetadata:
+    """The call's metadata, in one pass."""
     routing_key, parent, states = None, "", []
     for key, value in context.invocation_metadata() or ():
         if not isinstance(value, str):  # binary (-bin) metadata
@@ -101,10 +123,7 @@ def from_metadata(context: grpc.aio.ServicerContext, request: InferRequest) -> I
             parent = value
         elif key == "tracestate":
             states.append(value)
-    request.routing_key = routing_key
-    request.traceparent, request.tracestate = parent, ",".join(states)
-    request.protocol = PROTOCOL
-    return request
+    return CallMetadata(routing_key, parent, ",".join(states))
 
 
 NO_DEADLINE_S = 1e9  # a remaining time this long (31 years) is no deadline at all
@@ -172,9 +191,9 @@ class InferenceServicer:
         await self.service.repository.unload(request.model_name, codec.unload_version(request.parameters))
         return pb.RepositoryModelUnloadResponse()
 
-    @rpc
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        decoded = from_metadata(context, codec.decode_request(request, self.limits))
+    @functools.partial(rpc, takes_malformed=True)
+    async def ModelInfer(self, request: pb.ModelInferRequest | Malformed, context: Any) -> pb.ModelInferResponse:
+        decoded = self._decode(request, from_metadata(context))
         response = await self.service.infer(decoded, deadline_of(context))
         return codec.encode_response(response)
 
@@ -185,8 +204,7 @@ class InferenceServicer:
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         # The stream's metadata: each request on it continues the caller's trace.
-        stream = from_metadata(context, InferRequest("", []))
-        trace = stream.traceparent, stream.tracestate
+        trace = from_metadata(context)
 
         async def answer(request: Any) -> None:
             answers.put_nowait(await self._stream_one(request, deadline_of(context), trace))
@@ -212,16 +230,27 @@ class InferenceServicer:
             for task in list(tasks):
                 task.cancel()
 
-    async def _stream_one(self, request: Any, deadline: float | None,
-                          trace: tuple[str, str] = ("", "")) -> pb.ModelStreamInferResponse:
-        request_id = getattr(request, "id", "")
+    def _decode(self, request: pb.ModelInferRequest | Malformed, metadata: CallMetadata,
+                what: str = "request body", stream: bool = False) -> InferRequest:
+        """The core's request with what it takes from the metadata (on a stream, the trace context only). One that
+        does not decode is refused here, and first recorded in the caller's trace (InferenceService.refused), as
+        the service records a request it refuses itself."""
         try:
             if isinstance(request, Malformed):
-                raise InferenceError(ErrorCode.INVALID_ARGUMENT,
-                                     f"request is not a valid {request.type_name} protobuf message")
+                raise request.error(what)
             decoded = codec.decode_request(request, self.limits)
-            decoded.traceparent, decoded.tracestate = trace
-            decoded.protocol = PROTOCOL
+        except InferenceError as e:
+            self.service.refused("" if isinstance(request, Malformed) else request.model_name, e,
+                                 traceparent=metadata.traceparent, tracestate=metadata.tracestate,
+                                 protocol=PROTOCOL, request_id=getattr(request, "id", ""))
+            raise
+        return metadata.apply(decoded, routing_key=not stream)
+
+    async def _stream_one(self, request: Any, deadline: float | None,
+                          trace: CallMetadata) -> pb.ModelStreamInferResponse:
+        request_id = getattr(request, "id", "")
+        try:
+            decoded = self._decode(request, trace, "request", stream=True)
             response = await self.service.infer(decoded, deadline)
             return pb.ModelStreamInferResponse(infer_response=codec.encode_response(response))
         except InferenceError as e:

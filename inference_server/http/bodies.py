@@ -9,6 +9,7 @@ import zlib
 from starlette.requests import Request
 from starlette.responses import Response
 
+from inference_server.errors import ErrorCode, InferenceError
 from inference_server.http import codec
 
 JSON = "application/json"
@@ -28,6 +29,15 @@ class HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+    def error(self) -> InferenceError:
+        """The same refusal in the core's terms (for the request's span): 408 a deadline, 413 a bound, else bad
+        input."""
+        code = _ERROR_CODE.get(self.status, ErrorCode.INVALID_ARGUMENT)
+        return InferenceError(code, self.message)
+
+
+_ERROR_CODE = {408: ErrorCode.DEADLINE_EXCEEDED, 413: ErrorCode.RESOURCE_EXHAUSTED}
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -251,21 +251,35 @@ class Routes:
         await self.service.repository.unload(request.path_params["model"], version)
         return Response()
 
+    def refused(self, request: Request, model: str, error: HttpError | InferenceError) -> None:
+        """A request refused before the service ran it (its headers or body, or its model for v1): recorded in the
+        caller's trace as the service records the requests it refuses itself (nothing when tracing is off)."""
+        headers = request.headers
+        self.service.refused(model, error.error() if isinstance(error, HttpError) else error,
+                             traceparent=headers.get(TRACEPARENT_HEADER, ""),
+                             tracestate=",".join(headers.getlist(TRACESTATE_HEADER)), protocol=PROTOCOL,
+                             request_id=headers.get(REQUEST_ID_HEADER, ""))
+
     @endpoint
     async def infer(self, request: Request) -> Response:
         model, version = _model(request)
-        deadline = deadline_of(request)
-        length = header_length(request)
-        body = await read_body(request, self.limit)
-        json_bytes = len(body) if length is None else length
-        if json_bytes > MAX_JSON_BYTES:
-            raise HttpError(413, f"{json_bytes} bytes of JSON exceed the {MAX_JSON_BYTES >> 20} MiB JSON limit: send "
-                                 "the tensors binary (Triton's binary tensor extension, as tritonclient.http does)")
-        if json_bytes > OFFLOAD_BYTES:
-            infer_request, fmt = await asyncio.to_thread(codec.decode_infer_request, body, length, model, version,
-                                                         self.limits)
-        else:
-            infer_request, fmt = codec.decode_infer_request(body, length, model, version, self.limits)
+        try:
+            deadline = deadline_of(request)
+            length = header_length(request)
+            body = await read_body(request, self.limit)
+            json_bytes = len(body) if length is None else length
+            if json_bytes > MAX_JSON_BYTES:
+                raise HttpError(413, f"{json_bytes} bytes of JSON exceed the {MAX_JSON_BYTES >> 20} MiB JSON limit: "
+                                     "send the tensors binary (Triton's binary tensor extension, as tritonclient.http "
+                                     "does)")
+            if json_bytes > OFFLOAD_BYTES:
+                infer_request, fmt = await asyncio.to_thread(codec.decode_infer_request, body, length, model, version,
+                                                             self.limits)
+            else:
+                infer_request, fmt = codec.decode_infer_request(body, length, model, version, self.limits)
+        except (HttpError, InferenceError) as e:
+            self.refused(request, model, e)
+            raise
         _from_headers(request, infer_request)
         response = await answer(self.service, request, infer_request, deadline)
         content, json_length = codec.encode_infer_response(response, fmt)
@@ -285,12 +299,16 @@ class Routes:
     @endpoint
     async def v1_predict(self, request: Request) -> Response:
         model = request.path_params["model"]
-        deadline = deadline_of(request)
-        body = await read_body(request, self.limit)
-        if len(body) > MAX_JSON_BYTES:
-            raise HttpError(413, f"{len(body)} bytes of JSON exceed the {MAX_JSON_BYTES >> 20} MiB JSON limit")
-        inputs = self.service.model_metadata(model).inputs
-        infer_request = codec.decode_v1_predict(body, model, "", inputs, self.limits)
+        try:
+            deadline = deadline_of(request)
+            body = await read_body(request, self.limit)
+            if len(body) > MAX_JSON_BYTES:
+                raise HttpError(413, f"{len(body)} bytes of JSON exceed the {MAX_JSON_BYTES >> 20} MiB JSON limit")
+            inputs = self.service.model_metadata(model).inputs
+            infer_request = codec.decode_v1_predict(body, model, "", inputs, self.limits)
+        except (HttpError, InferenceError) as e:
+            self.refused(request, model, e)
+            raise
         _from_headers(request, infer_request)
         response = await answer(self.service, request, infer_request, deadline)
         return Response(codec.encode_v1_predict(response), media_type=JSON)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from inference_server import __version__
 from inference_server.config.model import version_key
-from inference_server.errors import invalid
+from inference_server.errors import InferenceError, invalid
 from inference_server.lifecycle.manager import ModelManager
 from inference_server.lifecycle.registry import ModelRegistry
 from inference_server.observability.logs import REQUEST_ID, TRACE_ID
@@ -124,6 +124,20 @@ class InferenceService:
                 TRACE_ID.reset(trace_token)
             if trace is not None:
                 trace.end()
+
+    def refused(self, model_name: str, error: InferenceError, *, traceparent: str, tracestate: str, protocol: str,
+                request_id: str = "") -> None:
+        """A request the front end refused before `infer` (its body did not decode, its model is unknown to a
+        route that needs the model's metadata first): with tracing on, its `InferRequest` span, as `infer` would
+        have made it (the same parent and sampling decision), with the error as its status. Nothing when off."""
+        if self.tracing is None:
+            return
+        request = InferRequest(model_name, [], id=request_id, traceparent=traceparent, tracestate=tracestate,
+                               protocol=protocol)
+        trace, _ = self.tracing.begin(request)
+        if trace is not None:
+            trace.fail(error)
+            trace.end()
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new requests, let in-flight ones finish (up to `grace_s`), stop the shadows, then close every

@@ -12,8 +12,10 @@ import json
 import logging
 import queue
 import secrets
+import urllib.error
 import urllib.request
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -26,7 +28,9 @@ from tritonclient.utils import InferenceServerException
 
 from inference_server.config.routes import parse_route
 from inference_server.config.tracing import TracingConfig
+from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 from inference_server.observability.logs import JsonFormatter, TextFormatter
+from inference_server.protocol._generated import grpc_service_pb2 as pb
 from tests.conftest import ServerThread, server_config
 from tests.support import onnx_models
 from tests.support.server_process import free_port
@@ -306,3 +310,85 @@ def test_a_fallback_answer_has_its_span_under_the_request(traced):
     assert one(spans, "mlp").parent.span_id == fallback.context.span_id and one(spans, "compute")
     spans = spans_of(traced, constant_trace)
     assert sorted(s.name for s in spans) == ["InferRequest", "fallback constant"]
+
+
+def check_refused(server: ServerThread, trace_id: str, parent_span_id: str, model: str, protocol: str,
+                  code: str) -> ReadableSpan:
+    """A request refused before the service ran it: its `InferRequest` span alone, the caller's child, with the
+    error as its status."""
+    [request] = spans_of(server, trace_id)
+    assert request.name == "InferRequest" and request.kind is SpanKind.SERVER
+    assert request.parent is not None and request.parent.span_id == int(parent_span_id, 16)
+    assert (request.attributes["triton.model_name"], request.attributes["inference.protocol"]) == (model, protocol)
+    assert request.status.status_code is StatusCode.ERROR and request.status.description.startswith(f"{code}: ")
+    assert request.attributes["error.type"] == code
+    return request
+
+
+def bad_tensor(request_id: str) -> pb.ModelInferRequest:
+    """Raw contents of 4 bytes for a [1, 8] FP32 input: refused while the request is decoded."""
+    request = pb.ModelInferRequest(model_name="mlp", id=request_id)
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 8])
+    request.raw_input_contents.append(b"\0" * 4)
+    return request
+
+
+def test_a_grpc_request_refused_while_decoding_continues_the_callers_trace(traced):
+    parent, trace_id, span_id = traceparent()
+    dropped, dropped_id, _ = traceparent(sampled=False)
+    with grpc.insecure_channel(traced.url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for caller in (dropped, parent):  # the sampled one after: its span shows the flush went through
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ModelInfer(bad_tensor("bad-1"), metadata=(("traceparent", caller),), timeout=10)
+            assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as e:  # not a message at all: a span too, with no model name
+            channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
+                b"\xff" * 11, metadata=(("traceparent", (garbage := traceparent())[0]),), timeout=10)
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    request = check_refused(traced, trace_id, span_id, "mlp", "grpc", "INVALID_ARGUMENT")
+    assert request.attributes["triton.request_id"] == "bad-1"
+    assert "raw" in request.status.description or "bytes" in request.status.description
+    check_refused(traced, garbage[1], garbage[2], "", "grpc", "INVALID_ARGUMENT")
+    assert spans_of(traced, dropped_id) == []
+
+
+def test_a_stream_message_refused_while_decoding_continues_the_streams_trace(traced):
+    parent, trace_id, span_id = traceparent()
+    with grpc.insecure_channel(traced.url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        [answer] = list(stub.ModelStreamInfer(iter([bad_tensor("stream-bad")]), metadata=(("traceparent", parent),),
+                                              timeout=10))
+    assert answer.error_message and answer.infer_response.id == "stream-bad"
+    request = check_refused(traced, trace_id, span_id, "mlp", "grpc", "INVALID_ARGUMENT")
+    assert request.attributes["triton.request_id"] == "stream-bad"
+
+
+def post(server: ServerThread, path: str, body: bytes, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{server.app.http_port}{path}", body,
+                                     {"content-type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_http_requests_refused_before_the_service_continue_the_callers_trace(traced):
+    parent, trace_id, span_id = traceparent()
+    assert post(traced, "/v2/models/mlp/infer", b'{"inputs": [', {"traceparent": parent,
+                                                                   "x-request-id": "json-1"}) == 400
+    request = check_refused(traced, trace_id, span_id, "mlp", "http", "INVALID_ARGUMENT")
+    assert request.attributes["triton.request_id"] == "json-1"
+
+    parent, trace_id, span_id = traceparent()
+    body = json.dumps({"instances": [[1.0] * 8]}).encode()
+    assert post(traced, "/v1/models/no_such_model:predict", body, {"traceparent": parent}) == 404
+    check_refused(traced, trace_id, span_id, "no_such_model", "http", "NOT_FOUND")
+
+    dropped, dropped_id, _ = traceparent(sampled=False)
+    kept, kept_id, kept_span = traceparent()
+    for caller in (dropped, kept):  # the sampled one after: its span shows the flush went through
+        assert post(traced, "/v1/models/no_such_model:predict", body, {"traceparent": caller}) == 404
+    check_refused(traced, kept_id, kept_span, "no_such_model", "http", "NOT_FOUND")
+    assert spans_of(traced, dropped_id) == []
