@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2
 from benchmarks.models import MODELS, write
 from benchmarks.points import AIO, BATCHING, drive, samples
 from tests.support import onnx_models
+from tests.support.request_stream import rss_bytes
 from tests.support.server_process import ServerProcess
 
 WORK = Path(__file__).resolve().parent / ".work" / "lifecycle"
@@ -52,8 +53,7 @@ COLUMNS = {  # each table's title and columns
 
 
 def rss(server: ServerProcess) -> float:  # VmRSS, MiB
-    status = Path(f"/proc/{server.proc.pid}/status").read_text()
-    return round(int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)[1]) / 1024, 1)
+    return round(rss_bytes(server.proc.pid) / 2**20, 1)
 
 
 def moved_at(log: str, version: str) -> float | None:

@@ -17,6 +17,7 @@ import numpy as np
 from clients.python.loadgen import Sampler, send_on_schedule
 from inference_server.protocol._generated import grpc_service_pb2 as pb
 from inference_server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
+from tests.support.request_stream import rss_bytes
 
 HTTP_CODES = {200: "OK", 400: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
               504: "DEADLINE_EXCEEDED"}
@@ -239,11 +240,10 @@ def body_json_length(body: bytes) -> int:
 
 
 def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    try:
+        return rss_bytes(pid) / 2**20
+    except RuntimeError:  # no VmRSS line (a process that has exited but not been reaped)
+        return float("nan")
 
 
 class RssSampler(Sampler):
