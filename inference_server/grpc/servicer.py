@@ -93,11 +93,12 @@ async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messag
         raise asyncio.CancelledError from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per call, and a frozen dataclass's __init__ costs 0.75 us more
 class CallMetadata:
     """What an inference request takes from the call's metadata: the `routing-key` (what a route hashes for
     stickiness when the request names no key itself) and the W3C trace context. Read before the request is
-    decoded, so that a request refused while decoding still continues the caller's trace."""
+    decoded, so that a request refused while decoding still continues the caller's trace. Never changed once
+    read (a stream's is shared by its messages)."""
 
     routing_key: str | None = None
     traceparent: str = ""
