@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -119,18 +120,23 @@ def endpoint(handler: Handler) -> Handler:
     return run
 
 
+def trace_context(headers: Headers) -> tuple[str, str]:
+    """The W3C trace context the headers carry: (traceparent, tracestate), several tracestate headers joined as one
+    list, in order; ("", "") without a traceparent."""
+    if (parent := headers.get(TRACEPARENT_HEADER)) is None:
+        return "", ""
+    return parent, ",".join(headers.getlist(TRACESTATE_HEADER))
+
+
 def _from_headers(request: Request, infer_request: InferRequest) -> None:
     """What an inference request takes from the HTTP headers: the request id when the body gives none, the routing
-    key and the trace context (several tracestate headers are one list, in order). The id is also kept for the
-    error log."""
+    key and the trace context. The id is also kept for the error log."""
     headers = request.headers
     if not infer_request.id:
         infer_request.id = headers.get(REQUEST_ID_HEADER, "")
     infer_request.routing_key = headers.get(ROUTING_KEY_HEADER)
     infer_request.protocol = PROTOCOL
-    if (parent := headers.get(TRACEPARENT_HEADER)) is not None:
-        infer_request.traceparent = parent
-        infer_request.tracestate = ",".join(headers.getlist(TRACESTATE_HEADER))
+    infer_request.traceparent, infer_request.tracestate = trace_context(headers)
     request.scope["inference_server.request_id"] = infer_request.id
 
 
@@ -254,11 +260,10 @@ class Routes:
     def refused(self, request: Request, model: str, error: HttpError | InferenceError) -> None:
         """A request refused before the service ran it (its headers or body, or its model for v1): recorded in the
         caller's trace as the service records the requests it refuses itself (nothing when tracing is off)."""
-        headers = request.headers
+        traceparent, tracestate = trace_context(request.headers)
         self.service.refused(model, error.error() if isinstance(error, HttpError) else error,
-                             traceparent=headers.get(TRACEPARENT_HEADER, ""),
-                             tracestate=",".join(headers.getlist(TRACESTATE_HEADER)), protocol=PROTOCOL,
-                             request_id=headers.get(REQUEST_ID_HEADER, ""))
+                             traceparent=traceparent, tracestate=tracestate, protocol=PROTOCOL,
+                             request_id=request.headers.get(REQUEST_ID_HEADER, ""))
 
     @endpoint
     async def infer(self, request: Request) -> Response:
