@@ -1,23 +1,24 @@
-"""OpenTelemetry tracing: the server's own tracer provider, the OTLP exporter, and the spans of a request
-(docs/architecture.md, "Tracing"). Imported only when tracing is on (the `tracing` extra installs the SDK and the
-exporters); the rest of the core sees a `Scope`, or None.
+"""OpenTelemetry tracing: the OTLP exporter, the sampler's decision and the spans of a request (docs/architecture.md,
+"Tracing"). Imported only when tracing is on (the `tracing` extra installs the SDK and the exporters); the rest of
+the core sees a `Scope`, or None.
 
-- Its own `TracerProvider`, never the global one (several servers may run in one process), with the configured
-  sampler, the resource (`OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` honoured; `inference-server` when
-  neither names the service) and a `BatchSpanProcessor`: spans are exported in batches from the processor's own
-  thread, off the event loop, and a full queue drops spans rather than waiting. A collector that cannot be reached
-  never slows or fails a request; the exporter's complaints are logged once, then once a minute (`RateLimited`).
+- The SDK's `BatchSpanProcessor` and OTLP exporter, with the resource (`OTEL_SERVICE_NAME` and
+  `OTEL_RESOURCE_ATTRIBUTES` honoured; `inference-server` when neither names the service): spans are exported in
+  batches from the processor's own thread, off the event loop, and a full queue drops spans rather than waiting.
+  A collector that cannot be reached never slows or fails a request; the exporter's complaints are logged once,
+  then once a minute (`RateLimited`). Nothing global is set (several servers may run in one process).
 - W3C Trace Context only: the front ends copy `traceparent` and `tracestate` into the `InferRequest`, and `begin`
-  continues the caller's trace from them. The sampler decides there; a request it leaves out gets no `Scope`, so
-  it costs the decision and nothing more: `begin` makes the decision itself, from the traceparent's flags (a
-  parent-based sampler) or the root sampler's bound on the trace id, before the SDK is asked for anything (its
-  extraction and non-recording span cost 20 us a request here, its sampler 2.5 us, the comparison 0.2 us), and the
-  SDK's own sampler, the same rules, agrees on the requests it is then asked to start.
+  continues the caller's trace from them, read as the SDK's propagator reads them. The configured sampler's rule
+  decides there, once per request: the traceparent's sampled flag (a parent-based sampler) or the root sampler's
+  bound on the trace id (`TraceIdRatioBased`'s own). A request it leaves out gets no `Scope`, so it costs the
+  decision (0.2 us) and nothing more.
+- A kept request's spans are recorded as plain data (`Scope`) and handed to the processor as the SDK's
+  `ReadableSpan` when they end, the form its exporters read: the SDK's tracer would cost 30-50 us a span on the
+  event loop (a sampler call, locks, attribute cleaning and copying), this 6-10.
 - Spans, with Triton's names: `InferRequest` (SERVER), inside it the model span (named after the model), inside
   that `compute`, with the events QUEUE_START, COMPUTE_START and COMPUTE_END, made afterwards from the batcher's
-  marks (observability/trace_marks.py). A batch is one span of its own, `batch`, made by the first of its traced
-  requests; each request's `compute` links to it. Batch spans are always sampled (`BatchesSampled`): a ratio
-  sampler would otherwise drop the batch of a request it kept. Routed requests add `shadow <model>` and
+  marks (observability/trace_marks.py). A batch is one span of its own, `batch`, in a trace of its own, made by the
+  first of its traced requests; each request's `compute` links to it. Routed requests add `shadow <model>` and
   `fallback <model>` spans; errors set the status `CODE: message` on the span where they happened and on
   `InferRequest`, with the code in `error.type`.
 """
@@ -28,28 +29,26 @@ import asyncio
 import logging
 import re
 import threading
+import traceback
 from collections.abc import Sequence
 from random import getrandbits
+from time import time_ns
 from typing import cast
 
-from opentelemetry import trace
-from opentelemetry.context import Context
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    ALWAYS_ON,
-    Decision,
-    ParentBased,
-    Sampler,
-    SamplingResult,
-    TraceIdRatioBased,
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.semconv.attributes.exception_attributes import (
+    EXCEPTION_ESCAPED,
+    EXCEPTION_MESSAGE,
+    EXCEPTION_STACKTRACE,
+    EXCEPTION_TYPE,
 )
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import Attributes
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.util.types import AttributeValue
 
 from inference_server import __version__
 from inference_server.config.server import redact_url
@@ -80,7 +79,8 @@ EXPORT_LOGGERS = ("opentelemetry.exporter.otlp.proto.grpc.exporter",
                   "opentelemetry.sdk._shared_internal")
 EXPORT_LOG = RateLimited(60.0)
 SHUTDOWN_TIMEOUT_S = 5.0  # at stop, how long the last spans may take to reach the collector
-_ROOT = Context()  # no parent: a batch span starts a trace of its own
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)  # every span made is one the sampler kept
+_UNSET = Status(StatusCode.UNSET)
 _LOW_64 = (1 << 64) - 1  # a ratio sampler decides on the trace id's low 64 bits
 _ID_SPACE = 1 << 64  # a bound above every such value: always sampled
 # W3C Trace Context's traceparent (version, trace id, parent id, flags), as the SDK's propagator reads it
@@ -94,25 +94,6 @@ def quiet_export_logs() -> None:
         logging.getLogger(name).addFilter(EXPORT_LOG)  # once per logger however many servers run
 
 
-class BatchesSampled(Sampler):
-    """The configured sampler, but a batch span is always sampled: it starts a trace of its own, so a ratio
-    sampler would drop it by its trace id while keeping the requests that link to it. A batch span exists only when
-    one of its requests was sampled, so this adds no span to a trace that was left out."""
-
-    def __init__(self, delegate: Sampler) -> None:
-        self.delegate = delegate
-
-    def should_sample(self, parent_context: Context | None, trace_id: int, name: str, kind: SpanKind | None = None,
-                      attributes: Attributes = None, links: Sequence[Link] | None = None,
-                      trace_state: trace.TraceState | None = None) -> SamplingResult:
-        if attributes is not None and BATCH_REQUESTS in attributes:
-            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
-        return self.delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-
-    def get_description(self) -> str:
-        return f"BatchesSampled{{{self.delegate.get_description()}}}"
-
-
 def root_sampler(name: str, arg: float | None) -> Sampler:
     """The sampler that decides on a trace's first span: of `OTEL_TRACES_SAMPLER`'s name (config/tracing.py
     SAMPLERS), without its `parentbased_` prefix, and argument."""
@@ -121,32 +102,16 @@ def root_sampler(name: str, arg: float | None) -> Sampler:
         1.0 if arg is None else arg)
 
 
-def configured_sampler(name: str, arg: float | None) -> Sampler:
-    """The OpenTelemetry sampler of `OTEL_TRACES_SAMPLER`'s name and argument."""
-    root = root_sampler(name, arg)
-    return ParentBased(root) if name.startswith("parentbased_") else root
-
-
-def remote_parent(traceparent: str) -> tuple[int, bool] | None:
-    """A traceparent's trace id and sampled flag; None for one the propagator ignores (a new trace starts)."""
+def remote_parent(traceparent: str, tracestate: str) -> SpanContext | None:
+    """The caller's span, as a traceparent (and tracestate) name it; None for a traceparent the SDK's propagator
+    ignores (a new trace starts)."""
     if len(traceparent) > MAX_TRACEPARENT or not (match := TRACEPARENT.match(traceparent)):
         return None
     version, trace_id, span_id, flags, rest = match.groups()
     if trace_id == "0" * 32 or span_id == "0" * 16 or version == "ff" or (version == "00" and rest):
         return None
-    return int(trace_id, 16), bool(int(flags, 16) & 1)
-
-
-class _TraceIds(RandomIdGenerator):
-    """Random ids; the next trace id may be given: the one `Tracing.begin` drew to decide on a root span before
-    the SDK starts it (on the event loop's thread, at once)."""
-
-    def __init__(self) -> None:
-        self.next_trace_id = 0
-
-    def generate_trace_id(self) -> int:
-        trace_id, self.next_trace_id = self.next_trace_id, 0
-        return trace_id or super().generate_trace_id()
+    return SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16)),
+                       TraceState.from_header([tracestate]) if tracestate else None)
 
 
 def service_resource() -> Resource:
@@ -181,35 +146,39 @@ def failure(error: BaseException) -> tuple[str, str]:
     return "INTERNAL", f"INTERNAL: {type(error).__name__}: {error}"
 
 
-def _failed(span: trace.Span, code: str, description: str) -> None:
-    span.set_status(Status(StatusCode.ERROR, description))
-    span.set_attribute(ERROR_TYPE, code)
+def _span_id() -> int:
+    return getrandbits(64) or 1  # as RandomIdGenerator draws them (0 is not a valid id)
 
 
 class Scope:
-    """A recording span, the parent of what runs inside it; `request` is the scope of its `InferRequest` span."""
+    """A span being recorded, as plain data until it ends (then one `ReadableSpan` goes to the span processor); the
+    parent of what runs inside it. `request` is the scope of its `InferRequest` span."""
 
-    __slots__ = ("_tracer", "span", "request", "_context")
+    __slots__ = ("_tracing", "_name", "_kind", "_parent", "_start_ns", "_events", "_status", "_ended", "context",
+                 "attributes", "request")
 
-    def __init__(self, tracer: trace.Tracer, span: trace.Span, request: Scope | None = None) -> None:
-        self._tracer = tracer
-        self.span = span
+    def __init__(self, tracing: Tracing, name: str, parent: SpanContext | None, trace_id: int,
+                 attributes: dict[str, AttributeValue], kind: SpanKind = SpanKind.INTERNAL,
+                 request: Scope | None = None) -> None:
+        self._tracing = tracing
+        self._name, self._kind, self._parent = name, kind, parent
+        self._start_ns = time_ns()
+        self._events: list[Event] = []
+        self._status = _UNSET
+        self._ended = False
+        # a child carries its trace's tracestate (as the SDK's parent-based samplers hand it on)
+        self.context = SpanContext(trace_id, _span_id(), False, _SAMPLED,
+                                   None if parent is None else parent.trace_state)
+        self.attributes = attributes
         self.request = request if request is not None else self
-        self._context: Context | None = None
 
-    @property
-    def context(self) -> Context:
-        if self._context is None:
-            self._context = trace.set_span_in_context(self.span, _ROOT)
-        return self._context
-
-    def _child(self, name: str, attributes: Attributes) -> Scope:
-        return Scope(self._tracer, self._tracer.start_span(name, self.context, attributes=attributes), self.request)
+    def _child(self, name: str, attributes: dict[str, AttributeValue]) -> Scope:
+        return Scope(self._tracing, name, self.context, self.context.trace_id, attributes, request=self.request)
 
     def model(self, name: str, version: str) -> Scope:
         """The span of a run on a model version, named after the model; the request was served by this version (a
         fallback's run, later, replaces it)."""
-        self.request.span.set_attribute(MODEL_VERSION, version)
+        self.request.attributes[MODEL_VERSION] = version
         return self._child(name, {MODEL_NAME: name, MODEL_VERSION: version})
 
     def fallback(self, route: str, model: str | None, reason: str) -> Scope:
@@ -222,30 +191,41 @@ class Scope:
 
     def routed(self, route: str, variant: str) -> None:
         """The request's route, and the variant chosen ("" when none was ready: the fallback answers)."""
-        self.request.span.set_attributes({ROUTE: route, VARIANT: variant} if variant else {ROUTE: route})
+        self.request.attributes[ROUTE] = route
+        if variant:
+            self.request.attributes[VARIANT] = variant
 
     def rows(self, rows: int) -> None:
-        self.request.span.set_attribute(BATCH_SIZE, rows)
+        self.request.attributes[BATCH_SIZE] = rows
 
     def cache(self, state: str) -> None:
         """hit, miss or off."""
-        self.request.span.set_attribute(CACHE, state)
+        self.request.attributes[CACHE] = state
 
     def served_by(self, version: str) -> None:
         """The version a shadow copy ran on."""
-        self.span.set_attribute(MODEL_VERSION, version)
+        self.attributes[MODEL_VERSION] = version
 
     def outcome(self, outcome: str, error: BaseException | None = None) -> None:
         """A shadow copy's outcome (routing/shadow.py OUTCOMES); a failure sets the status too."""
-        self.span.set_attribute(SHADOW_OUTCOME, outcome)
+        self.attributes[SHADOW_OUTCOME] = outcome
         if error is not None:
             self.fail(error)
 
     def fail(self, error: BaseException) -> None:
+        """The status `CODE: message` and `error.type`; an unexpected exception is recorded as the SDK records one
+        (an `exception` event with its type, message and stack trace)."""
         code, description = failure(error)
-        _failed(self.span, code, description)
+        self._status = Status(StatusCode.ERROR, description)
+        self.attributes[ERROR_TYPE] = code
         if not isinstance(error, (InferenceError, asyncio.CancelledError)):
-            self.span.record_exception(error)
+            kind = type(error)
+            self._events.append(Event("exception", {
+                EXCEPTION_TYPE: kind.__qualname__ if kind.__module__ == "builtins"
+                else f"{kind.__module__}.{kind.__qualname__}",
+                EXCEPTION_MESSAGE: str(error),
+                EXCEPTION_STACKTRACE: "".join(traceback.format_exception(error)),
+                EXCEPTION_ESCAPED: "False"}))
 
     def computed(self, marks: Marks) -> None:
         """The `compute` span of a request the batcher took (nothing when it never reached the queue), from its
@@ -253,34 +233,29 @@ class Scope:
         cancellation) gets the span of its wait."""
         if not marks.queue_start_ns:
             return
-        links: Sequence[Link] = ()
-        if marks.batch is not None:
-            links = (Link(self._batch_context(marks.batch)),)
-        span = self._tracer.start_span(COMPUTE, self.context, links=links, start_time=marks.queue_start_ns)
-        span.add_event(QUEUE_START, timestamp=marks.queue_start_ns)
+        compute = self._child(COMPUTE, {})
+        compute._start_ns = marks.queue_start_ns
+        compute._events.append(Event(QUEUE_START, timestamp=marks.queue_start_ns))
         if marks.compute_start_ns:
-            span.add_event(COMPUTE_START, timestamp=marks.compute_start_ns)
+            compute._events.append(Event(COMPUTE_START, timestamp=marks.compute_start_ns))
         if marks.compute_end_ns:
-            span.add_event(COMPUTE_END, timestamp=marks.compute_end_ns)
-        if marks.batch is not None and marks.batch.error:
-            _failed(span, marks.batch.error_code, marks.batch.error)
-        span.end(end_time=marks.compute_end_ns or None)
+            compute._events.append(Event(COMPUTE_END, timestamp=marks.compute_end_ns))
+        links: tuple[Link, ...] = ()
+        if marks.batch is not None:
+            links = (Link(self._tracing.batch_context(marks.batch)),)
+            if marks.batch.error:
+                compute._status = Status(StatusCode.ERROR, marks.batch.error)
+                compute.attributes[ERROR_TYPE] = marks.batch.error_code
+        compute.end(marks.compute_end_ns or None, links)
 
-    def _batch_context(self, batch: BatchMarks) -> SpanContext:
-        """The batch's span, made once, by the first of its traced requests to ask."""
-        if batch.context is None:
-            span = self._tracer.start_span(BATCH, _ROOT, attributes={
-                MODEL_NAME: batch.model, BATCH_REQUESTS: batch.requests, BATCH_ROWS: batch.rows},
-                start_time=batch.start_ns)
-            if batch.error:  # the execution failed: every request in it did
-                _failed(span, batch.error_code, batch.error)
-            span.end(end_time=batch.end_ns)
-            batch.context = span.get_span_context()
-        context: SpanContext = batch.context
-        return context
-
-    def end(self) -> None:
-        self.span.end()
+    def end(self, end_ns: int | None = None, links: Sequence[Link] = ()) -> None:
+        """The span is done: handed to the span processor once (the exporter's thread reads it from then on)."""
+        if self._ended:
+            return
+        self._ended = True
+        attributes, self.attributes = self.attributes, {}  # nothing set later reaches the exported span
+        self._tracing.emit(self._name, self.context, self._parent, self._kind, attributes, self._events, links,
+                           self._status, self._start_ns, end_ns or time_ns())
 
 
 class Tracing:
@@ -291,20 +266,17 @@ class Tracing:
         self.cfg = cfg
         self._otlp = exporter is None
         self.exporter = exporter if exporter is not None else otlp_exporter(cfg)
-        self.sampler = BatchesSampled(configured_sampler(cfg.sampler, cfg.sampler_arg))
         # The root sampler's rule as a bound on the trace id's low 64 bits (TraceIdRatioBased's own; always_on:
         # every id, always_off: none): a comparison instead of a call into the SDK for every request.
         root = root_sampler(cfg.sampler, cfg.sampler_arg)
         self._root_bound = (_ID_SPACE if root is ALWAYS_ON else 0 if root is ALWAYS_OFF
                             else cast(TraceIdRatioBased, root).bound)
         self._parent_based = cfg.sampler.startswith("parentbased_")
-        self._ids = _TraceIds()
         self.resource = service_resource()
-        self._provider = TracerProvider(sampler=self.sampler, resource=self.resource, shutdown_on_exit=False,
-                                        id_generator=self._ids)
-        self._provider.add_span_processor(BatchSpanProcessor(self.exporter))
-        self._tracer = self._provider.get_tracer("inference_server", __version__)
-        self._propagator = TraceContextTextMapPropagator()
+        self._scope = InstrumentationScope("inference_server", __version__)
+        limits = SpanLimits()  # OTEL_SPAN_ATTRIBUTE_*_LIMIT and OTEL_ATTRIBUTE_*_LIMIT, as the SDK's spans take them
+        self._limits = limits if (limits.max_span_attribute_length or limits.max_attribute_length) else None
+        self._processor = BatchSpanProcessor(self.exporter)
         quiet_export_logs()
 
     def describe(self) -> str:
@@ -317,28 +289,52 @@ class Tracing:
     def begin(self, request: InferRequest) -> tuple[Scope | None, int]:
         """The request's `InferRequest` span, the child of the caller's span when its traceparent names one: a
         Scope when the sampler keeps it, else None; and its trace id (for the log lines), sampled or not."""
-        remote = remote_parent(request.traceparent) if request.traceparent else None
-        if remote is None:  # a new trace
+        parent = remote_parent(request.traceparent, request.tracestate) if request.traceparent else None
+        if parent is None:  # a new trace
             trace_id = getrandbits(128) or 1  # as RandomIdGenerator draws them (0 is not a valid id)
             if trace_id & _LOW_64 >= self._root_bound:
                 return None, trace_id
-            self._ids.next_trace_id = trace_id  # the SDK starts the span with the id decided on
-            parent = _ROOT
         else:
-            trace_id, sampled = remote
-            if not (sampled if self._parent_based else trace_id & _LOW_64 < self._root_bound):
+            trace_id = parent.trace_id
+            if not (parent.trace_flags.sampled if self._parent_based else trace_id & _LOW_64 < self._root_bound):
                 return None, trace_id
-            parent = self._propagator.extract({"traceparent": request.traceparent,
-                                               "tracestate": request.tracestate}, _ROOT)
-        span = self._tracer.start_span(INFER_REQUEST, parent, SpanKind.SERVER, {
-            MODEL_NAME: request.model_name, REQUEST_ID: request.id, PROTOCOL: request.protocol})
-        if not span.is_recording():  # the SDK's sampler has the same rules: never, unless OTEL_SDK_DISABLED
-            return None, trace_id
-        return Scope(self._tracer, span), trace_id
+        return Scope(self, INFER_REQUEST, parent, trace_id, {
+            MODEL_NAME: request.model_name, REQUEST_ID: request.id, PROTOCOL: request.protocol},
+            SpanKind.SERVER), trace_id
+
+    def batch_context(self, batch: BatchMarks) -> SpanContext:
+        """The batch's span (a trace of its own: it serves requests of several traces), made once, by the first of
+        its traced requests to ask. Always recorded: it exists only when one of its requests was sampled."""
+        if batch.context is None:
+            context = SpanContext(getrandbits(128) or 1, _span_id(), False, _SAMPLED)
+            status = _UNSET if not batch.error else Status(StatusCode.ERROR, batch.error)
+            attributes: dict[str, AttributeValue] = {
+                MODEL_NAME: batch.model, BATCH_REQUESTS: batch.requests, BATCH_ROWS: batch.rows}
+            if batch.error:  # the execution failed: every request in it did
+                attributes[ERROR_TYPE] = batch.error_code
+            self.emit(BATCH, context, None, SpanKind.INTERNAL, attributes, (), (), status, batch.start_ns,
+                      batch.end_ns)
+            batch.context = context
+        made: SpanContext = batch.context
+        return made
+
+    def emit(self, name: str, context: SpanContext, parent: SpanContext | None, kind: SpanKind,
+             attributes: dict[str, AttributeValue], events: Sequence[Event], links: Sequence[Link], status: Status,
+             start_ns: int, end_ns: int) -> None:
+        """An ended span, to the batch span processor (a queue its thread exports from; a full one drops it)."""
+        if self._limits is not None:  # value length limits: truncated as the SDK's own spans would be
+            attributes = BoundedAttributes(self._limits.max_span_attributes, attributes, immutable=True,  # type: ignore[assignment]
+                                           max_value_len=self._limits.max_span_attribute_length)
+            events = [Event(e.name, BoundedAttributes(self._limits.max_event_attributes, e.attributes,
+                                                      max_value_len=self._limits.max_attribute_length), e.timestamp)
+                      for e in events]
+        self._processor.on_end(ReadableSpan(
+            name, context, parent, self.resource, attributes, tuple(events), tuple(links), kind, status=status,
+            start_time=start_ns, end_time=end_ns, instrumentation_scope=self._scope))
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Export every span ended so far (blocks: tests and tools, not the event loop)."""
-        return self._provider.force_flush(int(timeout_s * 1000))
+        return self._processor.force_flush(int(timeout_s * 1000))
 
     async def close(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
         """Export what is left and stop. In a thread of its own (the exporter waits on its collector), waited for at
@@ -348,7 +344,7 @@ class Tracing:
 
         def shut_down() -> None:
             try:
-                self._provider.shutdown()
+                self._processor.shutdown()
             except Exception:  # an exporter's failure must not stop the server's own shutdown
                 log.exception("tracing: the exporter failed to shut down")
             finally:
@@ -358,4 +354,3 @@ class Tracing:
         if not await asyncio.to_thread(finished.wait, timeout_s):
             log.warning("tracing: the last spans did not reach the collector within %.0f s (%s); they are dropped",
                         timeout_s, redact_url(self.cfg.endpoint) if self.cfg.endpoint else "no endpoint")
-

@@ -12,8 +12,6 @@ import time
 
 import pytest
 from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, TraceIdRatioBased
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
 from inference_server.config.cli import load_config
 from inference_server.config.server import parse_server
@@ -21,13 +19,12 @@ from inference_server.config.tracing import TracingConfig, parse_tracing, with_e
 from inference_server.errors import ConfigError
 from inference_server.observability import tracing as tracing_module
 from inference_server.observability.logs import RateLimited
+from inference_server.observability.trace_marks import BatchMarks, Marks
 from inference_server.observability.tracing import (
     BATCH_REQUESTS,
     EXPORT_LOG,
     EXPORT_LOGGERS,
-    BatchesSampled,
     Tracing,
-    configured_sampler,
     remote_parent,
     service_resource,
 )
@@ -172,31 +169,14 @@ def test_the_service_is_named_inference_server_unless_the_environment_names_it(m
     assert service_resource().attributes["service.name"] == "from-name"
 
 
-def parent(sampled: bool):
-    context = SpanContext(1, 2, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else 0))
-    return set_span_in_context(NonRecordingSpan(context))
+def sdk_sampler(monkeypatch: pytest.MonkeyPatch, name: str, arg: float | None):
+    """The sampler the SDK itself builds from OTEL_TRACES_SAMPLER and its argument: the reference for ours."""
+    from opentelemetry.sdk.trace import TracerProvider
 
-
-def test_the_sampler_names_are_the_specifications():
-    assert configured_sampler("always_on", None).get_description() == "AlwaysOnSampler"
-    assert configured_sampler("traceidratio", None).get_description() == "TraceIdRatioBased{1.0}"
-    assert configured_sampler("parentbased_traceidratio", 0.25).get_description().startswith(
-        "ParentBased{root:TraceIdRatioBased{0.25}")
-    assert configured_sampler("parentbased_always_off", None).get_description().startswith(
-        "ParentBased{root:AlwaysOffSampler")
-
-
-def test_batch_spans_are_always_sampled_and_the_rest_as_configured():
-    never = BatchesSampled(TraceIdRatioBased(0.0))
-    batch = never.should_sample(None, 123, "batch", attributes={BATCH_REQUESTS: 3})
-    assert batch.decision is Decision.RECORD_AND_SAMPLE and batch.attributes[BATCH_REQUESTS] == 3
-    assert never.should_sample(None, 123, "InferRequest", attributes={"triton.model_name": "m"}).decision is \
-        Decision.DROP
-    parent_based = BatchesSampled(configured_sampler("parentbased_always_on", None))
-    assert parent_based.should_sample(parent(False), 1, "InferRequest").decision is Decision.DROP
-    assert parent_based.should_sample(parent(True), 1, "InferRequest").decision is Decision.RECORD_AND_SAMPLE
-    assert BatchesSampled(ALWAYS_OFF).should_sample(parent(True), 1, "batch", attributes={
-        BATCH_REQUESTS: 1}).decision is Decision.RECORD_AND_SAMPLE
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", name)
+    if arg is not None:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", str(arg))
+    return TracerProvider().sampler
 
 
 @pytest.mark.parametrize("header", [
@@ -218,17 +198,23 @@ def test_the_traceparent_is_read_as_the_sdks_propagator_reads_it(header):
     from opentelemetry.trace import get_current_span
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    context = get_current_span(TraceContextTextMapPropagator().extract({"traceparent": header})).get_span_context()
-    expected = (context.trace_id, context.trace_flags.sampled) if context.is_valid else None
-    assert remote_parent(header) == expected
+    carrier = {"traceparent": header, "tracestate": "vendor=a,other=b"}
+    context = get_current_span(TraceContextTextMapPropagator().extract(carrier)).get_span_context()
+    ours = remote_parent(header, carrier["tracestate"])
+    if not context.is_valid:
+        assert ours is None
+    else:
+        assert ours is not None and ours.is_remote
+        assert (ours.trace_id, ours.span_id, ours.trace_flags, ours.trace_state) == (
+            context.trace_id, context.span_id, context.trace_flags, context.trace_state)
 
 
 @pytest.mark.parametrize("sampler", ["traceidratio", "parentbased_traceidratio", "parentbased_always_off",
                                      "always_on"])
-def test_the_decision_before_the_sdk_is_the_sdk_samplers(sampler):
-    """begin decides without the SDK for the requests it leaves out; for every request, traced or not, the
-    decision is the configured sampler's (asked here directly), and a traced request's span has the trace id the
-    log lines were given."""
+def test_the_decision_is_the_sdk_samplers(sampler, monkeypatch):
+    """begin decides without asking the SDK; for every request, traced or not, the decision is the one the SDK's
+    sampler of that name makes (asked here directly), and a traced request's span has the trace id the log lines
+    were given."""
     import secrets
 
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -236,7 +222,7 @@ def test_the_decision_before_the_sdk_is_the_sdk_samplers(sampler):
 
     exporter = InMemorySpanExporter()
     tracing = Tracing(TracingConfig(enabled=True, sampler=sampler, sampler_arg=0.5), exporter)
-    reference = configured_sampler(sampler, 0.5)
+    reference = sdk_sampler(monkeypatch, sampler, 0.5)
     decisions = []
     try:
         for i in range(300):
@@ -246,7 +232,7 @@ def test_the_decision_before_the_sdk_is_the_sdk_samplers(sampler):
             expected = reference.should_sample(parent, trace_id, "InferRequest").decision.is_sampled()
             assert (scope is not None) == expected
             if scope is not None:
-                assert scope.span.get_span_context().trace_id == trace_id
+                assert scope.context.trace_id == trace_id
                 scope.end()
             decisions.append(expected)
     finally:
@@ -254,6 +240,130 @@ def test_the_decision_before_the_sdk_is_the_sdk_samplers(sampler):
     if sampler not in ("always_on", "parentbased_always_off"):
         assert 0 < sum(decisions) < len(decisions)  # both kinds of decision were made
     assert len(exporter.get_finished_spans()) == sum(decisions)
+
+
+def in_memory(cfg: TracingConfig = ON):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    return Tracing(cfg, exporter), exporter
+
+
+def served(tracing: Tracing, request: InferRequest, batch: BatchMarks | None = None, error: Exception | None = None):
+    """A request's spans as the service makes them: InferRequest, the model span, compute (from its marks)."""
+    scope, trace_id = tracing.begin(request)
+    if scope is None:
+        return None
+    model = scope.model("m", "1")
+    now = time.time_ns()
+    model.computed(Marks(now, now + 1_000, now + 2_000, batch))
+    if error is not None:
+        model.fail(error)
+        scope.fail(error)
+    model.end()
+    scope.end()
+    return trace_id
+
+
+def test_every_traced_requests_compute_links_to_a_recorded_batch_whatever_the_sampler_says_of_its_trace():
+    """A batch span is a trace of its own, kept whenever one of its requests is: a ratio sampler would drop half
+    of them by their trace ids."""
+    tracing, exporter = in_memory(TracingConfig(enabled=True, sampler="traceidratio", sampler_arg=0.5))
+    try:
+        now = time.time_ns()
+        batches = [BatchMarks("m", 3, 7, now, now + 5_000) for _ in range(60)]
+        traced = [served(tracing, InferRequest("m", [], id=str(i)), batches[i // 3]) for i in range(180)]
+        assert tracing.flush(5)
+    finally:
+        asyncio.run(tracing.close(1.0))
+    spans = exporter.get_finished_spans()
+    batch_spans = {s.context.span_id: s for s in spans if s.name == "batch"}
+    computes = [s for s in spans if s.name == "compute"]
+    assert len(computes) == sum(t is not None for t in traced) and 0 < len(computes) < 180
+    for compute in computes:
+        (link,) = compute.links
+        batch = batch_spans[link.context.span_id]
+        assert batch.attributes[BATCH_REQUESTS] == 3 and batch.context.trace_flags.sampled
+    # one span per batch however many of its requests were traced, and none for a batch none of them was
+    assert len(batch_spans) == len({id(batches[i // 3]) for i, t in enumerate(traced) if t is not None})
+
+
+def test_spans_continue_the_callers_trace_and_encode_as_the_sdks_own_spans():
+    """The parent chain, the caller's tracestate on every span of its trace, the kinds, and the OTLP encoding the
+    exporters send (the receiver tests decode it again)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.trace import SpanKind
+
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    tracing, exporter = in_memory()
+    try:
+        now = time.time_ns()
+        served(tracing, InferRequest("m", [], id="r1", traceparent=caller, tracestate="vendor=a", protocol="grpc"),
+               BatchMarks("m", 1, 1, now, now + 1_000))
+        assert tracing.flush(5)
+    finally:
+        asyncio.run(tracing.close(1.0))
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    request, model, compute = spans["InferRequest"], spans["m"], spans["compute"]
+    assert request.parent.span_id == 0xb7ad6b7169203331 and request.parent.is_remote
+    assert model.parent.span_id == request.context.span_id and compute.parent.span_id == model.context.span_id
+    assert {s.context.trace_id for s in (request, model, compute)} == {0x0af7651916cd43dd8448eb211c80319c}
+    assert all(s.context.trace_state.get("vendor") == "a" for s in (request, model, compute))
+    assert (request.kind, model.kind) == (SpanKind.SERVER, SpanKind.INTERNAL)
+    assert [e.name for e in compute.events] == ["QUEUE_START", "COMPUTE_START", "COMPUTE_END"]
+    assert compute.start_time == compute.events[0].timestamp and compute.end_time == compute.events[2].timestamp
+    assert dict(request.attributes) == {"triton.model_name": "m", "triton.request_id": "r1",
+                                        "inference.protocol": "grpc", "triton.model_version": "1"}
+    decoded = ExportTraceServiceRequest.FromString(encode_spans(list(spans.values())).SerializeToString())
+    (resource_spans,) = decoded.resource_spans
+    names = {span.name: span for scope in resource_spans.scope_spans for span in scope.spans}
+    assert set(names) == {"InferRequest", "m", "compute", "batch"}
+    assert names["compute"].links[0].span_id == spans["batch"].context.span_id.to_bytes(8, "big")
+    assert names["InferRequest"].trace_state == "vendor=a"
+
+
+def test_a_failure_is_recorded_as_the_sdk_records_it_and_nothing_changes_a_span_once_it_ended():
+    tracing, exporter = in_memory()
+    try:
+        now = time.time_ns()
+        batch = BatchMarks("m", 2, 2, now, now + 1_000, error_code="INTERNAL", error="INTERNAL: the model failed")
+        served(tracing, InferRequest("m", []), batch, error=ValueError("bad value"))
+        scope, _ = tracing.begin(InferRequest("m", []))
+        assert scope is not None
+        scope.end()
+        scope.cache("hit")  # after its end: not on the span that left
+        scope.end()  # once only
+        assert tracing.flush(5)
+    finally:
+        asyncio.run(tracing.close(1.0))
+    spans = exporter.get_finished_spans()
+    failed = [s for s in spans if s.name == "InferRequest" and not s.status.is_ok]
+    (request,) = failed
+    assert request.status.description == "INTERNAL: ValueError: bad value"
+    assert request.attributes["error.type"] == "INTERNAL"
+    (event,) = request.events
+    assert event.name == "exception" and event.attributes["exception.type"] == "ValueError"
+    assert "bad value" in event.attributes["exception.stacktrace"]
+    compute = next(s for s in spans if s.name == "compute")
+    assert (compute.status.description, compute.attributes["error.type"]) == ("INTERNAL: the model failed",
+                                                                              "INTERNAL")
+    batch = next(s for s in spans if s.name == "batch")
+    assert batch.status.description == "INTERNAL: the model failed"
+    untouched = [s for s in spans if s.name == "InferRequest" and s.status.is_ok]
+    assert len(untouched) == 1 and "inference.cache" not in untouched[0].attributes
+
+
+def test_the_sdks_attribute_length_limit_applies(monkeypatch):
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "8")
+    tracing, exporter = in_memory()
+    try:
+        served(tracing, InferRequest("m", [], id="a-very-long-request-id"))
+        assert tracing.flush(5)
+    finally:
+        asyncio.run(tracing.close(1.0))
+    request = next(s for s in exporter.get_finished_spans() if s.name == "InferRequest")
+    assert request.attributes["triton.request_id"] == "a-very-l"
 
 
 class Clock:
