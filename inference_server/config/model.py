@@ -102,6 +102,7 @@ class ModelConfig:
     inter_op_threads: int = 0  # 0: ONNX Runtime's default (used with execution_mode = "parallel")
     graph_optimization_level: str = "all"
     execution_mode: str = "sequential"
+    session_config: tuple[tuple[str, str], ...] = ()  # ONNX Runtime session config entries (an MLflow onnx flavour's)
     execution: str = "auto"
     cpu_priority: str = "normal"  # background: a thread of lowest priority (Linux nice 19), one intra-op thread
     cache: bool = True  # use the server's response cache, when it has one
@@ -112,6 +113,9 @@ class ModelConfig:
     filename: str = MODEL_FILE  # the model file's name inside a repository version directory
     declared: tuple[TensorDecl, ...] = ()  # inputs and outputs a config.pbtxt lists (checked at load)
     required: bool = True  # strict readiness waits for it (a route's MLflow alias companion does not)
+    # The settings the model's config gives (keys of MODEL_KEYS; for a Triton config, the fields it sets): an MLflow
+    # onnx flavour fills in only the others (lifecycle/onnx_flavor.py).
+    explicit: frozenset[str] = frozenset()
 
 
 class ModelDefaults(Protocol):
@@ -242,6 +246,7 @@ def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, 
         version_policy=parse_version_policy(policy, f"{prefix}version_policy.") if policy is not None
         else VersionPolicy(),
         warmup=parse_warmup(toml.get(table, "warmup", prefix, dict, {}), f"{prefix}warmup."),
+        explicit=frozenset(key for key in table if key in MODEL_KEYS),
     )
 
 

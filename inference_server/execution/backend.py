@@ -28,6 +28,7 @@ import numpy as np
 from inference_server.errors import ModelLoadError
 from inference_server.execution.cpus import default_intra_op_threads
 from inference_server.execution.iobinding import IoBoundRun, can_bind, pinned_memory_info
+from inference_server.protocol.onnx_files import missing_external_data
 from inference_server.protocol.tensors import DATATYPES, ONNX_DATATYPES, aligned, is_bf16, is_bytes
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,8 @@ class OnnxBackend:
 
     def __init__(self, path: Path, *, model: str, device: str = "auto", instance_count: int = 1,
                  intra_op_threads: int = 0, inter_op_threads: int = 0, graph_optimization_level: str = "all",
-                 execution_mode: str = "sequential", background: bool = False) -> None:
+                 execution_mode: str = "sequential", session_config: Sequence[tuple[str, str]] = (),
+                 background: bool = False) -> None:
         ort = import_onnxruntime()
         self.background = background
         if background and not intra_op_threads:
@@ -212,6 +214,7 @@ class OnnxBackend:
         self._inter_op_threads = inter_op_threads
         self._graph_level = GRAPH_LEVELS[graph_optimization_level]
         self._parallel = execution_mode == "parallel"
+        self._session_config = tuple(session_config)
         sessions = self._sessions(instance_count, intra_op_threads)
         self.device = check_providers(sessions[0].get_providers(), self._providers, device, model)
         self.inputs = tuple(tensor_spec(n, model) for n in sessions[0].get_inputs())
@@ -287,9 +290,17 @@ class OnnxBackend:
         options.execution_mode = (self._ort.ExecutionMode.ORT_PARALLEL if self._parallel
                                   else self._ort.ExecutionMode.ORT_SEQUENTIAL)
         try:
+            for key, value in self._session_config:
+                options.add_session_config_entry(key, value)
+            # From the file's path, never its bytes: ONNX Runtime finds external data files beside the model.
             return [self._ort.InferenceSession(str(self._path), options, providers=self._providers)
                     for _ in range(count)]
         except Exception as e:  # ORT raises its own exception types for bad files
+            if missing := missing_external_data(self._path):
+                raise ModelLoadError(
+                    f"model '{self._model}': {self._path.name} keeps tensors in external data files that are not "
+                    f"beside it: {', '.join(missing)} (expected in {self._path.parent}; copy the model's directory "
+                    "whole)") from e
             raise ModelLoadError(f"model '{self._model}': ONNX Runtime cannot load {self._path}: {e}") from e
 
     def close(self) -> None:

@@ -6,6 +6,9 @@ from one worker thread. Registry and tracking URIs come from MLFLOW_TRACKING_URI
 at construction; nothing here calls mlflow.set_*_uri. MLflow's own HTTP retry and timeout settings
 (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT) are left to the user.
 
+The MLmodel's onnx flavour, when there is one, names the .onnx file and gives session settings (read here,
+applied by lifecycle/onnx_flavor.py); the whole artifact directory is downloaded, external data files included.
+
 Only ONNX files are served: a version with no .onnx (say an mlflow.sklearn model, saved as skops by default since
 MLflow 3, or as a pickle) is refused, and nothing from the artifact is ever unpickled, deserialised or imported.
 """
@@ -28,6 +31,7 @@ from urllib.parse import quote, urlsplit
 from inference_server.config.model import check_source
 from inference_server.config.server import redact_url
 from inference_server.errors import ConfigError, ModelLoadError
+from inference_server.lifecycle.onnx_flavor import Setting, read_flavor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +55,7 @@ class Fetched:
     directory: Path  # cache_dir/NAME/VERSION: the artifact tree of the model version
     model_file: Path
     config_file: Path | None  # config.toml or config.pbtxt beside the .onnx
+    settings: tuple[Setting, ...] = ()  # what its MLmodel's onnx flavour asks of the session (onnx_flavor.py)
 
 
 def _redact(uri: str) -> str:
@@ -171,16 +176,22 @@ class MlflowSource:
         return self._fetched(version, final)
 
     def _fetched(self, version: str, root: Path) -> Fetched:
-        model = self._find_onnx(version, root)
+        model, flavor = self._find_onnx(version, root)
         configs = [p for p in (model.parent / "config.toml", model.parent / "config.pbtxt") if p.is_file()]
         if len(configs) > 1:
             raise SourceError(f"version {version} of model '{self.name}' is ambiguous: it has both config.toml "
                               f"and config.pbtxt beside {model.name}")
-        return Fetched(version, root, model, configs[0] if configs else None)
+        try:
+            settings = read_flavor(flavor)
+        except ConfigError as e:
+            raise SourceError(f"version {version} of model '{self.name}': {e}") from None
+        return Fetched(version, root, model, configs[0] if configs else None, settings)
 
-    def _find_onnx(self, version: str, root: Path) -> Path:
+    def _find_onnx(self, version: str, root: Path) -> tuple[Path, dict[str, Any]]:
+        """The .onnx file, and the MLmodel's onnx flavour table (empty when there is none)."""
         what = f"version {version} of model '{self.name}'"
         flavours: list[str] = []
+        flavor: dict[str, Any] = {}
         mlmodels = sorted(root.rglob("MLmodel"), key=lambda p: (len(p.parts), str(p)))
         if mlmodels:
             import yaml  # comes with mlflow-skinny
@@ -192,15 +203,16 @@ class MlflowSource:
             except (OSError, UnicodeError, yaml.YAMLError, AttributeError) as e:
                 raise SourceError(f"{what} has an unreadable MLmodel file: {e}") from None
             onnx = flavour_table.get("onnx")
-            if isinstance(onnx, dict) and (onnx.get("data") or onnx.get("model")):
-                path = mlmodels[0].parent / str(onnx.get("data") or onnx.get("model"))
+            flavor = onnx if isinstance(onnx, dict) else {}
+            if flavor.get("data") or flavor.get("model"):
+                path = mlmodels[0].parent / str(flavor.get("data") or flavor.get("model"))
                 if not path.resolve().is_relative_to(root.resolve()) or not path.is_file():
                     raise SourceError(f"{what}: the onnx flavour of its MLmodel names {path.name}, which is not in "
                                       "the model's artifacts")
-                return path
+                return path, flavor
         found = sorted(root.rglob("*.onnx"))
         if len(found) == 1:
-            return found[0]
+            return found[0], flavor
         if found:
             names = ", ".join(str(p.relative_to(root)) for p in found)
             raise SourceError(f"{what} has several .onnx files and no MLmodel onnx flavour to choose one: {names}")

@@ -19,6 +19,7 @@ from inference_server.config.model import ModelConfig
 from inference_server.config.server import DEFAULT_REPOSITORY, ServerConfig
 from inference_server.errors import ConfigError, ErrorCode, InferenceError
 from inference_server.lifecycle.mlflow_source import MlflowSource
+from inference_server.lifecycle.onnx_flavor import apply_flavor
 from inference_server.lifecycle.repository import PbtxtReader, Repository, read_config
 from inference_server.lifecycle.triton_model import model_config_from_triton
 
@@ -110,7 +111,8 @@ class ModelSources:
     async def _mlflow_offer(self, name: str, entry: ModelConfig, override: Mapping[str, Any] | None,
                             version: str | None) -> Offer:
         """Resolve the alias to a version number first, then fetch that version (an alias that moves during
-        the download cannot mix versions). A config file beside the .onnx is the model's config."""
+        the download cannot mix versions). A config file beside the .onnx is the model's config; the MLmodel's
+        onnx flavour fills in the session settings it leaves out (lifecycle/onnx_flavor.py)."""
         source = self._source(name)
         loop = asyncio.get_running_loop()
         if version is None:
@@ -122,7 +124,7 @@ class ModelSources:
             base = dataclasses.replace(read_config(fetched.config_file, name, self.cfg, self._read_pbtxt),
                                        source=entry.source, poll_interval_s=entry.poll_interval_s)
         cfg = dataclasses.replace(self._with_override(base, override), path=fetched.model_file, version=version)
-        return {version: cfg}, [version]
+        return {version: apply_flavor(cfg, fetched.settings)}, [version]
 
     def close(self) -> None:
         self._registry_pool.shutdown(wait=False, cancel_futures=True)

@@ -85,20 +85,25 @@ def model_config_from_triton(doc: Mapping[str, Any], *, name: str, defaults: Mod
     absent = {"enable": MODEL_DEFAULTS["cache"]}  # no response_cache: as any other model
     cache = _check(toml.get(doc, "response_cache", where, dict, absent),
                    f"{where}response_cache.", ("enable",))
-    device, instance_count = _instances(doc, where, defaults.device)
+    device, instance_count = _instances(doc, where)
     batching = _batching(doc, where, instance_count)
+    level = _graph_level(doc, where)
+    parameters = _parameters(doc, where)
+    explicit = {*parameters, *(["device"] if device else []), *(["graph_optimization_level"] if level else [])}
     return ModelConfig(
-        name=name, device=device, execution=defaults.execution, graph_optimization_level=_graph_level(doc, where),
+        name=name, device=device or defaults.device, execution=defaults.execution,
+        graph_optimization_level=level or MODEL_DEFAULTS["graph_optimization_level"],
         cache=toml.get(cache, "enable", f"{where}response_cache.", bool, False),
         batching=batching, version_policy=_version_policy(doc, where),
         warmup=_warmup(doc, where, batching.max_batch_size or 0), filename=filename,
-        declared=_tensors(doc, where), **_parameters(doc, where))
+        declared=_tensors(doc, where), explicit=frozenset(explicit), **parameters)
 
 
-def _instances(doc: Mapping[str, Any], where: str, default_device: str) -> tuple[str, int]:
+def _instances(doc: Mapping[str, Any], where: str) -> tuple[str | None, int]:
+    """The device the instance groups ask (None: KIND_AUTO or none, the server's device) and their count."""
     groups = toml.get(doc, "instance_group", where, list, [])
     if not groups:
-        return default_device, BatchingConfig().instance_count
+        return None, BatchingConfig().instance_count
     kinds: list[str] = []
     count = 0
     for i, group in enumerate(groups):
@@ -113,7 +118,7 @@ def _instances(doc: Mapping[str, Any], where: str, default_device: str) -> tuple
                                                "runs every instance of a model on one kind of device")
         kinds.append(kind)
         count += _integer(group.get("count", 1), f"{prefix}count", minimum=1)
-    return INSTANCE_DEVICES[kinds[0]] or default_device, count
+    return INSTANCE_DEVICES[kinds[0]], count
 
 
 def _batching(doc: Mapping[str, Any], where: str, instance_count: int) -> BatchingConfig:
@@ -143,7 +148,9 @@ def _batching(doc: Mapping[str, Any], where: str, instance_count: int) -> Batchi
     )
 
 
-def _graph_level(doc: Mapping[str, Any], where: str) -> str:
+def _graph_level(doc: Mapping[str, Any], where: str) -> str | None:
+    """optimization.graph.level, None when not set (0, protobuf's default, reads as not set: it is ONNX Runtime's
+    default, all)."""
     prefix = f"{where}optimization."
     # Pinned host memory is a transfer hint with nothing to change on CPU sessions (GPU sessions here bind
     # outputs to pinned memory when the build allows); accepted, like Triton's configs usually carry it.
@@ -151,7 +158,9 @@ def _graph_level(doc: Mapping[str, Any], where: str) -> str:
                    ("graph", "input_pinned_memory", "output_pinned_memory"),
                    ("priority", "cuda", "execution_accelerators", "gather_kernel_buffer_threshold", "eager_batching"))
     graph = _check(toml.get(table, "graph", prefix, dict, {}), f"{prefix}graph.", ("level",))
-    level = _integer(graph.get("level", 0), f"{prefix}graph.level", minimum=-1)
+    if "level" not in graph:
+        return None
+    level = _integer(graph["level"], f"{prefix}graph.level", minimum=-1)
     if level not in GRAPH_LEVELS:
         raise ConfigError(f"{prefix}graph.level", f"must be -1 (basic), 0 (all), 1 (extended) or 2 (none), got {level}")
     return GRAPH_LEVELS[level]

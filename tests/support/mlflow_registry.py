@@ -1,8 +1,9 @@
 """A real, local MLflow model registry for tests: sqlite:/// metadata plus a file:// artifact directory.
 
 Needs the `mlflow` extra (mlflow-skinny + sqlalchemy + alembic). Opening a new registry runs MLflow's database
-migrations (about 1.3 s), so share one per test module. Models are logged as plain artifacts with
-mlflow.log_artifact (mlflow.onnx would import pandas), the way the server expects ONNX models to be logged.
+migrations (about 1.3 s), so share one per test module. `register` logs files as plain artifacts (an .onnx, or
+what mlflow.onnx.save_model wrote: tests/integration/test_mlflow_flavor.py); mlflow.onnx.log_model also works
+with the dev extra (it imports pandas).
 """
 
 from __future__ import annotations

@@ -80,6 +80,9 @@ def test_a_full_config_maps_every_supported_field():
         filename="resnet50.onnx",
         declared=(TensorDecl("input", "pixels", "FP32", (3, 224, 224)), TensorDecl("input", "ids", "BYTES", (-1,)),
                   TensorDecl("output", "logits", "FP16", (1000,))),
+        # What an MLflow onnx flavour may not override (lifecycle/onnx_flavor.py): every session setting it set.
+        explicit=frozenset({"device", "intra_op_threads", "inter_op_threads", "graph_optimization_level",
+                            "execution_mode"}),
     )
 
 
@@ -87,6 +90,7 @@ def test_what_a_config_leaves_out_takes_triton_and_server_defaults():
     cfg = convert('platform: "onnxruntime_onnx"', defaults=Defaults(device="cpu", execution="inline"))
     assert (cfg.name, cfg.path, cfg.version, cfg.filename) == ("resnet", None, "1", "model.onnx")
     assert (cfg.device, cfg.execution) == ("cpu", "inline")  # the server's, not ModelConfig's "auto"
+    assert cfg.explicit == frozenset()  # no session setting is the config's own: an MLflow onnx flavour may fill them
     # max_batch_size absent means 0 (no batching) as in Triton, not the server's 64; instance_count is not the
     # server's 3 either: a Triton config without instance_group has one instance
     assert cfg.batching == BatchingConfig(max_batch_size=0, instance_count=1)
