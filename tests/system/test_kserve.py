@@ -188,6 +188,7 @@ def test_the_kserve_agent_sequence_load_serve_delete_unload(pods, tmp_path):
 
 
 def test_one_model_loads_and_unloads_by_request_in_explicit_mode(pods, tmp_path):
+    """The single-model layout under the repository API, over HTTP (as KServe's agent calls it) and gRPC."""
     models = tmp_path / "mnt-models"
     (models / "1").mkdir(parents=True)
     (models / "1" / "model.onnx").write_bytes(MLP.SerializeToString())
@@ -199,3 +200,8 @@ def test_one_model_loads_and_unloads_by_request_in_explicit_mode(pods, tmp_path)
     assert status == 404 and "'other' is not in the model repository" in body, body
     assert pod.post("/v2/repository/models/iris/unload") == (200, "")
     assert pod.ready("iris") != 200
+    with grpcclient.InferenceServerClient(pod.server.url) as client:  # the same over gRPC (RepositoryModelLoad)
+        client.load_model("iris")
+        assert client.is_model_ready("iris")
+        client.unload_model("iris")
+        assert not client.is_model_ready("iris")
