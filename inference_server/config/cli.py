@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help=f"gRPC port (default {DEFAULTS.port}; 0 picks a free one)")
     p.add_argument("--http-port", type=int,
                    help=f"HTTP/REST (KServe v2) port (default {DEFAULTS.http_port}; 0: no HTTP)")
-    p.add_argument("--model-repository", type=Path, help="DIR/<model>/<version>/model.onnx layout")
+    p.add_argument("--model-repository", type=Path,
+                   help="DIR/<model>/<version>/model.onnx layout, or one model: DIR/model.onnx or "
+                        "DIR/<version>/model.onnx (named by --model-name)")
+    p.add_argument("--model-name", help="the name of the model when --model-repository is one model (required "
+                                        "then; unused with a repository of model directories)")
     p.add_argument("--model-control-mode", choices=MODEL_CONTROL_MODES,
                    help="none (default): load what is configured at start, no changes; explicit: --load-model "
                         "at start, then the repository load/unload RPCs; poll: rescan the repository")

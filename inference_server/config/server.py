@@ -101,6 +101,11 @@ class ServerConfig:
     log_format: str = "text"  # text | json
     access_log: bool = False  # one line per answered request (logger inference_server.access)
     model_repository: Path | None = None
+    # The model's name when model_repository is one model (DIR/model.onnx, or DIR/<version>/model.onnx: what KServe
+    # puts in /mnt/models for a storageUri naming one model); required then. With a repository of model
+    # directories it names nothing (each model is named by its directory) and the start-up log says it is unused:
+    # one KServe runtime passes it whatever the storageUri holds (lifecycle/repository.py single_model).
+    model_name: str | None = None
     batching: BatchingConfig = field(default_factory=BatchingConfig)  # defaults for every model
     device: str = "auto"
     execution: str = "auto"  # default for every model
@@ -223,6 +228,11 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
     toml.reject_unknown(s, SERVER_KEYS, "server.")
     d, p = ServerConfig(), "server."
     repo = toml.get(s, "model_repository", p, str, None)
+    model_name = toml.get(s, "model_name", p, str, None)
+    if model_name is not None and (not model_name or model_name.startswith(".") or "/" in model_name
+                                   or "\\" in model_name):
+        raise ConfigError("server.model_name", f"must be a model name (not empty, no '/', not starting with '.'), "
+                                               f"got {model_name!r}")
     drain = toml.get(s, "drain_grace_s", p, (int, float), d.drain_grace_s)
     if drain < 0:
         raise ConfigError("server.drain_grace_s", f"must be >= 0, got {drain}")
@@ -242,6 +252,7 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         log_format=toml.choice(s, "log_format", p, LOG_FORMATS, d.log_format),
         access_log=toml.get(s, "access_log", p, bool, d.access_log),
         model_repository=Path(repo) if repo else d.model_repository,
+        model_name=model_name,
         device=toml.choice(s, "device", p, DEVICES, d.device),
         execution=toml.choice(s, "execution", p, EXECUTIONS, d.execution),
         cache=toml.get(s, "cache", p, str, d.cache),

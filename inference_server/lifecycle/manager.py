@@ -91,6 +91,8 @@ class ModelManager:
         """Load what the mode loads at start. A model that fails is UNAVAILABLE with its reason (the server
         serves the rest) unless exit_on_error, when the first failure is raised."""
         known = self.known()
+        if self.sources.repository is not None:
+            log.info("%s", self.sources.repository.describe())
         if self.mode == "explicit":
             initial = known if "*" in self.cfg.load_models else list(self.cfg.load_models)
         else:

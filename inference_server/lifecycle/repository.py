@@ -1,5 +1,9 @@
 """A Triton-style model repository on disk: DIR/<model>/<version>/model.onnx with DIR/<model>/config.toml or a
 Triton config.pbtxt (never both), plus the directories RepositoryModelLoad's `file:` parameters are written to.
+
+DIR may also be one model itself (the single-model layout: DIR/model.onnx, or DIR/<version>/model.onnx, with its
+config beside them), as KServe's storage initializer leaves a storageUri naming one ONNX model in /mnt/models. That
+model is named by `[server] model_name` (--model-name). `single_model` is the one place that tells the layouts apart.
 """
 
 from __future__ import annotations
@@ -12,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from inference_server.config.model import ModelConfig, ModelDefaults, parse_model, version_key, version_number
+from inference_server.config.model import (
+    MODEL_FILE,
+    ModelConfig,
+    ModelDefaults,
+    parse_model,
+    version_key,
+    version_number,
+)
 from inference_server.config.toml import read_toml
 from inference_server.errors import ConfigError, ModelLoadError, invalid
 from inference_server.lifecycle.triton_model import model_config_from_triton
@@ -39,34 +50,65 @@ class ModelSpec:
 
 
 class Repository:
-    def __init__(self, root: Path, defaults: ModelDefaults, read_pbtxt: PbtxtReader) -> None:
+    def __init__(self, root: Path, defaults: ModelDefaults, read_pbtxt: PbtxtReader,
+                 model_name: str | None = None) -> None:
         self.root = root
         self._defaults = defaults
         self._read_pbtxt = read_pbtxt
+        self.model_name = model_name  # the model's name when the root is one model (single_model)
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
             raise ConfigError("server.model_repository", f"{self.root} is not a directory")
+        if single_model(self.root):
+            if self.model_name is None:
+                raise ConfigError("server.model_name", f"{self.root} holds {MODEL_FILE} itself (or in a version "
+                                  "directory): it is one model, not a repository of model directories, and needs a "
+                                  "name: give --model-name NAME")
+            return [self.model_name]
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def describe(self) -> str:
+        """The layout, for the start-up log: a --model-name that names nothing is said to be unused."""
+        names = self.names()
+        if single_model(self.root):
+            return f"model repository {self.root} is one model, '{names[0]}'"
+        unused = (f"; --model-name {self.model_name!r} is not used (it names the model of a directory holding "
+                  f"{MODEL_FILE} itself)") if self.model_name is not None else ""
+        return f"model repository {self.root} holds {len(names)} model(s), each named by its directory{unused}"
+
+    def model_dir(self, name: str) -> Path | None:
+        """The directory of the model's config and versions; None when the repository has no such model."""
+        if single_model(self.root):
+            return self.root if name == self.model_name else None
+        if not name or name.startswith(".") or "/" in name or "\\" in name:  # never a path out of the repository
+            return None
+        model_dir = self.root / name
+        return model_dir if model_dir.is_dir() else None
 
     def read(self, name: str, override: Mapping[str, Any] | None = None) -> ModelSpec:
         """The model's config (or `override`, a Triton config as a dict) and its versions."""
-        model_dir = self.root / name
-        if not model_dir.is_dir():
+        model_dir = self.model_dir(name)
+        if model_dir is None:
             raise ModelLoadError(f"model '{name}' is not in the model repository {self.root}")
-        config = self._config(model_dir, override)
+        config = self._config(name, model_dir, override)
         versions = {}
         for entry in model_dir.iterdir():
             version = version_number(entry.name)
             if version is not None and (entry / config.filename).is_file():
                 versions[version] = entry / config.filename
+        if model_dir == self.root and (model_dir / config.filename).is_file():  # DIR/model.onnx: version 1
+            if versions:
+                raise ModelLoadError(f"model '{name}': {model_dir} holds {config.filename} itself and in version "
+                                     f"directories ({', '.join(sorted(versions, key=version_key))}); which is "
+                                     "served is ambiguous: keep one layout")
+            versions["1"] = model_dir / config.filename
         if not versions:
             raise ModelLoadError(f"model '{name}': {model_dir} has no <version>/{config.filename} "
                                  "(versions are positive integers)")
         return ModelSpec(name, config, dict(sorted(versions.items(), key=lambda kv: version_key(kv[0]))))
 
-    def _config(self, model_dir: Path, override: Mapping[str, Any] | None) -> ModelConfig:
-        name = model_dir.name
+    def _config(self, name: str, model_dir: Path, override: Mapping[str, Any] | None) -> ModelConfig:
         if override is not None:
             return model_config_from_triton(override, name=name, defaults=self._defaults,
                                             where="the load request's config parameter: ")
@@ -80,8 +122,8 @@ class Repository:
     def fingerprint(self, name: str) -> dict[str, Fingerprint] | None:
         """Per version directory (and "" for the model's own files), what changes when a file is written; None
         when the model directory is gone."""
-        model_dir = self.root / name
-        if not model_dir.is_dir():
+        model_dir = self.model_dir(name)
+        if model_dir is None:
             return None
         found: dict[str, list[tuple[str, int, int]]] = {}
         for dirpath, _dirs, files in os.walk(model_dir):
@@ -94,6 +136,20 @@ class Repository:
                     continue
                 found.setdefault(top, []).append((str(rel / file), st.st_size, st.st_mtime_ns))
         return {key: tuple(sorted(entries)) for key, entries in found.items()}
+
+
+def single_model(root: Path) -> bool:
+    """Whether the directory is one model rather than a repository of model directories: it holds model.onnx
+    itself, or a version directory (a positive integer) that does. A repository's model directories hold their
+    model files in version directories, never directly, so no repository reads as one model (a model named "1"
+    holds 1/1/model.onnx, not 1/model.onnx). Decided at each read, so the layout may change while the server runs
+    (poll mode, a repository a KServe agent fills) and every reader agrees."""
+    if (root / MODEL_FILE).is_file():
+        return True
+    try:
+        return any(version_number(p.name) is not None and (p / MODEL_FILE).is_file() for p in root.iterdir())
+    except OSError:  # not a directory (names() says so), or gone
+        return False
 
 
 def read_config(path: Path | None, name: str, defaults: ModelDefaults, read_pbtxt: PbtxtReader) -> ModelConfig:

@@ -1,7 +1,8 @@
 """ModelSources: where a model's versions come from, and the config each one loads with.
 
-Three sources: the model repository (DIR/<model>/<version>/), `[[models]]` entries with a path (one version
-each), and `[[models]]` entries with an MLflow `source` (the version the alias, stage or number names). A
+Three sources: the model repository (DIR/<model>/<version>/, or DIR itself as one model: repository.py),
+`[[models]]` entries with a path (one version each), and `[[models]]` entries with an MLflow `source` (the version
+the alias, stage or number names). A
 load request may also bring its own files (`file:` parameters, laid out as a one-model repository) and its
 own config (a Triton ModelConfig as a dict) that replaces the model's.
 """
@@ -33,7 +34,7 @@ class ModelSources:
         self._read_pbtxt = read_pbtxt
         self._cache_dir = cache_dir
         root = cfg.model_repository if cfg.model_repository is not None or cfg.models else DEFAULT_REPOSITORY
-        self.repository = Repository(root, cfg, read_pbtxt) if root is not None else None
+        self.repository = Repository(root, cfg, read_pbtxt, cfg.model_name) if root is not None else None
         self._entries: dict[str, list[ModelConfig]] = {}
         for entry in cfg.models:
             versions = self._entries.setdefault(entry.name, [])
@@ -87,7 +88,7 @@ class ModelSources:
                 return await self._mlflow_offer(name, entries[0], override, mlflow_version)
             configs = {e.version: self._with_override(e, override) for e in entries}
             return configs, list(configs)
-        elif self.repository is not None and (self.repository.root / name).is_dir():
+        elif self.repository is not None and self.repository.model_dir(name) is not None:
             spec = self.repository.read(name, override)
         else:
             raise InferenceError(ErrorCode.NOT_FOUND, f"model '{name}' is not in the model repository")

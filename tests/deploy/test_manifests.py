@@ -83,10 +83,11 @@ def strict(schema: Any) -> Any:
 
 @functools.cache
 def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
-    """(apiVersion, kind) -> a strict validator, from every vendored schema in tests/deploy/schemas."""
+    """(apiVersion, kind) -> a strict validator, from every vendored schema in tests/deploy/schemas (YAML, or JSON
+    for the large ones: KServe's)."""
     validators = {}
-    for path in sorted(SCHEMAS.glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
+    for path in sorted([*SCHEMAS.glob("*.yaml"), *SCHEMAS.glob("*.json")]):
+        crd = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
         schema = strict(crd["openAPIV3Schema"])
         validators[(f"{crd['group']}/{crd['version']}", crd["kind"])] = jsonschema.Draft7Validator(schema)
     return validators

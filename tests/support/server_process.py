@@ -32,9 +32,10 @@ def free_port() -> int:
 
 class ServerProcess:
     def __init__(self, args: list[str], log_path: Path, command: list[str] | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
-        """`env`: variables set for the server over the test's own environment (OTEL_*, for one)."""
-        self.port = free_port()
+                 env: Mapping[str, str] | None = None, port: int | None = None) -> None:
+        """`env`: variables set for the server over the test's own environment (OTEL_*, for one). `port`: the gRPC
+        port when `args` name it themselves (a free_port()), so that health checks reach it."""
+        self.port = port or free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")

@@ -16,7 +16,7 @@ from inference_server.protocol.triton_config import pbtxt_to_dict
 
 
 def repository(cfg) -> Repository:
-    return Repository(cfg.model_repository, cfg, pbtxt_to_dict)
+    return Repository(cfg.model_repository, cfg, pbtxt_to_dict, cfg.model_name)
 
 
 def manager(cfg, tmp_path: Path) -> ModelManager:
@@ -226,6 +226,66 @@ def test_repository_errors_name_the_file_and_key(tmp_path):
     cfg = parse_server({"server": {"model_repository": str(tmp_path / "nope")}})
     with pytest.raises(ConfigError, match="is not a directory"):
         repository(cfg).names()
+
+
+def test_a_directory_holding_model_onnx_is_one_model_named_by_model_name(tmp_path):
+    """The single-model layout (KServe's /mnt/models for a storageUri naming one model): the config beside the file,
+    the version directories and their policy all read as in a model directory; the name is --model-name."""
+    write(tmp_path / "model.onnx", "x")
+    write(tmp_path / "config.pbtxt", "max_batch_size: 4\n")
+    cfg = load_config(["--model-repository", str(tmp_path), "--model-name", "iris"], {})
+    repo = repository(cfg)
+    assert repo.names() == ["iris"] and repo.model_dir("iris") == tmp_path and repo.model_dir("model.onnx") is None
+    (m,) = repo.read("iris").selected().values()
+    assert (m.name, m.version, m.path, m.batching.max_batch_size) == ("iris", "1", tmp_path / "model.onnx", 4)
+    with pytest.raises(ModelLoadError, match="'other' is not in the model repository"):
+        repo.read("other")
+    assert set(repo.fingerprint("iris") or {}) == {""} and repo.fingerprint("other") is None
+
+    versions = tmp_path / "versions"
+    for version in ("1", "2", "3"):
+        write(versions / version / "model.onnx", "x")
+    write(versions / "config.toml", "version_policy = { latest = 2 }\n")
+    cfg = parse_server({"server": {"model_repository": str(versions), "model_name": "iris"}})  # [server] too
+    assert list(repository(cfg).read("iris").selected()) == ["2", "3"]
+    write(versions / "model.onnx", "x")
+    with pytest.raises(ModelLoadError, match="itself and in version directories .*ambiguous"):
+        repository(cfg).read("iris")
+
+
+def test_one_model_without_model_name_is_a_start_up_error(tmp_path):
+    write(tmp_path / "1" / "model.onnx", "x")
+    cfg = load_config(["--model-repository", str(tmp_path)], {})
+    with pytest.raises(ConfigError, match="'server.model_name': .* is one model, .* give --model-name NAME"):
+        manager(cfg, tmp_path).known()
+
+
+def test_model_name_with_a_repository_of_model_directories_names_nothing(tmp_path):
+    """One KServe runtime passes --model-name whatever storageUri holds: with a Triton repository (or the empty
+    /mnt/models a multi-model agent fills) each model keeps its directory's name, and the log says the flag is
+    unused. A model named "1" (1/1/model.onnx) is a model directory, not a version."""
+    write(tmp_path / "1" / "1" / "model.onnx", "x")
+    write(tmp_path / "m" / "1" / "model.onnx", "x")
+    cfg = load_config(["--model-repository", str(tmp_path), "--model-name", "isvc"], {})
+    repo = repository(cfg)
+    assert repo.names() == ["1", "m"] and repo.model_dir("isvc") is None
+    assert "holds 2 model(s)" in repo.describe() and "--model-name 'isvc' is not used" in repo.describe()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert Repository(empty, cfg, pbtxt_to_dict, "isvc").names() == []
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "..", "a\\b"])
+def test_a_model_name_that_cannot_name_a_model_is_refused(name):
+    with pytest.raises(ConfigError, match="server.model_name"):
+        load_config(["--model-name", name], {})
+
+
+def test_a_repository_model_name_never_leaves_the_repository(tmp_path):
+    write(tmp_path / "repo" / "m" / "1" / "model.onnx", "x")
+    write(tmp_path / "outside" / "1" / "model.onnx", "x")
+    repo = Repository(tmp_path / "repo", parse_server({}), pbtxt_to_dict)
+    assert repo.model_dir("../outside") is None and repo.model_dir(".") is None and repo.model_dir("m") is not None
 
 
 def test_the_same_model_twice_is_refused(tmp_path):

@@ -131,9 +131,9 @@ def test_an_unknown_server_key_lists_the_allowed_keys_as_before():
     assert refusal(parse_server, {"server": {"colour": 1}}) == (
         "config error at 'server.colour': unknown key (allowed: host, port, http_port, max_message_bytes, "
         "drain_grace_s, max_connection_age_s, max_connection_age_grace_s, grpc_engine, log_level, log_format, "
-        "access_log, model_repository, device, execution, cache, workers, reuse_port, metrics, metrics_host, "
-        "metrics_port, model_control_mode, load_models, repository_poll_secs, exit_on_error, strict_readiness, "
-        "model_cache_dir, tls_cert, tls_key, tls_client_ca, auth, limits)")
+        "access_log, model_repository, model_name, device, execution, cache, workers, reuse_port, metrics, "
+        "metrics_host, metrics_port, model_control_mode, load_models, repository_poll_secs, exit_on_error, "
+        "strict_readiness, model_cache_dir, tls_cert, tls_key, tls_client_ca, auth, limits)")
 
 
 def test_every_server_key_but_auth_and_limits_has_a_flag_of_its_name():
