@@ -1,12 +1,14 @@
 """The KServe serving runtime run as KServe runs it: the container's args from k8s/kserve (templated, with a
 temporary directory for /mnt/models and free ports for 8080, 9000 and 8002), the server as a subprocess, inferred
-over HTTP and gRPC with tritonclient; and the sequence of KServe's multi-model agent (load over HTTP, requests
-served, the model directory deleted, unload) with requests in flight when the unload comes."""
+over HTTP and gRPC with tritonclient and with KServe's own client; and the sequence of KServe's multi-model agent
+(load over HTTP, requests served, the model directory deleted, unload) with requests in flight when the unload
+comes."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import threading
 import urllib.error
@@ -96,6 +98,60 @@ def infer_both(pod: Pod, model: str) -> None:
         x = grpcclient.InferInput("x", list(X.shape), "FP32")
         x.set_data_from_numpy(X)
         np.testing.assert_allclose(client.infer(model, [x]).as_numpy("y"), expected(), rtol=1e-5)
+
+
+# KServe's own Python client, run in a process of its own: its generated protos register the v2 `inference` package
+# in protobuf's default pool, as tritonclient's (imported here) do, and one process cannot hold both.
+KSERVE_CLIENT = """
+import asyncio, json, sys
+
+import numpy as np
+from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest
+from kserve.inference_client import RESTConfig
+
+http, grpc_url, model, x = sys.argv[1], sys.argv[2], sys.argv[3], np.array(json.loads(sys.argv[4]), np.float32)
+
+
+def request():
+    tensor = InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=False)
+    return InferRequest(model, [tensor], request_id="kserve-client")
+
+
+async def main():
+    rest = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=30))
+    try:
+        over_rest = await rest.infer(f"http://{http}", request(), model_name=model)
+    finally:
+        await rest.close()
+    grpc = InferenceGRPCClient(grpc_url, retries=0, timeout=30)
+    try:
+        ready = await grpc.is_model_ready(model)
+        over_grpc = await grpc.infer(request())
+    finally:
+        await grpc.close()
+    print(json.dumps({"rest": over_rest.get_output_by_name("y").as_numpy().tolist(), "rest_id": over_rest.id,
+                      "ready": ready, "grpc": over_grpc.get_output_by_name("y").as_numpy().tolist()}))
+
+
+asyncio.run(main())
+"""
+
+
+def test_kserves_own_client_infers_over_http_and_grpc(pods, tmp_path):
+    """KServe's Python client (the `kserve` package: InferenceRESTClient with the v2 protocol, and
+    InferenceGRPCClient), as an InferenceService's callers use it."""
+    models = tmp_path / "mnt-models"
+    models.mkdir()
+    (models / "model.onnx").write_bytes(MLP.SerializeToString())
+    pod = pods("iris", models)
+    done = subprocess.run([sys.executable, "-c", KSERVE_CLIENT, pod.http, pod.server.url, "iris",
+                           json.dumps(X.tolist())], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["ready"] is True and got["rest_id"] == "kserve-client"
+    np.testing.assert_allclose(np.array(got["rest"], np.float32), expected(), rtol=1e-5)
+    np.testing.assert_allclose(np.array(got["grpc"], np.float32), expected(), rtol=1e-5)
 
 
 def test_the_runtime_serves_one_model_onnx_under_the_inference_service_name(pods, tmp_path):
