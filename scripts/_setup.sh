@@ -1,5 +1,5 @@
 # Shared by scripts/serve and scripts/test: find Python >= 3.11, create .venv, install the given extras.
-# Usage: source scripts/_setup.sh; setup_venv EXTRAS   (EXTRAS like "cpu,tracing" or "cpu,dev,mlflow,tracing")
+# Usage: source scripts/_setup.sh; setup_venv EXTRAS   (EXTRAS like "cpu,tracing" or "cpu,convert,dev,mlflow,tracing")
 # apt-get runs only as root on Debian/Ubuntu, and only for what is missing: setup_venv installs python3-venv and
 # python3.N-venv (venv_packages) when `python3 -m venv` fails; scripts/test also installs prometheus and
 # redis-server when they are not on PATH. INFERENCE_SERVER_NO_APT=1 skips every apt-get (it says what is missing).

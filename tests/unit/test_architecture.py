@@ -33,12 +33,17 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("grpc", "http"),  # front ends
     ("app",),  # the composition root
     ("__main__",),  # python -m inference_server
+    ("convert",),  # python -m inference_server.convert: a command beside the server, which never imports it
 )
 GRPC_STACK = ("grpc", "grpc_health")
 PROTOBUF = ("google.protobuf",)
 HTTP_STACK = ("starlette", "uvicorn", "httptools")
+# What deserialises or runs a model's own code, and the converters: only the convert command (the user's trusted
+# model, in their environment) uses them; the server loads ONNX files only and never unpickles.
+MODEL_CODE = ("pickle", "cloudpickle", "joblib", "skops", "dill", "mlflow.pyfunc", "mlflow.sklearn", "mlflow.xgboost",
+              "mlflow.lightgbm", "sklearn", "xgboost", "lightgbm", "skl2onnx", "onnxmltools")
 # third-party stack -> the rooms that may import it
-STACK_ROOMS = {GRPC_STACK: {"grpc"}, PROTOBUF: {"grpc", "protocol"}, HTTP_STACK: {"http"}}
+STACK_ROOMS = {GRPC_STACK: {"grpc"}, PROTOBUF: {"grpc", "protocol"}, HTTP_STACK: {"http"}, MODEL_CODE: {"convert"}}
 FRONT_END_ALLOWED = {"service", "errors", "protocol", "security", "config", "inference_server"}
 
 
@@ -125,6 +130,20 @@ def test_protocol_stacks_stay_in_their_rooms():
     assert offenders == []
 
 
+def test_the_server_never_imports_the_convert_command_which_imports_no_room_of_the_server():
+    """The convert command runs the user's model code to convert it; nothing the server runs may reach it, and it
+    stands alone (its dynamic `importlib.import_module(f"mlflow.{flavor}")` is checked in tests/integration)."""
+    offenders = []
+    for path in package_files():
+        here = room(module_name(path))
+        for module in imports(path):
+            there = room(module)
+            if (here == "convert") != (there == "convert") and there not in (None, "inference_server"):
+                offenders.append(f"{module_name(path)} ({here}) imports {module} ({there})")
+    assert offenders == []
+    assert (PACKAGE / "convert" / "__main__.py").is_file()
+
+
 def test_only_the_grpc_front_end_imports_the_grpc_stubs():
     offenders = [f"{module_name(p)} imports {m}" for p in package_files() if not is_generated(p)
                  for m in imports(p) if m.endswith("_pb2_grpc") and room(module_name(p)) != "grpc"]
@@ -155,6 +174,9 @@ def test_the_checks_see_forbidden_imports(tmp_path):
     assert room("inference_server.observability.metrics") == "observability.metrics"
     assert room("inference_server.observability.stats") == "observability"
     assert layer("lifecycle") > layer("config") and layer("grpc") == layer("http")
+    pickler = tmp_path / "pickler.py"
+    pickler.write_text("import pickle\nfrom mlflow.sklearn import load_model\n")
+    assert {"pickle", "mlflow.sklearn"} <= set(imports(pickler, "inference_server.lifecycle.pickler"))
 
 
 def test_the_front_ends_and_the_core_exist_where_the_rules_look():
