@@ -18,6 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "k8s" / "monitoring" / "inference-server.rules.yml"
 OUTPUT = ROOT / "k8s" / "monitoring" / "prometheusrule.yaml"
 NAME = "inference-server"
+# Every alert's runbook_url in the rules file starts with this: the guide in the repository, absolute so that the
+# link works where alerts are read (Slack, PagerDuty, Alertmanager). --runbook-base points the generated
+# PrometheusRule at another copy (your wiki, an internal mirror); the rules file keeps this one.
+RUNBOOK_BASE = "https://github.com/inference-server/inference_server/blob/main/docs/deployment.md"
 LABELS = {
     "app.kubernetes.io/name": "inference-server",
     "app.kubernetes.io/component": "monitoring",
@@ -53,13 +57,23 @@ def load_rules(rules: Path) -> dict[str, Any]:
     return doc
 
 
-def render(rules: Path) -> str:
-    """The PrometheusRule for a rules file, as the text to commit."""
+def render(rules: Path, runbook_base: str = RUNBOOK_BASE) -> str:
+    """The PrometheusRule for a rules file, as the text to commit; runbook URLs moved to runbook_base."""
+    groups = load_rules(rules)["groups"]
+    for group in groups:
+        for rule in group["rules"]:
+            annotations = rule.get("annotations", {})
+            if "runbook_url" in annotations:
+                base, _, anchor = annotations["runbook_url"].partition("#")
+                if base != RUNBOOK_BASE:
+                    raise SystemExit(f"gen_prometheusrule: {rule.get('alert')}: runbook_url must start with "
+                                     f"{RUNBOOK_BASE}#")
+                annotations["runbook_url"] = f"{runbook_base}#{anchor}"
     resource = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
         "metadata": {"name": NAME, "labels": dict(LABELS)},
-        "spec": {"groups": load_rules(rules)["groups"]},
+        "spec": {"groups": groups},
     }
     body = yaml.dump(resource, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1 << 16,
                      allow_unicode=True)  # no folding: one line per annotation, as in the rules file
@@ -72,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", type=Path, default=RULES, help=f"rules file (default: {RULES.relative_to(ROOT)})")
     parser.add_argument("--output", type=Path, default=OUTPUT,
                         help=f"PrometheusRule file (default: {OUTPUT.relative_to(ROOT)})")
+    parser.add_argument("--runbook-base", default=RUNBOOK_BASE,
+                        help="absolute URL of your copy of docs/deployment.md for the alerts' runbook_url "
+                             "(default: the repository's)")
     args = parser.parse_args(argv)
-    text = render(args.rules)
+    if not args.runbook_base.startswith(("https://", "http://")):
+        parser.error("--runbook-base must be an absolute http(s) URL")
+    text = render(args.rules, args.runbook_base.rstrip("/"))
     if args.check:
         current = args.output.read_text("utf-8") if args.output.is_file() else None
         if current != text:

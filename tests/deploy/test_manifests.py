@@ -10,6 +10,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
+import shutil
+import subprocess
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -23,13 +26,16 @@ import tritonclient.grpc as grpcclient
 import yaml
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from packaging.version import Version
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference_server.config.cli import load_config
 from inference_server.config.server import ServerConfig
 from inference_server.grpc import engine as grpc_engine
 from inference_server.grpc.server import SERVICE_NAME
+from inference_server import __version__
 from tests.deploy.conftest import (
+    ADAPTER_VALUES,
     GPU_OVERLAYS,
     K8S,
     OVERLAYS,
@@ -45,6 +51,7 @@ from tests.deploy.conftest import (
     pod_spec,
     promql_metric_names,
     promql_selectors,
+    render,
     server_config_text,
 )
 from tests.support.docs import fenced
@@ -57,6 +64,7 @@ PRESTOP_DRAIN_LINGER_S = 2  # after drain_grace_s the server keeps refusing for 
 HEALTH_PATHS = {"/v2/health/live", "/v2/health/ready"}
 DEFAULT_REDIS_URL = "redis://inference-redis:6379/0"  # the documented value of the Secret's redis-url key
 OTEL_CONFIG_MAP = "inference-server-otel"  # the platform's OTEL_* variables for the server (docs/deployment.md)
+SPOT_NOTICE_S = 30  # a spot/preemptible node's notice before it goes (GCE, Azure; EC2 gives 2 minutes)
 
 
 # --- strict validation -----------------------------------------------------------------------------------------
@@ -159,7 +167,7 @@ def test_strict_validation_catches_a_typo_in_a_core_object(rendered):
     with pytest.raises(kubernetes_validate.ValidationError, match="runAsNonroot"):
         validate(typo)
     wrong_type = copy.deepcopy(deployment)
-    container(wrong_type)["startupProbe"]["grpc"]["port"] = "8001"  # grpc probe ports are numbers, not names
+    container(wrong_type)["readinessProbe"]["grpc"]["port"] = "8001"  # grpc probe ports are numbers, not names
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(wrong_type)
 
@@ -226,7 +234,7 @@ def adapter_config_maps(docs: list[Doc]) -> list[Doc]:
     return [cm for cm in find_all(docs, "ConfigMap") if "prometheus-adapter" in cm["metadata"]["name"]]
 
 
-def test_gpu_request_equals_limit(docs, overlay):
+def test_gpu_request_equals_limit(docs, overlay, tmp_path):
     """Extended resources cannot be overcommitted: request == limit, a positive whole number of GPUs."""
     for deployment in find_all(docs, "Deployment"):
         for c in pod_spec(deployment)["containers"]:
@@ -236,18 +244,17 @@ def test_gpu_request_equals_limit(docs, overlay):
                 assert str(limits[name]).isdigit() and int(limits[name]) > 0, f"{c['name']}: {name}={limits[name]}"
     deployment = find(docs, "Deployment", SERVER)
     resources, spec = container(deployment)["resources"], pod_spec(deployment)
-    config = tomllib.loads(server_config_text(docs))["server"]
+    config = load_server_config(docs, tmp_path)  # the file and the container's flags, as the server reads them
     if overlay in GPU_OVERLAYS:
         assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == 1
-        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
-        assert config["workers"] == 1  # one process per GPU
-        assert config["device"] == "cuda"
-        assert container(deployment)["image"] == "inference-server:gpu"
+        assert config.workers == 1  # one process per GPU
+        assert config.device == "cuda"
+        assert container(deployment)["image"] == f"inference-server:{__version__}-gpu"
     else:
         assert "nvidia.com/gpu" not in str(deployment)
-        assert config["device"] == "cpu"
-        assert container(deployment)["image"] == "inference-server:cpu"
+        assert config.device == "cpu"
+        assert container(deployment)["image"] == f"inference-server:{__version__}-cpu"
 
 
 def container_port(c: Doc, port: int | str) -> Doc:
@@ -274,16 +281,15 @@ def test_probes_use_container_ports_and_the_health_endpoints(docs):
     grpc_port = container_port(server, "grpc")["containerPort"]
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert kind in server, f"the server has no {kind}"
-    # startup and readiness: the gRPC health service, overall ("") or for the inference service, on the gRPC port
-    for kind in ("startupProbe", "readinessProbe"):
-        probe = server[kind]["grpc"]
-        assert probe["port"] == grpc_port
-        assert probe.get("service", "") in ("", SERVICE_NAME)
+    # readiness: the gRPC health service for the inference service, on the gRPC port (strict: models ready)
+    assert server["readinessProbe"]["grpc"]["port"] == grpc_port
     assert server["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
-    # liveness: HTTP live, which answers while the server drains (gRPC health turns NOT_SERVING then)
-    live = server["livenessProbe"]["httpGet"]
-    assert live["path"] == "/v2/health/live"
-    assert container_port(server, live["port"])["name"] == "http"
+    # liveness: HTTP live, which answers while the server drains (gRPC health turns NOT_SERVING then); startup:
+    # the same, so that a model that fails to load (strict readiness) never gets the pod restarted
+    for kind in ("startupProbe", "livenessProbe"):
+        live = server[kind]["httpGet"]
+        assert live["path"] == "/v2/health/live", kind
+        assert container_port(server, live["port"])["name"] == "http", kind
     assert tomllib.loads(server_config_text(docs))["server"]["http_port"] != 0
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         if "httpGet" in server[kind]:
@@ -349,7 +355,7 @@ def test_the_autoscaler_targets_the_deployment(docs, overlay):
     keda = scaler["kind"] == "ScaledObject"
     keys = ("minReplicaCount", "maxReplicaCount") if keda else ("minReplicas", "maxReplicas")
     low, high = (scaler["spec"][key] for key in keys)
-    assert 1 <= low < high  # never to zero: without a pod there is no queue to measure
+    assert 2 <= low < high  # never zero (no queue to measure) and never one (a node drain takes the only pod)
     assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
     assert "replicas" in find(docs, "Deployment", "inference-redis")["spec"]
 
@@ -410,13 +416,20 @@ def test_the_hpa_metric_is_the_adapter_rule(docs, overlay):
         assert not adapter_rules(docs)
         return
     (hpa,) = find_all(docs, "HorizontalPodAutoscaler")
-    (metric,) = hpa["spec"]["metrics"]
-    assert metric["type"] == "Pods"
-    assert metric["pods"]["target"]["type"] == "AverageValue"
-    (rule,) = adapter_rules(docs)
-    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
-    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
-    assert "<<.LabelMatchers>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
+    metrics = hpa["spec"]["metrics"]
+    assert len(metrics) == 2  # the queue:compute ratio, and requests in the server (grows with the load)
+    rules = {rule["name"]["as"]: rule for rule in adapter_rules(docs)}
+    for metric in metrics:
+        assert metric["type"] == "Pods"
+        assert metric["pods"]["target"]["type"] == "AverageValue"
+        rule = rules.pop(metric["pods"]["metric"]["name"])
+        assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+        assert "<<.LabelMatchers>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
+    assert not rules, f"rules no metric reads: {sorted(rules)}"
+    # Helm values of the adapter's chart: it makes its own ConfigMap from rules.custom, so none ships here
+    assert not adapter_config_maps(docs)
+    values = yaml.safe_load(ADAPTER_VALUES.read_text())
+    assert values["rules"]["default"] is False and set(values["prometheus"]) == {"url", "port"}
 
 
 def test_termination_grace_covers_the_prestop_sleep_and_the_drain(docs, tmp_path):
@@ -426,7 +439,9 @@ def test_termination_grace_covers_the_prestop_sleep_and_the_drain(docs, tmp_path
     assert set(pre_stop) == {"sleep"}, "no shell in the image: the sleep action"
     sleep = pre_stop["sleep"]["seconds"]
     assert sleep >= 3
-    assert pod_spec(deployment)["terminationGracePeriodSeconds"] > drain + sleep + PRESTOP_DRAIN_LINGER_S
+    grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+    assert grace > drain + sleep + PRESTOP_DRAIN_LINGER_S
+    assert grace <= SPOT_NOTICE_S, "a spot node goes after about 30 s: a longer drain is cut off anyway"
 
 
 def test_the_config_map_parses_with_the_servers_loader(docs, tmp_path):
@@ -451,7 +466,8 @@ def test_the_config_map_parses_with_the_servers_loader(docs, tmp_path):
     assert {e["name"] for e in server["env"]} >= {"REDIS_URL", "ORT_DISABLE_TELEMETRY", "MLFLOW_DISABLE_TELEMETRY"}
     # every path the server reads or writes is on a volume of the right kind
     mount, volume = mount_for(deployment, str(cfg.model_repository))
-    assert (mount, set(volume) - {"name"}) == ("/models", {"persistentVolumeClaim"})
+    assert mount == "/models" and volume_mount(deployment, mount)["readOnly"]
+    assert set(volume) - {"name"} in ({"emptyDir"}, {"persistentVolumeClaim"})
     mount, volume = mount_for(deployment, str(cfg.model_cache_dir))
     assert "emptyDir" in volume and not volume_mount(deployment, mount).get("readOnly")
     mount, volume = mount_for(deployment, str(cfg.auth.tokens_file))
@@ -466,12 +482,24 @@ def volume_mount(deployment: Doc, mount_path: str) -> Doc:
     return mount
 
 
-def test_cpu_and_gpu_configs_differ_only_in_the_device(rendered):
+def test_every_overlay_serves_the_base_config_unchanged(rendered):
+    """GPU pods get `--device cuda` as a flag, not a config of their own: a model added to k8s/base/config.toml
+    reaches every overlay's pods, GPU ones included."""
+    base = (K8S / "base" / "config.toml").read_text()
+    for overlay in OVERLAYS:
+        assert server_config_text(rendered[overlay]) == base, overlay
+
+
+def test_a_model_added_to_the_base_config_reaches_the_gpu_pods(tmp_path):
+    """Render a copy of k8s/ whose base config gains a [[models]] entry: every GPU overlay's pods read it."""
+    work = tmp_path / "k8s"
+    shutil.copytree(K8S, work)
+    config = work / "base" / "config.toml"
+    config.write_text(config.read_text() + '\n[[models]]\nname = "added"\nsource = "models:/added@prod"\n')
     for overlay in GPU_OVERLAYS:
-        cpu = tomllib.loads(server_config_text(rendered["cpu"]))
-        gpu = tomllib.loads(server_config_text(rendered[overlay]))
-        assert (cpu["server"].pop("device"), gpu["server"].pop("device")) == ("cpu", "cuda")
-        assert gpu == cpu, f"{overlay}: the GPU config.toml drifted from k8s/base/config.toml"
+        docs = render(overlay, work)
+        models = tomllib.loads(server_config_text(docs)).get("models", [])
+        assert [m["name"] for m in models] == ["added"], overlay
 
 
 def test_secrets_are_referenced_never_defined(docs):
@@ -501,10 +529,10 @@ def effective(deployment: Doc, c: Doc, key: str) -> Any:
 
 
 def test_pods_run_locked_down(docs):
-    for deployment in find_all(docs, "Deployment"):
+    for deployment in find_all(docs, "Deployment") + find_all(docs, "Job"):
         spec = pod_spec(deployment)
         assert spec["automountServiceAccountToken"] is False
-        for c in spec["containers"]:
+        for c in spec["containers"] + spec.get("initContainers", []):
             assert effective(deployment, c, "runAsNonRoot") is True
             assert effective(deployment, c, "runAsUser") > 0
             assert effective(deployment, c, "seccompProfile") == {"type": "RuntimeDefault"}
@@ -543,19 +571,206 @@ def test_prometheus_scrapes_the_metrics_port(docs, tmp_path):
     deployment = find(docs, "Deployment", SERVER)
     metrics = container_port(container(deployment), port["targetPort"])
     assert metrics["name"] == "metrics"
-    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(metrics["containerPort"])
-    assert annotations["prometheus.io/path"] == endpoint["path"] == "/metrics"
+    assert endpoint["path"] == "/metrics"
+    # Scraped once: the ServiceMonitor only, no prometheus.io/* annotations for annotation-based discovery too.
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    assert not [a for a in annotations if a.startswith("prometheus.io/")], annotations
     assert load_server_config(docs, tmp_path).metrics_port == metrics["containerPort"]
 
 
-def test_every_overlay_ships_the_alert_rules_and_tagged_images(docs):
+def all_containers(docs: list[Doc]) -> list[Doc]:
+    return [c for d in find_all(docs, "Deployment") + find_all(docs, "Job")
+            for c in pod_spec(d)["containers"] + pod_spec(d).get("initContainers", [])]
+
+
+def test_every_overlay_ships_the_alert_rules_and_versioned_images(docs):
+    """No mutable tag: the server's image is tagged with the release (`<version>-cpu`/`-gpu`, never a bare `cpu`
+    that a rebuild moves while nodes keep the old one under IfNotPresent); every other image has a version tag
+    or a digest."""
     assert find_all(docs, "PrometheusRule"), "k8s/monitoring is a resource of every overlay"
-    for deployment in find_all(docs, "Deployment"):
-        for c in pod_spec(deployment)["containers"]:
-            name, _, tag = c["image"].rpartition(":")
-            assert name and tag and tag != "latest", f"{c['name']}: image {c['image']} has no fixed tag"
+    for c in all_containers(docs):
+        if "@sha256:" in c["image"]:
+            continue
+        name, _, tag = c["image"].rpartition(":")
+        assert name and re.fullmatch(r"\d+\.\d+(\.\d+)?(-[\w.]+)?", tag), f"{c['name']}: {c['image']}: no version"
+    server = container(find(docs, "Deployment", SERVER))["image"]
+    assert server.rpartition(":")[2] in (f"{__version__}-cpu", f"{__version__}-gpu"), server
+
+
+def test_the_reference_redis_is_patched_and_keeps_its_password_off_the_command_line(docs):
+    redis = container(find(docs, "Deployment", "inference-redis"), "redis")
+    version = Version(redis["image"].rpartition(":")[2].split("-")[0].split("@")[0])
+    # CVE-2024-31449 (fixed in 7.2.6), CVE-2025-21605 (7.2.8), CVE-2025-49844 (7.2.11)
+    assert version >= Version("7.2.11"), redis["image"]
+    words = redis["command"] + redis["args"]
+    assert not [w for w in words if "requirepass" in w and "$(REDIS_PASSWORD)" in w]
+    assert "--requirepass" not in words, "the password would be in the process's argv"
+    script = redis["args"][-1]
+    assert "requirepass" in script and "exec redis-server /run/redis/redis.conf" in script
+    mount, volume = mount_for_container(find(docs, "Deployment", "inference-redis"), redis, "/run/redis/redis.conf")
+    assert volume["emptyDir"].get("medium") == "Memory"
+    pdb = find(docs, "PodDisruptionBudget", "inference-redis")
+    assert pdb["spec"]["maxUnavailable"] == 1  # drains proceed: a cache may lose everything
+    spec = pod_spec(find(docs, "Deployment", "inference-redis"))
+    assert not [t for t in spec.get("tolerations", []) if "gpu" in t.get("key", "")], "Redis stays off GPU nodes"
+
+
+def mount_for_container(deployment: Doc, c: Doc, path: str) -> tuple[str, Doc]:
+    mounts = [m for m in c.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mounts, f"{path} is on no volume of {c['name']}"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    (volume,) = [v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"]]
+    return mount["mountPath"], volume
+
+
+# --- a real GPU cluster ------------------------------------------------------------------------------------------
+
+# Node labels that exist only once a node has booted and its GPU stack has run (GPU Feature Discovery, Node
+# Feature Discovery): no autoscaler can create a node for a pod that selects them.
+LABELS_SET_AFTER_BOOT = ("nvidia.com/", "feature.node.kubernetes.io/")
+
+
+def node_requirements(spec: Doc) -> dict[str, list[str]]:
+    """{label: allowed values} from the pod's nodeSelector and required node affinity."""
+    found = {key: [value] for key, value in spec.get("nodeSelector", {}).items()}
+    required = spec.get("affinity", {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+    for term in (required or {}).get("nodeSelectorTerms", []):
+        for expression in term.get("matchExpressions", []):
+            found[expression["key"]] = expression.get("values", [])
+    return found
+
+
+def test_gpu_pods_select_only_labels_an_autoscaler_knows_before_the_node_exists(docs, overlay):
+    spec = pod_spec(find(docs, "Deployment", SERVER))
+    requirements = node_requirements(spec)
+    assert not [k for k in requirements if k.startswith(LABELS_SET_AFTER_BOOT)], requirements
+    expected = {"cpu": set(), "gpu": set(), "hpa": set(),  # the nvidia.com/gpu request is enough anywhere
+                "gke": {"cloud.google.com/gke-accelerator"},
+                "eks": {"karpenter.k8s.aws/instance-gpu-manufacturer", "karpenter.k8s.aws/instance-gpu-count",
+                        "karpenter.k8s.aws/instance-gpu-name"}}[overlay]
+    assert set(requirements) == expected
+    if overlay == "eks":
+        assert requirements["karpenter.k8s.aws/instance-gpu-manufacturer"] == ["nvidia"]
+        assert requirements["karpenter.k8s.aws/instance-gpu-count"] == ["1"]  # one server pod per node
+    if overlay == "gke":
+        assert requirements["cloud.google.com/gke-accelerator"][0].startswith("nvidia-")
+
+
+def test_gpu_replicas_survive_a_drain_and_roll_out_without_a_spare_gpu(docs, overlay):
+    deployment = find(docs, "Deployment", SERVER)
+    spec = pod_spec(deployment)
+    rolling = deployment["spec"]["strategy"]["rollingUpdate"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    anti = spec.get("affinity", {}).get("podAntiAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    hard_spread = [c for c in spec.get("topologySpreadConstraints", []) if c["whenUnsatisfiable"] == "DoNotSchedule"
+                   and c["topologyKey"] == "kubernetes.io/hostname"]
+    pdb = find(docs, "PodDisruptionBudget", SERVER)
+    (scaler,) = autoscalers(docs)
+    low = scaler["spec"].get("minReplicaCount", scaler["spec"].get("minReplicas"))
+    assert low >= 2 and pdb["spec"]["maxUnavailable"] == 1  # a drain leaves at least one replica serving
+    if overlay not in GPU_OVERLAYS:
+        assert (rolling["maxSurge"], rolling["maxUnavailable"]) == (1, 0)  # CPU: surge, no capacity lost
+        return
+    assert (rolling["maxSurge"], rolling["maxUnavailable"]) == (0, 1)  # no surge pod waiting for a spare GPU
+    # never two replicas on one node (a multi-GPU node would take them all with it)
+    assert [a["topologyKey"] for a in anti] == ["kubernetes.io/hostname"] or hard_spread
+    for term in anti:
+        assert matches(term["labelSelector"]["matchLabels"], labels)
+
+
+def test_keda_falls_back_when_prometheus_is_away_and_follows_the_load(docs):
+    for scaled_object in find_all(docs, "ScaledObject"):
+        spec = scaled_object["spec"]
+        fallback = spec["fallback"]
+        assert fallback["failureThreshold"] >= 1
+        assert spec["minReplicaCount"] <= fallback["replicas"] <= spec["maxReplicaCount"]
+        assert fallback.get("behavior") == "currentReplicasIfHigher"  # a Prometheus outage never scales down
+        # KEDA refuses `fallback` unless every trigger is AverageValue (its admission webhook says so)
+        assert {t["metricType"] for t in spec["triggers"]} == {"AverageValue"}
+        assert all(t["metadata"]["ignoreNullValues"] == "false" for t in spec["triggers"])  # empty = failure
+        names = [promql_metric_names(t["metadata"]["query"]) for t in spec["triggers"]]
+        # the ratio, and a trigger that grows with the load: end-to-end time in the server per second
+        assert {"nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us"} <= names[0]
+        assert "count(count by (pod)" in spec["triggers"][0]["metadata"]["query"]  # ratio x pods: AverageValue
+        assert names[1] == {"nv_inference_request_duration_us"}
+
+
+def test_models_arrive_before_the_server_starts(docs, overlay):
+    """The models volume is filled by the init container (object storage) or is the shared claim (models-pvc);
+    the server mounts it read-only; the emptyDirs fit the pod's ephemeral-storage request."""
+    deployment = find(docs, "Deployment", SERVER)
+    spec = pod_spec(deployment)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    server = container(deployment)
+    models = [m for m in server["volumeMounts"] if m["mountPath"] == "/models"][0]
+    assert models["readOnly"]
+    init = {c["name"]: c for c in spec.get("initContainers", [])}
+    config_map = find(docs, "ConfigMap", "inference-server-models")
+    assert config_map["data"]["MODEL_URI"].startswith(("s3://", "gs://"))
+    if "persistentVolumeClaim" in volumes[models["name"]]:
+        assert not init
+        claim = find(docs, "PersistentVolumeClaim", volumes[models["name"]]["persistentVolumeClaim"]["claimName"])
+        assert set(claim["spec"]["accessModes"]) <= {"ReadWriteMany", "ReadOnlyMany"}  # every node mounts it
+        assert "CHANGE-ME" not in claim["spec"]["storageClassName"]
+        (job,) = find_all(docs, "Job")
+        (filler,) = pod_spec(job)["containers"]
+        fill_volumes = {v["name"]: v for v in pod_spec(job)["volumes"]}
+        target = [m for m in filler["volumeMounts"] if m["mountPath"] == "/models"][0]
+        assert fill_volumes[target["name"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        assert pod_spec(job)["securityContext"]["fsGroup"] == effective(deployment, server, "runAsGroup")
+        fetchers = [filler]
+    else:
+        fetch = init["fetch-models"]
+        writes = [m for m in fetch["volumeMounts"] if m["mountPath"] == "/models"][0]
+        assert writes["name"] == models["name"] and not writes.get("readOnly")
+        assert "emptyDir" in volumes[models["name"]]
+        assert effective(deployment, fetch, "runAsUser") == effective(deployment, server, "runAsUser")
+        fetchers = [fetch]
+    for fetcher in fetchers:
+        assert fetcher["command"] == ["/bin/sh", "/opt/fetch-models/fetch-models.sh"]
+        assert {"configMapRef": {"name": config_map["metadata"]["name"]}} in fetcher["envFrom"]
+    # ephemeral storage: requested for what the emptyDirs may hold
+    limits = sum(parse_quantity(v["emptyDir"].get("sizeLimit", "0")) for v in spec["volumes"] if "emptyDir" in v
+                 and v["emptyDir"].get("medium") != "Memory")
+    requested = parse_quantity(server["resources"]["requests"]["ephemeral-storage"])
+    assert requested >= limits, (requested, limits)
+
+
+def parse_quantity(text: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "": 1}
+    number, unit = re.fullmatch(r"(\d+)([KMGT]i)?", str(text)).groups()
+    return int(number) * units[unit or ""]
+
+
+FETCH_SCRIPT = K8S / "models" / "fetch-models.sh"
+
+
+def run_fetch(tmp_path: Path, uri: str | None) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """fetch-models.sh under /bin/sh with a stand-in `rclone` that records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    record = tmp_path / "rclone.args"
+    rclone = bin_dir / "rclone"
+    rclone.write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > {record}\n')
+    rclone.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "MODELS_DIR": str(tmp_path / "models")}
+    if uri is not None:
+        env["MODEL_URI"] = uri
+    done = subprocess.run(["/bin/sh", str(FETCH_SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
+    args = record.read_text().splitlines() if record.exists() else []
+    record.unlink(missing_ok=True)
+    return done, args
+
+
+def test_the_fetch_script_copies_s3_and_gs_and_refuses_anything_else(tmp_path):
+    for uri, source in (("s3://bucket/repo/v1", ":s3:bucket/repo/v1"), ("gs://bucket/repo", ":gcs:bucket/repo")):
+        done, args = run_fetch(tmp_path, uri)
+        assert done.returncode == 0, done.stderr
+        assert args[0] == "copy" and args[-2:] == [source, str(tmp_path / "models")], args
+        assert "--error-on-no-transfer" in args  # an empty prefix fails the pod
+    for uri in ("http://bucket/repo", "s3://", "/models", "", None):
+        done, args = run_fetch(tmp_path, uri)
+        assert done.returncode == 2 and not args and "MODEL_URI must be" in done.stderr, (uri, done.stderr)
 
 
 def test_every_overlay_ships_the_grafana_dashboard_for_the_sidecar(docs):
