@@ -75,10 +75,9 @@ def decode_request(request: pb.ModelInferRequest, limits: TensorLimits | None = 
         outputs.append(o.name)
     params = {key: param_value(value) for key, value in request.parameters.items()} if request.parameters else {}
     rules.check_sequence_id(request.model_name, params)
-    timeout_us = rules.timeout_us(params)
     return InferRequest(model_name=request.model_name, model_version=request.model_version, id=request.id,
-                        inputs=tensors, requested_outputs=tuple(outputs) or None, timeout_us=timeout_us,
-                        parameters=params)
+                        inputs=tensors, requested_outputs=tuple(outputs) or None, timeout_us=rules.timeout_us(params),
+                        priority=rules.priority(params), parameters=params)
 
 
 def encode_response(response: InferResponse) -> pb.ModelInferResponse:

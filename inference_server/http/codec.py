@@ -125,7 +125,8 @@ def decode_infer_request(body: bytes, header_length: int | None, model: str, ver
     params, timeout, default_binary = _request_parameters(doc.get("parameters", {}), model)
     requested, binary_flags = _requested_outputs(doc.get("outputs", []), default_binary)
     request = InferRequest(model_name=model, model_version=version, id=request_id, inputs=tensors,
-                           requested_outputs=requested, timeout_us=timeout, parameters=params)
+                           requested_outputs=requested, timeout_us=timeout, priority=rules.priority(params),
+                           parameters=params)
     return request, OutputFormat(default_binary, binary_flags)
 
 

@@ -1,6 +1,6 @@
 """The KServe v2 / Triton request rules both front ends apply, with their codes and messages: what a request may
-not ask for (shared memory, classification, a correlation ID), what its timeout must be, which parameters the
-repository extension's load and unload take, and the facts a model's configuration is rendered from.
+not ask for (shared memory, classification, a correlation ID), what its timeout and priority must be, which
+parameters the repository extension's load and unload take, and the facts a model's configuration is rendered from.
 
 Each codec reads its own wire (a protobuf InferParameter, a JSON value) and renders its own answer; the rules
 here are written once, so gRPC and HTTP refuse the same requests with the same words. No wire library here.
@@ -53,6 +53,23 @@ def timeout_us(parameters: Mapping[str, Any]) -> int | None:
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
         raise invalid(f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}")
     return timeout or None
+
+
+MAX_UINT64 = 2**64 - 1
+
+
+def priority(parameters: Mapping[str, Any]) -> int:
+    """The request's `priority` parameter: a non-negative integer (tritonclient sends uint64, perf_analyzer int64);
+    0 when absent. 1 is the highest level; 0 and levels above the model's priority_levels mean its default level,
+    as in Triton (the batcher maps it: execution/priority.py). A negative or non-integer value is refused, as
+    Triton refuses it."""
+    value = parameters.get("priority")
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_UINT64:
+        raise invalid(f"parameter 'priority' must be a non-negative integer (1 is the highest priority level, 0 the "
+                      f"model's default), got {value!r}")
+    return value
 
 
 # -- the repository extension's parameters -------------------------------------------------------------------------
