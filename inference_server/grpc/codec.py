@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import json_format
+
 from inference_server.errors import invalid
 from inference_server.protocol._generated import grpc_service_pb2 as pb
 from inference_server.protocol import rules
@@ -121,10 +123,7 @@ def model_config(view: ModelConfigView) -> pb.ModelConfigResponse:
     )
     b = view.dynamic_batching
     if b is not None:
-        config.dynamic_batching.CopyFrom(mc.ModelDynamicBatching(
-            preferred_batch_size=list(b.preferred_batch_size),
-            max_queue_delay_microseconds=b.max_queue_delay_us,
-            default_queue_policy=mc.ModelQueuePolicy(max_queue_size=b.max_queue_size)))
+        json_format.ParseDict(rules.dynamic_batching(b), config.dynamic_batching)
     if view.response_cache:
         config.response_cache.enable = True
     return pb.ModelConfigResponse(config=config)

@@ -420,9 +420,7 @@ def model_config_json(view: ModelConfigView) -> bytes:
     }
     b = view.dynamic_batching
     if b is not None:
-        config["dynamic_batching"] = {"preferred_batch_size": list(b.preferred_batch_size),
-                                      "max_queue_delay_microseconds": b.max_queue_delay_us,
-                                      "default_queue_policy": {"max_queue_size": b.max_queue_size}}
+        config["dynamic_batching"] = rules.dynamic_batching(b)
     if view.response_cache:
         config["response_cache"] = {"enable": True}
     return orjson.dumps(config)

@@ -156,6 +156,64 @@ def version_policy(policy: Policy) -> dict[str, Any]:
     return {"latest": {"num_versions": policy.latest}}
 
 
+class QueuePolicyFields(Protocol):
+    """A queue policy's fields, as service.views.QueuePolicyView carries them."""
+
+    @property
+    def timeout_action(self) -> str: ...
+
+    @property
+    def default_timeout_us(self) -> int: ...
+
+    @property
+    def allow_timeout_override(self) -> bool: ...
+
+    @property
+    def max_queue_size(self) -> int: ...
+
+
+class Batching(Protocol):
+    """The dynamic batcher's fields, as service.views.BatchingView carries them."""
+
+    @property
+    def preferred_batch_size(self) -> tuple[int, ...]: ...
+
+    @property
+    def max_queue_delay_us(self) -> int: ...
+
+    @property
+    def max_queue_size(self) -> int: ...
+
+    @property
+    def default_queue_policy(self) -> QueuePolicyFields | None: ...
+
+    @property
+    def priority_levels(self) -> int: ...
+
+    @property
+    def default_priority_level(self) -> int: ...
+
+    @property
+    def priority_queue_policy(self) -> tuple[tuple[int, QueuePolicyFields], ...]: ...
+
+
+def dynamic_batching(b: Batching) -> dict[str, Any]:
+    """Triton's ModelDynamicBatching as plain data (its JSON form, proto field names; map keys as strings): the
+    priority and queue timeout fields only when the model has them."""
+    def queue_policy(p: QueuePolicyFields) -> dict[str, Any]:
+        return {"timeout_action": p.timeout_action, "default_timeout_microseconds": p.default_timeout_us,
+                "allow_timeout_override": p.allow_timeout_override, "max_queue_size": p.max_queue_size}
+
+    default = ({"max_queue_size": b.max_queue_size} if b.default_queue_policy is None
+               else queue_policy(b.default_queue_policy))
+    doc: dict[str, Any] = {"preferred_batch_size": list(b.preferred_batch_size),
+                           "max_queue_delay_microseconds": b.max_queue_delay_us, "default_queue_policy": default}
+    if b.priority_levels:
+        doc.update(priority_levels=b.priority_levels, default_priority_level=b.default_priority_level,
+                   priority_queue_policy={str(level): queue_policy(p) for level, p in b.priority_queue_policy})
+    return doc
+
+
 def instance_group(model: str, count: int, gpu: bool) -> dict[str, Any]:
     """The one ModelInstanceGroup a model has here, as plain data: named "<model>_0", as Triton names a group
     the config leaves unnamed."""

@@ -224,3 +224,15 @@ def test_a_priority_that_is_not_a_non_negative_integer_is_refused_as_triton_refu
         answer = client.infer("prio", [grpcclient.InferInput("x", [1, 1], "INT64").set_data_from_numpy(
             np.array([[4]], dtype=np.int64))], priority=7)
     assert int(answer.as_numpy("y")[0, 0]) == 4
+
+
+def test_the_model_config_answers_the_priority_levels_and_queue_policies_it_was_given(served):
+    with grpcclient.InferenceServerClient(served.url) as client:
+        grpc_config = client.get_model_config("override", as_json=True)["config"]["dynamic_batching"]
+    with httpclient.InferenceServerClient(f"127.0.0.1:{served.app.http_port}") as http:
+        http_config = http.get_model_config("override")["dynamic_batching"]
+    for batching in (grpc_config, http_config):
+        assert int(batching["priority_levels"]) == 2 and int(batching["default_priority_level"]) == 2
+        default, level1 = batching["default_queue_policy"], batching["priority_queue_policy"]["1"]
+        assert int(default["default_timeout_microseconds"]) == 60000000 and default["allow_timeout_override"]
+        assert int(level1["default_timeout_microseconds"]) == 60000000 and not level1.get("allow_timeout_override")
