@@ -192,6 +192,8 @@ class DynamicBatcher:
             raise _expired()
         if marks is not None:
             marks.queue_start_ns = time.time_ns()
+        if self._run_at_once and not queue:  # nothing queued to go before it, no time in the queue to limit
+            return await self._run_alone(inputs, rows, request_id, marks)
         signature = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
         item = _Item(inputs, rows, signature, now, deadline, loop.create_future(), request_id, marks, level)
         queue.append(item)

@@ -58,7 +58,9 @@ def served(tmp_path_factory):
     for name, (rows, batching) in MODELS.items():
         onnx_models.write_model(root, name, onnx_models.batch_sum())
         (root / name / "config.pbtxt").write_text(f'name: "{name}"\n' + HEAD.format(rows=rows) + batching)
-    thread = ServerThread(server_config(root, http_port=free_port())).start()
+    # execution "thread": a batch holds its instance while it runs (an inline run of a request that finds the queue
+    # empty takes no slot, since nothing else can run while it does; Held makes a run wait, which inline never does)
+    thread = ServerThread(server_config(root, http_port=free_port(), execution="thread")).start()
     yield thread
     thread.stop()
 

@@ -20,7 +20,7 @@ from inference_server.config.model import (
 from inference_server.errors import ConfigError, ErrorCode, InferenceError
 from inference_server.execution.priority import PriorityQueue, queue_for
 from inference_server.protocol import rules
-from tests.unit.test_batching import FakeInstance, make, req, settle, submit
+from tests.unit.test_batching import FakeInstance, InlineInstance, make, req, settle, submit
 
 LEVELS = QueueConfig(priority_levels=3, default_priority_level=2,
                      priority_queue_policy=((1, QueuePolicy(default_timeout_us=500, allow_timeout_override=True,
@@ -246,4 +246,12 @@ async def test_a_cancelled_request_leaves_its_level():
     assert b.pending == 0 and b.stats.pending_levels() == [(1, 0), (2, 0)]
     inst.gate.set()
     await running
+    await b.close()
+
+
+async def test_an_inline_model_with_levels_still_runs_a_request_that_finds_the_queue_empty_at_once():
+    inst = InlineInstance()
+    b = make([inst], inline=True, policy=LEVELS)
+    await b.submit(req(3), 1, priority=1, timeout_us=1)
+    assert inst.tasks == [asyncio.current_task()]  # not queued: no level to pass, no time in the queue to limit
     await b.close()
