@@ -13,6 +13,7 @@ import io
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import venvs
@@ -83,13 +84,16 @@ def parse_csv(text: str) -> dict[str, float]:
 
 
 def run(url: str, model: str, concurrency: int, *, measurement_ms: int = 3000, work_dir: Path,
-        max_trials: int = 3, timeout_s: float | None = None, protocol: str = "grpc") -> dict:
+        max_trials: int = 3, timeout_s: float | None = None, protocol: str = "grpc",
+        request_parameters: Sequence[str] = ()) -> dict:
     """One perf_analyzer measurement of `model` at `url` (host:port, of the gRPC endpoint, or of the HTTP one
     with protocol "http": `-i http`, binary input and output tensors) at one concurrency.
 
     Bounded: `max_trials` windows of `measurement_ms` each, with any spread accepted as stable (a shared
     2-core machine rarely meets the default 10 %), so it ends after about max_trials * measurement_ms.
-    Returns concurrency, infer_per_s, p50_ms, p90_ms, p99_ms, mean_ms and load_generator."""
+    `request_parameters`: `--request-parameter NAME:VALUE:TYPE` each (e.g. "priority:1:uint"; perf_analyzer sends
+    "int" as int64, "uint" as uint64). Returns concurrency, infer_per_s, p50_ms, p90_ms, p99_ms, mean_ms and
+    load_generator."""
     if protocol not in ("grpc", "http"):
         raise ValueError(f"protocol must be 'grpc' or 'http', not {protocol!r}")
     binary, env = _setup()
@@ -102,6 +106,8 @@ def run(url: str, model: str, concurrency: int, *, measurement_ms: int = 3000, w
            "--stability-percentage", "1000", "--verbose-csv", "-f", str(out)]  # verbose: adds Avg latency
     if protocol == "http":  # its defaults, spelled out: Triton's binary tensor extension both ways
         cmd += ["--input-tensor-format", "binary", "--output-tensor-format", "binary"]
+    for parameter in request_parameters:
+        cmd += ["--request-parameter", parameter]
     if timeout_s is None:
         timeout_s = 60 + 3 * max(max_trials, 3) * measurement_ms / 1e3
     try:

@@ -407,9 +407,45 @@ def batch_score(args: argparse.Namespace) -> dict:
                       "Identical means np.array_equal, chunk by chunk, against session.run on the same rows."]}
 
 
+PRIORITY_CONFIG = """[batching]
+max_batch_size = 64
+priority_levels = 2
+default_priority_level = 2
+default_queue_policy = { default_timeout_microseconds = 10000000, allow_timeout_override = true }
+"""
+
+
+def priority_smoke(args: argparse.Namespace) -> dict:
+    """perf_analyzer sending Triton's `priority` (and `timeout`) request parameters to a model with priority levels
+    and a queue policy, as uint64 and as int64: a smoke check that both are taken (no errors), with the figures."""
+    if (reason := perf_analyzer.available()) is not None:
+        raise RuntimeError(f"the priority smoke needs perf_analyzer: {reason}")
+    write(REPO, "cheap", PRIORITY_CONFIG)
+    runs = {"priority:1:uint": ["priority:1:uint"], "priority:2:int": ["priority:2:int"],
+            "priority:1:uint, timeout:5000000:int": ["priority:1:uint", "timeout:5000000:int"]}
+    points = []
+    with our_server() as server:
+        for label, parameters in runs.items():
+            result = perf_analyzer.run(server.url, "cheap", 8, measurement_ms=int(args.duration_s * 1000),
+                                       work_dir=WORK / "perf_analyzer", request_parameters=parameters)
+            points.append({**result, "target": OURS, "model": "cheap", "config": label, "gen": PA})
+        metrics = server.scrape()
+        code = server.terminate()
+    if code != 0:
+        raise RuntimeError(f"server exited {code}:\n{server.log()[-2000:]}")
+    levels = [line for line in metrics.splitlines() if line.startswith("inference_priority_pending_requests{")]
+    columns = [("request parameters", "config", "s"), ("infer/s", "infer_per_s", ".0f"), ("p50 ms", "p50_ms", ".2f"),
+               ("p99 ms", "p99_ms", ".2f")]
+    return {"title": "perf_analyzer with --request-parameter priority (cheap MLP, priority_levels 2, c=8)",
+            "points": points, "tables": [{"columns": columns, "rows": points}],
+            "notes": ["A smoke check: perf_analyzer fails the run on any error answer, so every row here is a run "
+                      "of error-free requests carrying the parameter.",
+                      "Per-level queue gauges after the runs: " + ("; ".join(levels) or "none exported")]}
+
+
 SCENARIOS = {"closed-loop": closed_loop, "batching": batching, "execution": execution, "open-loop": open_loop,
              "workers": workers, "peers": peer_comparison, "batch-score": batch_score, "metrics": metrics_cost,
              "cache": cache_scenario, "cache-memory": cache_memory_scenario, "lifecycle": lifecycle_scenario,
              "http": http_scenario, "routing": routing_scenario, "shadow": shadow_scenario,
              "reliability": reliability_scenario, "grpc-engines": grpc_engines_scenario,
-             "tracing": tracing_scenario, "revisions": revisions_scenario}
+             "tracing": tracing_scenario, "revisions": revisions_scenario, "priority": priority_smoke}

@@ -36,8 +36,79 @@ class BatchingConfig:
     max_batch_size: int | None = None  # rows (dim 0); None: 32 when the model can batch, else 0
     max_queue_delay_us: int = 0  # measured from the oldest queued request's arrival
     preferred_batch_size: tuple[int, ...] = ()
-    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE  # queued requests; 0 = unbounded
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE  # queued requests (of each priority level); 0 = unbounded
     instance_count: int = 1  # model instances = batches that may run at once
+
+
+TIMEOUT_ACTIONS = ("REJECT", "DELAY")  # Triton's ModelQueuePolicy.TimeoutAction
+QUEUE_POLICY_KEYS = ("timeout_action", "default_timeout_microseconds", "allow_timeout_override", "max_queue_size")
+QUEUE_KEYS = ("priority_levels", "default_priority_level", "default_queue_policy", "priority_queue_policy")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuePolicy:
+    """Triton's ModelQueuePolicy: how one priority level's queue treats its requests (docs/architecture.md,
+    "The batcher's queue")."""
+    timeout_action: str = "REJECT"  # REJECT: answer UNAVAILABLE; DELAY: move it behind its level's other requests
+    default_timeout_us: int = 0  # time a request may wait in the queue; 0: no limit
+    allow_timeout_override: bool = False  # a request's `timeout` may shorten default_timeout_us (never lengthen it)
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE  # requests queued at this level; 0 = unbounded
+
+    @property
+    def sets_timeouts(self) -> bool:
+        """Whether this policy says anything about time in the queue (REJECT with no timeout is the default)."""
+        return bool(self.default_timeout_us or self.allow_timeout_override or self.timeout_action != "REJECT")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueConfig:
+    """Triton's priority levels and queue policies: the keys QUEUE_KEYS of dynamic_batching in config.pbtxt, and of
+    a model's [batching] table. The default queue policy is its three flat fields here, and its bound
+    BatchingConfig.max_queue_size (default_policy() puts them together)."""
+    priority_levels: int = 0  # 0: one queue; N: levels 1 (served first) .. N
+    default_priority_level: int = 0  # a request naming no level (or 0, or one above priority_levels) goes here
+    timeout_action: str = "REJECT"  # default_queue_policy's
+    default_timeout_us: int = 0
+    allow_timeout_override: bool = False
+    priority_queue_policy: tuple[tuple[int, QueuePolicy], ...] = ()  # (level, its whole policy), by level
+
+    def default_policy(self, max_queue_size: int) -> QueuePolicy:
+        return QueuePolicy(timeout_action=self.timeout_action, default_timeout_us=self.default_timeout_us,
+                           allow_timeout_override=self.allow_timeout_override, max_queue_size=max_queue_size)
+
+    @property
+    def timeouts(self) -> bool:
+        """Whether Triton's queue timeouts apply: some queue policy sets one. Until then a request's `timeout`
+        parameter is its own queue deadline (answered DEADLINE_EXCEEDED), as before queue policies existed."""
+        return self.default_policy(0).sets_timeouts or any(p.sets_timeouts for _, p in self.priority_queue_policy)
+
+    @property
+    def needed(self) -> bool:
+        """Whether the batcher needs Triton's policy queue (levels or timeouts) rather than its one plain queue."""
+        return self.priority_levels > 0 or self.timeouts
+
+
+def check_priorities(cfg: QueueConfig, prefix: str) -> None:
+    """Triton's checks of priority levels (core's model_config_utils), with the key named: the default level and
+    every level given a policy lie in [1, priority_levels]. Without priority_levels Triton ignores both; here they
+    are refused, so that no setting is silently dropped."""
+    levels = cfg.priority_levels
+    if not levels:
+        if cfg.default_priority_level:
+            raise ConfigError(f"{prefix}default_priority_level", "needs priority_levels (> 0)")
+        if cfg.priority_queue_policy:
+            raise ConfigError(f"{prefix}priority_queue_policy", "needs priority_levels (> 0)")
+        return
+    if not 1 <= cfg.default_priority_level <= levels:
+        raise ConfigError(f"{prefix}default_priority_level",
+                          f"must be in [1, priority_levels ({levels})], got {cfg.default_priority_level}")
+    given = [level for level, _ in cfg.priority_queue_policy]
+    for i, level in enumerate(given):
+        if level in given[:i]:
+            raise ConfigError(f"{prefix}priority_queue_policy.{level}", "the level is given twice")
+        if not 1 <= level <= levels:
+            raise ConfigError(f"{prefix}priority_queue_policy.{level}",
+                              f"the level must be in [1, priority_levels ({levels})]")
 
 
 def rows_fit(rows: int, max_batch_size: int) -> bool:
@@ -108,6 +179,7 @@ class ModelConfig:
     cache: bool = True  # use the server's response cache, when it has one
     cache_ttl_s: float | None = None  # None: [cache] ttl_s; 0: entries live until evicted
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)  # priority levels and queue policies ([batching] keys)
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     filename: str = MODEL_FILE  # the model file's name inside a repository version directory
@@ -162,6 +234,54 @@ def parse_batching(table: Mapping[str, Any], prefix: str, base: BatchingConfig) 
     if limit is not None and not preferred_sizes_fit(cfg.preferred_batch_size, limit):
         raise ConfigError(f"{prefix}preferred_batch_size", f"sizes must be <= max_batch_size ({limit})")
     return cfg
+
+
+def parse_model_batching(table: Mapping[str, Any], prefix: str,
+                         base: BatchingConfig) -> tuple[BatchingConfig, QueueConfig]:
+    """A model's [batching] table: the batcher's keys over the server's, and Triton's queue keys (QUEUE_KEYS, with
+    their Triton names; a model's own, never the server's). default_queue_policy.max_queue_size is another spelling
+    of max_queue_size."""
+    queue_table = {k: v for k, v in table.items() if k in QUEUE_KEYS}
+    rest = {k: v for k, v in table.items() if k not in QUEUE_KEYS}
+    policy_key = f"{prefix}default_queue_policy."
+    default = toml.get(queue_table, "default_queue_policy", prefix, dict, {})
+    if "max_queue_size" in default:
+        if "max_queue_size" in rest:
+            raise ConfigError(f"{policy_key}max_queue_size", "give max_queue_size once (it is the default queue "
+                                                             "policy's bound)")
+        rest["max_queue_size"] = toml.count(default, "max_queue_size", policy_key, 0)
+    batching = parse_batching(rest, prefix, base)
+    levels_key = f"{prefix}priority_queue_policy."
+    levels = toml.get(queue_table, "priority_queue_policy", prefix, dict, {})
+    policy = parse_queue_policy(default, policy_key, QueuePolicy())
+    queue = QueueConfig(
+        priority_levels=toml.count(queue_table, "priority_levels", prefix, 0),
+        default_priority_level=toml.count(queue_table, "default_priority_level", prefix, 0),
+        timeout_action=policy.timeout_action, default_timeout_us=policy.default_timeout_us,
+        allow_timeout_override=policy.allow_timeout_override,
+        priority_queue_policy=tuple(sorted(
+            (_level(key, levels_key), parse_queue_policy(toml.get(levels, key, levels_key, dict, {}),
+                                                         f"{levels_key}{key}.", QueuePolicy()))
+            for key in levels)))
+    check_priorities(queue, prefix)
+    return batching, queue
+
+
+def parse_queue_policy(table: Mapping[str, Any], prefix: str, base: QueuePolicy) -> QueuePolicy:
+    """A queue policy table, with Triton's key names; what it leaves out comes from `base`."""
+    toml.reject_unknown(table, QUEUE_POLICY_KEYS, prefix)
+    return QueuePolicy(
+        timeout_action=toml.choice(table, "timeout_action", prefix, TIMEOUT_ACTIONS, base.timeout_action),
+        default_timeout_us=toml.count(table, "default_timeout_microseconds", prefix, base.default_timeout_us),
+        allow_timeout_override=toml.get(table, "allow_timeout_override", prefix, bool, base.allow_timeout_override),
+        max_queue_size=toml.count(table, "max_queue_size", prefix, base.max_queue_size))
+
+
+def _level(key: str, prefix: str) -> int:
+    """A priority_queue_policy key: a level number (TOML keys are strings: "1")."""
+    if not (key.isascii() and key.isdigit()):
+        raise ConfigError(f"{prefix}{key}", "must be a priority level (a positive integer)")
+    return int(key)
 
 
 def parse_version_policy(table: Mapping[str, Any], prefix: str) -> VersionPolicy:
@@ -220,7 +340,8 @@ def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, 
         raise ConfigError(f"{prefix}version", "comes from the MLflow registry for a source; do not set it")
     d = MODEL_DEFAULTS
     version = version or str(toml.count(table, "version", prefix, int(d["version"]), minimum=1))
-    batching = parse_batching(toml.get(table, "batching", prefix, dict, {}), f"{prefix}batching.", defaults.batching)
+    batching, queue = parse_model_batching(toml.get(table, "batching", prefix, dict, {}), f"{prefix}batching.",
+                                           defaults.batching)
     policy = toml.get(table, "version_policy", prefix, dict, None)
     priority = toml.choice(table, "cpu_priority", prefix, CPU_PRIORITIES, d["cpu_priority"])
     if priority == "background" and table.get("execution") == "inline":
@@ -243,6 +364,7 @@ def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, 
         cache=toml.get(table, "cache", prefix, bool, d["cache"]),
         cache_ttl_s=toml.seconds(table, "cache_ttl_s", prefix, d["cache_ttl_s"]),
         batching=batching,
+        queue=queue,
         version_policy=parse_version_policy(policy, f"{prefix}version_policy.") if policy is not None
         else VersionPolicy(),
         warmup=parse_warmup(toml.get(table, "warmup", prefix, dict, {}), f"{prefix}warmup."),

@@ -9,6 +9,11 @@ Rules (Triton's dynamic batcher semantics):
   waited `max_queue_delay_us`.
 - Requests whose non-batch shapes or dtypes differ are never mixed; order is kept.
 - Cancelled and expired requests leave the queue and never reach the model.
+- Priority levels and queue policies (Triton's, execution/priority.py): a model with them queues in a
+  PriorityQueue instead of the plain deque, so batches take the highest-priority requests first; a request whose
+  queue timeout passes is answered UNAVAILABLE ("Request timeout expired") or, under DELAY, moved behind the
+  others of its level; a level's max_queue_size bounds that level. Its timer fires when the timeout passes,
+  not when the running batch ends. Without them nothing of this runs: one deque, as before.
 - Dim 0 of every output must equal the batch's rows, otherwise the whole batch fails with INTERNAL.
 - Inline instances (cheap models run on the event loop) with no queue delay: a request that finds the
   queue empty runs at once, as a batch of its own. An inline run never yields to the loop, so no other
@@ -30,9 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inference_server.config.model import rows_fit
+from inference_server.config.model import QueueConfig, rows_fit
 from inference_server.errors import ErrorCode, InferenceError, QueueFull, internal, invalid, unavailable
 from inference_server.execution.backend import ModelInstance
+from inference_server.execution.priority import PriorityQueue, queue_for
 from inference_server.observability.logs import Throttled
 from inference_server.observability.stats import ModelStats
 from inference_server.observability.trace_marks import BatchMarks, Marks
@@ -53,6 +59,8 @@ class _Item:
     future: asyncio.Future[dict[str, np.ndarray]]
     request_id: str
     marks: Marks | None = None  # a traced request's moments
+    level: int = 0  # its priority level (0 without levels)
+    timeout_at: float | None = None  # when its queue policy's timeout passes (REJECT); None: none applies
     queued: bool = True
     waited_s: float = 0.0  # time in the queue, set when the item leaves it for a batch
 
@@ -71,6 +79,11 @@ def _expired() -> InferenceError:
     return InferenceError(ErrorCode.DEADLINE_EXCEEDED, "request timeout expired while queued")
 
 
+def _timed_out() -> InferenceError:
+    """A queue policy's REJECT: Triton's status and words (core's dynamic_batch_scheduler)."""
+    return InferenceError(ErrorCode.UNAVAILABLE, "Request timeout expired")
+
+
 def check_rows(rows: int, max_batch_size: int, model: str) -> None:
     """INVALID_ARGUMENT for a request of more rows than one batch of the model holds (config.rows_fit)."""
     if not rows_fit(rows, max_batch_size):
@@ -80,7 +93,7 @@ def check_rows(rows: int, max_batch_size: int, model: str) -> None:
 class DynamicBatcher:
     def __init__(self, instances: Sequence[ModelInstance], *, max_batch_size: int, max_queue_delay_us: int = 0,
                  preferred_batch_size: Sequence[int] = (), max_queue_size: int = 0, name: str = "model",
-                 inline: bool = False, stats: ModelStats | None = None) -> None:
+                 inline: bool = False, stats: ModelStats | None = None, policy: QueueConfig | None = None) -> None:
         if not instances:
             raise ValueError("a batcher needs at least one model instance")
         self.name = name
@@ -91,7 +104,9 @@ class DynamicBatcher:
         self._preferred = frozenset(preferred_batch_size)
         self._max_queue = max_queue_size
         self._run_at_once = inline and not max_queue_delay_us
-        self._queue: deque[_Item] = deque()
+        # `policy`: priority levels and queue policies, when the model has any; else the one plain deque.
+        self._policy: PriorityQueue[_Item] | None = queue_for(policy, max_queue_size) if policy is not None else None
+        self._queue: deque[_Item] | PriorityQueue[_Item] = deque() if self._policy is None else self._policy
         self._wakeup = asyncio.Event()
         self._free: asyncio.Queue[ModelInstance] = asyncio.Queue()
         self._running: dict[asyncio.Task[None], list[_Item]] = {}  # executing batches
@@ -104,6 +119,8 @@ class DynamicBatcher:
         # reference cycle that keeps a closed version's sessions in memory until a full garbage collection.
         self.stats.pending = functools.partial(len, self._queue)
         self.stats.max_queue_size = max_queue_size
+        self.stats.pending_levels = self._policy.sizes if self._policy is not None and self._policy.priority_levels \
+            else None
 
     @property
     def pending(self) -> int:
@@ -117,16 +134,22 @@ class DynamicBatcher:
         self._task.add_done_callback(self._loop_done)
 
     async def submit(self, inputs: Arrays, rows: int, deadline: float | None = None,
-                     request_id: str = "", marks: Marks | None = None) -> dict[str, np.ndarray]:
+                     request_id: str = "", marks: Marks | None = None, priority: int = 0,
+                     timeout_us: int | None = None) -> dict[str, np.ndarray]:
         """Queue one request of `rows` rows; returns its own rows of every output. `marks`: a traced request's,
-        stamped as it goes."""
+        stamped as it goes. `priority` and `timeout_us`: Triton's request parameters (0 and None: none given)."""
         if self._closing or self._task is None:
             raise unavailable(f"model '{self.name}' is not accepting requests (shutting down)")
         check_rows(rows, self._max_rows, self.name)
+        if self._policy is not None:
+            return await self._submit_by_policy(self._policy, inputs, rows, deadline, request_id, marks, priority,
+                                                timeout_us)
         if self._max_queue and len(self._queue) >= self._max_queue:
             raise QueueFull(f"Exceeds maximum queue size ({self._max_queue}) of model '{self.name}'")
         loop = asyncio.get_running_loop()
         now = loop.time()
+        if timeout_us:  # no queue policy: the request's `timeout` is its own queue deadline
+            deadline = _sooner(deadline, now + timeout_us / 1e6)
         if deadline is not None and deadline <= now:
             raise _expired()
         if marks is not None:
@@ -145,6 +168,53 @@ class DynamicBatcher:
             raise
         finally:
             if timer is not None:
+                timer.cancel()
+
+    async def _submit_by_policy(self, queue: PriorityQueue[_Item], inputs: Arrays, rows: int,
+                                deadline: float | None, request_id: str, marks: Marks | None, priority: int,
+                                timeout_us: int | None) -> dict[str, np.ndarray]:
+        """submit() for a model with priority levels or queue timeouts: the request goes to its level's queue,
+        bounded by the level's max_queue_size, with its level's timeout."""
+        level = queue.level(priority)
+        bound = queue.full(level)
+        if bound:
+            raise QueueFull(f"Exceeds maximum queue size ({bound}) of priority level {level} of model '{self.name}'"
+                            if queue.priority_levels else
+                            f"Exceeds maximum queue size ({bound}) of model '{self.name}'")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        limit_us = 0
+        if queue.timeouts:
+            limit_us = queue.timeout_us(level, timeout_us)
+        elif timeout_us:
+            deadline = _sooner(deadline, now + timeout_us / 1e6)
+        if deadline is not None and deadline <= now:
+            raise _expired()
+        if marks is not None:
+            marks.queue_start_ns = time.time_ns()
+        if self._run_at_once and not queue:  # nothing queued to go before it, no time in the queue to limit
+            return await self._run_alone(inputs, rows, request_id, marks)
+        signature = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
+        item = _Item(inputs, rows, signature, now, deadline, loop.create_future(), request_id, marks, level)
+        queue.append(item)
+        self._wakeup.set()
+        timers = []
+        if deadline is not None:
+            timers.append(loop.call_at(deadline, self._expire, item))
+        if limit_us:
+            at = now + limit_us / 1e6
+            if queue.policy(level).timeout_action == "DELAY":
+                timers.append(loop.call_at(at, self._delay, item))
+            else:
+                item.timeout_at = at
+                timers.append(loop.call_at(at, self._time_out, item))
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            self._remove(item)
+            raise
+        finally:
+            for timer in timers:
                 timer.cancel()
 
     async def close(self, grace_s: float | None = None) -> None:
@@ -197,7 +267,8 @@ class DynamicBatcher:
                 await self._wakeup.wait()
                 continue
             count, full, preferred = self._scan()
-            wait_s = self._queue[0].arrival + self._delay_s - loop.time()
+            oldest = self._queue[0].arrival if self._policy is None else self._policy.oldest(count)
+            wait_s = oldest + self._delay_s - loop.time()
             if full or wait_s <= 0 or self._closing:
                 batch = self._take(count, loop.time())
             elif preferred:
@@ -240,6 +311,9 @@ class DynamicBatcher:
                 continue  # cancelled by its caller
             if item.deadline is not None and item.deadline <= now:
                 _set_exception(item.future, _expired())
+                continue
+            if item.timeout_at is not None and item.timeout_at <= now:  # its timer is due but has not run yet
+                _set_exception(item.future, _timed_out())
                 continue
             batch.append(item)
         return batch
@@ -341,6 +415,18 @@ class DynamicBatcher:
             self._remove(item)
             _set_exception(item.future, _expired())
 
+    def _time_out(self, item: _Item) -> None:
+        """Its queue policy's timeout passed (REJECT): answered at once, whatever the model is running."""
+        if item.queued:
+            self._remove(item)
+            _set_exception(item.future, _timed_out())
+
+    def _delay(self, item: _Item) -> None:
+        """Its queue policy's timeout passed (DELAY): behind the other requests of its level, still served."""
+        if item.queued and self._policy is not None:
+            self._policy.delay(item)
+            self._wakeup.set()  # the batch being formed may have changed
+
     def _remove(self, item: _Item) -> None:
         if item.queued:
             item.queued = False
@@ -362,6 +448,10 @@ class DynamicBatcher:
             log.error("model '%s': batch loop stopped", self.name, exc_info=task.exception())
             self._closing = True
             self._fail_queued(internal(f"model '{self.name}' batcher stopped"))
+
+
+def _sooner(deadline: float | None, other: float) -> float:
+    return other if deadline is None else min(deadline, other)
 
 
 def _began(traced: list[Marks] | None) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import json_format
+
 from inference_server.errors import invalid
 from inference_server.protocol._generated import grpc_service_pb2 as pb
 from inference_server.protocol import rules
@@ -75,10 +77,9 @@ def decode_request(request: pb.ModelInferRequest, limits: TensorLimits | None = 
         outputs.append(o.name)
     params = {key: param_value(value) for key, value in request.parameters.items()} if request.parameters else {}
     rules.check_sequence_id(request.model_name, params)
-    timeout_us = rules.timeout_us(params)
     return InferRequest(model_name=request.model_name, model_version=request.model_version, id=request.id,
-                        inputs=tensors, requested_outputs=tuple(outputs) or None, timeout_us=timeout_us,
-                        parameters=params)
+                        inputs=tensors, requested_outputs=tuple(outputs) or None, timeout_us=rules.timeout_us(params),
+                        priority=rules.priority(params), parameters=params)
 
 
 def encode_response(response: InferResponse) -> pb.ModelInferResponse:
@@ -122,10 +123,7 @@ def model_config(view: ModelConfigView) -> pb.ModelConfigResponse:
     )
     b = view.dynamic_batching
     if b is not None:
-        config.dynamic_batching.CopyFrom(mc.ModelDynamicBatching(
-            preferred_batch_size=list(b.preferred_batch_size),
-            max_queue_delay_microseconds=b.max_queue_delay_us,
-            default_queue_policy=mc.ModelQueuePolicy(max_queue_size=b.max_queue_size)))
+        json_format.ParseDict(rules.dynamic_batching(b), config.dynamic_batching)
     if view.response_cache:
         config.response_cache.enable = True
     return pb.ModelConfigResponse(config=config)

@@ -125,7 +125,8 @@ def decode_infer_request(body: bytes, header_length: int | None, model: str, ver
     params, timeout, default_binary = _request_parameters(doc.get("parameters", {}), model)
     requested, binary_flags = _requested_outputs(doc.get("outputs", []), default_binary)
     request = InferRequest(model_name=model, model_version=version, id=request_id, inputs=tensors,
-                           requested_outputs=requested, timeout_us=timeout, parameters=params)
+                           requested_outputs=requested, timeout_us=timeout, priority=rules.priority(params),
+                           parameters=params)
     return request, OutputFormat(default_binary, binary_flags)
 
 
@@ -419,9 +420,7 @@ def model_config_json(view: ModelConfigView) -> bytes:
     }
     b = view.dynamic_batching
     if b is not None:
-        config["dynamic_batching"] = {"preferred_batch_size": list(b.preferred_batch_size),
-                                      "max_queue_delay_microseconds": b.max_queue_delay_us,
-                                      "default_queue_policy": {"max_queue_size": b.max_queue_size}}
+        config["dynamic_batching"] = rules.dynamic_batching(b)
     if view.response_cache:
         config["response_cache"] = {"enable": True}
     return orjson.dumps(config)

@@ -9,14 +9,20 @@ from typing import Any
 
 from inference_server.config import toml
 from inference_server.config.model import (
+    DEFAULT_MAX_QUEUE_SIZE,
     MODEL_DEFAULTS,
     MODEL_FILE,
+    QUEUE_POLICY_KEYS,
+    TIMEOUT_ACTIONS,
     BatchingConfig,
     ModelConfig,
     ModelDefaults,
+    QueueConfig,
+    QueuePolicy,
     TensorDecl,
     VersionPolicy,
     WarmupConfig,
+    check_priorities,
     preferred_sizes_fit,
     rows_fit,
 )
@@ -86,7 +92,7 @@ def model_config_from_triton(doc: Mapping[str, Any], *, name: str, defaults: Mod
     cache = _check(toml.get(doc, "response_cache", where, dict, absent),
                    f"{where}response_cache.", ("enable",))
     device, instance_count = _instances(doc, where)
-    batching = _batching(doc, where, instance_count)
+    batching, queue = _batching(doc, where, instance_count)
     level = _graph_level(doc, where)
     parameters = _parameters(doc, where)
     explicit = {*parameters, *(["device"] if device else []), *(["graph_optimization_level"] if level else [])}
@@ -94,7 +100,7 @@ def model_config_from_triton(doc: Mapping[str, Any], *, name: str, defaults: Mod
         name=name, device=device or defaults.device, execution=defaults.execution,
         graph_optimization_level=level or MODEL_DEFAULTS["graph_optimization_level"],
         cache=toml.get(cache, "enable", f"{where}response_cache.", bool, False),
-        batching=batching, version_policy=_version_policy(doc, where),
+        batching=batching, queue=queue, version_policy=_version_policy(doc, where),
         warmup=_warmup(doc, where, batching.max_batch_size or 0), filename=filename,
         declared=_tensors(doc, where), explicit=frozenset(explicit), **parameters)
 
@@ -121,31 +127,64 @@ def _instances(doc: Mapping[str, Any], where: str) -> tuple[str | None, int]:
     return INSTANCE_DEVICES[kinds[0]], count
 
 
-def _batching(doc: Mapping[str, Any], where: str, instance_count: int) -> BatchingConfig:
+def _batching(doc: Mapping[str, Any], where: str, instance_count: int) -> tuple[BatchingConfig, QueueConfig]:
     base = BatchingConfig()
     max_batch = _integer(doc.get("max_batch_size", 0), f"{where}max_batch_size")  # absent: 0, as in Triton
     prefix = f"{where}dynamic_batching."
     table = _check(toml.get(doc, "dynamic_batching", where, dict, {}), prefix,
                    ("preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
-                    "default_queue_policy"),  # preserve_ordering: responses always keep request order here
-                   ("priority_levels", "default_priority_level", "priority_queue_policy"))
-    queue_prefix = f"{prefix}default_queue_policy."
-    queue = _check(toml.get(table, "default_queue_policy", prefix, dict, {}), queue_prefix, ("max_queue_size",),
-                   ("timeout_action", "default_timeout_microseconds", "allow_timeout_override"))
-    toml.get(table, "preserve_ordering", prefix, bool, False)
+                    "default_queue_policy", "priority_levels", "default_priority_level", "priority_queue_policy"))
+    # preserve_ordering: responses always keep request order here
+    ordered = toml.get(table, "preserve_ordering", prefix, bool, False)
     preferred = {_integer(p, f"{prefix}preferred_batch_size", minimum=1)
                  for p in toml.get(table, "preferred_batch_size", prefix, list, [])}
     if not preferred_sizes_fit(preferred, max_batch):
         raise ConfigError(f"{prefix}preferred_batch_size", f"sizes must be <= max_batch_size ({max_batch}), got "
                                                            f"{sorted(preferred)}")
-    return BatchingConfig(
+    default = _queue_policy(toml.get(table, "default_queue_policy", prefix, dict, {}),
+                            f"{prefix}default_queue_policy.")
+    policies = tuple(sorted((_integer(level, f"{prefix}priority_queue_policy", minimum=1),
+                             _queue_policy(policy, f"{prefix}priority_queue_policy.{level}."))
+                            for level, policy in toml.get(table, "priority_queue_policy", prefix, dict, {}).items()))
+    batching = BatchingConfig(
         max_batch_size=max_batch,
         max_queue_delay_us=_integer(table.get("max_queue_delay_microseconds", base.max_queue_delay_us),
                                     f"{prefix}max_queue_delay_microseconds"),
         preferred_batch_size=tuple(sorted(preferred)),
-        max_queue_size=_integer(queue.get("max_queue_size", base.max_queue_size), f"{queue_prefix}max_queue_size"),
+        max_queue_size=default.max_queue_size,
         instance_count=instance_count,
     )
+    queue = QueueConfig(
+        priority_levels=_integer(table.get("priority_levels", 0), f"{prefix}priority_levels"),
+        default_priority_level=_integer(table.get("default_priority_level", 0), f"{prefix}default_priority_level"),
+        timeout_action=default.timeout_action, default_timeout_us=default.default_timeout_us,
+        allow_timeout_override=default.allow_timeout_override, priority_queue_policy=policies)
+    check_priorities(queue, prefix)
+    if ordered:  # Triton's refusals: both would answer requests out of their order
+        if queue.priority_levels > 1:
+            raise ConfigError(f"{prefix}priority_levels", "only one priority level is allowed when "
+                                                          "'preserve_ordering' is true")
+        for key, policy in [("default_queue_policy", default), *((f"priority_queue_policy.{level}", p)
+                                                                  for level, p in policies)]:
+            if policy.default_timeout_us and policy.timeout_action == "DELAY":
+                raise ConfigError(f"{prefix}{key}.timeout_action", "DELAY is not allowed when 'preserve_ordering' "
+                                                                   "is true")
+    return batching, queue
+
+
+def _queue_policy(table: Mapping[str, Any], prefix: str) -> QueuePolicy:
+    """A ModelQueuePolicy. An absent (or 0) max_queue_size is this server's default bound, as for any model: the
+    JSON form cannot tell 0 from absent."""
+    table = _check(table, prefix, QUEUE_POLICY_KEYS)
+    action = toml.get(table, "timeout_action", prefix, str, "REJECT")
+    if action not in TIMEOUT_ACTIONS:
+        raise ConfigError(f"{prefix}timeout_action", f"must be REJECT or DELAY, got {action!r}")
+    return QueuePolicy(
+        timeout_action=action,
+        default_timeout_us=_integer(table.get("default_timeout_microseconds", 0),
+                                    f"{prefix}default_timeout_microseconds"),
+        allow_timeout_override=toml.get(table, "allow_timeout_override", prefix, bool, False),
+        max_queue_size=_integer(table.get("max_queue_size", 0), f"{prefix}max_queue_size") or DEFAULT_MAX_QUEUE_SIZE)
 
 
 def _graph_level(doc: Mapping[str, Any], where: str) -> str | None:

@@ -86,7 +86,7 @@ class ModelVersion:
         batcher = DynamicBatcher(backend.instances, max_batch_size=b.max_batch_size or 0,
                                  max_queue_delay_us=b.max_queue_delay_us, preferred_batch_size=b.preferred_batch_size,
                                  max_queue_size=b.max_queue_size, name=cfg.name, inline=prepared.execution == "inline",
-                                 stats=stats)
+                                 stats=stats, policy=cfg.queue)
         batcher.start()
         version = cls(cfg.name, cfg.version, cfg, b, backend.inputs, backend.outputs, backend, prepared.digest,
                       stats, batcher, State.READY)
@@ -97,9 +97,10 @@ class ModelVersion:
         return version
 
     async def submit(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None,
-                     request_id: str, marks: Marks | None = None) -> dict[str, np.ndarray]:
+                     request_id: str, marks: Marks | None = None, priority: int = 0,
+                     timeout_us: int | None = None) -> dict[str, np.ndarray]:
         assert self.batcher is not None, "a version serves only once started"
-        return await self.batcher.submit(inputs, rows, deadline, request_id, marks)
+        return await self.batcher.submit(inputs, rows, deadline, request_id, marks, priority, timeout_us)
 
     def acquire(self) -> None:
         """A request takes a lease on the version it was routed to (synchronously with the routing)."""

@@ -4,6 +4,7 @@ Two families of names:
 - ours, Prometheus style (seconds, histograms, `_total` counters, labels model/version[/code]):
   inference_request_duration_seconds, inference_queue_wait_seconds, inference_compute_{input,infer,output}
   _seconds, inference_batch_rows, inference_pending_requests, inference_max_queue_size (its bound),
+  inference_priority_pending_requests{priority_level} (a model with priority levels: each level's queue),
   inference_requests_total, inference_request_failures_total{reason}, inference_cache_* (lookups per model;
   the cache tier's own size, errors, writes and circuit state);
 - Triton's (its user guide, metrics.md), so its Grafana dashboards and HPA rules keep working: nv_inference_request_
@@ -103,6 +104,9 @@ class StatsCollector:
                                     labels=LABELS)
         bound = GaugeMetricFamily("inference_max_queue_size", "Queued requests past which new ones are refused "
                                   "(max_queue_size); 0 = unbounded", labels=LABELS)
+        by_level = GaugeMetricFamily("inference_priority_pending_requests", "Requests waiting in the batch queue "
+                                     "of each priority level (models with priority levels)",
+                                     labels=[*LABELS, "priority_level"])
         histograms = [HistogramMetricFamily(name, text, labels=LABELS) for name, text, _ in HISTOGRAMS]
         cache = CounterMetricFamily("inference_cache_requests", "Response cache lookups, by result",
                                     labels=[*LABELS, "result"])
@@ -117,6 +121,9 @@ class StatsCollector:
                 failures.add_metric([name, version, reason], n)
             pending.add_metric([name, version], s.pending())
             bound.add_metric([name, version], s.max_queue_size)
+            if s.pending_levels is not None:
+                for level, queued in s.pending_levels():
+                    by_level.add_metric([name, version, str(level)], queued)
             for family, (_, _, attribute) in zip(histograms, HISTOGRAMS, strict=True):
                 h = getattr(s, attribute)
                 family.add_metric([name, version], buckets(h), h.sum)
@@ -124,7 +131,7 @@ class StatsCollector:
                 cache.add_metric([name, version, "hit"], s.cache_hit.count)
                 cache.add_metric([name, version, "miss"], s.cache_miss.count)
                 lookup.add_metric([name, version], buckets(s.cache_lookup_s), s.cache_lookup_s.sum)
-        yield from (request, requests, failures, pending, bound, *histograms, cache, lookup)
+        yield from (request, requests, failures, pending, bound, by_level, *histograms, cache, lookup)
         yield from self._triton(models)
         yield from self._lifecycle_metrics()
         yield from self._monitoring()

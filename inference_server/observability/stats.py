@@ -78,6 +78,8 @@ class ModelStats:
     def __init__(self, pending: Callable[[], int] = lambda: 0) -> None:
         self.pending = pending  # queued requests, read at collection time
         self.max_queue_size = 0  # the queue's bound (the batcher sets it); 0 = unbounded
+        # With priority levels: (level, queued requests) of each level, read at collection time (the batcher sets it)
+        self.pending_levels: Callable[[], list[tuple[int, int]]] | None = None
         # ModelStatistics (counts are requests; compute durations are the batch's, per request in it)
         self.success = Duration()
         self.fail = Duration()

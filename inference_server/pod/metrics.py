@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SUMMED_GAUGES = frozenset({
     "inference_pending_requests", "nv_inference_pending_request_count", "inference_max_queue_size",
+    "inference_priority_pending_requests",
     "inference_cache_bytes", "inference_cache_entries", "inference_cache_near_bytes", "inference_cache_pending_writes",
     "inference_shadow_queue_depth"})
 MAX_GAUGE_PREFIXES = ("nv_gpu_",)

@@ -1,6 +1,6 @@
 """The KServe v2 / Triton request rules both front ends apply, with their codes and messages: what a request may
-not ask for (shared memory, classification, a correlation ID), what its timeout must be, which parameters the
-repository extension's load and unload take, and the facts a model's configuration is rendered from.
+not ask for (shared memory, classification, a correlation ID), what its timeout and priority must be, which
+parameters the repository extension's load and unload take, and the facts a model's configuration is rendered from.
 
 Each codec reads its own wire (a protobuf InferParameter, a JSON value) and renders its own answer; the rules
 here are written once, so gRPC and HTTP refuse the same requests with the same words. No wire library here.
@@ -53,6 +53,23 @@ def timeout_us(parameters: Mapping[str, Any]) -> int | None:
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
         raise invalid(f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}")
     return timeout or None
+
+
+MAX_UINT64 = 2**64 - 1
+
+
+def priority(parameters: Mapping[str, Any]) -> int:
+    """The request's `priority` parameter: a non-negative integer (tritonclient sends uint64, perf_analyzer int64);
+    0 when absent. 1 is the highest level; 0 and levels above the model's priority_levels mean its default level,
+    as in Triton (the batcher maps it: execution/priority.py). A negative or non-integer value is refused, as
+    Triton refuses it."""
+    value = parameters.get("priority")
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_UINT64:
+        raise invalid(f"parameter 'priority' must be a non-negative integer (1 is the highest priority level, 0 the "
+                      f"model's default), got {value!r}")
+    return value
 
 
 # -- the repository extension's parameters -------------------------------------------------------------------------
@@ -137,6 +154,64 @@ def version_policy(policy: Policy) -> dict[str, Any]:
     if policy.kind == "specific":
         return {"specific": {"versions": [int(v) for v in policy.specific]}}
     return {"latest": {"num_versions": policy.latest}}
+
+
+class QueuePolicyFields(Protocol):
+    """A queue policy's fields, as service.views.QueuePolicyView carries them."""
+
+    @property
+    def timeout_action(self) -> str: ...
+
+    @property
+    def default_timeout_us(self) -> int: ...
+
+    @property
+    def allow_timeout_override(self) -> bool: ...
+
+    @property
+    def max_queue_size(self) -> int: ...
+
+
+class Batching(Protocol):
+    """The dynamic batcher's fields, as service.views.BatchingView carries them."""
+
+    @property
+    def preferred_batch_size(self) -> tuple[int, ...]: ...
+
+    @property
+    def max_queue_delay_us(self) -> int: ...
+
+    @property
+    def max_queue_size(self) -> int: ...
+
+    @property
+    def default_queue_policy(self) -> QueuePolicyFields | None: ...
+
+    @property
+    def priority_levels(self) -> int: ...
+
+    @property
+    def default_priority_level(self) -> int: ...
+
+    @property
+    def priority_queue_policy(self) -> tuple[tuple[int, QueuePolicyFields], ...]: ...
+
+
+def dynamic_batching(b: Batching) -> dict[str, Any]:
+    """Triton's ModelDynamicBatching as plain data (its JSON form, proto field names; map keys as strings): the
+    priority and queue timeout fields only when the model has them."""
+    def queue_policy(p: QueuePolicyFields) -> dict[str, Any]:
+        return {"timeout_action": p.timeout_action, "default_timeout_microseconds": p.default_timeout_us,
+                "allow_timeout_override": p.allow_timeout_override, "max_queue_size": p.max_queue_size}
+
+    default = ({"max_queue_size": b.max_queue_size} if b.default_queue_policy is None
+               else queue_policy(b.default_queue_policy))
+    doc: dict[str, Any] = {"preferred_batch_size": list(b.preferred_batch_size),
+                           "max_queue_delay_microseconds": b.max_queue_delay_us, "default_queue_policy": default}
+    if b.priority_levels:
+        doc.update(priority_levels=b.priority_levels, default_priority_level=b.default_priority_level,
+                   priority_queue_policy={str(level): queue_policy(p) for level, p in b.priority_queue_policy})
+    return doc
 
 
 def instance_group(model: str, count: int, gpu: bool) -> dict[str, Any]:

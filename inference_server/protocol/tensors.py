@@ -93,6 +93,7 @@ class InferRequest:
     id: str = ""
     requested_outputs: tuple[str, ...] | None = None  # None: every output, in model order
     timeout_us: int | None = None  # Triton's per-request queue timeout
+    priority: int = 0  # Triton's priority parameter: 1 is the highest level, 0 the model's default
     parameters: dict[str, Any] = field(default_factory=dict)
     routing_key: str | None = None  # the `routing-key` gRPC metadata or HTTP header, set by the front end
     # W3C Trace Context: the caller's `traceparent` and `tracestate` metadata or headers, as sent (the core

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 SERVER_NAME = "inference_server"
 # Only what is implemented end to end; perf_analyzer and clients trust this list.
-EXTENSIONS = ("model_configuration", "statistics")
+EXTENSIONS = ("model_configuration", "statistics", "schedule_policy")  # schedule_policy: priority and timeout
 REPOSITORY_EXTENSIONS = ("model_repository", "model_repository(unload_dependents)")  # explicit mode only
 HTTP_EXTENSIONS = ("binary_tensor_data",)  # with the HTTP front end (Triton lists it when HTTP is on)
 

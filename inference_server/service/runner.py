@@ -1,5 +1,5 @@
 """The request runner: one request on one leased version, from its tensors to its answer (docs/architecture.md,
-"A request's path"). Validation, the request's timeout, the response cache, the batcher, then the records:
+"A request's path"). Validation, the response cache, the batcher, then the records:
 the version's statistics, the access log, drift and the prediction log. Direct requests, routed ones (the
 Dispatcher) and shadow copies all run here, so a version's request figures have this one writer (the batcher
 records its batches)."""
@@ -106,17 +106,15 @@ class RequestRunner:
                      start: float, scope: Scope | None, marks: Marks | None) -> Answer:
         inputs, rows = validate_inputs(model, request.inputs)
         wanted = select_outputs(model, request.requested_outputs)
-        if request.timeout_us:
-            timeout_deadline = asyncio.get_running_loop().time() + request.timeout_us / 1e6
-            deadline = timeout_deadline if deadline is None else min(deadline, timeout_deadline)
         if scope is not None:
             scope.rows(rows)
         if self.caches(model):
-            outputs = await self._cached(model, inputs, rows, wanted, deadline, request.id, scope, marks)
+            outputs = await self._cached(model, request, inputs, rows, wanted, deadline, scope, marks)
         else:
             if scope is not None:
                 scope.cache("off")
-            outputs = await model.submit(inputs, rows, deadline, request.id, marks)
+            outputs = await model.submit(inputs, rows, deadline, request.id, marks, request.priority,
+                                         request.timeout_us)
         if self.drift is not None:
             self.drift.observe(model.name, model.version, outputs)
         if self.predictions is not None:
@@ -125,8 +123,8 @@ class RequestRunner:
         tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name].shape, outputs[spec.name]) for spec in wanted]
         return Answer(InferResponse(model.name, model.version, request.id, tensors), inputs, rows, outputs)
 
-    async def _cached(self, model: ModelVersion, inputs: dict[str, np.ndarray], rows: int, wanted: list[TensorSpec],
-                      deadline: float | None, request_id: str, scope: Scope | None = None,
+    async def _cached(self, model: ModelVersion, request: InferRequest, inputs: dict[str, np.ndarray], rows: int,
+                      wanted: list[TensorSpec], deadline: float | None, scope: Scope | None = None,
                       marks: Marks | None = None) -> dict[str, np.ndarray]:
         """Identical concurrent requests share one lookup and, on a miss, one execution (the others count as
         hits: they are answered without an execution of their own). A miss stores the requested outputs before
@@ -147,7 +145,8 @@ class RequestRunner:
                 stats.record_cache(True, time.perf_counter() - start)
                 return found
             lookup_s = time.perf_counter() - start
-            outputs = await model.submit(inputs, rows, deadline, request_id, marks)
+            outputs = await model.submit(inputs, rows, deadline, request.id, marks, request.priority,
+                                         request.timeout_us)
             insert_start = time.perf_counter()
             answer = {spec.name: outputs[spec.name] for spec in wanted}
             if outputs_nbytes(answer) <= self.cache_config.max_entry_bytes:

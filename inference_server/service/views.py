@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from inference_server.config.model import QueuePolicy
 from inference_server.execution.backend import TensorSpec
 from inference_server.lifecycle.registry import IndexEntry
 from inference_server.lifecycle.version import ModelVersion
@@ -47,11 +48,24 @@ class PolicyView:
 
 
 @dataclass(frozen=True, slots=True)
+class QueuePolicyView:
+    """A priority level's queue policy (Triton's ModelQueuePolicy)."""
+    timeout_action: str  # REJECT | DELAY
+    default_timeout_us: int
+    allow_timeout_override: bool
+    max_queue_size: int  # 0: unbounded
+
+
+@dataclass(frozen=True, slots=True)
 class BatchingView:
     """The dynamic batcher's settings (Triton's dynamic_batching)."""
     preferred_batch_size: tuple[int, ...]
     max_queue_delay_us: int
     max_queue_size: int  # 0: unbounded
+    default_queue_policy: QueuePolicyView | None = None  # its timeout settings, when it has any
+    priority_levels: int = 0
+    default_priority_level: int = 0
+    priority_queue_policy: tuple[tuple[int, QueuePolicyView], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,15 +174,26 @@ def config_view(model: ModelVersion, cached: bool) -> ModelConfigView:
     def tensor(spec: TensorSpec) -> TensorView:
         return TensorView(spec.name, spec.datatype, spec.shape[1:] if batching else spec.shape)
 
-    path, policy, b = model.config.path, model.config.version_policy, model.batching
+    path, policy = model.config.path, model.config.version_policy
     return ModelConfigView(
         name=model.name, platform=model.platform, backend=model.backend.backend_name,
         max_batch_size=model.max_batch_size, version_policy=PolicyView(policy.kind, policy.latest, policy.specific),
         inputs=tuple(tensor(s) for s in model.inputs), outputs=tuple(tensor(s) for s in model.outputs),
         instance_count=model.batching.instance_count, gpu=model.backend.device == "cuda",
         default_model_filename=path.name if path is not None else model.config.filename,
-        dynamic_batching=BatchingView(b.preferred_batch_size, b.max_queue_delay_us, b.max_queue_size) if batching
-        else None, response_cache=cached)
+        dynamic_batching=_batching_view(model) if batching else None, response_cache=cached)
+
+
+def _batching_view(model: ModelVersion) -> BatchingView:
+    b, q = model.batching, model.config.queue
+
+    def policy(p: QueuePolicy) -> QueuePolicyView:
+        return QueuePolicyView(p.timeout_action, p.default_timeout_us, p.allow_timeout_override, p.max_queue_size)
+
+    default = q.default_policy(b.max_queue_size)
+    return BatchingView(b.preferred_batch_size, b.max_queue_delay_us, b.max_queue_size,
+                        policy(default) if default.sets_timeouts else None, q.priority_levels,
+                        q.default_priority_level, tuple((level, policy(p)) for level, p in q.priority_queue_policy))
 
 
 def _duration(d: Duration) -> DurationView:

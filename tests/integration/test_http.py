@@ -116,7 +116,7 @@ def test_health_and_server_metadata_agree_with_grpc(client, grpc, http_url):
     meta = client.get_server_metadata()
     assert meta == grpc.get_server_metadata(as_json=True)
     assert meta["name"] == "inference_server"
-    assert meta["extensions"] == ["model_configuration", "statistics", "binary_tensor_data"]
+    assert meta["extensions"] == ["model_configuration", "statistics", "schedule_policy", "binary_tensor_data"]
     port = int(http_url.rpartition(":")[2])
     status, headers, body = request(port, "GET", "/v2/health/ready")
     assert (status, body) == (200, b"")

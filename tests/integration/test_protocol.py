@@ -61,7 +61,8 @@ def test_health_and_metadata(client):
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("mlp")
     meta = client.get_server_metadata(as_json=True)
-    assert meta["name"] == "inference_server" and meta["extensions"] == ["model_configuration", "statistics"]
+    assert meta["name"] == "inference_server"
+    assert meta["extensions"] == ["model_configuration", "statistics", "schedule_policy"]
     model = client.get_model_metadata("mlp", as_json=True)
     assert model["platform"] == "onnxruntime_onnx" and model["versions"] == ["1"]
     assert model["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["-1", "8"]}]

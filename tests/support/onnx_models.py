@@ -123,6 +123,17 @@ def slow(side: int = 512) -> onnx.ModelProto:
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])], [shape, axes, r3, r2])
 
 
+def batch_sum() -> onnx.ModelProto:
+    """INT64 `x` [N, 1] -> `y` [N, 1], every row the sum of the whole batch's `x`: a request that sends a bit of its
+    own learns from its answer which requests shared its batch."""
+    axes = numpy_helper.from_array(np.array([0], dtype=np.int64), "axes")
+    nodes = [helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=1),  # [1, 1]
+             helper.make_node("Sub", ["x", "x"], ["zeros"]),
+             helper.make_node("Add", ["zeros", "total"], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 1])],
+                  [helper.make_tensor_value_info("y", TensorProto.INT64, ["N", 1])], [axes])
+
+
 def write_model(repository: Path, name: str, model: onnx.ModelProto, config: str = "", version: int = 1) -> Path:
     """Lay a model out as repository/<name>/<version>/model.onnx (+ config.toml) and return its path."""
     path = repository / name / str(version) / "model.onnx"

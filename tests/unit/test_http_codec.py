@@ -14,13 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from inference_server.config.model import BatchingConfig, VersionPolicy
+from inference_server.config.model import VersionPolicy
 from inference_server.errors import ErrorCode, InferenceError
 from inference_server.http import codec
 from inference_server.observability.stats import ModelStats
 from inference_server.protocol.tensors import DATATYPES, InferResponse, Tensor, decode_raw, encode_bytes, encode_raw
-from inference_server.service.views import (IndexEntry, ModelConfigView, ModelMetadataView, StatisticsView, TensorView,
-                                            snapshot)
+from inference_server.service.views import (BatchingView, IndexEntry, ModelConfigView, ModelMetadataView,
+                                            StatisticsView, TensorView, snapshot)
 from tests.support.datatype_samples import NUMERIC
 
 BF16 = np.array([[0x3FC0, 0xC010, 0x0000]], np.uint16)  # 1.5, -2.25, 0.0 as the upper halves of fp32
@@ -503,8 +503,8 @@ def config_view(**overrides) -> ModelConfigView:
                   version_policy=VersionPolicy(kind="latest", latest=2), inputs=(TensorView("x", "FP16", (3,)),),
                   outputs=(TensorView("y", "BYTES", (-1, 2)),), instance_count=2, gpu=True,
                   default_model_filename="model.onnx",
-                  dynamic_batching=BatchingConfig(max_queue_delay_us=500, preferred_batch_size=(4, 8),
-                                                  max_queue_size=16), response_cache=True)
+                  dynamic_batching=BatchingView(max_queue_delay_us=500, preferred_batch_size=(4, 8),
+                                                max_queue_size=16), response_cache=True)
     return ModelConfigView(**{**fields, **overrides})
 
 

@@ -7,7 +7,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from inference_server.config.model import BatchingConfig, ModelConfig, TensorDecl, VersionPolicy, WarmupConfig
+from inference_server.config.model import (
+    DEFAULT_MAX_QUEUE_SIZE,
+    BatchingConfig,
+    ModelConfig,
+    QueueConfig,
+    QueuePolicy,
+    TensorDecl,
+    VersionPolicy,
+    WarmupConfig,
+)
 from inference_server.errors import ConfigError
 from inference_server.lifecycle.triton_model import TRITON_DATATYPES, model_config_from_triton
 from inference_server.protocol._generated import model_config_pb2
@@ -214,16 +223,6 @@ UNSUPPORTED = [
     ('runtime: "libtriton_custom.so"', "runtime"),
     ('metric_tags { key: "team" value: "vision" }', "metric_tags"),
     ('model_metrics { metric_control [ { metric_identifier { family: "f" } } ] }', "model_metrics"),
-    ("max_batch_size: 4 dynamic_batching { priority_levels: 2 }", "dynamic_batching.priority_levels"),
-    ("max_batch_size: 4 dynamic_batching { default_priority_level: 1 }", "dynamic_batching.default_priority_level"),
-    ("max_batch_size: 4 dynamic_batching { priority_queue_policy { key: 1 value { max_queue_size: 2 } } }",
-     "dynamic_batching.priority_queue_policy"),
-    ("dynamic_batching { default_queue_policy { timeout_action: DELAY } }",
-     "dynamic_batching.default_queue_policy.timeout_action"),
-    ("dynamic_batching { default_queue_policy { default_timeout_microseconds: 100 } }",
-     "dynamic_batching.default_queue_policy.default_timeout_microseconds"),
-    ("dynamic_batching { default_queue_policy { allow_timeout_override: true } }",
-     "dynamic_batching.default_queue_policy.allow_timeout_override"),
     ("instance_group [ { kind: KIND_GPU gpus: [0, 1] } ]", "instance_group[0].gpus"),
     ('instance_group [ { count: 1 }, { profile: "0" } ]', "instance_group[1].profile"),
     ("instance_group [ { passive: true } ]", "instance_group[0].passive"),
@@ -361,3 +360,63 @@ def test_the_type_table_covers_every_triton_type_with_its_protocol_name():
     assert set(TRITON_DATATYPES) == triton_types
     assert TRITON_DATATYPES == {dt.config_name: dt.name for dt in DATATYPES.values()}
     assert TRITON_DATATYPES["TYPE_STRING"] == "BYTES"
+
+
+# -- priority levels and queue policies (dynamic_batching) ---------------------------------------------------------
+
+QUEUED = """
+max_batch_size: 8
+dynamic_batching {
+  priority_levels: 3
+  default_priority_level: 2
+  default_queue_policy { timeout_action: DELAY default_timeout_microseconds: 100000 allow_timeout_override: true
+                         max_queue_size: 16 }
+  priority_queue_policy { key: 1 value { default_timeout_microseconds: 5000 max_queue_size: 4 } }
+  priority_queue_policy { key: 3 value { timeout_action: DELAY } }
+}
+"""
+
+
+def test_priority_levels_and_queue_policies_map_from_config_pbtxt():
+    cfg = convert(QUEUED)
+    assert cfg.batching.max_queue_size == 16  # the default policy's bound, as before
+    assert cfg.queue == QueueConfig(
+        priority_levels=3, default_priority_level=2, timeout_action="DELAY", default_timeout_us=100000,
+        allow_timeout_override=True,
+        # a level's policy is whole: what it leaves out is protobuf's default, not default_queue_policy's (Triton),
+        # except an absent bound, which is this server's default as for every model
+        priority_queue_policy=((1, QueuePolicy(default_timeout_us=5000, max_queue_size=4)),
+                               (3, QueuePolicy(timeout_action="DELAY", max_queue_size=DEFAULT_MAX_QUEUE_SIZE))))
+    assert cfg.queue.timeouts and cfg.queue.needed
+
+
+def test_the_same_queue_config_from_repository_json_maps_alike():
+    doc = json_to_dict(json.dumps(pbtxt_to_dict(QUEUED)))  # 64-bit integers and map keys arrive as strings
+    assert model_config_from_triton(doc, name="resnet", defaults=Defaults(), where=WHERE) == convert(QUEUED)
+
+
+def test_a_queue_policy_of_max_queue_size_only_needs_no_policy_queue():
+    cfg = convert("max_batch_size: 4 dynamic_batching { default_queue_policy { max_queue_size: 8 } }")
+    assert cfg.queue == QueueConfig() and not cfg.queue.needed and cfg.batching.max_queue_size == 8
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ("dynamic_batching { priority_levels: 2 }", "dynamic_batching.default_priority_level",
+     "must be in [1, priority_levels (2)], got 0"),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 3 }", "dynamic_batching.default_priority_level",
+     "must be in [1, priority_levels (2)], got 3"),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 3 value {} } }",
+     "dynamic_batching.priority_queue_policy.3", "the level must be in [1, priority_levels (2)]"),
+    ("dynamic_batching { default_priority_level: 1 }", "dynamic_batching.default_priority_level",
+     "needs priority_levels"),
+    ("dynamic_batching { priority_queue_policy { key: 1 value {} } }", "dynamic_batching.priority_queue_policy",
+     "needs priority_levels"),
+    ("dynamic_batching { preserve_ordering: true priority_levels: 2 default_priority_level: 1 }",
+     "dynamic_batching.priority_levels", "only one priority level is allowed when 'preserve_ordering' is true"),
+    ("dynamic_batching { preserve_ordering: true default_queue_policy { timeout_action: DELAY "
+     "default_timeout_microseconds: 10 } }", "dynamic_batching.default_queue_policy.timeout_action",
+     "DELAY is not allowed when 'preserve_ordering' is true"),
+])
+def test_bad_priority_settings_are_refused_naming_the_key(text, key, words):
+    err = refusal(text)
+    assert err.key == f"{WHERE}{key}" and words in str(err)
