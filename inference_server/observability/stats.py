@@ -126,6 +126,12 @@ class ModelStats:
         batch.compute_infer.add(infer_ns)
         batch.compute_output.add(output_ns)
 
+    def record_execution(self, rows: int) -> None:
+        """An ensemble's run of its steps (no batch of its own: its composing models count their batches)."""
+        self.inference_count += rows
+        self.execution_count += 1
+        self.last_inference_ms = time.time_ns() // 1_000_000
+
     def record_cache(self, hit: bool, duration_s: float | None) -> None:
         """A cache lookup (and, for a miss, its insert). A hit also counts in `queue` with no wait, as
         Triton counts it, and never in compute, inference_count or execution_count. duration_s None: a hit
