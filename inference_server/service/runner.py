@@ -179,8 +179,9 @@ class RequestRunner:
         async def step(s: EnsembleStep, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return await self._step(model.name, s, given, deadline, request_id, scope)
 
+        start = time.perf_counter()
         outputs = await run_graph(model.ensemble, inputs, [spec.name for spec in model.outputs], step)
-        model.stats.record_execution(rows)
+        model.stats.record_execution(rows, time.perf_counter() - start)
         return outputs
 
     async def _step(self, ensemble: str, step: EnsembleStep, inputs: dict[str, np.ndarray], deadline: float | None,

@@ -118,6 +118,8 @@ def test_a_three_step_chain_answers_as_the_three_models_in_turn(served):
             assert int(stats(client, model)["inference_stats"]["success"]["count"]) == count + 1
         mine = stats(client, "pipeline")
         assert mine["inference_stats"]["success"]["count"] == "1" and mine["inference_count"] == "3"
+        # one execution that waited 0 in a queue of its own (perf_analyzer finds the serving version by it)
+        assert mine["execution_count"] == "1" and mine["inference_stats"]["queue"]["count"] == "1"
         metadata = client.get_model_metadata("pipeline", as_json=True)
         assert metadata["platform"] == "ensemble" and metadata["versions"] == ["1"]
         assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["inputs"]] == [("RAW", "FP32", ["-1", "4"])]
