@@ -39,6 +39,7 @@ from benchmarks.points import (
     samples,
 )
 from benchmarks.reliability import reliability_scenario
+from benchmarks.ensemble import ensemble_scenario
 from benchmarks.routing import routing_scenario
 from benchmarks.shadow import shadow_scenario
 from benchmarks.tracing import tracing_scenario
@@ -448,4 +449,5 @@ SCENARIOS = {"closed-loop": closed_loop, "batching": batching, "execution": exec
              "cache": cache_scenario, "cache-memory": cache_memory_scenario, "lifecycle": lifecycle_scenario,
              "http": http_scenario, "routing": routing_scenario, "shadow": shadow_scenario,
              "reliability": reliability_scenario, "grpc-engines": grpc_engines_scenario,
-             "tracing": tracing_scenario, "revisions": revisions_scenario, "priority": priority_smoke}
+             "tracing": tracing_scenario, "ensemble": ensemble_scenario, "revisions": revisions_scenario,
+             "priority": priority_smoke}

@@ -147,7 +147,8 @@ class App:
         self.manager = ModelManager(cfg, self.registry, cache_dir=cache_dir, on_change=self._readiness_changed)
         self.gate = Gate(cfg.limits.max_in_flight)
         runner = RequestRunner(cache=self.cache, cache_config=cfg.cache_config, predictions=self.predictions,
-                               drift=self.drift, access_log=cfg.access_log, rejected=self.gate.rejected)
+                               drift=self.drift, access_log=cfg.access_log, rejected=self.gate.rejected,
+                               registry=self.registry)
         self.route_stats, self.shadow_stats = RouteStats(), ShadowStats()
 
         def shadow(route: RouteConfig) -> Shadow:

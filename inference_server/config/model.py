@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from inference_server.config import toml
+from inference_server.config.ensemble import Ensemble
 from inference_server.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -188,6 +189,7 @@ class ModelConfig:
     # The settings the model's config gives (keys of MODEL_KEYS; for a Triton config, the fields it sets): an MLflow
     # onnx flavour fills in only the others (lifecycle/onnx_flavor.py).
     explicit: frozenset[str] = frozenset()
+    ensemble: Ensemble | None = None  # a Triton ensemble (platform "ensemble"): steps, no model file of its own
 
 
 class ModelDefaults(Protocol):

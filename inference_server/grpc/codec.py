@@ -118,9 +118,15 @@ def model_config(view: ModelConfigView) -> pb.ModelConfigResponse:
                for t in view.inputs],
         output=[mc.ModelOutput(name=t.name, data_type=DATATYPES[t.datatype].config_name, dims=t.shape)
                 for t in view.outputs],
-        instance_group=[mc.ModelInstanceGroup(**rules.instance_group(view.name, view.instance_count, view.gpu))],
-        default_model_filename=view.default_model_filename,
     )
+    if view.ensemble_steps is None:
+        config.instance_group.append(mc.ModelInstanceGroup(**rules.instance_group(view.name, view.instance_count,
+                                                                                  view.gpu)))
+        config.default_model_filename = view.default_model_filename
+    else:
+        config.ensemble_scheduling.CopyFrom(mc.ModelEnsembling(step=[mc.ModelEnsembling.Step(
+            model_name=s.model_name, model_version=s.model_version, input_map=dict(s.input_map),
+            output_map=dict(s.output_map)) for s in view.ensemble_steps]))
     b = view.dynamic_batching
     if b is not None:
         json_format.ParseDict(rules.dynamic_batching(b), config.dynamic_batching)

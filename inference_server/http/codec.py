@@ -415,9 +415,14 @@ def model_config_json(view: ModelConfigView) -> bytes:
         "name": view.name, "platform": view.platform, "backend": view.backend,
         "version_policy": rules.version_policy(view.version_policy), "max_batch_size": view.max_batch_size,
         "input": [_config_tensor(t) for t in view.inputs], "output": [_config_tensor(t) for t in view.outputs],
-        "instance_group": [rules.instance_group(view.name, view.instance_count, view.gpu)],
-        "default_model_filename": view.default_model_filename,
     }
+    if view.ensemble_steps is None:
+        config["instance_group"] = [rules.instance_group(view.name, view.instance_count, view.gpu)]
+        config["default_model_filename"] = view.default_model_filename
+    else:
+        config["ensemble_scheduling"] = {"step": [
+            {"model_name": s.model_name, "model_version": s.model_version, "input_map": dict(s.input_map),
+             "output_map": dict(s.output_map)} for s in view.ensemble_steps]}
     b = view.dynamic_batching
     if b is not None:
         config["dynamic_batching"] = rules.dynamic_batching(b)

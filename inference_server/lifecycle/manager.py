@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from inference_server.config.ensemble import Signature, check_composing
 from inference_server.config.model import ModelConfig
 from inference_server.config.server import ServerConfig
 from inference_server.errors import ConfigError, ErrorCode, InferenceError, ModelLoadError, invalid, unavailable
@@ -74,6 +75,7 @@ class ModelManager:
         self._started = False
         self._closing = False
         self._stopping = threading.Event()  # tells a warmup running in a worker thread to give up
+        self._awaiting: dict[str, str] = {}  # an ensemble loading -> the composing model whose load it waits for
 
     # -- start and views ------------------------------------------------------------------------
 
@@ -323,6 +325,8 @@ class ModelManager:
             raise ModelLoadError("; ".join(errors))
 
     async def _load_version(self, cfg: ModelConfig) -> ModelVersion:
+        if cfg.ensemble is not None:
+            return await self._load_ensemble(cfg)
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._load_pool, prepare, cfg, self._stopping)
@@ -345,6 +349,61 @@ class ModelManager:
         version = ModelVersion.start(prepared, stats)
         self.events.record_load(cfg.name, True, time.perf_counter() - start)
         return version
+
+    async def _load_ensemble(self, cfg: ModelConfig) -> ModelVersion:
+        """An ensemble's version, once its composing models serve (in explicit mode, a composing model that does not
+        is loaded first, as Triton loads an ensemble's dependencies) and agree with its steps (config/ensemble.py
+        `check_composing`). It has no session: nothing runs in a worker thread."""
+        assert cfg.ensemble is not None
+        start = time.perf_counter()
+        try:
+            composing = {name: _signature(model) for name, model in (await self._composing(cfg)).items()}
+            own = Signature({d.name: (d.datatype, d.dims) for d in cfg.declared if d.kind == "input"},
+                            {d.name: (d.datatype, d.dims) for d in cfg.declared if d.kind == "output"},
+                            cfg.batching.max_batch_size or 0)
+            check_composing(cfg.name, own, cfg.ensemble, composing)
+        except (ConfigError, ModelLoadError) as e:
+            self.events.record_load(cfg.name, False, time.perf_counter() - start)
+            log.error("ensemble '%s' version %s failed to load: %s", cfg.name, cfg.version, e)
+            raise ModelLoadError(f"ensemble '{cfg.name}' version {cfg.version}: {e}") from None
+        stats = self._stats.get((cfg.name, cfg.version))
+        if stats is None:
+            stats = self._stats[(cfg.name, cfg.version)] = ModelStats()
+        version = ModelVersion.start_ensemble(cfg, stats)
+        self.events.record_load(cfg.name, True, time.perf_counter() - start)
+        return version
+
+    async def _composing(self, cfg: ModelConfig) -> dict[str, ModelVersion]:
+        """The version each step of the ensemble would run on now, by model name. A composing model being loaded is
+        waited for (models load concurrently at start); a wait that would come back to this ensemble is a cycle."""
+        assert cfg.ensemble is not None
+        found: dict[str, ModelVersion] = {}
+        for step in cfg.ensemble.steps:
+            name = step.model_name
+            if name == cfg.name:
+                raise ModelLoadError(f"{step.describe()} is the ensemble itself")
+            waiter: str | None = name
+            while waiter is not None:  # who `name` waits for, and who that one waits for ...
+                if waiter == cfg.name:
+                    raise ModelLoadError(f"{step.describe()}: ensembles that contain each other form a cycle")
+                waiter = self._awaiting.get(waiter)
+            self._awaiting[cfg.name] = name
+            try:
+                if self._lock(name).locked():
+                    async with self._lock(name):
+                        pass
+                if not self.registry.ready(name, step.model_version) and self.mode == "explicit" \
+                        and name in self.known():
+                    await self.refresh(name, want=True)
+                model = self.registry.find(name, step.model_version)
+            except (InferenceError, ModelLoadError) as e:
+                raise ModelLoadError(f"{step.describe()}: the composing model cannot serve: {e}") from None
+            finally:
+                self._awaiting.pop(cfg.name, None)
+            if name in found and found[name] is not model:
+                raise ModelLoadError(f"{step.describe()}: steps name different versions of model '{name}'")
+            found[name] = model
+        return found
 
     async def _drain(self, name: str, left: list[ModelVersion], grace_s: float | None = None) -> None:
         async def close(model: ModelVersion) -> None:
@@ -390,3 +449,10 @@ class ModelManager:
         await asyncio.gather(*(self._drain(name, self.registry.publish(name, {}), grace_s) for name in names))
         self._load_pool.shutdown(wait=False, cancel_futures=True)
         self.sources.close()
+
+
+def _signature(model: ModelVersion) -> Signature:
+    """A serving version's tensors as the ensemble checks compare them (dims without the batch dimension)."""
+    cut = 1 if model.max_batch_size > 0 else 0
+    return Signature({s.name: (s.datatype, s.shape[cut:]) for s in model.inputs},
+                     {s.name: (s.datatype, s.shape[cut:]) for s in model.outputs}, model.max_batch_size)

@@ -28,6 +28,7 @@ class IndexEntry:
 
 
 NOT_LOADED = "not loaded"
+MAX_NESTING = 8  # ensembles within ensembles that readiness follows (ensembles that contain each other never load)
 
 
 class Lease:
@@ -103,11 +104,17 @@ class ModelRegistry:
                                  f"Request for unknown model: '{name}' is {model_reason or UNLOADED}")
         raise unavailable(f"model '{name}' is unavailable: {model_reason}")
 
-    def ready(self, name: str, version: str = "") -> bool:
+    def ready(self, name: str, version: str = "", depth: int = 0) -> bool:
+        """A version serves; an ensemble only while every composing model its steps run on does (as Triton)."""
         serving = self._serving.get(name)
         if not serving:
             return False
-        return (version in serving) if version else name in self._default
+        model = serving.get(version) if version else self._default.get(name)
+        if model is None:
+            return False
+        ensemble = model.config.ensemble
+        return ensemble is None or depth < MAX_NESTING and all(
+            self.ready(step.model_name, step.model_version, depth + 1) for step in ensemble.steps)
 
     def versions(self, name: str) -> list[str]:
         """The serving versions of a model, oldest first."""

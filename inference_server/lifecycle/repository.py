@@ -95,7 +95,11 @@ class Repository:
         versions = {}
         for entry in model_dir.iterdir():
             version = version_number(entry.name)
-            if version is not None and (entry / config.filename).is_file():
+            if version is None:
+                continue
+            if config.ensemble is not None and entry.is_dir():  # an ensemble's version directory is empty
+                versions[version] = entry
+            elif (entry / config.filename).is_file():
                 versions[version] = entry / config.filename
         if model_dir == self.root and (model_dir / config.filename).is_file():  # DIR/model.onnx: version 1
             if versions:
@@ -104,8 +108,8 @@ class Repository:
                                      "served is ambiguous: keep one layout")
             versions["1"] = model_dir / config.filename
         if not versions:
-            raise ModelLoadError(f"model '{name}': {model_dir} has no <version>/{config.filename} "
-                                 "(versions are positive integers)")
+            wanted = "<version> directory" if config.ensemble is not None else f"<version>/{config.filename}"
+            raise ModelLoadError(f"model '{name}': {model_dir} has no {wanted} (versions are positive integers)")
         return ModelSpec(name, config, dict(sorted(versions.items(), key=lambda kv: version_key(kv[0]))))
 
     def _config(self, name: str, model_dir: Path, override: Mapping[str, Any] | None) -> ModelConfig:

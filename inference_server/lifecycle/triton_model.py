@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from inference_server.config import toml
+from inference_server.config.ensemble import EnsembleStep, check_graph
 from inference_server.config.model import (
     DEFAULT_MAX_QUEUE_SIZE,
     MODEL_DEFAULTS,
@@ -43,6 +44,11 @@ MAPPED = ("name", "platform", "backend", "max_batch_size", "dynamic_batching", "
 INERT_WHEN_DEFAULT = ("batch_input", "batch_output", "model_transaction_policy", "model_repository_agents",
                       "model_operations", "cc_model_filenames", "runtime", "metric_tags", "model_metrics")
 UNSUPPORTED = "is not supported by this server"
+ENSEMBLE = "ensemble"
+# An ensemble's config: what Triton takes for one. Batching, instances and warmup belong to its composing models.
+ENSEMBLE_MAPPED = ("name", "platform", "max_batch_size", "version_policy", "response_cache", "input", "output",
+                   "ensemble_scheduling")
+ENSEMBLE_UNSUPPORTED = "is not supported for an ensemble (set it on the composing models)"
 
 
 def _is_set(value: Any) -> bool:
@@ -76,10 +82,10 @@ def model_config_from_triton(doc: Mapping[str, Any], *, name: str, defaults: Mod
                              where: str) -> ModelConfig:
     """Translate one Triton config; errors are ConfigError keyed `{where}{field}`. path and version are left
     for the caller (one ModelConfig per version directory)."""
+    if doc.get("platform") == ENSEMBLE:
+        return _ensemble_config(doc, name=name, defaults=defaults, where=where)
     doc = _check(doc, where, MAPPED, INERT_WHEN_DEFAULT)
-    given = toml.get(doc, "name", where, str, "") or name
-    if given != name:
-        raise ConfigError(f"{where}name", f"must be the model's name {name!r}, got {given!r}")
+    _check_name(doc, name, where)
     for key, wanted in (("platform", PLATFORM), ("backend", BACKEND)):
         value = toml.get(doc, key, where, str, "") or wanted
         if value != wanted:
@@ -103,6 +109,45 @@ def model_config_from_triton(doc: Mapping[str, Any], *, name: str, defaults: Mod
         batching=batching, queue=queue, version_policy=_version_policy(doc, where),
         warmup=_warmup(doc, where, batching.max_batch_size or 0), filename=filename,
         declared=_tensors(doc, where), explicit=frozenset(explicit), **parameters)
+
+
+def _check_name(doc: Mapping[str, Any], name: str, where: str) -> None:
+    given = toml.get(doc, "name", where, str, "") or name
+    if given != name:
+        raise ConfigError(f"{where}name", f"must be the model's name {name!r}, got {given!r}")
+
+
+def _ensemble_config(doc: Mapping[str, Any], *, name: str, defaults: ModelDefaults, where: str) -> ModelConfig:
+    """`platform: "ensemble"`: its tensors, max_batch_size and steps, checked as far as the config alone decides
+    (config/ensemble.py `check_graph`); the composing models are checked when it loads."""
+    for key, value in doc.items():
+        if key in ENSEMBLE_MAPPED or key in ("backend", *INERT_WHEN_DEFAULT) and not _is_set(value):
+            continue
+        raise ConfigError(f"{where}{key}", ENSEMBLE_UNSUPPORTED if key in MAPPED else UNSUPPORTED)
+    _check_name(doc, name, where)
+    max_batch = _integer(doc.get("max_batch_size", 0), f"{where}max_batch_size")
+    declared = _tensors(doc, where)
+    prefix = f"{where}ensemble_scheduling."
+    scheduling = _check(toml.get(doc, "ensemble_scheduling", where, dict, {}), prefix, ("step",))
+    steps = []
+    for i, raw in enumerate(toml.get(scheduling, "step", prefix, list, [])):
+        step_prefix = f"{prefix}step[{i}]."
+        raw = _check(raw, step_prefix, ("model_name", "model_version", "input_map", "output_map"), ("model_namespace",))
+        # -1, or left out (protobuf's 0): the version the model serves when the step runs
+        version = _integer(raw.get("model_version", -1), f"{step_prefix}model_version", minimum=-1)
+        maps = [tuple((str(k), str(v)) for k, v in toml.get(raw, key, step_prefix, dict, {}).items())
+                for key in ("input_map", "output_map")]
+        steps.append(EnsembleStep(i, toml.get(raw, "model_name", step_prefix, str, ""),
+                                  str(version) if version > 0 else "", maps[0], maps[1]))
+    graph = check_graph(name, [d.name for d in declared if d.kind == "input"],
+                        [d.name for d in declared if d.kind == "output"], steps, key=f"{where}ensemble_scheduling")
+    absent = {"enable": MODEL_DEFAULTS["cache"]}
+    cache = _check(toml.get(doc, "response_cache", where, dict, absent), f"{where}response_cache.", ("enable",))
+    return ModelConfig(name=name, device=defaults.device, execution=defaults.execution,
+                       cache=toml.get(cache, "enable", f"{where}response_cache.", bool, False),
+                       batching=BatchingConfig(max_batch_size=max_batch, instance_count=0),
+                       version_policy=_version_policy(doc, where), warmup=WarmupConfig(batch_sizes=()),
+                       declared=declared, ensemble=graph)
 
 
 def _instances(doc: Mapping[str, Any], where: str) -> tuple[str | None, int]:

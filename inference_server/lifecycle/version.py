@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference_server.config.ensemble import Ensemble
 from inference_server.config.model import BatchingConfig, ModelConfig, preferred_sizes_fit, rows_fit
 from inference_server.errors import ModelLoadError, unavailable
 from inference_server.execution.backend import OnnxBackend, TensorSpec, sample_inputs
@@ -31,6 +32,7 @@ from inference_server.observability.trace_marks import Marks
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_SIZE = 32
+ENSEMBLE = "ensemble"  # an ensemble's platform, as Triton names it
 
 
 class State(enum.Enum):
@@ -61,8 +63,8 @@ class ModelVersion:
     batching: BatchingConfig  # resolved: max_batch_size is a number here
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    backend: OnnxBackend
-    digest: str  # BLAKE2b of the model file: part of every cache key
+    backend: OnnxBackend | None  # None for an ensemble: its steps run on the composing models
+    digest: str  # BLAKE2b of the model file (of the config, for an ensemble): part of every cache key
     stats: ModelStats = dataclasses.field(default_factory=ModelStats)
     batcher: DynamicBatcher | None = None
     state: State = State.LOADING
@@ -75,7 +77,27 @@ class ModelVersion:
 
     @property
     def platform(self) -> str:
-        return self.backend.platform
+        return ENSEMBLE if self.backend is None else self.backend.platform
+
+    @property
+    def ensemble(self) -> Ensemble | None:
+        return self.config.ensemble
+
+    @classmethod
+    def start_ensemble(cls, cfg: ModelConfig, stats: ModelStats | None = None) -> ModelVersion:
+        """An ensemble's version, READY: its tensors are those its config declares (with the batch dimension when
+        it batches); it has no session and no batcher (the runner runs its steps)."""
+        assert cfg.ensemble is not None
+        batch = (-1,) if cfg.batching.max_batch_size else ()
+        specs = {kind: tuple(TensorSpec(d.name, d.datatype, (*batch, *d.dims)) for d in cfg.declared if d.kind == kind)
+                 for kind in ("input", "output")}
+        digest = hashlib.blake2b(repr(cfg.ensemble).encode(), digest_size=16).hexdigest()
+        version = cls(cfg.name, cfg.version, cfg, cfg.batching, specs["input"], specs["output"], None, digest,
+                      ModelStats() if stats is None else stats, None, State.READY)
+        log.info("ensemble '%s' version %s ready: %d steps (%s), max_batch_size=%d", cfg.name, cfg.version,
+                 len(cfg.ensemble.steps), ", ".join(s.model_name for s in cfg.ensemble.steps),
+                 cfg.batching.max_batch_size or 0)
+        return version
 
     @classmethod
     def start(cls, prepared: Prepared, stats: ModelStats | None = None) -> ModelVersion:
@@ -133,7 +155,8 @@ class ModelVersion:
         if self.batcher is not None:  # nothing leased is left: what it still holds ends at once (a floor, as
             # a wait of 0 would give up before the batch loop has seen it is closing)
             await self.batcher.close(max(0.1, grace_s - (loop.time() - start)))
-        self.backend.close()
+        if self.backend is not None:
+            self.backend.close()
         self.state = State.UNAVAILABLE
 
 

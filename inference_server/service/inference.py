@@ -51,7 +51,7 @@ class InferenceService:
                  http: bool = False, tracing: Tracing | None = None) -> None:
         self.registry = registry
         self.gate = gate or Gate()
-        self.runner = runner or RequestRunner(rejected=self.gate.rejected)
+        self.runner = runner or RequestRunner(rejected=self.gate.rejected, registry=registry)
         self.router = router or Router(())
         self.health = Health(self.gate, manager, registry)
         self.repository = RepositoryAdmin(manager, self.gate)

@@ -17,6 +17,8 @@ from inference_server.cache.memory import Coalescer, ResponseCache, cache_key, o
 from inference_server.config.server import CacheConfig
 from inference_server.errors import ErrorCode, InferenceError, QueueFull
 from inference_server.execution.backend import TensorSpec
+from inference_server.config.ensemble import EnsembleStep
+from inference_server.lifecycle.registry import ModelRegistry
 from inference_server.lifecycle.version import ModelVersion
 from inference_server.observability.drift import DriftMonitor
 from inference_server.observability.logs import ACCESS
@@ -24,6 +26,7 @@ from inference_server.observability.predictions import PredictionLog
 from inference_server.observability.trace_marks import Marks
 from inference_server.protocol.tensors import InferRequest, InferResponse, Tensor
 from inference_server.routing.dispatch import Answer
+from inference_server.service.ensemble import run_graph
 from inference_server.service.validation import select_outputs, validate_inputs
 
 if TYPE_CHECKING:
@@ -33,7 +36,9 @@ if TYPE_CHECKING:
 class RequestRunner:
     def __init__(self, *, cache: ResponseCache | None = None, cache_config: CacheConfig | None = None,
                  predictions: PredictionLog | None = None, drift: DriftMonitor | None = None,
-                 access_log: bool = False, rejected: Counter[str] | None = None) -> None:
+                 access_log: bool = False, rejected: Counter[str] | None = None,
+                 registry: ModelRegistry | None = None) -> None:
+        self.registry = registry  # where an ensemble's steps lease their composing models
         self.cache = cache
         self.cache_config = cache_config or CacheConfig()
         self._coalescer = Coalescer()
@@ -52,8 +57,8 @@ class RequestRunner:
         start = time.perf_counter()
         code: ErrorCode | None = ErrorCode.INTERNAL
         scope = marks = None
-        if trace is not None:
-            scope, marks = trace.model(model.name, model.version), Marks()
+        if trace is not None:  # an ensemble's run never reaches a batcher: its steps' runs do, under its span
+            scope, marks = trace.model(model.name, model.version), (None if model.ensemble else Marks())
         failure: BaseException | None = None
         try:
             answer = await self._infer(model, request, deadline, start, scope, marks)
@@ -113,8 +118,7 @@ class RequestRunner:
         else:
             if scope is not None:
                 scope.cache("off")
-            outputs = await model.submit(inputs, rows, deadline, request.id, marks, request.priority,
-                                         request.timeout_us)
+            outputs = await self._execute(model, request, inputs, rows, deadline, scope, marks)
         if self.drift is not None:
             self.drift.observe(model.name, model.version, outputs)
         if self.predictions is not None:
@@ -135,7 +139,7 @@ class RequestRunner:
         stats = model.stats
         start = time.perf_counter()
         key = cache_key(model.name, model.version, {s.name: (s.datatype, inputs[s.name]) for s in model.inputs},
-                        [spec.name for spec in wanted], model.digest)
+                        [spec.name for spec in wanted], self._revision(model))
 
         async def lookup_or_run() -> dict[str, np.ndarray]:
             found = await cache.get(key)
@@ -145,8 +149,7 @@ class RequestRunner:
                 stats.record_cache(True, time.perf_counter() - start)
                 return found
             lookup_s = time.perf_counter() - start
-            outputs = await model.submit(inputs, rows, deadline, request.id, marks, request.priority,
-                                         request.timeout_us)
+            outputs = await self._execute(model, request, inputs, rows, deadline, scope, marks)
             insert_start = time.perf_counter()
             answer = {spec.name: outputs[spec.name] for spec in wanted}
             if outputs_nbytes(answer) <= self.cache_config.max_entry_bytes:
@@ -161,6 +164,52 @@ class RequestRunner:
             if scope is not None:
                 scope.cache("hit")
         return outputs
+
+
+    async def _execute(self, model: ModelVersion, request: InferRequest, inputs: dict[str, np.ndarray], rows: int,
+                       deadline: float | None, scope: Scope | None, marks: Marks | None) -> dict[str, np.ndarray]:
+        """The version's outputs: from its batcher (at the request's priority, with its queue timeout), or for an
+        ensemble from its steps (service/ensemble.py), each a normal request to its composing model under the same
+        deadline and at the same priority."""
+        if model.ensemble is None:
+            return await model.submit(inputs, rows, deadline, request.id, marks, request.priority, request.timeout_us)
+
+        async def step(s: EnsembleStep, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return await self._step(model.name, s, given, deadline, request, scope)
+
+        start = time.perf_counter()
+        outputs = await run_graph(model.ensemble, inputs, [spec.name for spec in model.outputs], step)
+        model.stats.record_execution(rows, time.perf_counter() - start)
+        return outputs
+
+    async def _step(self, ensemble: str, step: EnsembleStep, inputs: dict[str, np.ndarray], deadline: float | None,
+                    parent: InferRequest, scope: Scope | None) -> dict[str, np.ndarray]:
+        """One step: the composing model's serving version (or the one the step names) is leased for this step
+        alone, so a reload between two steps serves the next one from the new version. Its failure names it."""
+        assert self.registry is not None, "a runner serving ensembles has the registry"
+        try:
+            with self.registry.lease(step.model_name, step.model_version) as model:
+                datatypes = {spec.name: spec.datatype for spec in model.inputs}
+                request = InferRequest(step.model_name, [Tensor(name, datatypes.get(name, ""), array.shape, array)
+                                                         for name, array in inputs.items()],
+                                       id=parent.id, requested_outputs=tuple(k for k, _ in step.output_map),
+                                       priority=parent.priority)
+                return (await self.run(model, request, deadline, scope)).outputs
+        except InferenceError as e:
+            raise InferenceError(e.code, f"in ensemble '{ensemble}', {step.describe()} failed: {e.message}") from e
+
+    def _revision(self, model: ModelVersion) -> str:
+        """What a cache key holds of the version's contents: its file's digest, or for an ensemble its config's and
+        those of the versions its steps would run on now (a composing model reloaded from a new file is a new key)."""
+        if model.ensemble is None or self.registry is None:
+            return model.digest
+        parts = [model.digest]
+        for step in model.ensemble.steps:
+            try:
+                parts.append(self._revision(self.registry.find(step.model_name, step.model_version)))
+            except InferenceError:
+                parts.append("-")  # not serving: the run will fail, and nothing is stored
+        return ":".join(parts)
 
 
 def _end(scope: Scope, marks: Marks | None, failure: BaseException | None) -> None:

@@ -18,7 +18,7 @@ from inference_server.observability.stats import BatchStats, Duration, ModelStat
 from inference_server.routing.views import CanaryView, RouteView, VariantView
 
 __all__ = ["BatchStatisticsView", "CanaryView", "DurationView", "IndexEntry", "ModelConfigView", "ModelMetadataView",
-           "PolicyView", "BatchingView", "RouteView", "StatisticsSnapshot", "StatisticsView", "TensorView",
+           "PolicyView", "BatchingView", "RouteView", "StatisticsSnapshot", "StatisticsView", "StepView", "TensorView",
            "VariantView"]  # IndexEntry: RepositoryIndex's rows, a view the registry builds itself;
 # the route views: what the router builds of each route
 
@@ -69,6 +69,15 @@ class BatchingView:
 
 
 @dataclass(frozen=True, slots=True)
+class StepView:
+    """One step of an ensemble (Triton's ModelEnsembling.Step): maps are (composing model tensor, ensemble tensor)."""
+    model_name: str
+    model_version: int  # -1: the version the model serves
+    input_map: tuple[tuple[str, str], ...]
+    output_map: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfigView:
     name: str
     platform: str
@@ -82,6 +91,7 @@ class ModelConfigView:
     default_model_filename: str
     dynamic_batching: BatchingView | None  # None when the model does not batch
     response_cache: bool
+    ensemble_steps: tuple[StepView, ...] | None = None  # an ensemble's steps (it has no instances nor model file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +185,15 @@ def config_view(model: ModelVersion, cached: bool) -> ModelConfigView:
         return TensorView(spec.name, spec.datatype, spec.shape[1:] if batching else spec.shape)
 
     path, policy = model.config.path, model.config.version_policy
+    if model.backend is None:  # an ensemble
+        steps = model.ensemble.steps if model.ensemble is not None else ()
+        return ModelConfigView(
+            name=model.name, platform=model.platform, backend="", max_batch_size=model.max_batch_size,
+            version_policy=PolicyView(policy.kind, policy.latest, policy.specific),
+            inputs=tuple(tensor(s) for s in model.inputs), outputs=tuple(tensor(s) for s in model.outputs),
+            instance_count=0, gpu=False, default_model_filename="", dynamic_batching=None, response_cache=cached,
+            ensemble_steps=tuple(StepView(s.model_name, int(s.model_version or -1), s.input_map, s.output_map)
+                                 for s in sorted(steps, key=lambda s: s.index)))
     return ModelConfigView(
         name=model.name, platform=model.platform, backend=model.backend.backend_name,
         max_batch_size=model.max_batch_size, version_policy=PolicyView(policy.kind, policy.latest, policy.specific),

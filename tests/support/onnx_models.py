@@ -134,6 +134,31 @@ def batch_sum() -> onnx.ModelProto:
                   [helper.make_tensor_value_info("y", TensorProto.INT64, ["N", 1])], [axes])
 
 
+def affine(width: int = 4, scale: float = 2.0, shift: float = 1.0, source: str = "x",
+           target: str = "y") -> onnx.ModelProto:
+    """FP32 `source` [N, width] -> `target` = source * scale + shift (an ensemble's preprocess or postprocess)."""
+    consts = [numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale"),
+              numpy_helper.from_array(np.array(shift, dtype=np.float32), "shift")]
+    return _model([helper.make_node("Mul", [source, "scale"], ["scaled"]),
+                   helper.make_node("Add", ["scaled", "shift"], [target])],
+                  [helper.make_tensor_value_info(source, TensorProto.FLOAT, ["N", width])],
+                  [helper.make_tensor_value_info(target, TensorProto.FLOAT, ["N", width])], consts)
+
+
+def add(width: int = 4) -> onnx.ModelProto:
+    """FP32 `a` [N, width] + `b` [N, width] -> `sum` (an ensemble's fan-in)."""
+    return _model([helper.make_node("Add", ["a", "b"], ["sum"])],
+                  [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", width]) for name in ("a", "b")],
+                  [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["N", width])])
+
+
+def write_ensemble(repository: Path, name: str, config: str, version: int = 1) -> Path:
+    """An ensemble as Triton users lay it out: repository/<name>/config.pbtxt and an empty version directory."""
+    (repository / name / str(version)).mkdir(parents=True, exist_ok=True)
+    (repository / name / "config.pbtxt").write_text(config)
+    return repository / name
+
+
 def write_model(repository: Path, name: str, model: onnx.ModelProto, config: str = "", version: int = 1) -> Path:
     """Lay a model out as repository/<name>/<version>/model.onnx (+ config.toml) and return its path."""
     path = repository / name / str(version) / "model.onnx"
