@@ -220,5 +220,6 @@ class MlflowSource:
         raise SourceError(
             f"{what} has no ONNX file{listed}. This server serves only ONNX models and never loads a model of "
             "another flavour (a pickle or cloudpickle runs code as it loads; skops and every other format need "
-            "that flavour's library and code): export the model to ONNX and log the .onnx file with "
-            "mlflow.log_artifact.")
+            "that flavour's library and code): export the model to ONNX and log it with mlflow.onnx.log_model or "
+            "mlflow.log_artifact; an sklearn, xgboost or lightgbm model can be converted, checked and registered "
+            f"with `python -m inference_server.convert models:/{self.name}/{version} --register NAME`.")

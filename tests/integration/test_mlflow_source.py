@@ -148,6 +148,7 @@ def test_refuses_a_pickled_pyfunc_model(tmp_path: Path) -> None:
     assert "python_function, sklearn" in message and "serves only ONNX models" in message
     assert "never loads a model of another flavour" in message and "mlflow.log_artifact" in message
     assert "skops" in message  # MLflow 3 saves sklearn models as skops by default: not every one is a pickle
+    assert "python -m inference_server.convert models:/pyfunc/1 --register NAME" in message  # the way forward
     assert not (tmp_path / "pyfunc" / "1").exists()  # not cached either
 
 

@@ -40,8 +40,13 @@ SHELL_LANGUAGES = ("", "bash", "sh", "console")
 EXTERNAL = {
     "curl": {"--cacert", "--cert", "--key"},
     "docker": {"--build-arg", "--gpus"},
-    "kubectl": {"--previous"},
-    "perf_analyzer": {"--streaming"},
+    "eksctl": {"--cluster", "--namespace", "--name", "--attach-policy-arn", "--approve",
+               "--override-existing-serviceaccounts"},
+    "gcloud": {"--cluster", "--machine-type", "--accelerator", "--enable-autoscaling", "--min-nodes", "--max-nodes",
+               "--disk-size", "--workload-metadata", "--role", "--member"},
+    "helm": {"--install"},
+    "kubectl": {"--previous", "--dry-run", "--from-literal", "--from-file"},
+    "perf_analyzer": {"--streaming", "--request-parameter"},
 }
 
 INVOCATION = re.compile(r"(?<![\w/.-])(?:(?:\.venv/bin/)?python3?\s+-m\s+(?P<module>[A-Za-z_][\w.]*)"
