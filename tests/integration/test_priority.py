@@ -51,6 +51,15 @@ MODELS = {
 }"""),
 }
 
+ENSEMBLE = """name: "prio_pipeline"
+platform: "ensemble"
+max_batch_size: 4
+input [ { name: "x" data_type: TYPE_INT64 dims: [ 1 ] } ]
+output [ { name: "y" data_type: TYPE_INT64 dims: [ 1 ] } ]
+ensemble_scheduling { step [ { model_name: "prio" model_version: -1 input_map { key: "x" value: "x" }
+                               output_map { key: "y" value: "y" } } ] }
+"""
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
@@ -60,6 +69,7 @@ def served(tmp_path_factory):
         (root / name / "config.pbtxt").write_text(f'name: "{name}"\n' + HEAD.format(rows=rows) + batching)
     # execution "thread": a batch holds its instance while it runs (an inline run of a request that finds the queue
     # empty takes no slot, since nothing else can run while it does; Held makes a run wait, which inline never does)
+    onnx_models.write_ensemble(root, "prio_pipeline", ENSEMBLE)
     thread = ServerThread(server_config(root, http_port=free_port(), execution="thread")).start()
     yield thread
     thread.stop()
@@ -238,3 +248,19 @@ def test_the_model_config_answers_the_priority_levels_and_queue_policies_it_was_
         default, level1 = batching["default_queue_policy"], batching["priority_queue_policy"]["1"]
         assert int(default["default_timeout_microseconds"]) == 60000000 and default["allow_timeout_override"]
         assert int(level1["default_timeout_microseconds"]) == 60000000 and not level1.get("allow_timeout_override")
+
+
+def test_an_ensemble_requests_steps_run_at_its_priority(served):
+    """A high-priority request to an ensemble is a high-priority request to each composing model: its step passes
+    the low-priority requests queued there."""
+    with grpcclient.InferenceServerClient(served.url) as client:
+        direct, pipeline = Calls(client, "prio"), Calls(client, "prio_pipeline")
+        with held(served, "prio", direct):
+            for bit in range(1, 6):
+                direct.send(f"low{bit}", bit, priority=2)
+                wait_until(lambda n=bit: pending(served, "prio", 2) == n, f"{bit} low-priority requests queued")
+            pipeline.send("high", 20, priority=1)
+            wait_until(lambda: pending(served, "prio", 1) == 1, "the ensemble's step queued at level 1")
+        answers = {**direct.wait("first", *(f"low{b}" for b in range(1, 6))), **pipeline.wait("high")}
+    assert members(answers["high"]) == {20, 1, 2, 3}
+    assert [members(answers[f"low{b}"]) for b in (4, 5)] == [{4, 5}, {4, 5}]
