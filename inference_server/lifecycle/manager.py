@@ -343,10 +343,7 @@ class ModelManager:
             self.events.record_load(cfg.name, False, time.perf_counter() - start)
             log.exception("model '%s' version %s failed to load", cfg.name, cfg.version)
             raise ModelLoadError(f"model '{cfg.name}' version {cfg.version}: {e}") from e
-        stats = self._stats.get((cfg.name, cfg.version))
-        if stats is None:
-            stats = self._stats[(cfg.name, cfg.version)] = ModelStats()
-        version = ModelVersion.start(prepared, stats)
+        version = ModelVersion.start(prepared, self._stats_of(cfg))
         self.events.record_load(cfg.name, True, time.perf_counter() - start)
         return version
 
@@ -366,12 +363,16 @@ class ModelManager:
             self.events.record_load(cfg.name, False, time.perf_counter() - start)
             log.error("ensemble '%s' version %s failed to load: %s", cfg.name, cfg.version, e)
             raise ModelLoadError(f"ensemble '{cfg.name}' version {cfg.version}: {e}") from None
+        version = ModelVersion.start_ensemble(cfg, self._stats_of(cfg))
+        self.events.record_load(cfg.name, True, time.perf_counter() - start)
+        return version
+
+    def _stats_of(self, cfg: ModelConfig) -> ModelStats:
+        """The version's statistics, kept for the process's life: a reload continues its counters."""
         stats = self._stats.get((cfg.name, cfg.version))
         if stats is None:
             stats = self._stats[(cfg.name, cfg.version)] = ModelStats()
-        version = ModelVersion.start_ensemble(cfg, stats)
-        self.events.record_load(cfg.name, True, time.perf_counter() - start)
-        return version
+        return stats
 
     async def _composing(self, cfg: ModelConfig) -> dict[str, ModelVersion]:
         """The version each step of the ensemble would run on now, by model name. A composing model being loaded is
