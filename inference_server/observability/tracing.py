@@ -72,11 +72,12 @@ BATCH_REQUESTS, BATCH_ROWS = "inference.batch.requests", "inference.batch.rows"
 FALLBACK_REASON, SHADOW_OUTCOME = "inference.fallback.reason", "inference.shadow.outcome"
 ERROR_TYPE = "error.type"  # the ErrorCode's name (OpenTelemetry's semantic convention for a failure's kind)
 
-# The loggers that repeat a line per export attempt or dropped span while a collector is down
+# The loggers that repeat a line per export attempt or dropped span while a collector is down, or per request
 EXPORT_LOGGERS = ("opentelemetry.exporter.otlp.proto.grpc.exporter",
                   "opentelemetry.exporter.otlp.proto.http.trace_exporter",
                   "opentelemetry.exporter.otlp.common.http",
-                  "opentelemetry.sdk._shared_internal")
+                  "opentelemetry.sdk._shared_internal",
+                  "opentelemetry.trace.span")  # an invalid tracestate, once per traced request that sends it
 EXPORT_LOG = RateLimited(60.0)
 SHUTDOWN_TIMEOUT_S = 5.0  # at stop, how long the last spans may take to reach the collector
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)  # every span made is one the sampler kept
@@ -102,16 +103,15 @@ def root_sampler(name: str, arg: float | None) -> Sampler:
         1.0 if arg is None else arg)
 
 
-def remote_parent(traceparent: str, tracestate: str) -> SpanContext | None:
-    """The caller's span, as a traceparent (and tracestate) name it; None for a traceparent the SDK's propagator
-    ignores (a new trace starts)."""
+def remote_parent(traceparent: str) -> tuple[int, int, int] | None:
+    """The caller's span as its traceparent names it: trace id, span id and flags; None for a traceparent the SDK's
+    propagator ignores (a new trace starts)."""
     if len(traceparent) > MAX_TRACEPARENT or not (match := TRACEPARENT.match(traceparent)):
         return None
     version, trace_id, span_id, flags, rest = match.groups()
     if trace_id == "0" * 32 or span_id == "0" * 16 or version == "ff" or (version == "00" and rest):
         return None
-    return SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16)),
-                       TraceState.from_header([tracestate]) if tracestate else None)
+    return int(trace_id, 16), int(span_id, 16), int(flags, 16)
 
 
 def service_resource() -> Resource:
@@ -289,15 +289,19 @@ class Tracing:
     def begin(self, request: InferRequest) -> tuple[Scope | None, int]:
         """The request's `InferRequest` span, the child of the caller's span when its traceparent names one: a
         Scope when the sampler keeps it, else None; and its trace id (for the log lines), sampled or not."""
-        parent = remote_parent(request.traceparent, request.tracestate) if request.traceparent else None
-        if parent is None:  # a new trace
+        remote = remote_parent(request.traceparent) if request.traceparent else None
+        parent = None
+        if remote is None:  # a new trace
             trace_id = getrandbits(128) or 1  # as RandomIdGenerator draws them (0 is not a valid id)
             if trace_id & _LOW_64 >= self._root_bound:
                 return None, trace_id
         else:
-            trace_id = parent.trace_id
-            if not (parent.trace_flags.sampled if self._parent_based else trace_id & _LOW_64 < self._root_bound):
+            trace_id, span_id, flags = remote
+            if not (flags & TraceFlags.SAMPLED if self._parent_based else trace_id & _LOW_64 < self._root_bound):
                 return None, trace_id
+            # the tracestate is read only for a request that is kept (an invalid one costs a warning)
+            parent = SpanContext(trace_id, span_id, True, TraceFlags(flags),
+                                 TraceState.from_header([request.tracestate]) if request.tracestate else None)
         return Scope(self, INFER_REQUEST, parent, trace_id, {
             MODEL_NAME: request.model_name, REQUEST_ID: request.id, PROTOCOL: request.protocol},
             SpanKind.SERVER), trace_id
