@@ -33,6 +33,7 @@ GPU, CPU = REPO / "Dockerfile.gpu", REPO / "Dockerfile"
 DOCKERFILES = [pytest.param(GPU, id="Dockerfile.gpu"), pytest.param(CPU, id="Dockerfile")]
 HEALTHCHECK_MODULE = "inference_server.grpc.healthcheck"
 CUDA_13_FROM = Version("1.27")  # onnxruntime-gpu >= 1.27 is built for CUDA 13 (and cuDNN 9); older: CUDA 12
+DIGEST = r"(@sha256:[0-9a-f]{64})?"  # a base image may be pinned by digest after its tag (docs/deployment.md)
 CUDA_MAJORS = (13, 12)  # Dockerfile.gpu's variants (CUDA_MAJOR), the default first
 UBUNTU_PYTHON = {"22.04": "3.10", "24.04": "3.12"}  # the python3 of the CUDA base image's Ubuntu
 
@@ -119,8 +120,10 @@ def stages(path: Path, **build_args: str) -> list[Stage]:
             stage.parent = next((s for s in result if s.name == stage.base), None)
             result.append(stage)
         elif instruction.keyword == "ARG":
-            key, _, value = instruction.args.partition("=")
-            (result[-1].args if result else global_args)[key] = build_args.get(key, value.strip('"'))
+            key, given, value = instruction.args.partition("=")
+            # A stage's ARG without a default takes the global one (Docker's rule for ARGs before the first FROM)
+            default = value.strip('"') if given else global_args.get(key, "")
+            (result[-1].args if result else global_args)[key] = build_args.get(key, default)
             if result:
                 result[-1].instructions.append(instruction)
         else:
@@ -384,7 +387,7 @@ def test_gpu_base_image_matches_the_pinned_onnxruntime_gpu(major):
     pins = {s.env().get("ORT_GPU_VERSION") for s in (build, final)}
     assert len(pins) == 1 and None not in pins, f"one onnxruntime-gpu pin for both stages: {pins}"
     pin = pins.pop()
-    tag = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-cudnn(\d*)-runtime-ubuntu(\d+\.\d+)", final.image())
+    tag = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-cudnn(\d*)-runtime-ubuntu(\d+\.\d+)" + DIGEST, final.image())
     assert tag, f"{final.image()}: not an nvidia/cuda cuDNN *runtime* image"
     assert int(tag[1]) == major == cuda_major_for(pin), f"onnxruntime-gpu {pin} needs CUDA {cuda_major_for(pin)}: " \
                                                         f"{final.image()} (CUDA_MAJOR={major})"
@@ -446,7 +449,7 @@ def test_gpu_build_stage_refuses_an_image_without_the_cuda_provider(tmp_path, ma
 
 def test_cpu_image_installs_the_cpu_extra_and_never_onnxruntime_gpu(tmp_path):
     build, final = built(CPU)
-    assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", build.base), build.base
+    assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?" + DIGEST, build.base), build.base
     assert not pip_installs(final)
     [install] = pip_installs(build)
     assert install == [".[cpu,tracing]"], install  # tracing: OpenTelemetry, as scripts/serve installs it
@@ -507,7 +510,7 @@ def test_dockerignore_keeps_the_context_to_what_the_images_copy():
             for copy in stage.all("COPY"):
                 if not copy.args.startswith("--from="):
                     copied |= set(copy.args.split()[:-1])
-    assert copied == {"pyproject.toml", "README.md", "inference_server"}
+    assert copied == {"pyproject.toml", "README.md", "requirements", "inference_server"}
     for source in copied:
         files = [source] if (REPO / source).is_file() else [
             str(p.relative_to(REPO)) for p in (REPO / source).rglob("*")
