@@ -104,11 +104,12 @@ def model_config_from_triton(doc: Mapping[str, Any], *, name: str, defaults: Mod
     batching, queue = _batching(doc, where, instance_count)
     level = _graph_level(doc, where)
     parameters = _parameters(doc, where)
-    for key, value in _cuda_accelerator(doc, where).items():
-        if key in parameters:
-            raise ConfigError(f"{where}parameters.{_triton_name(key)}", "is also given in optimization's \"cuda\" "
-                                                                        "gpu_execution_accelerator: give it once")
-        parameters[key] = value
+    accelerator = _cuda_accelerator(doc, where)
+    for triton_key, key in CUDA_PARAMETERS.items():  # in this order, whatever order protobuf's maps come in
+        if key in accelerator and key in parameters:
+            raise ConfigError(f"{where}parameters.{triton_key}", "is also given in optimization's \"cuda\" "
+                                                           "gpu_execution_accelerator: give it once")
+    parameters |= accelerator
     explicit = {*parameters, *(["device"] if device else []), *(["graph_optimization_level"] if level else [])}
     return ModelConfig(
         name=name, device=device or defaults.device, execution=defaults.execution,
@@ -278,10 +279,6 @@ def _cuda_value(key: str, text: str, at: str, strategies: Mapping[str, str]) -> 
     if limit > SIZE_MAX:
         raise ConfigError(at, f"must be at most {SIZE_MAX} bytes (no limit), got {limit}")
     return 0 if limit == SIZE_MAX else limit  # 0: no limit, as ModelConfig says it
-
-
-def _triton_name(field: str) -> str:
-    return next(key for key, name in CUDA_PARAMETERS.items() if name == field)
 
 
 def _version_policy(doc: Mapping[str, Any], where: str) -> VersionPolicy:
