@@ -20,9 +20,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY inference_server ./inference_server
-# Install the extras, then fail the build unless exactly one ONNX Runtime, the CPU one, is installed.
-RUN /opt/venv/bin/pip install --no-cache-dir ".[${EXTRAS}]" \
+# Install the extras at the versions of the image's lock (requirements/cpu.txt, written by scripts/lock.py), then
+# fail the build unless exactly one ONNX Runtime, the CPU one, is installed.
+RUN /opt/venv/bin/pip install --no-cache-dir --constraint=requirements/cpu.txt ".[${EXTRAS}]" \
     && /opt/venv/bin/python -c "import importlib.metadata as md, onnxruntime as ort; \
 names = {(d.metadata['Name'] or '').lower().replace('_', '-') for d in md.distributions()}; \
 assert 'onnxruntime-gpu' not in names, 'onnxruntime-gpu is installed beside the CPU onnxruntime'; \

@@ -23,6 +23,12 @@ EXECUTIONS = ("auto", "inline", "thread")  # where a batch runs: measured at loa
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")  # ONNX Runtime's GraphOptimizationLevel
 EXECUTION_MODES = ("sequential", "parallel")  # ONNX Runtime's ExecutionMode (parallel uses inter_op_threads)
 WARMUP_DATA = ("zeros", "random")
+# ONNX Runtime's CUDA arena growth (its ArenaExtendStrategy names, in the CUDA provider's options): the next power of
+# two (its default; fewer allocations, up to twice what a model needs) or exactly what is asked (for GPUs shared by
+# several sessions or pods: docs/deployment.md, "Sharing a GPU").
+ARENA_EXTEND_STRATEGIES = ("kNextPowerOfTwo", "kSameAsRequested")
+MIB = 1 << 20
+MAX_GPU_MEM_LIMIT_MIB = 1 << 24  # 16 TiB, above any GPU: a larger gpu_mem_limit_mib is bytes given as MiB
 MODEL_FILE = "model.onnx"
 MLFLOW_SCHEME = "models:/"
 # Queued requests per model before new ones get UNAVAILABLE. Chosen in the reliability benchmark
@@ -175,6 +181,10 @@ class ModelConfig:
     graph_optimization_level: str = "all"
     execution_mode: str = "sequential"
     session_config: tuple[tuple[str, str], ...] = ()  # ONNX Runtime session config entries (an MLflow onnx flavour's)
+    # The CUDA provider's gpu_mem_limit: the most its memory arena takes, per session (each instance is one); 0: no
+    # limit. Not cuDNN's or cuBLAS's workspaces nor the CUDA context. Ignored on CPU, as arena_extend_strategy is.
+    gpu_mem_limit_bytes: int = 0
+    arena_extend_strategy: str = "kNextPowerOfTwo"  # one of ARENA_EXTEND_STRATEGIES
     execution: str = "auto"
     cpu_priority: str = "normal"  # background: a thread of lowest priority (Linux nice 19), one intra-op thread
     cache: bool = True  # use the server's response cache, when it has one
@@ -316,7 +326,8 @@ def parse_warmup(table: Mapping[str, Any], prefix: str) -> WarmupConfig:
 
 MODEL_DEFAULTS = toml.field_defaults(ModelConfig)  # what parse_model gives a key the table leaves out
 MODEL_KEYS = ["device", "intra_op_threads", "inter_op_threads", "graph_optimization_level", "execution_mode",
-              "execution", "cpu_priority", "cache", "cache_ttl_s", "batching", "version_policy", "warmup"]
+              "execution", "cpu_priority", "cache", "cache_ttl_s", "batching", "version_policy", "warmup",
+              "gpu_mem_limit_mib", "arena_extend_strategy"]
 
 
 def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, *, name: str | None = None,
@@ -361,6 +372,9 @@ def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, 
         graph_optimization_level=toml.choice(table, "graph_optimization_level", prefix, GRAPH_OPTIMIZATION_LEVELS,
                                              d["graph_optimization_level"]),
         execution_mode=toml.choice(table, "execution_mode", prefix, EXECUTION_MODES, d["execution_mode"]),
+        gpu_mem_limit_bytes=_gpu_mem_limit_mib(table, prefix) * MIB,
+        arena_extend_strategy=toml.choice(table, "arena_extend_strategy", prefix, ARENA_EXTEND_STRATEGIES,
+                                          d["arena_extend_strategy"]),
         execution=toml.choice(table, "execution", prefix, EXECUTIONS, defaults.execution),
         cpu_priority=priority,
         cache=toml.get(table, "cache", prefix, bool, d["cache"]),
@@ -372,6 +386,14 @@ def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, 
         warmup=parse_warmup(toml.get(table, "warmup", prefix, dict, {}), f"{prefix}warmup."),
         explicit=frozenset(key for key in table if key in MODEL_KEYS),
     )
+
+
+def _gpu_mem_limit_mib(table: Mapping[str, Any], prefix: str) -> int:
+    mib: int = toml.count(table, "gpu_mem_limit_mib", prefix, 0)
+    if mib > MAX_GPU_MEM_LIMIT_MIB:
+        raise ConfigError(f"{prefix}gpu_mem_limit_mib", f"is in MiB (e.g. 4096 for 4 GiB), got {mib}, more than "
+                                                       "any GPU has")
+    return mib
 
 
 def check_source(source: str, key: str) -> tuple[str, str]:

@@ -116,6 +116,17 @@ def choose_providers(ort: ModuleType, device: str, model: str) -> list[str]:
     return [CPU]
 
 
+def provider_options(providers: Sequence[str], gpu_mem_limit_bytes: int,
+                     arena_extend_strategy: str) -> list[dict[str, str]]:
+    """ONNX Runtime's options for each of `providers`: the CUDA provider gets the model's memory arena settings
+    (ModelConfig's gpu_mem_limit_bytes, 0 for ONNX Runtime's default of no limit, and arena_extend_strategy); the CPU
+    provider none. docs/deployment.md, "Sharing a GPU"."""
+    cuda = {"arena_extend_strategy": arena_extend_strategy}
+    if gpu_mem_limit_bytes:
+        cuda["gpu_mem_limit"] = str(gpu_mem_limit_bytes)
+    return [dict(cuda) if provider == CUDA else {} for provider in providers]
+
+
 def check_providers(session_providers: Sequence[str], wanted: Sequence[str], device: str, model: str) -> str:
     """ONNX Runtime falls back to CPU silently when CUDA cannot start; refuse that when CUDA is required."""
     if CUDA in session_providers:
@@ -201,6 +212,7 @@ class OnnxBackend:
     def __init__(self, path: Path, *, model: str, device: str = "auto", instance_count: int = 1,
                  intra_op_threads: int = 0, inter_op_threads: int = 0, graph_optimization_level: str = "all",
                  execution_mode: str = "sequential", session_config: Sequence[tuple[str, str]] = (),
+                 gpu_mem_limit_bytes: int = 0, arena_extend_strategy: str = "kNextPowerOfTwo",
                  background: bool = False) -> None:
         ort = import_onnxruntime()
         self.background = background
@@ -210,6 +222,10 @@ class OnnxBackend:
             raise ModelLoadError(f"model '{model}': file {path} does not exist")
         self._ort, self._path, self._model = ort, path, model
         self._providers = choose_providers(ort, device, model)
+        self._provider_options = provider_options(self._providers, gpu_mem_limit_bytes, arena_extend_strategy)
+        if CUDA in self._providers and gpu_mem_limit_bytes:
+            log.info("model '%s': CUDA memory arena limited to %d MiB per instance (%s)", model,
+                     gpu_mem_limit_bytes >> 20, arena_extend_strategy)
         self._intra_op_threads = intra_op_threads
         self._inter_op_threads = inter_op_threads
         self._graph_level = GRAPH_LEVELS[graph_optimization_level]
@@ -293,7 +309,8 @@ class OnnxBackend:
             for key, value in self._session_config:
                 options.add_session_config_entry(key, value)
             # From the file's path, never its bytes: ONNX Runtime finds external data files beside the model.
-            return [self._ort.InferenceSession(str(self._path), options, providers=self._providers)
+            return [self._ort.InferenceSession(str(self._path), options, providers=self._providers,
+                                               provider_options=self._provider_options)
                     for _ in range(count)]
         except Exception as e:  # ORT raises its own exception types for bad files
             if missing := missing_external_data(self._path):

@@ -10,6 +10,7 @@ from typing import Any
 from inference_server.config import toml
 from inference_server.config.ensemble import EnsembleStep, check_graph
 from inference_server.config.model import (
+    ARENA_EXTEND_STRATEGIES,
     DEFAULT_MAX_QUEUE_SIZE,
     MODEL_DEFAULTS,
     MODEL_FILE,
@@ -36,6 +37,14 @@ INSTANCE_DEVICES = {"KIND_AUTO": None, "KIND_CPU": "cpu", "KIND_GPU": "cuda"}  #
 GRAPH_LEVELS = {-1: "basic", 0: "all", 1: "extended", 2: "disable"}
 EXECUTION_MODES = {"0": "sequential", "1": "parallel"}
 THREAD_PARAMETERS = {"intra_op_thread_count": "intra_op_threads", "inter_op_thread_count": "inter_op_threads"}
+# onnxruntime_backend's CUDA memory settings -> ModelConfig fields. Two spellings: the "cuda"
+# gpu_execution_accelerator's parameters (ONNX Runtime's own option values: bytes, kNextPowerOfTwo | kSameAsRequested),
+# and the older model parameters, which Triton still reads (bytes, and "0" | "1" for the strategy).
+# docs/deployment.md, "Sharing a GPU".
+CUDA_PARAMETERS = {"gpu_mem_limit": "gpu_mem_limit_bytes", "arena_extend_strategy": "arena_extend_strategy"}
+ARENA_STRATEGY_NUMBERS = dict(zip(("0", "1"), ARENA_EXTEND_STRATEGIES, strict=True))
+ARENA_STRATEGY_NAMES = {name: name for name in ARENA_EXTEND_STRATEGIES}
+SIZE_MAX = (1 << 64) - 1  # Triton's "no limit" for gpu_mem_limit
 
 MAPPED = ("name", "platform", "backend", "max_batch_size", "dynamic_batching", "instance_group", "version_policy",
           "model_warmup", "parameters", "optimization", "default_model_filename", "response_cache", "input", "output")
@@ -101,6 +110,12 @@ def model_config_from_triton(doc: Mapping[str, Any], *, name: str, defaults: Mod
     batching, queue = _batching(doc, where, instance_count)
     level = _graph_level(doc, where)
     parameters = _parameters(doc, where)
+    accelerator = _cuda_accelerator(doc, where)
+    for triton_key, key in CUDA_PARAMETERS.items():  # in this order, whatever order protobuf's maps come in
+        if key in accelerator and key in parameters:
+            raise ConfigError(f"{where}parameters.{triton_key}", "is also given in optimization's \"cuda\" "
+                                                           "gpu_execution_accelerator: give it once")
+    parameters |= accelerator
     explicit = {*parameters, *(["device"] if device else []), *(["graph_optimization_level"] if level else [])}
     return ModelConfig(
         name=name, device=device or defaults.device, execution=defaults.execution,
@@ -239,8 +254,8 @@ def _graph_level(doc: Mapping[str, Any], where: str) -> str | None:
     # Pinned host memory is a transfer hint with nothing to change on CPU sessions (GPU sessions here bind
     # outputs to pinned memory when the build allows); accepted, like Triton's configs usually carry it.
     table = _check(toml.get(doc, "optimization", where, dict, {}), prefix,
-                   ("graph", "input_pinned_memory", "output_pinned_memory"),
-                   ("priority", "cuda", "execution_accelerators", "gather_kernel_buffer_threshold", "eager_batching"))
+                   ("graph", "input_pinned_memory", "output_pinned_memory", "execution_accelerators"),
+                   ("priority", "cuda", "gather_kernel_buffer_threshold", "eager_batching"))
     graph = _check(toml.get(table, "graph", prefix, dict, {}), f"{prefix}graph.", ("level",))
     if "level" not in graph:
         return None
@@ -255,16 +270,60 @@ def _parameters(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in toml.get(doc, "parameters", where, dict, {}).items():
         prefix = f"{where}parameters.{key}"
-        if key not in THREAD_PARAMETERS and key != "execution_mode":
-            raise ConfigError(prefix, f"{UNSUPPORTED} (supported: {', '.join(THREAD_PARAMETERS)}, execution_mode)")
+        if key not in THREAD_PARAMETERS and key not in CUDA_PARAMETERS and key != "execution_mode":
+            raise ConfigError(prefix, f"{UNSUPPORTED} (supported: {', '.join(THREAD_PARAMETERS)}, execution_mode, "
+                                      f"{', '.join(CUDA_PARAMETERS)})")
         text = toml.get(_check(value, f"{prefix}.", ("string_value",)), "string_value", f"{prefix}.", str, "")
-        if key in THREAD_PARAMETERS:
+        if key in CUDA_PARAMETERS:
+            found[CUDA_PARAMETERS[key]] = _cuda_value(key, text, f"{prefix}.string_value", ARENA_STRATEGY_NUMBERS)
+        elif key in THREAD_PARAMETERS:
             found[THREAD_PARAMETERS[key]] = _integer(text, f"{prefix}.string_value")
         elif text not in EXECUTION_MODES:
             raise ConfigError(f"{prefix}.string_value", f"must be \"0\" (sequential) or \"1\" (parallel), got {text!r}")
         else:
             found["execution_mode"] = EXECUTION_MODES[text]
     return found
+
+
+def _cuda_accelerator(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """optimization.execution_accelerators: a "cuda" gpu_execution_accelerator's gpu_mem_limit and
+    arena_extend_strategy (ONNX Runtime's values) -> ModelConfig keyword arguments. Any other accelerator or
+    parameter is refused (the config of a TensorRT or OpenVINO model is not served as if it were plain CUDA)."""
+    prefix = f"{where}optimization.execution_accelerators."
+    optimization = toml.get(doc, "optimization", where, dict, {})
+    table = _check(toml.get(optimization, "execution_accelerators", f"{where}optimization.", dict, {}), prefix,
+                   ("gpu_execution_accelerator",), ("cpu_execution_accelerator",))
+    found: dict[str, Any] = {}
+    for i, accelerator in enumerate(toml.get(table, "gpu_execution_accelerator", prefix, list, [])):
+        at = f"{prefix}gpu_execution_accelerator[{i}]."
+        accelerator = _check(accelerator, at, ("name", "parameters"))
+        name = toml.get(accelerator, "name", at, str, "")
+        if name != "cuda":
+            raise ConfigError(f"{at}name", f"{name!r} {UNSUPPORTED} (only \"cuda\", with "
+                                           f"{' and '.join(CUDA_PARAMETERS)})")
+        parameters = toml.get(accelerator, "parameters", at, dict, {})
+        for key in parameters:
+            key_at = f"{at}parameters.{key}"
+            if key not in CUDA_PARAMETERS:
+                raise ConfigError(key_at, f"{UNSUPPORTED} (supported: {', '.join(CUDA_PARAMETERS)})")
+            if CUDA_PARAMETERS[key] in found:
+                raise ConfigError(key_at, "is given twice: give it in one \"cuda\" accelerator")
+            text = toml.get(parameters, key, f"{at}parameters.", str, "")
+            found[CUDA_PARAMETERS[key]] = _cuda_value(key, text, key_at, ARENA_STRATEGY_NAMES)
+    return found
+
+
+def _cuda_value(key: str, text: str, at: str, strategies: Mapping[str, str]) -> int | str:
+    """A CUDA_PARAMETERS value -> the ModelConfig field's value; `strategies`: the spelling's arena_extend_strategy
+    values."""
+    if key == "arena_extend_strategy":
+        if text not in strategies:
+            raise ConfigError(at, f"must be one of {', '.join(repr(k) for k in strategies)}, got {text!r}")
+        return strategies[text]
+    limit = _integer(text, at, minimum=1)
+    if limit > SIZE_MAX:
+        raise ConfigError(at, f"must be at most {SIZE_MAX} bytes (no limit), got {limit}")
+    return 0 if limit == SIZE_MAX else limit  # 0: no limit, as ModelConfig says it
 
 
 def _version_policy(doc: Mapping[str, Any], where: str) -> VersionPolicy:

@@ -257,7 +257,9 @@ def prepare(cfg: ModelConfig, stop: threading.Event | None = None) -> Prepared:
     backend = OnnxBackend(cfg.path, model=cfg.name, device=cfg.device, instance_count=b.instance_count,
                           intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads,
                           graph_optimization_level=cfg.graph_optimization_level, execution_mode=cfg.execution_mode,
-                          session_config=cfg.session_config, background=cfg.cpu_priority == "background")
+                          session_config=cfg.session_config, gpu_mem_limit_bytes=cfg.gpu_mem_limit_bytes,
+                          arena_extend_strategy=cfg.arena_extend_strategy,
+                          background=cfg.cpu_priority == "background")
     try:
         batching = resolve_batching(cfg, backend)
         size = batching.max_batch_size or 0

@@ -1,10 +1,11 @@
 """The container images, checked without a Docker daemon: hadolint on both Dockerfiles, and the facts no linter
 sees. The final stage runs as a numeric non-root user; ENTRYPOINT, CMD and HEALTHCHECK are exec form, the health
 check runs inference_server.grpc.healthcheck on the server's gRPC port, and the CMD parses with the server's own
-CLI (so an image never ships a flag the server lacks). The GPU image installs the `gpu` extra only, its CUDA base
-has the CUDA major the pinned onnxruntime-gpu was built for, and its build stage refuses an image without the CUDA
-provider or with the CPU onnxruntime too (that guard is run here against fake installs). .dockerignore keeps the
-context to what the Dockerfiles copy."""
+CLI (so an image never ships a flag the server lacks). The GPU image has one variant per CUDA major (CUDA_MAJOR=13
+or 12), each checked as built with that argument: it installs its ONNX Runtime extra (`gpu`, `gpu-cuda12`) and no
+CPU one, its CUDA base has the CUDA major its pinned onnxruntime-gpu was built for, and its build stage refuses an
+image without the CUDA provider or with the CPU onnxruntime too (that guard is run here against fake installs).
+.dockerignore keeps the context to what the Dockerfiles copy."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ GPU, CPU = REPO / "Dockerfile.gpu", REPO / "Dockerfile"
 DOCKERFILES = [pytest.param(GPU, id="Dockerfile.gpu"), pytest.param(CPU, id="Dockerfile")]
 HEALTHCHECK_MODULE = "inference_server.grpc.healthcheck"
 CUDA_13_FROM = Version("1.27")  # onnxruntime-gpu >= 1.27 is built for CUDA 13 (and cuDNN 9); older: CUDA 12
+DIGEST = r"(@sha256:[0-9a-f]{64})?"  # a base image may be pinned by digest after its tag (docs/deployment.md)
+CUDA_MAJORS = (13, 12)  # Dockerfile.gpu's variants (CUDA_MAJOR), the default first
 UBUNTU_PYTHON = {"22.04": "3.10", "24.04": "3.12"}  # the python3 of the CUDA base image's Ubuntu
 
 
@@ -50,7 +53,8 @@ class Stage:
     base: str
     name: str | None
     instructions: list[Instruction]
-    args: dict[str, str]  # ARG defaults: the global ones, then the stage's own
+    args: dict[str, str]  # ARG defaults (or the build arguments given): the global ones, then the stage's own
+    parent: Stage | None = None  # the earlier stage this one is FROM, if any (its ENV carries over)
 
     def all(self, keyword: str) -> list[Instruction]:
         return [i for i in self.instructions if i.keyword == keyword]
@@ -61,10 +65,15 @@ class Stage:
         return found[-1]
 
     def expand(self, text: str) -> str:
-        return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: self.args.get(m[1] or m[2], m[0]), text)
+        values = self.args | self.env()  # an ENV wins over an ARG of the same name, as in Docker
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: values.get(m[1] or m[2], m[0]), text)
+
+    def image(self) -> str:
+        """The image this stage is built on, through the stages it is FROM."""
+        return self.parent.image() if self.parent else self.base
 
     def env(self) -> dict[str, str]:
-        values: dict[str, str] = {}
+        values: dict[str, str] = self.parent.env() if self.parent else {}
         for instruction in self.all("ENV"):
             for item in shlex.split(instruction.args):
                 key, _, value = item.partition("=")
@@ -98,7 +107,8 @@ def instructions(path: Path) -> list[Instruction]:
     return found
 
 
-def stages(path: Path) -> list[Stage]:
+def stages(path: Path, **build_args: str) -> list[Stage]:
+    """Every stage, as `docker build --build-arg KEY=VALUE` for each of build_args would see them."""
     global_args: dict[str, str] = {}
     result: list[Stage] = []
     for instruction in instructions(path):
@@ -107,16 +117,30 @@ def stages(path: Path) -> list[Stage]:
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
             stage = Stage(words[0], name, [], dict(global_args))
             stage.base = stage.expand(stage.base)
+            stage.parent = next((s for s in result if s.name == stage.base), None)
             result.append(stage)
         elif instruction.keyword == "ARG":
-            key, _, value = instruction.args.partition("=")
-            (result[-1].args if result else global_args)[key] = value.strip('"')
+            key, given, value = instruction.args.partition("=")
+            # A stage's ARG without a default takes the global one (Docker's rule for ARGs before the first FROM)
+            default = value.strip('"') if given else global_args.get(key, "")
+            (result[-1].args if result else global_args)[key] = build_args.get(key, default)
             if result:
                 result[-1].instructions.append(instruction)
         else:
             assert result, f"{path.name}:{instruction.line}: {instruction.keyword} before FROM"
             result[-1].instructions.append(instruction)
     return result
+
+
+def built(path: Path, **build_args: str) -> tuple[Stage, Stage]:
+    """The stages an image is made of: the one named `build` and the last (the image), for these build arguments."""
+    found = stages(path, **build_args)
+    [build] = [s for s in found if s.name == "build"]
+    return build, found[-1]
+
+
+def gpu_variants() -> list[tuple[Stage, Stage]]:
+    return [built(GPU, CUDA_MAJOR=str(major)) for major in CUDA_MAJORS]
 
 
 def exec_form(instruction: Instruction) -> list[str]:
@@ -315,10 +339,11 @@ def test_writable_directories_are_declared_for_a_read_only_root(path):
 @pytest.mark.parametrize("path", DOCKERFILES)
 def test_build_and_final_stages_share_the_base(path):
     """The venv is built in one stage and copied: its interpreter path must exist in the other."""
-    build, final = stages(path)[0], stages(path)[-1]
-    assert len(stages(path)) == 2 and build.name == "build" and final.name is None
-    assert build.base == final.base
-    assert [i for i in final.all("COPY") if i.args.startswith("--from=build ")]
+    for build, final in gpu_variants() if path == GPU else [built(path)]:
+        assert final.name is None and build.base == final.base and build.image() == final.image()
+        assert [i for i in final.all("COPY") if i.args.startswith("--from=build ")]
+    variants = [s for s in stages(path)[:-1] if s.name != "build"]
+    assert all({i.keyword for i in s.instructions} <= {"ENV"} for s in variants), "a variant stage only sets ENV"
 
 
 # -- the GPU image ------------------------------------------------------------------------------------------------
@@ -337,35 +362,58 @@ def pyproject_extra(name: str) -> list[Requirement]:
     return [Requirement(r) for r in project["optional-dependencies"][name]]
 
 
-def test_gpu_base_image_matches_the_pinned_onnxruntime_gpu():
-    build, final = stages(GPU)
-    pins = {s.args.get("ORT_GPU_VERSION") for s in (build, final)}
+def onnxruntime_gpu_specifier(extra: str) -> SpecifierSet:
+    [ort] = [r for r in pyproject_extra(extra) if r.name == "onnxruntime-gpu"]
+    return ort.specifier
+
+
+def test_the_gpu_extras_split_onnxruntime_gpu_at_the_cuda_major():
+    """`gpu` allows only CUDA 13 builds, `gpu-cuda12` only CUDA 12 ones (from 1.20: cuDNN 9, as the bases)."""
+    releases = ["1.19.2", "1.20.0", "1.26.0", "1.27.0", "1.31.1"]
+    assert [v for v in releases if v in onnxruntime_gpu_specifier("gpu")] == ["1.27.0", "1.31.1"]
+    assert [v for v in releases if v in onnxruntime_gpu_specifier("gpu-cuda12")] == ["1.20.0", "1.26.0"]
+    assert {r.name for r in pyproject_extra("gpu")} == {r.name for r in pyproject_extra("gpu-cuda12")}
+
+
+def test_cuda_major_chooses_the_variant_and_13_is_the_default():
+    assert [built(GPU)[1].image() == built(GPU, CUDA_MAJOR=str(m))[1].image() for m in CUDA_MAJORS] == [True, False]
+    variants = [s for s in stages(GPU)[:-1] if s.name != "build"]
+    assert sorted(s.name for s in variants) == sorted(f"cuda{m}" for m in CUDA_MAJORS), "one stage per variant"
+
+
+@pytest.mark.parametrize("major", CUDA_MAJORS)
+def test_gpu_base_image_matches_the_pinned_onnxruntime_gpu(major):
+    build, final = built(GPU, CUDA_MAJOR=str(major))
+    pins = {s.env().get("ORT_GPU_VERSION") for s in (build, final)}
     assert len(pins) == 1 and None not in pins, f"one onnxruntime-gpu pin for both stages: {pins}"
     pin = pins.pop()
-    tag = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-cudnn(\d*)-runtime-ubuntu(\d+\.\d+)", final.base)
-    assert tag, f"{final.base}: not an nvidia/cuda cuDNN *runtime* image"
-    assert int(tag[1]) == cuda_major_for(pin), f"onnxruntime-gpu {pin} needs CUDA {cuda_major_for(pin)}: {final.base}"
+    tag = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-cudnn(\d*)-runtime-ubuntu(\d+\.\d+)" + DIGEST, final.image())
+    assert tag, f"{final.image()}: not an nvidia/cuda cuDNN *runtime* image"
+    assert int(tag[1]) == major == cuda_major_for(pin), f"onnxruntime-gpu {pin} needs CUDA {cuda_major_for(pin)}: " \
+                                                        f"{final.image()} (CUDA_MAJOR={major})"
     assert tag[4] in ("", "9"), "onnxruntime-gpu >= 1.19 is built for cuDNN 9"
-    ort = [r for r in pyproject_extra("gpu") if r.name == "onnxruntime-gpu"]
-    assert len(ort) == 1 and Version(pin) in ort[0].specifier, f"{pin} does not satisfy the gpu extra's {ort}"
+    extra = final.env()["ONNXRUNTIME_EXTRA"]
+    assert Version(pin) in onnxruntime_gpu_specifier(extra), f"{pin} does not satisfy the {extra} extra"
     requires_python = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     assert UBUNTU_PYTHON[tag[5]] in SpecifierSet(requires_python), f"Ubuntu {tag[5]}'s Python is too old"
 
 
-def test_gpu_image_installs_the_gpu_extra_and_never_the_cpu_onnxruntime():
-    build, final = stages(GPU)
+@pytest.mark.parametrize("major", CUDA_MAJORS)
+def test_gpu_image_installs_its_gpu_extra_and_never_the_cpu_onnxruntime(major):
+    build, final = built(GPU, CUDA_MAJOR=str(major))
     assert not pip_installs(final), "the runtime stage copies the venv, it installs nothing"
     installs = pip_installs(build)
     assert len(installs) == 1
     project = [a for a in installs[0] if a.startswith(".")]
     assert project and all(re.fullmatch(r"\.\[[\w,-]+\]", p) for p in project), installs
     extras = {e for p in project for e in p[2:-1].split(",")}
-    assert "gpu" in extras and "cpu" not in extras, extras
+    assert extras & {"gpu", "gpu-cuda12"} == {"gpu" if major == 13 else "gpu-cuda12"}, extras
+    assert "cpu" not in extras, extras
     assert "tracing" in extras, f"the image installs the tracing extra (OpenTelemetry), as scripts/serve does: {extras}"
     names = {Requirement(a).name for a in installs[0] if not a.startswith(".")}
     assert names == {"onnxruntime-gpu"}
     pin = [a for a in installs[0] if a.startswith("onnxruntime-gpu")]
-    assert pin == [f"onnxruntime-gpu=={build.args['ORT_GPU_VERSION']}"]
+    assert pin == [f"onnxruntime-gpu=={build.env()['ORT_GPU_VERSION']}"]
     # Nowhere else does an instruction name the cpu extra or the CPU wheel.
     for instruction in instructions(GPU):
         text = build.expand(instruction.args)
@@ -373,20 +421,21 @@ def test_gpu_image_installs_the_gpu_extra_and_never_the_cpu_onnxruntime():
     assert "onnxruntime" not in {r.name for extra in extras for r in pyproject_extra(extra)}
 
 
-def test_gpu_build_stage_refuses_an_image_without_the_cuda_provider(tmp_path):
-    build = stages(GPU)[0]
+@pytest.mark.parametrize("major", CUDA_MAJORS)
+def test_gpu_build_stage_refuses_an_image_without_the_cuda_provider(tmp_path, major):
+    build, _ = built(GPU, CUDA_MAJOR=str(major))
     code = guard_code(build, "CUDAExecutionProvider")
     assert "get_available_providers" in code and "onnxruntime" in code
     text = "\n".join(r.args for r in build.all("RUN"))
     assert text.index("pip install") < text.index("get_available_providers"), "the check runs after the install"
-    pin = build.args["ORT_GPU_VERSION"]
+    pin = build.env()["ORT_GPU_VERSION"]
     cuda = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     good = run_guard(code, fake_install(tmp_path / "good", {"onnxruntime-gpu": pin}, cuda, pin), ORT_GPU_VERSION=pin)
     assert good.returncode == 0, good.stderr
     cases = {  # name: (distributions, providers, what stderr says)
         "both": ({"onnxruntime-gpu": pin, "onnxruntime": "1.32.0"}, cuda, "CPU onnxruntime"),
         "cpu_only_build": ({"onnxruntime-gpu": pin}, ["CPUExecutionProvider"], "no CUDAExecutionProvider"),
-        "other_version": ({"onnxruntime-gpu": "1.26.0"}, cuda, f"('1.26.0', '{pin}')"),
+        "other_version": ({"onnxruntime-gpu": "1.25.0"}, cuda, f"('1.25.0', '{pin}')"),
     }
     for name, (distributions, providers, why) in cases.items():
         bad = run_guard(code, fake_install(tmp_path / name, distributions, providers, pin), ORT_GPU_VERSION=pin)
@@ -399,8 +448,8 @@ def test_gpu_build_stage_refuses_an_image_without_the_cuda_provider(tmp_path):
 # -- the CPU image ------------------------------------------------------------------------------------------------
 
 def test_cpu_image_installs_the_cpu_extra_and_never_onnxruntime_gpu(tmp_path):
-    build, final = stages(CPU)
-    assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", build.base), build.base
+    build, final = built(CPU)
+    assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?" + DIGEST, build.base), build.base
     assert not pip_installs(final)
     [install] = pip_installs(build)
     assert install == [".[cpu,tracing]"], install  # tracing: OpenTelemetry, as scripts/serve installs it
@@ -429,9 +478,9 @@ def test_the_tracing_extra_is_in_every_default_install():
     assert {r.name for r in pyproject_extra("tracing")} == {
         "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-grpc", "opentelemetry-exporter-otlp-proto-http"}
     assert script_extras("serve") == {"cpu", "tracing"}
-    assert script_extras("test") == {"cpu", "dev", "mlflow", "tracing"}
+    assert script_extras("test") == {"cpu", "dev", "mlflow", "tracing", "convert"}
     for image in (CPU, GPU):
-        [install] = pip_installs(stages(image)[0])
+        [install] = pip_installs(built(image)[0])
         assert any(re.fullmatch(r"\.\[[\w,-]*\btracing\b[\w,-]*\]", arg) for arg in install), (image.name, install)
 
 
@@ -461,7 +510,7 @@ def test_dockerignore_keeps_the_context_to_what_the_images_copy():
             for copy in stage.all("COPY"):
                 if not copy.args.startswith("--from="):
                     copied |= set(copy.args.split()[:-1])
-    assert copied == {"pyproject.toml", "README.md", "inference_server"}
+    assert copied == {"pyproject.toml", "README.md", "requirements", "inference_server"}
     for source in copied:
         files = [source] if (REPO / source).is_file() else [
             str(p.relative_to(REPO)) for p in (REPO / source).rglob("*")

@@ -114,10 +114,13 @@ def test_prometheus_annotations_name_the_port_that_serves_metrics():
 
 
 def test_probes_use_the_http_port_and_the_health_endpoints():
+    """As k8s/base: startup on live (one model that fails to load must not restart the pod), readiness on ready."""
     server = kserve.server_container()
-    for probe, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready"),
+    for probe, path in (("startupProbe", "/v2/health/live"), ("readinessProbe", "/v2/health/ready"),
                         ("livenessProbe", "/v2/health/live")):
         assert server[probe]["httpGet"] == {"path": path, "port": 8080}, probe
+    base = yaml.safe_load((kserve.ROOT / "k8s" / "base" / "deployment.yaml").read_text())
+    assert container(base)["startupProbe"]["httpGet"]["path"] == server["startupProbe"]["httpGet"]["path"]
 
 
 def test_the_container_runs_locked_down_like_k8s_base():

@@ -1,6 +1,7 @@
-"""The Kubernetes probes of k8s/base/deployment.yaml against a real server process whose repository holds one
-model that cannot load: the startup and liveness probes (HTTP live) pass, so the kubelet never restarts the pod;
-readiness (gRPC health, strict) stays NOT_SERVING, so no Service routes to it; the other model serves."""
+"""The Kubernetes probes of k8s/base/deployment.yaml and of the KServe runtime (k8s/kserve) against a real server
+process whose repository holds one model that cannot load: the startup and liveness probes (HTTP live) pass, so the
+kubelet never restarts the pod; readiness (gRPC health, strict; the runtime's HTTP ready) stays failing, so no
+Service routes to it; the other model serves."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ pytestmark = pytest.mark.system
 def server_container() -> dict:
     deployment = yaml.safe_load((ROOT / "k8s" / "base" / "deployment.yaml").read_text())
     (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "inference-server"]
+    return container
+
+
+def kserve_container() -> dict:
+    (runtime,) = [d for d in yaml.safe_load_all((ROOT / "k8s" / "kserve" / "cluster-serving-runtime.yaml").read_text())
+                  if d and d.get("kind") == "ClusterServingRuntime"]
+    (container,) = runtime["spec"]["containers"]
     return container
 
 
@@ -67,6 +75,13 @@ def test_one_model_that_fails_to_load_keeps_the_pod_alive_and_the_others_serving
         assert http_probe(liveness, ports) == 200
         # readiness, strict: the broken model keeps the pod out of the Service's endpoints
         assert grpc_probe(readiness, server.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        # the KServe runtime's probes, its container port 8080 being the HTTP port
+        runtime = kserve_container()
+        kserve_ports = {8080: http_port}
+        assert http_probe(runtime["startupProbe"], kserve_ports) == 200
+        assert http_probe(runtime["livenessProbe"], kserve_ports) == 200
+        status = http_probe(runtime["readinessProbe"], kserve_ports)
+        assert status is not None and not 200 <= status < 400, status  # what the kubelet counts as a failure
         with grpcclient.InferenceServerClient(server.url) as client:
             assert client.is_server_live() and not client.is_server_ready()
             assert client.is_model_ready("good") and not client.is_model_ready("broken")

@@ -194,3 +194,4 @@ def test_base_dependencies_carry_no_onnx_runtime():
 
     assert runtimes("cpu") == ["onnxruntime"]
     assert runtimes("gpu") == ["onnxruntime-gpu"]  # beside nvidia-ml-py for the GPU gauges, never both ORTs
+    assert runtimes("gpu-cuda12") == ["onnxruntime-gpu"]

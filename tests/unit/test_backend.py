@@ -233,3 +233,78 @@ def test_a_containers_cpu_limit_sizes_the_sessions_pools_unless_the_model_sets_i
     assert limited.instances[0].session.get_session_options().intra_op_num_threads == 3
     own = backend_for(repo, onnx_models.mlp([4, 8, 2]), intra_op_threads=2)
     assert own.instances[0].session.get_session_options().intra_op_num_threads == 2
+
+
+class SessionArgs:
+    """onnxruntime.InferenceSession, recording the providers and provider options it is given (then the real one)."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[tuple[list, list]] = []
+        real = onnxruntime.InferenceSession
+
+        def session(path, options=None, providers=None, provider_options=None, **kw):
+            self.calls.append((list(providers), list(provider_options)))
+            return real(path, options, providers=providers, provider_options=provider_options, **kw)
+
+        monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+
+
+GPU_MEMORY = {"gpu_mem_limit_mib": 512, "arena_extend_strategy": "kSameAsRequested", "batching": {"instance_count": 2}}
+
+
+def test_a_models_gpu_memory_settings_reach_the_cuda_providers_options(repo, monkeypatch):
+    """From a model's config.toml to every instance's session: the CUDA provider gets gpu_mem_limit in bytes and the
+    arena strategy; the CPU provider nothing. (onnxruntime-gpu's own list, on a machine without it: the session then
+    runs on CPU, as device auto allows.)"""
+    from inference_server.config.model import parse_model
+    from inference_server.config.server import ServerConfig
+    from inference_server.lifecycle.version import prepare
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, "CPUExecutionProvider"])
+    sessions = SessionArgs(monkeypatch)
+    path = onnx_models.write_model(repo, "m", onnx_models.mlp([4, 4]))
+    cfg = parse_model(GPU_MEMORY, "", ServerConfig(), name="m", path=path)
+    with pytest.warns(UserWarning):
+        prepared = prepare(cfg)
+    cuda = {"gpu_mem_limit": str(512 * 2**20), "arena_extend_strategy": "kSameAsRequested"}
+    # Each of the 2 instances' sessions, and those remade for inline execution, if the model runs inline
+    assert len(sessions.calls) in (2, 4)
+    assert all(call == ([CUDA, "CPUExecutionProvider"], [cuda, {}]) for call in sessions.calls)
+    assert prepared.backend.device == "cpu"
+    prepared.backend.close()
+
+
+def test_without_gpu_memory_settings_the_cuda_provider_keeps_onnx_runtimes_default_limit(repo, monkeypatch):
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, "CPUExecutionProvider"])
+    sessions = SessionArgs(monkeypatch)
+    with pytest.warns(UserWarning):
+        backend_for(repo, onnx_models.mlp([4, 4])).close()
+    assert sessions.calls == [([CUDA, "CPUExecutionProvider"], [{"arena_extend_strategy": "kNextPowerOfTwo"}, {}])]
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_cpu_sessions_ignore_the_gpu_memory_settings(repo, monkeypatch, device):
+    """The same config serves on a CPU node (the [cpu] extra, or device cpu): no option reaches the CPU provider."""
+    sessions = SessionArgs(monkeypatch)
+    if device == "cpu":
+        monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, "CPUExecutionProvider"])
+    b = backend_for(repo, onnx_models.mlp([4, 4]), device=device, gpu_mem_limit_bytes=512 * 2**20,
+                    arena_extend_strategy="kSameAsRequested")
+    assert sessions.calls == [(["CPUExecutionProvider"], [{}])] and b.device == "cpu"
+    b.close()
+
+
+@pytest.mark.parametrize("table, key, words", [
+    ({"gpu_mem_limit_mib": -1}, "gpu_mem_limit_mib", ">= 0"),
+    ({"gpu_mem_limit_mib": 4 * 2**30}, "gpu_mem_limit_mib", "is in MiB"),
+    ({"gpu_mem_limit_mib": "4G"}, "gpu_mem_limit_mib", "expected int"),
+    ({"arena_extend_strategy": "same"}, "arena_extend_strategy", "kSameAsRequested"),
+])
+def test_bad_gpu_memory_settings_are_refused_naming_the_key(table, key, words):
+    from inference_server.config.model import parse_model
+    from inference_server.config.server import ServerConfig
+    from inference_server.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        parse_model(table, "models[0].", ServerConfig(), name="m", path=Path("m.onnx"))
+    assert e.value.key == f"models[0].{key}" and words in str(e.value)

@@ -242,7 +242,12 @@ UNSUPPORTED = [
     ('parameters { key: "enable_mem_arena" value: { string_value: "1" } }', "parameters.enable_mem_arena"),
     ("optimization { cuda { graphs: true } }", "optimization.cuda"),
     ('optimization { execution_accelerators { gpu_execution_accelerator [ { name: "tensorrt" } ] } }',
-     "optimization.execution_accelerators"),
+     "optimization.execution_accelerators.gpu_execution_accelerator[0].name"),
+    ('optimization { execution_accelerators { cpu_execution_accelerator [ { name: "openvino" } ] } }',
+     "optimization.execution_accelerators.cpu_execution_accelerator"),
+    ('optimization { execution_accelerators { gpu_execution_accelerator [ { name: "cuda" parameters { key: '
+     '"cudnn_conv_use_max_workspace" value: "0" } } ] } }',
+     "optimization.execution_accelerators.gpu_execution_accelerator[0].parameters.cudnn_conv_use_max_workspace"),
     ("optimization { priority: PRIORITY_MAX }", "optimization.priority"),
 ]
 
@@ -418,5 +423,45 @@ def test_a_queue_policy_of_max_queue_size_only_needs_no_policy_queue():
      "DELAY is not allowed when 'preserve_ordering' is true"),
 ])
 def test_bad_priority_settings_are_refused_naming_the_key(text, key, words):
+    err = refusal(text)
+    assert err.key == f"{WHERE}{key}" and words in str(err)
+
+
+ACCELERATOR = ('optimization { execution_accelerators { gpu_execution_accelerator [ { name: "cuda" '
+               'parameters { key: "gpu_mem_limit" value: "%s" } parameters { key: "arena_extend_strategy" '
+               'value: "%s" } } ] } }')
+ACCELERATOR_AT = "optimization.execution_accelerators.gpu_execution_accelerator[0].parameters."
+PARAMETERS = ('parameters { key: "gpu_mem_limit" value: { string_value: "%s" } } '
+              'parameters { key: "arena_extend_strategy" value: { string_value: "%s" } }')
+
+
+@pytest.mark.parametrize("text", [ACCELERATOR % (4294967296, "kSameAsRequested"), PARAMETERS % (4294967296, "1")],
+                         ids=["cuda accelerator", "parameters"])
+def test_the_cuda_memory_limit_and_arena_strategy_map_from_either_triton_spelling(text):
+    """onnxruntime_backend's README: the "cuda" gpu_execution_accelerator's parameters (ONNX Runtime's values), and
+    the model parameters it still reads (the strategy as "0" | "1")."""
+    cfg = convert(text)
+    assert (cfg.gpu_mem_limit_bytes, cfg.arena_extend_strategy) == (4 * 2**30, "kSameAsRequested")
+    assert {"gpu_mem_limit_bytes", "arena_extend_strategy"} <= cfg.explicit
+
+
+def test_without_cuda_settings_a_triton_model_keeps_the_defaults_and_size_max_means_no_limit():
+    assert (convert("").gpu_mem_limit_bytes, convert("").arena_extend_strategy) == (0, "kNextPowerOfTwo")
+    cfg = convert(PARAMETERS % (2**64 - 1, "0"))
+    assert (cfg.gpu_mem_limit_bytes, cfg.arena_extend_strategy) == (0, "kNextPowerOfTwo")
+
+
+@pytest.mark.parametrize("text, key, words", [
+    (ACCELERATOR % (1024, "1"), f"{ACCELERATOR_AT}arena_extend_strategy", "'kNextPowerOfTwo', 'kSameAsRequested'"),
+    (PARAMETERS % (1024, "kSameAsRequested"), "parameters.arena_extend_strategy.string_value", "'0', '1'"),
+    (ACCELERATOR % ("4GB", "kSameAsRequested"), f"{ACCELERATOR_AT}gpu_mem_limit", "expected an integer >= 1"),
+    (PARAMETERS % (0, "0"), "parameters.gpu_mem_limit.string_value", "expected an integer >= 1"),
+    (PARAMETERS % (2**64, "0"), "parameters.gpu_mem_limit.string_value", "at most"),
+    (PARAMETERS % (1024, "0") + ACCELERATOR % (2048, "kSameAsRequested"), "parameters.gpu_mem_limit", "give it once"),
+    ('optimization { execution_accelerators { gpu_execution_accelerator [ { name: "cuda" parameters { key: '
+     '"gpu_mem_limit" value: "1" } }, { name: "cuda" parameters { key: "gpu_mem_limit" value: "2" } } ] } }',
+     "optimization.execution_accelerators.gpu_execution_accelerator[1].parameters.gpu_mem_limit", "given twice"),
+])
+def test_bad_cuda_memory_settings_are_refused_naming_the_key(text, key, words):
     err = refusal(text)
     assert err.key == f"{WHERE}{key}" and words in str(err)
