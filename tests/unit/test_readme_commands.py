@@ -47,6 +47,7 @@ EXTERNAL = {
     "helm": {"--install"},
     "kubectl": {"--previous", "--dry-run", "--from-literal", "--from-file"},
     "perf_analyzer": {"--streaming", "--request-parameter"},
+    "pip": {"--constraint"},
 }
 
 INVOCATION = re.compile(r"(?<![\w/.-])(?:(?:\.venv/bin/)?python3?\s+-m\s+(?P<module>[A-Za-z_][\w.]*)"
