@@ -36,6 +36,7 @@ INSTANCE_DEVICES = {"KIND_AUTO": None, "KIND_CPU": "cpu", "KIND_GPU": "cuda"}  #
 GRAPH_LEVELS = {-1: "basic", 0: "all", 1: "extended", 2: "disable"}
 EXECUTION_MODES = {"0": "sequential", "1": "parallel"}
 THREAD_PARAMETERS = {"intra_op_thread_count": "intra_op_threads", "inter_op_thread_count": "inter_op_threads"}
+BUDGET_PARAMETERS = ("model_size_bytes", "pinned")  # [server] max_loaded_models / model_memory_budget_mb
 
 MAPPED = ("name", "platform", "backend", "max_batch_size", "dynamic_batching", "instance_group", "version_policy",
           "model_warmup", "parameters", "optimization", "default_model_filename", "response_cache", "input", "output")
@@ -255,10 +256,17 @@ def _parameters(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in toml.get(doc, "parameters", where, dict, {}).items():
         prefix = f"{where}parameters.{key}"
-        if key not in THREAD_PARAMETERS and key != "execution_mode":
-            raise ConfigError(prefix, f"{UNSUPPORTED} (supported: {', '.join(THREAD_PARAMETERS)}, execution_mode)")
+        if key not in THREAD_PARAMETERS and key not in ("execution_mode", *BUDGET_PARAMETERS):
+            raise ConfigError(prefix, f"{UNSUPPORTED} (supported: {', '.join(THREAD_PARAMETERS)}, execution_mode, "
+                                      f"{', '.join(BUDGET_PARAMETERS)})")
         text = toml.get(_check(value, f"{prefix}.", ("string_value",)), "string_value", f"{prefix}.", str, "")
-        if key in THREAD_PARAMETERS:
+        if key == "model_size_bytes":
+            found["model_size_bytes"] = _integer(text, f"{prefix}.string_value")
+        elif key == "pinned":
+            if text.lower() not in ("true", "false"):
+                raise ConfigError(f"{prefix}.string_value", f"must be \"true\" or \"false\", got {text!r}")
+            found["pinned"] = text.lower() == "true"
+        elif key in THREAD_PARAMETERS:
             found[THREAD_PARAMETERS[key]] = _integer(text, f"{prefix}.string_value")
         elif text not in EXECUTION_MODES:
             raise ConfigError(f"{prefix}.string_value", f"must be \"0\" (sequential) or \"1\" (parallel), got {text!r}")
