@@ -23,6 +23,7 @@ from benchmarks.cache_memory import cache_memory_scenario
 from benchmarks.grpc_engines import grpc_engines_scenario
 from benchmarks.http import http_scenario
 from benchmarks.lifecycle import lifecycle_scenario
+from benchmarks.many_models import many_models_scenario
 from benchmarks.models import MODELS, write
 from benchmarks.points import (
     AIO,
@@ -450,4 +451,4 @@ SCENARIOS = {"closed-loop": closed_loop, "batching": batching, "execution": exec
              "http": http_scenario, "routing": routing_scenario, "shadow": shadow_scenario,
              "reliability": reliability_scenario, "grpc-engines": grpc_engines_scenario,
              "tracing": tracing_scenario, "ensemble": ensemble_scenario, "revisions": revisions_scenario,
-             "priority": priority_smoke}
+             "priority": priority_smoke, "many-models": many_models_scenario}

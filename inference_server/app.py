@@ -148,7 +148,7 @@ class App:
         self.gate = Gate(cfg.limits.max_in_flight)
         runner = RequestRunner(cache=self.cache, cache_config=cfg.cache_config, predictions=self.predictions,
                                drift=self.drift, access_log=cfg.access_log, rejected=self.gate.rejected,
-                               registry=self.registry)
+                               registry=self.registry, lease=self.manager.lease)
         self.route_stats, self.shadow_stats = RouteStats(), ShadowStats()
 
         def shadow(route: RouteConfig) -> Shadow:

@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository-poll-secs", type=float,
                    help="poll mode: seconds between repository scans (a changed version loads once its files "
                         "have stopped changing between two scans)")
+    p.add_argument("--load-on-demand", type=_boolean, nargs="?", const=True,
+                   help="explicit or poll mode: a request for a repository model that is not loaded loads it "
+                        "(default false)")
+    p.add_argument("--max-loaded-models", type=int,
+                   help="at most this many models loaded (per worker); the least recently used idle one is "
+                        "evicted before a load (default 0: no limit)")
+    p.add_argument("--model-memory-budget-mb", type=int,
+                   help="MiB the loaded models may take (per worker): a model's model_size_bytes, else the memory "
+                        "its load took; the least recently used idle one is evicted before a load (default 0: none)")
     p.add_argument("--exit-on-error", type=_boolean, nargs="?", const=True,
                    help="exit when a model fails to load at start (default false: it is UNAVAILABLE, the rest serve)")
     p.add_argument("--strict-readiness", type=_boolean, nargs="?", const=True,

@@ -200,6 +200,8 @@ class ModelConfig:
     # onnx flavour fills in only the others (lifecycle/onnx_flavor.py).
     explicit: frozenset[str] = frozenset()
     ensemble: Ensemble | None = None  # a Triton ensemble (platform "ensemble"): steps, no model file of its own
+    pinned: bool = False  # never evicted to keep within [server] max_loaded_models / model_memory_budget_mb
+    model_size_bytes: int | None = None  # what a loaded version counts against the memory budget (None: measured)
 
 
 class ModelDefaults(Protocol):
@@ -327,7 +329,7 @@ def parse_warmup(table: Mapping[str, Any], prefix: str) -> WarmupConfig:
 MODEL_DEFAULTS = toml.field_defaults(ModelConfig)  # what parse_model gives a key the table leaves out
 MODEL_KEYS = ["device", "intra_op_threads", "inter_op_threads", "graph_optimization_level", "execution_mode",
               "execution", "cpu_priority", "cache", "cache_ttl_s", "batching", "version_policy", "warmup",
-              "gpu_mem_limit_mib", "arena_extend_strategy"]
+              "gpu_mem_limit_mib", "arena_extend_strategy", "pinned", "model_size_bytes"]
 
 
 def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, *, name: str | None = None,
@@ -384,6 +386,8 @@ def parse_model(table: Mapping[str, Any], prefix: str, defaults: ModelDefaults, 
         version_policy=parse_version_policy(policy, f"{prefix}version_policy.") if policy is not None
         else VersionPolicy(),
         warmup=parse_warmup(toml.get(table, "warmup", prefix, dict, {}), f"{prefix}warmup."),
+        pinned=toml.get(table, "pinned", prefix, bool, d["pinned"]),
+        model_size_bytes=toml.count(table, "model_size_bytes", prefix, d["model_size_bytes"]),
         explicit=frozenset(key for key in table if key in MODEL_KEYS),
     )
 

@@ -128,6 +128,12 @@ class ServerConfig:
     load_models: tuple[str, ...] = ()  # explicit mode: loaded at start; "*" = every model
     repository_poll_secs: float = 0.0  # poll mode: seconds between scans
     exit_on_error: bool = False  # a model that fails to load at start stops the server (else: UNAVAILABLE)
+    # Many models (explicit and poll modes): a request for a repository model that is not loaded loads it; and a
+    # budget (0: none) over which the least recently used idle model is evicted before a load (lifecycle/budget.py).
+    # With --workers N each worker process keeps its own budget.
+    load_on_demand: bool = False
+    max_loaded_models: int = 0  # models loaded at once (an ensemble, which has no session, does not count)
+    model_memory_budget_mb: int = 0  # MiB the loaded models may take: model_size_bytes, else measured at load
     strict_readiness: bool = True  # ServerReady only when every configured model is ready
     model_cache_dir: Path | None = None  # MLflow downloads and uploaded model files; None: a temporary dir
     # TLS for gRPC and HTTP from PEM files (re-read on SIGHUP); a client CA turns on mutual TLS.
@@ -269,6 +275,9 @@ def parse_server(doc: Mapping[str, Any]) -> ServerConfig:
         load_models=tuple(toml.names(s, "load_models", p)),
         repository_poll_secs=toml.seconds(s, "repository_poll_secs", p, d.repository_poll_secs),
         exit_on_error=toml.get(s, "exit_on_error", p, bool, d.exit_on_error),
+        load_on_demand=toml.get(s, "load_on_demand", p, bool, d.load_on_demand),
+        max_loaded_models=toml.count(s, "max_loaded_models", p, d.max_loaded_models),
+        model_memory_budget_mb=toml.count(s, "model_memory_budget_mb", p, d.model_memory_budget_mb),
         strict_readiness=toml.get(s, "strict_readiness", p, bool, d.strict_readiness),
         model_cache_dir=Path(cache_dir) if cache_dir else d.model_cache_dir,
         tls_cert=toml.path(s, "tls_cert", p),
@@ -371,6 +380,11 @@ def _check_model_control(cfg: ServerConfig) -> None:
             raise ConfigError("server.model_repository", "poll mode needs a model repository to poll")
     elif cfg.repository_poll_secs:
         raise ConfigError("server.repository_poll_secs", f"needs --model-control-mode poll (mode is {mode})")
+    for key, value in (("load_on_demand", cfg.load_on_demand), ("max_loaded_models", cfg.max_loaded_models),
+                       ("model_memory_budget_mb", cfg.model_memory_budget_mb)):
+        if value and mode not in ("explicit", "poll"):
+            raise ConfigError(f"server.{key}", f"needs --model-control-mode explicit or poll (mode is {mode}): in "
+                              "mode none every model loads at start and stays")
     if mode == "explicit" and cfg.workers > 1:
         raise ConfigError("server.model_control_mode", "explicit mode changes models in the process a repository "
                           "request reaches; with several workers the others would differ. Use one worker, or "

@@ -148,6 +148,8 @@ class Following:
             await m.owned(m.forget(name))
             log.info("model '%s' removed from the repository; unloaded", name)
             return
+        if m.cfg.load_on_demand and not m.registry.versions(name):
+            return  # not loaded: the next request for it loads what the repository holds then
         reload = None
         if applied is not None and found.get("") == applied.get(""):  # same config: only changed versions reload
             reload = {v for v in found if v and found[v] != applied.get(v)}

@@ -10,6 +10,10 @@ anything away until its replacement is ready: new versions load beside the old o
 in one step (ModelRegistry.publish), and the versions that left it drain their leased requests before their
 sessions close. A load that fails leaves what served serving; the failed version is UNAVAILABLE with its
 reason. One operation at a time per model (a lock each); different models load concurrently.
+
+Many models (`load_on_demand`, a budget): `lease` loads a repository model a request names when it is not loaded
+(concurrent requests wait on one load, each within its deadline; a failed load backs off), and every load first
+makes room under the budget, evicting the least recently used idle models (lifecycle/budget.py decides which).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -30,24 +35,35 @@ from inference_server.config.model import ModelConfig
 from inference_server.config.server import ServerConfig
 from inference_server.errors import ConfigError, ErrorCode, InferenceError, ModelLoadError, invalid, unavailable
 from inference_server.protocol.triton_config import json_to_dict, pbtxt_to_dict
+from inference_server.lifecycle.budget import Backoff, Budget, Resident, release_memory, rss_bytes
 from inference_server.lifecycle.events import LifecycleStats
 from inference_server.lifecycle.following import Following
 from inference_server.lifecycle.mlflow_source import RegistryUnreachable
-from inference_server.lifecycle.registry import NOT_LOADED, UNLOADED, IndexEntry, ModelRegistry
+from inference_server.lifecycle.registry import EVICTED, NOT_LOADED, UNLOADED, IndexEntry, Lease, ModelRegistry
 from inference_server.lifecycle.repository import PbtxtReader, write_upload
 from inference_server.lifecycle.sources import ModelSources
-from inference_server.lifecycle.version import ModelVersion, State, prepare
+from inference_server.lifecycle.version import ModelVersion, Prepared, State, prepare
 from inference_server.observability.stats import ModelStats
 
 log = logging.getLogger(__name__)
 
 LOAD_THREADS = 2  # versions prepared at once (sessions + warmup); the machine's cores bound what helps
+ON_DEMAND_TRIES = 3  # loads one request waits for when each is unloaded again before it takes its lease
+LOADING = 1 << 62  # a model being loaded, to the budget: used after every loaded one (and never evicted)
 T = TypeVar("T")
 
 
 def _close_prepared(future: Any) -> None:
     if not future.cancelled() and future.exception() is None:
-        future.result().backend.close()
+        future.result()[0].backend.close()
+
+
+def _measured(cfg: ModelConfig, stop: threading.Event) -> tuple[Prepared, int]:
+    """prepare() in a worker thread, with the growth of the process's resident memory across it (the version's size
+    when its config gives none; another load running at the same time blurs it)."""
+    before = rss_bytes()
+    prepared = prepare(cfg, stop)
+    return prepared, max(0, rss_bytes() - before)
 
 
 class ModelManager:
@@ -76,6 +92,16 @@ class ModelManager:
         self._closing = False
         self._stopping = threading.Event()  # tells a warmup running in a worker thread to give up
         self._awaiting: dict[str, str] = {}  # an ensemble loading -> the composing model whose load it waits for
+        # Many models: the budget's decision (lifecycle/budget.py) and what it is asked with.
+        self.budget = Budget.from_config(cfg.max_loaded_models, cfg.model_memory_budget_mb)
+        self._backoff = Backoff()  # models whose on-demand load failed, left alone for a while
+        self._pending: dict[str, asyncio.Task[None]] = {}  # on-demand loads under way: every request shares one
+        self._on_demand: set[str] = set()  # models whose load under way is on demand (it gives up with its requests)
+        self._waiting: Counter[str] = Counter()  # requests waiting for a model's on-demand load (not evictable)
+        self._loading: dict[str, int] = {}  # models loading under the budget -> the bytes reserved for them
+        self._sizes: dict[tuple[str, str], int] = {}  # each version's size at its last load: its next estimate
+        self._room_waiters: set[str] = set()  # models whose load waits for a busy model to be idle
+        self._room: asyncio.Event | None = None  # set when a model may have become evictable
 
     # -- start and views ------------------------------------------------------------------------
 
@@ -95,7 +121,7 @@ class ModelManager:
         known = self.known()
         if self.sources.repository is not None:
             log.info("%s", self.sources.repository.describe())
-        if self.mode == "explicit":
+        if self.mode == "explicit" or self.cfg.load_on_demand:  # on demand: the rest load when asked for
             initial = known if "*" in self.cfg.load_models else list(self.cfg.load_models)
         else:
             initial = known
@@ -107,11 +133,14 @@ class ModelManager:
         results = await asyncio.gather(*(self.refresh(name) for name in initial), return_exceptions=True)
         failures = []
         for name, result in zip(initial, results, strict=True):
-            if isinstance(result, InferenceError):  # an unknown --load-model name
+            if isinstance(result, InferenceError) and result.code is ErrorCode.NOT_FOUND:  # an unknown name
                 reason = self._unknown(known)
                 self.registry.set_model_reason(name, reason)
                 log.error("model '%s' cannot load: %s", name, reason)
                 failures.append(reason)
+            elif isinstance(result, InferenceError):  # over the budget
+                log.error("model '%s' cannot load: %s", name, result.message)
+                failures.append(result.message)
             elif isinstance(result, Exception) and self.sources.required(name):  # not a route's alias companion
                 failures.append(str(result))  # logged where it failed
             elif isinstance(result, BaseException):
@@ -183,6 +212,7 @@ class ModelManager:
                 raise invalid(f"parameter 'config' is not a valid model configuration: {e}") from None
             if not isinstance(override, dict):
                 raise invalid("parameter 'config' must be a JSON object (a model configuration)")
+        self._backoff.clear(name)  # asked for by name: tried now, whatever failed before
         await self.owned(self._load_request(name, override, files, version))
 
     async def _load_request(self, name: str, config: Mapping[str, Any] | None, files: Mapping[str, bytes] | None,
@@ -222,6 +252,7 @@ class ModelManager:
             self._on_change()
             await self._drain(name, left)
             log.info("model '%s'%s unloaded", name, f" version {version}" if version else "")
+        self._notify()
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -285,6 +316,25 @@ class ModelManager:
         """Load what `wanted` adds or replaces beside what serves, then publish and drain what left."""
         current = self.registry.serving_versions(name)
         to_load = {v: c for v, c in wanted.items() if v not in current or reload is None or v in reload}
+        budgeted = self.budget.on and any(c.ensemble is None for c in to_load.values())  # an ensemble takes no room
+        if budgeted:
+            try:
+                await self._make_room(name, self._estimate(name, to_load, current))
+            except InferenceError as e:
+                if not current:
+                    self.registry.set_model_reason(name, e.message)
+                    self._on_change()
+                log.error("model '%s' cannot load: %s", name, e.message)
+                raise
+        try:
+            await self._load_and_publish(name, wanted, to_load, current, keep_others=keep_others)
+        finally:
+            if budgeted:
+                self._loading.pop(name, None)
+                self._notify()
+
+    async def _load_and_publish(self, name: str, wanted: dict[str, ModelConfig], to_load: dict[str, ModelConfig],
+                                current: dict[str, ModelVersion], *, keep_others: bool) -> None:
         for v in to_load:
             if v not in current:
                 self.registry.set_status(name, v, State.LOADING)
@@ -320,6 +370,8 @@ class ModelManager:
         left = self.registry.publish(name, serving)
         self.registry.set_model_reason(name, None if serving else (errors[0] if errors else UNLOADED))
         self._on_change()
+        if self.budget.max_bytes and loaded:
+            self._within_bytes(name)
         await self._drain(name, left)
         if errors:
             raise ModelLoadError("; ".join(errors))
@@ -329,9 +381,9 @@ class ModelManager:
             return await self._load_ensemble(cfg)
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._load_pool, prepare, cfg, self._stopping)
+        future = loop.run_in_executor(self._load_pool, _measured, cfg, self._stopping)
         try:
-            prepared = await asyncio.shield(future)
+            prepared, growth = await asyncio.shield(future)
         except asyncio.CancelledError:
             future.add_done_callback(_close_prepared)  # the thread finishes on its own: close what it made
             raise
@@ -344,6 +396,10 @@ class ModelManager:
             log.exception("model '%s' version %s failed to load", cfg.name, cfg.version)
             raise ModelLoadError(f"model '{cfg.name}' version {cfg.version}: {e}") from e
         version = ModelVersion.start(prepared, self._stats_of(cfg))
+        version.size_bytes = growth if cfg.model_size_bytes is None else cfg.model_size_bytes
+        self._sizes[(cfg.name, cfg.version)] = version.size_bytes
+        if self.budget.on:
+            version.on_idle = self._notify
         self.events.record_load(cfg.name, True, time.perf_counter() - start)
         return version
 
@@ -393,8 +449,8 @@ class ModelManager:
                 if self._lock(name).locked():
                     async with self._lock(name):
                         pass
-                if not self.registry.ready(name, step.model_version) and self.mode == "explicit" \
-                        and name in self.known():
+                if not self.registry.ready(name, step.model_version) and name in self.known() \
+                        and (self.mode == "explicit" or self.cfg.load_on_demand):
                     await self.refresh(name, want=True)
                 model = self.registry.find(name, step.model_version)
             except (InferenceError, ModelLoadError) as e:
@@ -430,11 +486,188 @@ class ModelManager:
         """A model gone from the repository (poll mode): unloaded and no longer listed."""
         async with self._lock(name):
             self._wanted.discard(name)
+            self._backoff.clear(name)
             left = self.registry.publish(name, {})
             self.registry.clear_statuses(name)
             self.registry.set_model_reason(name, None)
             self._on_change()
             await self._drain(name, left)
+
+    # -- many models: loads on demand, the budget ------------------------------------------------
+
+    async def lease(self, name: str, version: str = "", deadline: float | None = None) -> Lease:
+        """`with await manager.lease(name, version, deadline) as model:` the registry's lease; with load_on_demand,
+        a repository model that is not loaded is loaded first (the request waits for it, until `deadline`, in
+        event-loop time)."""
+        try:
+            return self.registry.lease(name, version)
+        except InferenceError:
+            if not self.cfg.load_on_demand or self.registry.serving_versions(name) or name not in self.known():
+                raise  # a version the loaded model does not serve, or no such model: nothing to load
+        return await self._lease_on_demand(name, version, deadline)
+
+    def servable(self, name: str, version: str = "") -> bool:
+        """Ready, or (with load_on_demand) loaded by the first request for it: a route's variant may be chosen."""
+        if self.registry.ready(name, version):
+            return True
+        if not self.cfg.load_on_demand or self.registry.serving_versions(name):
+            return False
+        if name in self._pending:
+            return True
+        try:
+            self._backoff.check(name, asyncio.get_running_loop().time())
+        except InferenceError:
+            return False
+        return name in self.known()
+
+    async def _lease_on_demand(self, name: str, version: str, deadline: float | None) -> Lease:
+        """Wait for the model's load (one for every request that asks meanwhile), then lease it. While a request
+        waits, the model is not evicted; an explicit unload may still come between the load and the lease (it
+        wins: the model is unloaded), and the request then waits for a new load, ON_DEMAND_TRIES times at most."""
+        self._waiting[name] += 1
+        try:
+            for _ in range(ON_DEMAND_TRIES):
+                await self._await_load(name, deadline)
+                try:
+                    return self.registry.lease(name, version)
+                except InferenceError:
+                    if self.registry.serving_versions(name):
+                        raise  # loaded, but not the version the request names
+            raise unavailable(f"model '{name}' was unloaded each time it loaded for this request "
+                              f"({ON_DEMAND_TRIES} times); try again")
+        finally:
+            self._waiting[name] -= 1
+            if not self._waiting[name]:
+                del self._waiting[name]
+                self._notify()
+
+    async def _await_load(self, name: str, deadline: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        task = self._pending.get(name)
+        if task is None:
+            if self._closing:
+                raise unavailable("server is shutting down")
+            self._backoff.check(name, loop.time())
+            task = self._pending[name] = self._spawn(self._load_on_demand(name))
+            task.add_done_callback(partial(self._load_done, name))
+        if deadline is None:
+            await asyncio.shield(task)
+            return
+        remaining = deadline - loop.time()
+        margin = min(0.1 * remaining, 1.0)  # the client hears why before its own deadline ends the call
+        try:
+            await asyncio.wait_for(asyncio.shield(task), remaining - margin)
+            return
+        except TimeoutError:
+            if name in self._room_waiters:
+                raise self.budget.busy(name) from None
+        try:
+            await asyncio.wait_for(asyncio.shield(task), deadline - loop.time())
+        except TimeoutError:
+            raise InferenceError(ErrorCode.DEADLINE_EXCEEDED, f"model '{name}' is loading on demand: the request's "
+                                                              "deadline passed before it was ready") from None
+
+    def _load_done(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._pending.get(name) is task:
+            del self._pending[name]
+        if not task.cancelled():
+            task.exception()  # every waiter may have gone (deadlines): retrieved here, raised to those that wait
+
+    async def _load_on_demand(self, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        self._on_demand.add(name)
+        try:
+            await self.refresh(name, reload=set())  # only what does not serve yet: a load under way is waited for
+        except ModelLoadError as e:
+            self.events.record_on_demand(False, time.perf_counter() - start)
+            wait_s = self._backoff.failed(name, str(e), loop.time())
+            log.warning("model '%s': on-demand load failed; requests are refused for %.1fs before it is tried "
+                        "again", name, wait_s)
+            raise unavailable(f"model '{name}' failed to load on demand: {e}") from None
+        finally:
+            self._on_demand.discard(name)
+        self._backoff.clear(name)
+        self.events.record_on_demand(True, time.perf_counter() - start)
+        log.info("model '%s' loaded on demand in %.3fs", name, time.perf_counter() - start)
+
+    def _estimate(self, name: str, to_load: Mapping[str, ModelConfig], current: Mapping[str, ModelVersion]) -> int:
+        """The bytes the model will take once `to_load` is loaded: each version's model_size_bytes, else its size at
+        its last load (0 the first time: measured then), plus the versions that stay."""
+        incoming = sum(c.model_size_bytes if c.model_size_bytes is not None else self._sizes.get((name, v), 0)
+                       for v, c in to_load.items())
+        return incoming + sum(m.size_bytes for v, m in current.items() if v not in to_load)
+
+    def _residents(self, exclude: str | None = None) -> list[Resident]:
+        """The loaded models (and those loading) as the budget sees them; ensembles take no room."""
+        serving: dict[str, list[ModelVersion]] = {}
+        for model in self.registry.serving():
+            if model.ensemble is None and model.name != exclude:
+                serving.setdefault(model.name, []).append(model)
+        permanent = set(self.known()) if "*" in self.cfg.load_models else set(self.cfg.load_models)
+        rows = [Resident(name, sum(m.size_bytes for m in versions), max(m.used for m in versions),
+                         idle=(not any(m.leases for m in versions) and not self._waiting[name]
+                               and not self._lock(name).locked() and name not in self._pending),
+                         permanent=name in permanent or any(m.config.pinned for m in versions))
+                for name, versions in serving.items()]
+        rows += [Resident(name, size, LOADING, idle=False, permanent=False)
+                 for name, size in self._loading.items() if name not in serving and name != exclude]
+        return rows
+
+    async def _make_room(self, name: str, size: int) -> None:
+        """Evict what the budget says (least recently used idle models) so that `name` fits, and reserve its room;
+        wait while only busy models could make room (an on-demand load gives up once no request waits for it).
+        RESOURCE_EXHAUSTED when it cannot fit at all."""
+        while (victims := self.budget.plan(name, size, self._residents(name))) is None:
+            if name in self._on_demand and not self._waiting[name]:
+                raise self.budget.busy(name)
+            self._room_waiters.add(name)
+            try:
+                await self._changed()
+            finally:
+                self._room_waiters.discard(name)
+        self._loading[name] = size  # reserved in the same step as the decision: no other load can take it
+        drains = [self._evict(victim, f"to load '{name}'") for victim in victims]
+        if drains:
+            await asyncio.gather(*drains)
+            await asyncio.get_running_loop().run_in_executor(self._load_pool, release_memory)
+
+    def _within_bytes(self, name: str) -> None:
+        """After a load measured larger than its estimate: evict idle models until the budget holds again (as far
+        as idle ones allow; the next load makes room for itself in any case)."""
+        for victim in self.budget.over(self._residents()):
+            if victim != name:
+                self._evict(victim, f"after '{name}' loaded larger than estimated")
+
+    def _evict(self, name: str, why: str) -> asyncio.Task[None]:
+        """Unload an idle model now (it takes no new request from this step on); the task drains and closes it."""
+        versions = self.registry.serving_versions(name)
+        size = sum(m.size_bytes for m in versions.values())
+        left = self.registry.publish(name, {})
+        self.registry.clear_statuses(name)
+        self.registry.set_model_reason(name, EVICTED)
+        self._wanted.discard(name)
+        self.events.record_eviction(name)
+        log.info("model '%s' evicted %s within the model budget (%s): least recently used idle model "
+                 "(%.1f MiB)", name, why, self.budget.describe(), size / (1 << 20))
+        self._on_change()
+        return self._spawn(self._drain(name, left))
+
+    def _notify(self) -> None:
+        """A model may have become evictable (its last lease back, a load or an unload finished)."""
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
+    async def _changed(self) -> None:
+        if self._room is None:
+            self._room = asyncio.Event()
+        await self._room.wait()
+
+    def loaded(self) -> tuple[int, int]:
+        """Models loaded (ensembles aside) and the bytes they count against the budget; safe from another thread."""
+        versions = [m for m in self.registry.snapshot() if m.state is State.READY and m.backend is not None]
+        return len({m.name for m in versions}), sum(m.size_bytes for m in versions)
 
     async def close(self, grace_s: float) -> None:
         """Stop following sources, then drain and close every version (in parallel)."""

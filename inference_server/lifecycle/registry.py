@@ -28,6 +28,7 @@ class IndexEntry:
 
 
 NOT_LOADED = "not loaded"
+EVICTED = "evicted"  # unloaded to keep within the model budget (lifecycle/budget.py)
 MAX_NESTING = 8  # ensembles within ensembles that readiness follows (ensembles that contain each other never load)
 
 
@@ -96,6 +97,8 @@ class ModelRegistry:
         model_reason = self._model_reason.get(name)
         if model_reason is None and name not in self._status:
             raise _unknown(name)
+        if model_reason == EVICTED:
+            raise unavailable(f"model '{name}' was evicted to keep within the model budget: load it again")
         if model_reason in (None, NOT_LOADED, UNLOADED):
             loading = [v for v, (s, _) in self._status.get(name, {}).items() if s is State.LOADING]
             if loading:

@@ -45,6 +45,7 @@ CUDA_PARAMETERS = {"gpu_mem_limit": "gpu_mem_limit_bytes", "arena_extend_strateg
 ARENA_STRATEGY_NUMBERS = dict(zip(("0", "1"), ARENA_EXTEND_STRATEGIES, strict=True))
 ARENA_STRATEGY_NAMES = {name: name for name in ARENA_EXTEND_STRATEGIES}
 SIZE_MAX = (1 << 64) - 1  # Triton's "no limit" for gpu_mem_limit
+BUDGET_PARAMETERS = ("model_size_bytes", "pinned")  # [server] max_loaded_models / model_memory_budget_mb
 
 MAPPED = ("name", "platform", "backend", "max_batch_size", "dynamic_batching", "instance_group", "version_policy",
           "model_warmup", "parameters", "optimization", "default_model_filename", "response_cache", "input", "output")
@@ -270,12 +271,19 @@ def _parameters(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in toml.get(doc, "parameters", where, dict, {}).items():
         prefix = f"{where}parameters.{key}"
-        if key not in THREAD_PARAMETERS and key not in CUDA_PARAMETERS and key != "execution_mode":
+        if key not in THREAD_PARAMETERS and key not in CUDA_PARAMETERS and key not in ("execution_mode",
+                                                                                       *BUDGET_PARAMETERS):
             raise ConfigError(prefix, f"{UNSUPPORTED} (supported: {', '.join(THREAD_PARAMETERS)}, execution_mode, "
-                                      f"{', '.join(CUDA_PARAMETERS)})")
+                                      f"{', '.join(CUDA_PARAMETERS)}, {', '.join(BUDGET_PARAMETERS)})")
         text = toml.get(_check(value, f"{prefix}.", ("string_value",)), "string_value", f"{prefix}.", str, "")
         if key in CUDA_PARAMETERS:
             found[CUDA_PARAMETERS[key]] = _cuda_value(key, text, f"{prefix}.string_value", ARENA_STRATEGY_NUMBERS)
+        elif key == "model_size_bytes":
+            found["model_size_bytes"] = _integer(text, f"{prefix}.string_value")
+        elif key == "pinned":
+            if text.lower() not in ("true", "false"):
+                raise ConfigError(f"{prefix}.string_value", f"must be \"true\" or \"false\", got {text!r}")
+            found["pinned"] = text.lower() == "true"
         elif key in THREAD_PARAMETERS:
             found[THREAD_PARAMETERS[key]] = _integer(text, f"{prefix}.string_value")
         elif text not in EXECUTION_MODES:

@@ -13,9 +13,11 @@ import asyncio
 import dataclasses
 import enum
 import hashlib
+import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from inference_server.observability.trace_marks import Marks
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_SIZE = 32
+_USES = itertools.count(1)  # leases in the order they are taken: a version's last one says how recently it was used
 ENSEMBLE = "ensemble"  # an ensemble's platform, as Triton names it
 
 
@@ -70,6 +73,9 @@ class ModelVersion:
     state: State = State.LOADING
     leases: int = 0
     _idle: asyncio.Event | None = None
+    used: int = 0  # the sequence number of its last lease (least recently used: the smallest)
+    size_bytes: int = 0  # what it counts against the model memory budget (lifecycle/budget.py)
+    on_idle: Callable[[], None] | None = None  # told when its last lease is given back (the budget waits for it)
 
     @property
     def max_batch_size(self) -> int:
@@ -129,11 +135,15 @@ class ModelVersion:
         if self.state is not State.READY:
             raise unavailable(f"model '{self.name}' version {self.version} is not ready")
         self.leases += 1
+        self.used = next(_USES)
 
     def release(self) -> None:
         self.leases -= 1
-        if not self.leases and self._idle is not None:
-            self._idle.set()
+        if not self.leases:
+            if self._idle is not None:
+                self._idle.set()
+            if self.on_idle is not None:
+                self.on_idle()
 
     def retire(self) -> None:
         """It left the serving set: no new lease from here on (`drain_and_close` finishes the leased ones). Its

@@ -55,6 +55,9 @@ class Lifecycle(Protocol):
     """What the lifecycle metrics read (the ModelManager)."""
     events: LifecycleStats
     registry: Any  # index_snapshot() -> IndexEntry rows
+    budget: Any  # max_models, max_bytes (0: none)
+
+    def loaded(self) -> tuple[int, int]: ...  # models loaded and the bytes they count against the budget
 HISTOGRAMS = [  # (name, help, attribute of ModelStats)
     ("inference_queue_wait_seconds", "Time requests waited in the batch queue", "queue_s"),
     ("inference_compute_input_seconds", "Time to assemble a batch's inputs", "compute_input_s"),
@@ -211,6 +214,31 @@ class StatsCollector:
                 family.add_metric([model], buckets(h), h.sum)
             durations.append(family)
         yield from (state, loads, unloads, polls, *durations)
+        yield from self._budget_metrics(events)
+
+    def _budget_metrics(self, events: LifecycleStats) -> Iterator[Metric]:
+        """Many models: evictions, loads on demand, and what is loaded against the budget."""
+        assert self._lifecycle is not None
+        evictions = CounterMetricFamily("inference_model_evictions", "Models unloaded to keep within the model "
+                                        "budget (least recently used idle ones)", labels=["model"])
+        for model, n in sorted(dict(events.evictions).items()):
+            evictions.add_metric([model], n)
+        h = events.on_demand_s
+        on_demand = HistogramMetricFamily("inference_model_on_demand_load_seconds", "Time a request's model took to "
+                                          "load on demand (room made under the budget, sessions, warmup)")
+        on_demand.add_metric([], buckets(h), h.sum)
+        failed = CounterMetricFamily("inference_model_on_demand_load_failures", "On-demand loads that failed (the "
+                                     "model is then left alone for a back-off)", value=events.on_demand_failures)
+        models, size = self._lifecycle.loaded()
+        budget = self._lifecycle.budget
+        yield from (evictions, on_demand, failed,
+                    GaugeMetricFamily("inference_loaded_models", "Models loaded (ensembles aside)", value=models),
+                    GaugeMetricFamily("inference_loaded_model_bytes", "Bytes the loaded models count against the "
+                                      "budget (model_size_bytes, else measured at load)", value=size),
+                    GaugeMetricFamily("inference_max_loaded_models", "[server] max_loaded_models (0: no limit)",
+                                      value=budget.max_models),
+                    GaugeMetricFamily("inference_model_memory_budget_bytes", "[server] model_memory_budget_mb in "
+                                      "bytes (0: no limit)", value=budget.max_bytes))
 
     def _monitoring(self) -> Iterator[Metric]:
         if self._drift is not None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from inference_server.config.routes import VariantConfig
 from inference_server.errors import ErrorCode, InferenceError, internal, unavailable
-from inference_server.lifecycle.registry import ModelRegistry
+from inference_server.lifecycle.registry import Lease, ModelRegistry
 from inference_server.lifecycle.version import ModelVersion
 from inference_server.protocol.tensors import InferRequest, InferResponse
 from inference_server.routing.fallback import constant_outputs
@@ -40,13 +40,21 @@ class Answer:
 
 
 Run = Callable[[ModelVersion, InferRequest, "float | None", "Scope | None"], Awaitable[Answer]]
+# (model, version, deadline) -> a lease on the version: the model manager's, which loads a model on demand
+Leaser = Callable[[str, str, "float | None"], Awaitable[Lease]]
 
 
 class Dispatcher:
-    def __init__(self, router: Router, registry: ModelRegistry, run: Run) -> None:
+    def __init__(self, router: Router, registry: ModelRegistry, run: Run, lease: Leaser | None = None,
+                 servable: Callable[[str, str], bool] | None = None) -> None:
         self.router = router
         self.registry = registry
         self._run = run
+        self._lease = lease or self._registry_lease  # the model manager's loads a variant on demand...
+        self._servable = servable or registry.ready  # ...so a variant not loaded yet may be chosen
+
+    async def _registry_lease(self, name: str, version: str, deadline: float | None) -> Lease:
+        return self.registry.lease(name, version)
 
     async def infer(self, route: RouteState, request: InferRequest, deadline: float | None,
                     trace: Scope | None = None) -> InferResponse:
@@ -55,7 +63,7 @@ class Dispatcher:
         counted as failed. A successful answer may be copied to the route's shadow."""
         router, cfg = self.router, route.cfg
         key = router.key(route, request.parameters, request.routing_key, request.id)
-        variant = router.choose(route, key, self.registry.ready)
+        variant = router.choose(route, key, self._servable)
         if variant is None:
             if trace is not None:
                 trace.routed(cfg.name, "")
@@ -76,7 +84,7 @@ class Dispatcher:
         code: ErrorCode | None = ErrorCode.INTERNAL  # None: answered
         failure: InferenceError | None = None
         try:
-            with self.registry.lease(variant.model, variant.version) as model:
+            with await self._lease(variant.model, variant.version, deadline) as model:
                 answer = await self._run(model, request, deadline, trace)
             code = None
         except InferenceError as e:
@@ -138,7 +146,7 @@ class Dispatcher:
         if fb.model is None:
             return self._constant(route, variant, request, failure)
         try:
-            with self.registry.lease(fb.model, fb.version) as model:
+            with await self._lease(fb.model, fb.version, deadline) as model:
                 return (await self._run(model, request, deadline, trace)).response
         except InferenceError as e:
             raise InferenceError(failure.code, f"{failure.message}; the fallback '{fb.model}' failed too: "

@@ -57,7 +57,7 @@ class InferenceService:
         self.repository = RepositoryAdmin(manager, self.gate)
         self.route_admin = RouteAdmin(self.router, registry)
         self._manager = manager
-        self._dispatch = Dispatcher(self.router, registry, self.runner.run)
+        self._dispatch = Dispatcher(self.router, registry, self.runner.run, manager.lease, manager.servable)
         self._pod = pod  # with --workers N: the other workers' statistics
         self.tracing = tracing  # None: tracing is off
         self.name = SERVER_NAME
@@ -110,8 +110,9 @@ class InferenceService:
                     route = None if request.model_version else self.router.route(request.model_name)
                     if route is not None:
                         return await self._dispatch.infer(route, request, deadline, trace)
-                    # an unknown model or version: refused here, with nothing to count
-                    with self.registry.lease(request.model_name, request.model_version) as model:
+                    # an unknown model or version: refused here, with nothing to count (one in the repository
+                    # that is not loaded, with load_on_demand: loaded first)
+                    with await self._manager.lease(request.model_name, request.model_version, deadline) as model:
                         return (await self.runner.run(model, request, deadline, trace)).response
                 finally:
                     REQUEST_ID.reset(token)

@@ -25,7 +25,7 @@ from inference_server.observability.logs import ACCESS
 from inference_server.observability.predictions import PredictionLog
 from inference_server.observability.trace_marks import Marks
 from inference_server.protocol.tensors import InferRequest, InferResponse, Tensor
-from inference_server.routing.dispatch import Answer
+from inference_server.routing.dispatch import Answer, Leaser
 from inference_server.service.ensemble import run_graph
 from inference_server.service.validation import select_outputs, validate_inputs
 
@@ -37,8 +37,9 @@ class RequestRunner:
     def __init__(self, *, cache: ResponseCache | None = None, cache_config: CacheConfig | None = None,
                  predictions: PredictionLog | None = None, drift: DriftMonitor | None = None,
                  access_log: bool = False, rejected: Counter[str] | None = None,
-                 registry: ModelRegistry | None = None) -> None:
-        self.registry = registry  # where an ensemble's steps lease their composing models
+                 registry: ModelRegistry | None = None, lease: Leaser | None = None) -> None:
+        self.registry = registry  # where an ensemble's steps lease their composing models...
+        self._lease = lease  # ...through the model manager when given (it loads a model on demand)
         self.cache = cache
         self.cache_config = cache_config or CacheConfig()
         self._coalescer = Coalescer()
@@ -188,7 +189,9 @@ class RequestRunner:
         alone, so a reload between two steps serves the next one from the new version. Its failure names it."""
         assert self.registry is not None, "a runner serving ensembles has the registry"
         try:
-            with self.registry.lease(step.model_name, step.model_version) as model:
+            lease = (self.registry.lease(step.model_name, step.model_version) if self._lease is None
+                     else await self._lease(step.model_name, step.model_version, deadline))
+            with lease as model:
                 datatypes = {spec.name: spec.datatype for spec in model.inputs}
                 request = InferRequest(step.model_name, [Tensor(name, datatypes.get(name, ""), array.shape, array)
                                                          for name, array in inputs.items()],

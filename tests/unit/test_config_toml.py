@@ -133,6 +133,7 @@ def test_an_unknown_server_key_lists_the_allowed_keys_as_before():
         "drain_grace_s, max_connection_age_s, max_connection_age_grace_s, grpc_engine, log_level, log_format, "
         "access_log, model_repository, model_name, device, execution, cache, workers, reuse_port, metrics, "
         "metrics_host, metrics_port, model_control_mode, load_models, repository_poll_secs, exit_on_error, "
+        "load_on_demand, max_loaded_models, model_memory_budget_mb, "
         "strict_readiness, model_cache_dir, tls_cert, tls_key, tls_client_ca, auth, limits)")
 
 
