@@ -14,4 +14,9 @@ from __future__ import annotations
 
 
 class BadInput(Exception):
-    """The source, its flavor or its signature cannot be converted (exit code 2); the message says why."""
+    """The source, its flavor, its signature or its model cannot be converted (exit code 2); the message says why."""
+
+
+class ConversionFailed(Exception):
+    """The converter's own failure, not the input's: ONNX Runtime cannot load or run the model the converters
+    produced (exit code 3, as for any unexpected error); the message says why."""

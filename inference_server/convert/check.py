@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from inference_server.convert import BadInput
+from inference_server.convert import BadInput, ConversionFailed
 from inference_server.convert.onnx_export import Layout, is_classifier
 
 log = logging.getLogger(__name__)
@@ -93,25 +93,36 @@ def _drawn(layout: Layout, seed: int) -> Rows:
 
 
 def compare(model: Any, onnx_model: Any, rows: Rows, rtol: float) -> Result:
-    """Run both models on `rows` and measure how far the ONNX model's answers are from the original's."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    answers = session.run(None, {session.get_inputs()[0].name: rows.onnx})
+    """Run both models on `rows` and measure how far the ONNX model's answers are from the original's. BadInput
+    when the original fails on them; ConversionFailed when ONNX Runtime cannot load or run the converted model."""
     count = len(rows.onnx)
     if count == 0:
         raise BadInput("the input example has no rows to check the ONNX model on")
-    if is_classifier(model):
-        labels, probabilities = np.asarray(model.predict(rows.original)), np.asarray(model.predict_proba(rows.original))
-        differing = _labels_differing(labels, answers[0])
-        largest, where = _largest("probabilities", probabilities, answers[1])
-        if differing:
-            row = int(np.flatnonzero(_label_mismatch(labels, answers[0]))[0])
-            where += f"; first differing label at row {row}: ONNX {answers[0][row]!r}, original {labels[row]!r}"
-        return Result(count, rows.origin, rtol, differing, largest, where)
-    values = np.asarray(model.predict(rows.original))
-    largest, where = _largest("variable", values, answers[0])
-    return Result(count, rows.origin, rtol, 0, largest, where)
+    answers = _onnx_answers(onnx_model, rows)
+    try:
+        predicted = np.asarray(model.predict(rows.original))  # labels, or a regressor's values
+        probabilities = np.asarray(model.predict_proba(rows.original)) if is_classifier(model) else None
+    except Exception as e:  # the user's model (its own code) on its own example or signature's rows
+        raise BadInput(f"the original model fails on {rows.origin}: {type(e).__name__}: {e}") from None
+    if probabilities is None:
+        largest, where = _largest("variable", predicted, answers[0])
+        return Result(count, rows.origin, rtol, 0, largest, where)
+    differing = _labels_differing(predicted, answers[0])
+    largest, where = _largest("probabilities", probabilities, answers[1])
+    if differing:
+        row = int(np.flatnonzero(_label_mismatch(predicted, answers[0]))[0])
+        where += f"; first differing label at row {row}: ONNX {answers[0][row]!r}, original {predicted[row]!r}"
+    return Result(count, rows.origin, rtol, differing, largest, where)
+
+
+def _onnx_answers(onnx_model: Any, rows: Rows) -> list[Any]:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return list(session.run(None, {session.get_inputs()[0].name: rows.onnx}))
+    except Exception as e:  # onnxruntime's Fail, InvalidGraph, RuntimeException ...: what the converters wrote
+        raise ConversionFailed(f"ONNX Runtime cannot run the converted model: {type(e).__name__}: {e}") from None
 
 
 def _label_mismatch(original: np.ndarray, converted: np.ndarray) -> np.ndarray:

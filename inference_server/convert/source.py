@@ -112,6 +112,8 @@ def load(source: Source) -> Any:
         raise BadInput(f"{source.uri}: loading its {source.flavor} model needs {e.name}: install it") from None
     except MlflowException as e:
         raise BadInput(f"{source.uri}: MLflow cannot load it: {e.message}") from None
+    except Exception as e:  # a missing or corrupted model file: FileNotFoundError, UnpicklingError, BadZipFile, ...
+        raise BadInput(f"{source.uri}: its {source.flavor} model cannot be loaded: {type(e).__name__}: {e}") from None
     finally:
         if previous is None:
             del os.environ["MLFLOW_ALLOW_MODEL_CODE_EXECUTION"]

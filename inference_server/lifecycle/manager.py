@@ -121,6 +121,8 @@ class ModelManager:
         known = self.known()
         if self.sources.repository is not None:
             log.info("%s", self.sources.repository.describe())
+            if (warning := self.sources.repository.layout_warning()) is not None:
+                log.warning("%s", warning)
         if self.mode == "explicit" or self.cfg.load_on_demand:  # on demand: the rest load when asked for
             initial = known if "*" in self.cfg.load_models else list(self.cfg.load_models)
         else:

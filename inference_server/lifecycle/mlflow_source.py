@@ -31,7 +31,7 @@ from urllib.parse import quote, urlsplit
 from inference_server.config.model import check_source
 from inference_server.config.server import redact_url
 from inference_server.errors import ConfigError, ModelLoadError
-from inference_server.lifecycle.onnx_flavor import Setting, read_flavor
+from inference_server.lifecycle.onnx_flavor import Flavor, read_flavor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,7 +55,7 @@ class Fetched:
     directory: Path  # cache_dir/NAME/VERSION: the artifact tree of the model version
     model_file: Path
     config_file: Path | None  # config.toml or config.pbtxt beside the .onnx
-    settings: tuple[Setting, ...] = ()  # what its MLmodel's onnx flavour asks of the session (onnx_flavor.py)
+    flavor: Flavor = Flavor()  # what its MLmodel's onnx flavour asks of the session (onnx_flavor.py)
 
 
 def _redact(uri: str) -> str:
@@ -182,7 +182,7 @@ class MlflowSource:
             raise SourceError(f"version {version} of model '{self.name}' is ambiguous: it has both config.toml "
                               f"and config.pbtxt beside {model.name}")
         try:
-            settings = read_flavor(flavor)
+            settings = read_flavor(flavor)  # what the model's config may override is resolved at load (apply_flavor)
         except ConfigError as e:
             raise SourceError(f"version {version} of model '{self.name}': {e}") from None
         return Fetched(version, root, model, configs[0] if configs else None, settings)

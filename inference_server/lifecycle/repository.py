@@ -2,8 +2,10 @@
 Triton config.pbtxt (never both), plus the directories RepositoryModelLoad's `file:` parameters are written to.
 
 DIR may also be one model itself (the single-model layout: DIR/model.onnx, or DIR/<version>/model.onnx, with its
-config beside them), as KServe's storage initializer leaves a storageUri naming one ONNX model in /mnt/models. That
-model is named by `[server] model_name` (--model-name). `single_model` is the one place that tells the layouts apart.
+config beside them; or DIR/config.pbtxt, whose default_model_filename may name another file), as KServe's storage
+initializer leaves a storageUri naming one ONNX model in /mnt/models. That model is named by `[server] model_name`
+(--model-name). `single_model` is the one place that tells the layouts apart; `layout_warning` names the .onnx
+files of a root that is neither layout (say /mnt/models/iris.onnx), which would otherwise serve nothing silently.
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ class Repository:
             raise ConfigError("server.model_repository", f"{self.root} is not a directory")
         if single_model(self.root):
             if self.model_name is None:
-                raise ConfigError("server.model_name", f"{self.root} holds {MODEL_FILE} itself (or in a version "
-                                  "directory): it is one model, not a repository of model directories, and needs a "
-                                  "name: give --model-name NAME")
+                raise ConfigError("server.model_name", f"{self.root} holds {MODEL_FILE} or {CONFIG_PBTXT} itself (or "
+                                  f"{MODEL_FILE} in a version directory): it is one model, not a repository of model "
+                                  "directories, and needs a name: give --model-name NAME")
             return [self.model_name]
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -76,6 +78,20 @@ class Repository:
         unused = (f"; --model-name {self.model_name!r} is not used (it names the model of a directory holding "
                   f"{MODEL_FILE} itself)") if self.model_name is not None else ""
         return f"model repository {self.root} holds {len(names)} model(s), each named by its directory{unused}"
+
+    def layout_warning(self) -> str | None:
+        """For the start-up log: .onnx files directly in a root that is a repository of model directories, which
+        serves none of them (a storageUri naming iris.onnx rather than model.onnx, say)."""
+        try:
+            stray = sorted(p.name for p in self.root.glob("*.onnx") if p.is_file())
+        except OSError:
+            return None
+        if not stray or single_model(self.root):
+            return None
+        return (f"model repository {self.root} holds {', '.join(stray)} itself, which is not served: a repository "
+                f"holds model directories (<model>/<version>/{MODEL_FILE}), and one model is {self.root}/"
+                f"{MODEL_FILE} (or <version>/{MODEL_FILE}, or any file a {CONFIG_PBTXT} beside it names with "
+                "default_model_filename): rename the file or add that config.pbtxt")
 
     def model_dir(self, name: str) -> Path | None:
         """The directory of the model's config and versions; None when the repository has no such model."""
@@ -143,12 +159,14 @@ class Repository:
 
 
 def single_model(root: Path) -> bool:
-    """Whether the directory is one model rather than a repository of model directories: it holds model.onnx
-    itself, or a version directory (a positive integer) that does. A repository's model directories hold their
-    model files in version directories, never directly, so no repository reads as one model (a model named "1"
-    holds 1/1/model.onnx, not 1/model.onnx). Decided at each read, so the layout may change while the server runs
-    (poll mode, a repository a KServe agent fills) and every reader agrees."""
-    if (root / MODEL_FILE).is_file():
+    """Whether the directory is one model rather than a repository of model directories: it holds model.onnx or
+    config.pbtxt itself (whose default_model_filename names the model file, at the root or in version
+    directories), or a version directory (a positive integer) that holds model.onnx. A repository's model
+    directories hold their configs and model files, never its root, and keep model files in version
+    directories, so no repository reads as one model (a model named "1" holds 1/1/model.onnx, not 1/model.onnx).
+    Decided at each read, so the layout may change while the server runs (poll mode, a repository a KServe
+    agent fills) and every reader agrees."""
+    if (root / MODEL_FILE).is_file() or (root / CONFIG_PBTXT).is_file():
         return True
     try:
         return any(version_number(p.name) is not None and (p / MODEL_FILE).is_file() for p in root.iterdir())

@@ -125,7 +125,7 @@ class ModelSources:
             base = dataclasses.replace(read_config(fetched.config_file, name, self.cfg, self._read_pbtxt),
                                        source=entry.source, poll_interval_s=entry.poll_interval_s)
         cfg = dataclasses.replace(self._with_override(base, override), path=fetched.model_file, version=version)
-        return {version: apply_flavor(cfg, fetched.settings)}, [version]
+        return {version: apply_flavor(cfg, fetched.flavor)}, [version]
 
     def close(self) -> None:
         self._registry_pool.shutdown(wait=False, cancel_futures=True)

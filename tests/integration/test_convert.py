@@ -1,8 +1,9 @@
 """`python -m inference_server.convert` on a real local MLflow registry (sqlite:/// + file:// artifacts): models
 logged the usual way (mlflow.sklearn / mlflow.xgboost / mlflow.lightgbm) are converted, checked and registered,
 then served by alias by a real server whose answers are compared with the original model's predictions on rows
-neither the conversion nor the check saw. A conversion that changes answers is refused and registers nothing; bad
-input exits 2 before any model code runs.
+neither the conversion nor the check saw. A conversion that changes answers is refused (exit 1) and registers
+nothing; bad input exits 2 (before any model code runs where it can), a converted model ONNX Runtime cannot run or
+any unexpected error 3, never 1.
 
 The command runs in-process (main(argv)), so scikit-learn and the converters are imported once per session.
 """
@@ -278,3 +279,81 @@ def test_bad_input_exits_2_with_a_reason_before_any_model_code_runs(registry: Re
     assert reason in result.stderr
     assert WARNING not in result.stderr  # refused before anything was loaded
     assert registry.client.search_model_versions("name='bad-input'") == []
+
+
+def saved_classifier(directory: Path, features_expected: int | None = None) -> Path:
+    """A local MLflow sklearn model directory with an input example. features_expected: the fitted model claims
+    that many features afterwards, so its own predict raises on the example while its coefficients convert."""
+    import mlflow.sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit(TRAIN, (TRAIN.a > 0).astype(int))
+    if features_expected is not None:
+        model.n_features_in_ = features_expected
+    mlflow.sklearn.save_model(model, str(directory), input_example=TRAIN.head(8), pip_requirements=["scikit-learn"])
+    return directory
+
+
+@pytest.mark.parametrize("case", ["corrupted", "missing"])
+def test_a_model_file_the_loader_cannot_read_exits_2_naming_the_cause(registry: Registry, tmp_path: Path,
+                                                                     case: str) -> None:
+    directory = saved_classifier(tmp_path / "model")
+    (model_file,) = [p for p in directory.iterdir() if p.name.startswith("model.") and p.suffix != ".json"]
+    if case == "corrupted":
+        model_file.write_bytes(model_file.read_bytes()[:100])
+    else:
+        model_file.unlink()
+    result = convert(str(directory), "--register", "unreadable")
+    assert result.code == 2, result.stdout + result.stderr
+    assert "its sklearn model cannot be loaded: " in result.stderr
+    assert ("FileNotFoundError" in result.stderr) == (case == "missing")
+    assert registry.client.search_model_versions("name='unreadable'") == []
+
+
+def test_an_original_that_fails_on_its_own_example_exits_2(registry: Registry, tmp_path: Path) -> None:
+    result = convert(str(saved_classifier(tmp_path / "model", features_expected=5)), "--register", "failing")
+    assert result.code == 2, result.stdout + result.stderr
+    assert "the original model fails on the logged input example: ValueError: X has 4 features" in result.stderr
+    assert registry.client.search_model_versions("name='failing'") == []
+
+
+def test_a_converted_model_onnx_runtime_cannot_run_exits_3(registry: Registry, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A converter's failure, not the input's: a graph with an operator ONNX Runtime does not know."""
+    from inference_server.convert import onnx_export
+
+    real = onnx_export.convert
+
+    def broken(model: Any, layout: Any) -> Any:
+        converted = real(model, layout)
+        converted.graph.node[0].op_type = "NoSuchOperator"
+        return converted
+
+    monkeypatch.setattr(onnx_export, "convert", broken)
+    result = convert(str(saved_classifier(tmp_path / "model")), "--register", "broken")
+    assert result.code == 3, result.stdout + result.stderr
+    assert "ONNX Runtime cannot run the converted model" in result.stderr and "NoSuchOperator" in result.stderr
+    assert registry.client.search_model_versions("name='broken'") == []
+
+
+def test_an_unexpected_error_exits_3_with_one_line_not_1(registry: Registry, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference_server.convert import register
+
+    def failing(*args: Any) -> str:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(register, "register", failing)
+    result = convert(str(saved_classifier(tmp_path / "model")), "--register", "unexpected")
+    assert result.code == 3, result.stdout + result.stderr
+    assert "error: internal error: OSError: disk full (run with -v for the traceback)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("rtol", ["nan", "-1e-3", "inf", "tight"])
+def test_an_rtol_that_is_not_a_finite_number_at_least_0_exits_2(registry: Registry, rtol: str) -> None:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exited:
+        main(["models:/pipeline-trained/1", "--register", "bad-rtol", f"--rtol={rtol}"])
+    assert exited.value.code == 2
+    assert "--rtol" in err.getvalue() and WARNING not in err.getvalue()

@@ -1,7 +1,9 @@
 """Models logged with mlflow.onnx.log_model (or saved with mlflow.onnx.save_model), served by alias from a real local
 MLflow registry by a real server: the MLmodel's onnx flavour reaches ONNX Runtime (read back from the sessions the
-server made), external data files come with the model, and what cannot be honoured is refused naming the key or
-the file. The precedence is lifecycle/onnx_flavor.py's (tests/unit/test_onnx_flavor.py holds every case).
+server made), external data files come with the model, what the server does not apply (providers other than CPU
+and CUDA, other session options) is skipped with a warning, and a wrong value the server would use is refused
+naming the key or the file. The precedence is lifecycle/onnx_flavor.py's (tests/unit/test_onnx_flavor.py holds
+every case).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ SPIN = "session.intra_op.allow_spinning"  # an ONNX Runtime session config entry
 OPTIONS = {"intra_op_num_threads": 2, "inter_op_num_threads": 3, "execution_mode": "parallel",
            "graph_optimization_level": 1, "extra_session_config": {SPIN: "0"}}
 CPU_ONLY = ["CPUExecutionProvider"]
+ACCELERATED = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 LOG = "inference_server.lifecycle.onnx_flavor"
 
 
@@ -95,11 +98,21 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         assert len(data) == 1, files  # the model keeps its tensors in one external data file ...
         del files[data[0]]  # ... which this version lacks
         registry.register("missing", None, alias="prod", extra_files=files)
-        # A SessionOptions attribute, so mlflow accepts it, but neither mlflow's loader nor this server honours it.
-        registry.register("unhonoured", None, alias="prod", extra_files=save(
-            tmp_path_factory.mktemp("unhonoured"), onnx_session_options={"enable_profiling": True}))
+        # TensorRT first (common for GPU models) and a SessionOptions attribute that mlflow accepts but neither its
+        # loader nor this server applies: both skipped, the version serves.
+        registry.register("accelerated", None, alias="prod", extra_files=save(
+            tmp_path_factory.mktemp("accelerated"), onnx_execution_providers=ACCELERATED,
+            onnx_session_options={"enable_cpu_mem_arena": False, "execution_mode": "parallel"}))
+        # A negative inter_op_num_threads, which mlflow's validation lets through: refused, unless the config
+        # beside the model sets inter_op_threads itself.
+        wrong = {"inter_op_num_threads": -1, "execution_mode": "parallel"}
+        registry.register("wrong", None, alias="prod", extra_files=save(
+            tmp_path_factory.mktemp("wrong"), onnx_session_options=wrong))
+        files = save(tmp_path_factory.mktemp("overridden"), onnx_session_options=wrong)
+        files["config.toml"] = b"inter_op_threads = 2\n"  # 1 would make ONNX Runtime run sequentially
+        registry.register("overridden", None, alias="prod", extra_files=files)
         cache = tmp_path_factory.mktemp("cache")
-        names = ("tuned", "plain", "configured", "missing", "unhonoured")
+        names = ("tuned", "plain", "configured", "missing", "accelerated", "wrong", "overridden")
         models = [{"name": n, "source": f"models:/{n}@prod", "poll_interval_s": 0} for n in names]
         cfg = parse_server({"server": {"port": 0, "metrics_port": 0, "http_port": 0, "drain_grace_s": 5,
                                        "model_cache_dir": str(cache)}, "models": models})
@@ -183,11 +196,30 @@ def test_a_version_without_its_external_data_file_is_refused_naming_it(
     assert f"model.onnx keeps tensors in external data files that are not beside it: {served.missing_data}" in why
 
 
-def test_a_session_option_the_server_does_not_honour_is_refused_naming_the_key(
+def test_providers_and_options_the_server_does_not_apply_are_skipped_with_one_warning(
+        served: Served, client: grpcclient.InferenceServerClient) -> None:
+    np.testing.assert_allclose(answer(client, "accelerated"), EXPECTED, rtol=1e-5, atol=1e-6)
+    server = served.server
+    assert server.app is not None and server.app.registry.find("accelerated").config.device == "auto"  # CUDA's
+    for options in session_options(server, "accelerated"):
+        assert options.execution_mode == ort.ExecutionMode.ORT_PARALLEL  # what it does apply still reaches ORT
+        assert options.enable_cpu_mem_arena  # skipped: ONNX Runtime's default
+    warnings = [line for line in served.log if line.startswith("model 'accelerated' version 1: MLmodel flavors.onnx: "
+                                                                "skipped")]
+    assert warnings == ["model 'accelerated' version 1: MLmodel flavors.onnx: skipped, not applied by this server: "
+                        "providers TensorrtExecutionProvider; onnx_session_options.enable_cpu_mem_arena"], served.log
+
+
+def test_a_wrong_value_is_refused_naming_the_key_unless_the_config_beside_the_model_sets_it(
         server: ServerThread, client: grpcclient.InferenceServerClient) -> None:
-    state, why = reason(client, "unhonoured")
+    state, why = reason(client, "wrong")
     assert state == "UNAVAILABLE"
-    assert "MLmodel flavors.onnx.onnx_session_options.enable_profiling" in why and "not a session option" in why
+    assert "MLmodel flavors.onnx.onnx_session_options.inter_op_num_threads" in why and "got -1" in why
+    assert "set inter_op_threads in the model's config" in why
+    np.testing.assert_allclose(answer(client, "overridden"), EXPECTED, rtol=1e-5, atol=1e-6)
+    for options in session_options(server, "overridden"):
+        assert options.inter_op_num_threads == 2  # config.toml's
+        assert options.execution_mode == ort.ExecutionMode.ORT_PARALLEL  # the MLmodel's
     np.testing.assert_allclose(answer(client, "tuned"), EXPECTED, rtol=1e-5, atol=1e-6)  # the others serve on
 
 

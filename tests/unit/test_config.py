@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -273,6 +274,47 @@ def test_model_name_with_a_repository_of_model_directories_names_nothing(tmp_pat
     empty = tmp_path / "empty"
     empty.mkdir()
     assert Repository(empty, cfg, pbtxt_to_dict, "isvc").names() == []
+
+
+def test_a_root_config_pbtxt_makes_one_model_of_the_file_its_default_model_filename_names(tmp_path):
+    """A storageUri holding iris.onnx and a config.pbtxt naming it: one model, as Triton reads a model directory."""
+    write(tmp_path / "iris.onnx", "x")
+    write(tmp_path / "config.pbtxt", 'default_model_filename: "iris.onnx"\n')
+    cfg = load_config(["--model-repository", str(tmp_path), "--model-name", "iris"], {})
+    repo = repository(cfg)
+    assert repo.names() == ["iris"] and repo.layout_warning() is None
+    (m,) = repo.read("iris").selected().values()
+    assert (m.version, m.path) == ("1", tmp_path / "iris.onnx")
+    versions = tmp_path / "versions"
+    write(versions / "2" / "iris.onnx", "x")
+    write(versions / "config.pbtxt", 'default_model_filename: "iris.onnx"\n')
+    assert list(Repository(versions, cfg, pbtxt_to_dict, "iris").read("iris").selected()) == ["2"]
+    with pytest.raises(ConfigError, match="holds model.onnx or config.pbtxt itself .* give --model-name NAME"):
+        Repository(versions, cfg, pbtxt_to_dict).names()
+
+
+def test_onnx_files_in_a_root_that_serves_none_of_them_are_named_in_a_warning(tmp_path, caplog):
+    """/mnt/models/iris.onnx (a storageUri naming a file other than model.onnx) is neither layout: the repository
+    is empty, and the start-up log says why instead of serving nothing silently."""
+    write(tmp_path / "iris.onnx", "x")
+    cfg = load_config(["--model-repository", str(tmp_path), "--model-name", "iris"], {})
+    assert repository(cfg).names() == []
+    warning = repository(cfg).layout_warning()
+    assert warning is not None and "holds iris.onnx itself, which is not served" in warning
+    assert f"{tmp_path}/model.onnx" in warning and "default_model_filename" in warning
+    caplog.set_level("WARNING", logger="inference_server.lifecycle.manager")
+    started = manager(cfg, tmp_path)
+
+    async def start_and_close() -> None:
+        await started.start()
+        await started.close(0)
+
+    asyncio.run(start_and_close())
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [warning]
+    write(tmp_path / "m" / "1" / "model.onnx", "x")  # a repository with model directories: still named
+    assert repository(cfg).layout_warning() == warning
+    write(tmp_path / "model.onnx", "x")  # one model: what it serves is its model.onnx, no warning
+    assert repository(cfg).layout_warning() is None
 
 
 @pytest.mark.parametrize("name", ["", ".hidden", "a/b", "..", "a\\b"])
