@@ -28,7 +28,16 @@ RESULTS = HERE / "results"
 def environment() -> dict[str, object]:
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "python": platform.python_version(),
             "machine": platform.machine(), "onnxruntime": onnxruntime.__version__, "grpcio": grpc.__version__,
-            "perf_analyzer": perf_analyzer.available() or perf_analyzer.version()}
+            "perf_analyzer": _perf_analyzer()}
+
+
+def _perf_analyzer() -> str:
+    """perf_analyzer's version, or one line saying why it is not available (a failed set-up's log stays out of the
+    results' header)."""
+    reason = perf_analyzer.available()
+    if reason is None:
+        return perf_analyzer.version()
+    return f"not available ({reason.splitlines()[0][:120]})"
 
 
 def markdown(result: dict) -> str:
