@@ -67,6 +67,15 @@ class InferenceError(Exception):
         """Worth another try shortly (HTTP answers with Retry-After): a bound was reached, not a fault."""
         return self.code.retryable
 
+    def reworded(self, message: str) -> InferenceError:
+        """The same error with another message: its class, code and whatever else it carries (a full queue's
+        retry hint) kept, as when an ensemble names the step that failed."""
+        error = type(self).__new__(type(self))
+        error.__dict__.update(self.__dict__)
+        error.message = message
+        error.args = (message,)
+        return error
+
     def __repr__(self) -> str:
         return f"InferenceError({self.code.name}, {self.message!r})"
 

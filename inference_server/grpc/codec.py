@@ -156,7 +156,7 @@ def _choice(value: pb.ModelRepositoryParameter, *choices: str) -> Any:
 # Repository parameters are ModelRepositoryParameters: a string_param, a bool_param, bytes_param files, int64 versions.
 PARAMETERS = rules.ParameterWire(
     text=lambda value: _choice(value, "string_param"),
-    is_bool=lambda value: value.WhichOneof("parameter_choice") == "bool_param",
+    flag=lambda value: _choice(value, "bool_param"),
     file=_file,
     version=lambda value: _choice(value, "int64_param", "string_param"),
     version_types="int64 or string", bool_type="bool")
@@ -167,10 +167,10 @@ def repository_parameters(parameters: Any) -> tuple[str | None, dict[str, bytes]
     return rules.load_parameters(parameters.items(), PARAMETERS)
 
 
-def unload_version(parameters: Any) -> str | None:
-    """RepositoryModelUnload's parameters: `unload_dependents` is accepted (no model here has dependents);
-    `version` unloads one version only."""
-    return rules.unload_version(parameters.items(), PARAMETERS)
+def unload_parameters(parameters: Any) -> tuple[str | None, bool]:
+    """RepositoryModelUnload's parameters -> (version, unload_dependents): `version` unloads one version only;
+    `unload_dependents` also unloads an ensemble's composing models that its load brought in."""
+    return rules.unload_parameters(parameters.items(), PARAMETERS)
 
 
 def _duration(d: DurationView) -> pb.StatisticDuration:

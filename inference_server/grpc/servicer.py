@@ -189,7 +189,8 @@ class InferenceServicer:
     @rpc
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
                                     context: Any) -> pb.RepositoryModelUnloadResponse:
-        await self.service.repository.unload(request.model_name, codec.unload_version(request.parameters))
+        version, dependents = codec.unload_parameters(request.parameters)
+        await self.service.repository.unload(request.model_name, version, dependents=dependents)
         return pb.RepositoryModelUnloadResponse()
 
     @functools.partial(rpc, takes_malformed=True)

@@ -482,7 +482,7 @@ def _file(key: str, value: Any) -> bytes:
 # Repository parameters are JSON values: a string, a boolean, files in base64, versions as integers or strings.
 PARAMETERS = rules.ParameterWire(
     text=lambda value: value if isinstance(value, str) else None,
-    is_bool=lambda value: isinstance(value, bool),
+    flag=lambda value: value if isinstance(value, bool) else None,
     file=_file,
     version=lambda value: value,
     version_types="integer or string", bool_type="boolean")
@@ -494,9 +494,10 @@ def load_parameters(body: bytes) -> tuple[str | None, dict[str, bytes], str | No
     return rules.load_parameters(_repository_parameters(body).items(), PARAMETERS)
 
 
-def unload_parameters(body: bytes) -> str | None:
-    """`unload_dependents` is accepted (no model here has dependents); `version` unloads one version only."""
-    return rules.unload_version(_repository_parameters(body).items(), PARAMETERS)
+def unload_parameters(body: bytes) -> tuple[str | None, bool]:
+    """An unload body -> (version, unload_dependents): `version` unloads one version only; `unload_dependents` also
+    unloads an ensemble's composing models that its load brought in."""
+    return rules.unload_parameters(_repository_parameters(body).items(), PARAMETERS)
 
 
 def error_json(message: str) -> bytes:

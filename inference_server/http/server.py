@@ -253,8 +253,8 @@ class Routes:
 
     @endpoint
     async def unload(self, request: Request) -> Response:
-        version = codec.unload_parameters(await read_body(request, self.limit))
-        await self.service.repository.unload(request.path_params["model"], version)
+        version, dependents = codec.unload_parameters(await read_body(request, self.limit))
+        await self.service.repository.unload(request.path_params["model"], version, dependents=dependents)
         return Response()
 
     def refused(self, request: Request, model: str, error: HttpError | InferenceError) -> None:

@@ -85,6 +85,9 @@ class ModelManager:
         self.following = Following(self)
         self._rejected: dict[str, str] = {}  # MLflow version that failed to load, not retried until it changes
         self._wanted: set[str] = set()  # models the server means to serve: strict readiness waits for these
+        # models loaded by their own name (at start, or a load request), not only as an ensemble's composing model:
+        # an unload with unload_dependents leaves these loaded, as Triton leaves its explicitly loaded ones
+        self._explicit: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._load_pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="model-load")
         self._ops: set[asyncio.Task[Any]] = set()  # loads, unloads and drains: owned here, never cancelled midway
@@ -130,6 +133,7 @@ class ModelManager:
         for name in set(known) - set(initial):
             self.registry.set_model_reason(name, NOT_LOADED)
         self._wanted = set(initial)
+        self._explicit = set(initial)
         if self.mode == "poll":
             self.following.remember(known)
         results = await asyncio.gather(*(self.refresh(name) for name in initial), return_exceptions=True)
@@ -225,16 +229,37 @@ class ModelManager:
             upload = await loop.run_in_executor(self._load_pool, write_upload, self._cache_dir, name, files)
         try:
             await self.refresh(name, override=config, upload=upload, version=version, want=True)
+            self._explicit.add(name)
         finally:
             if upload is not None:  # the sessions hold the model now
                 await loop.run_in_executor(self._load_pool, partial(shutil.rmtree, upload, ignore_errors=True))
 
-    async def unload(self, name: str, version: str | None = None) -> None:
-        """Unload the model (or one version); returns once its leased requests are answered."""
+    async def unload(self, name: str, version: str | None = None, *, dependents: bool = False) -> None:
+        """Unload the model (or one version); returns once its leased requests are answered. `dependents` (Triton's
+        unload_dependents): then the composing models of the ensemble versions that left go too, each once its
+        own leased requests are answered, unless a load named it (at start or by request) or another serving
+        ensemble still uses it; an ensemble among them takes its own composing models with it."""
         self._require_explicit("RepositoryModelUnload")
-        await self.owned(self._unload(name, version))
+        await self.owned(self._unload(name, version, dependents))
 
-    async def _unload(self, name: str, version: str | None) -> None:
+    async def _unload(self, name: str, version: str | None, dependents: bool = False) -> None:
+        left = await self._unload_one(name, version)
+        if not dependents:
+            return
+        for composing in sorted({s.model_name for m in left if m.ensemble is not None for s in m.ensemble.steps}):
+            if not self.registry.serving_versions(composing):
+                continue
+            users = sorted({m.name for m in self.registry.serving() if m.ensemble is not None
+                            and any(s.model_name == composing for s in m.ensemble.steps)})
+            if composing in self._explicit or users:
+                log.info("model '%s' stays loaded after ensemble '%s' (%s)", composing, name,
+                         f"used by ensemble {', '.join(users)}" if users else "loaded by its own name")
+                continue
+            log.info("model '%s' unloads with ensemble '%s' (unload_dependents)", composing, name)
+            await self._unload(composing, None, dependents=True)
+
+    async def _unload_one(self, name: str, version: str | None) -> list[ModelVersion]:
+        """Unload the model (or one version); returns the versions that left, drained."""
         async with self._lock(name):
             serving = self.registry.serving_versions(name)
             if version:
@@ -251,10 +276,12 @@ class ModelManager:
             if not remaining:
                 self.registry.set_model_reason(name, UNLOADED)
                 self._wanted.discard(name)
+                self._explicit.discard(name)
             self._on_change()
             await self._drain(name, left)
             log.info("model '%s'%s unloaded", name, f" version {version}" if version else "")
         self._notify()
+        return left
 
     # -- loading --------------------------------------------------------------------------------
 

@@ -83,7 +83,7 @@ FILE_PREFIX = "file:"  # file:<version>/<name>: a file of the model's directory,
 class ParameterWire:
     """How one front end reads a repository parameter's value, and how its refusals name the value's types."""
     text: Callable[[Any], str | None]  # a string value's text; None when the value is not a string
-    is_bool: Callable[[Any], bool]
+    flag: Callable[[Any], bool | None]  # a boolean value; None when the value is not a boolean
     file: Callable[[str, Any], bytes]  # (key, value) -> the file's content; refuses in the wire's own words
     version: Callable[[Any], Any]  # the value as given (an integer, a string), for version_number
     version_types: str  # "int64 or string" (gRPC), "integer or string" (JSON)
@@ -93,7 +93,8 @@ class ParameterWire:
 def load_parameters(parameters: Iterable[tuple[str, Any]],
                     wire: ParameterWire) -> tuple[str | None, dict[str, bytes], str | None]:
     """A load request's parameters -> (config as its JSON text, files by "<version>/<name>", version).
-    `unload_dependents` is accepted and ignored (Triton's clients may send it with a load)."""
+    `unload_dependents` is accepted and ignored here (Triton's clients may send it with a load; it means something
+    to an unload only)."""
     config, files, version = None, {}, None
     for key, value in parameters:
         if key == "config":
@@ -109,19 +110,22 @@ def load_parameters(parameters: Iterable[tuple[str, Any]],
     return config, files, version
 
 
-def unload_version(parameters: Iterable[tuple[str, Any]], wire: ParameterWire) -> str | None:
-    """An unload request's parameters -> the one version to unload (None: every version). `unload_dependents` is
-    accepted (no model here has dependents)."""
-    version = None
+def unload_parameters(parameters: Iterable[tuple[str, Any]], wire: ParameterWire) -> tuple[str | None, bool]:
+    """An unload request's parameters -> (the one version to unload (None: every version), unload_dependents).
+    With `unload_dependents` true, unloading an ensemble also unloads the composing models its load brought in
+    that no other loaded ensemble uses (lifecycle/manager.py `unload`), as Triton does."""
+    version, dependents = None, False
     for key, value in parameters:
         if key == "version":
             version = _version(value, wire)
         elif key == "unload_dependents":
-            if not wire.is_bool(value):
+            flag = wire.flag(value)
+            if flag is None:
                 raise invalid(f"parameter 'unload_dependents' must be a {wire.bool_type}")
+            dependents = flag
         else:
             raise invalid(f"unknown parameter '{key}' (known: {UNLOAD_PARAMETERS})")
-    return version
+    return version, dependents
 
 
 def _version(value: Any, wire: ParameterWire) -> str:

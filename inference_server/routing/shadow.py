@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from inference_server.config.routes import ShadowConfig
-from inference_server.errors import InferenceError, invalid
+from inference_server.errors import ErrorCode, InferenceError, invalid
 from inference_server.lifecycle.registry import ModelRegistry
 from inference_server.lifecycle.version import ModelVersion
 from inference_server.observability.stats import DURATION_BUCKETS_S, Histogram
@@ -102,15 +102,19 @@ def difference(shadow: np.ndarray, primary: np.ndarray) -> float:
     return float(np.mean(shadow != primary))
 
 
-# A copy's run on the shadow's version (the request runner's `run_copy`: the batcher, then the version's
-# statistics and the prediction log; its `compute` span under the copy's span when traced); raises InferenceError
-# when the version fails it.
+# A copy's run on the shadow's version (the request runner's `run_copy`: the batcher, or an ensemble's steps, then
+# the version's statistics and the prediction log; its `compute` span under the copy's span when traced); raises
+# InferenceError when the version fails it.
 RunCopy = Callable[[ModelVersion, dict[str, np.ndarray], int, str, "Scope | None"], Awaitable[dict[str, np.ndarray]]]
 
 
 async def submit_copy(model: ModelVersion, inputs: dict[str, np.ndarray], rows: int, request_id: str,
                       trace: Scope | None = None) -> dict[str, np.ndarray]:
-    """A copy straight to the batcher, recorded nowhere else (a shadow built without a request runner)."""
+    """A copy straight to the batcher, recorded nowhere else (a shadow built without a request runner). An ensemble
+    has no batcher: its copies run through its steps, which only the request runner's `run_copy` does."""
+    if model.ensemble is not None:
+        raise InferenceError(ErrorCode.FAILED_PRECONDITION, f"shadow '{model.name}' is an ensemble: its copies run "
+                                                            "through the request runner (run_copy)")
     return await model.submit(inputs, rows, None, request_id)
 
 

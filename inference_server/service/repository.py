@@ -29,6 +29,8 @@ class RepositoryAdmin:
             code = ErrorCode.UNAVAILABLE if isinstance(e, RegistryUnreachable) else ErrorCode.INVALID_ARGUMENT
             raise InferenceError(code, f"failed to load '{name}': {e}") from None
 
-    async def unload(self, name: str, version: str | None = None) -> None:
+    async def unload(self, name: str, version: str | None = None, *, dependents: bool = False) -> None:
+        """Unload a model (or one version); `dependents`: Triton's unload_dependents (an ensemble's composing models
+        that its load brought in go too, where no other loaded ensemble uses them)."""
         self._gate.check_open()
-        await self._manager.unload(name, version)
+        await self._manager.unload(name, version, dependents=dependents)

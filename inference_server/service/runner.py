@@ -26,7 +26,7 @@ from inference_server.observability.predictions import PredictionLog
 from inference_server.observability.trace_marks import Marks
 from inference_server.protocol.tensors import InferRequest, InferResponse, Tensor
 from inference_server.routing.dispatch import Answer, Leaser
-from inference_server.service.ensemble import run_graph
+from inference_server.service.ensemble import into_step, out_of_step, run_graph
 from inference_server.service.validation import select_outputs, validate_inputs
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class RequestRunner:
             return answer
         except InferenceError as e:
             code, failure = e.code, e
-            if isinstance(e, QueueFull):
+            if isinstance(e, QueueFull) and model.ensemble is None:  # an ensemble's is its step's, counted there
                 self.rejected["queue_full"] += 1
             raise
         except asyncio.CancelledError as e:
@@ -89,13 +89,15 @@ class RequestRunner:
 
     async def run_copy(self, model: ModelVersion, inputs: dict[str, np.ndarray], rows: int,
                        request_id: str, trace: Scope | None = None) -> dict[str, np.ndarray]:
-        """A shadow's copy of a request already validated against the primary: straight to the batcher (never
-        cached, no deadline), counted in the shadow version's statistics and prediction log (marked shadow).
-        `trace`: the copy's span, when the request was traced (its `compute` goes under it)."""
+        """A shadow's copy of a request already validated against the primary: straight to the batcher, or for an
+        ensemble through its steps (never cached as the ensemble's, no deadline), counted in the shadow version's
+        statistics and prediction log (marked shadow). `trace`: the copy's span, when the request was traced (its
+        `compute`, or an ensemble's steps, go under it)."""
         start = time.perf_counter()
-        marks = None if trace is None else Marks()
+        marks = None if trace is None or model.ensemble is not None else Marks()
         try:
-            outputs = await model.submit(inputs, rows, None, request_id, marks)
+            outputs = await self._execute(model, InferRequest(model.name, [], id=request_id), inputs, rows, None,
+                                          trace, marks)
         except InferenceError as e:
             model.stats.record_request(e.code, time.perf_counter() - start)
             raise
@@ -171,35 +173,40 @@ class RequestRunner:
                        deadline: float | None, scope: Scope | None, marks: Marks | None) -> dict[str, np.ndarray]:
         """The version's outputs: from its batcher (at the request's priority, with its queue timeout), or for an
         ensemble from its steps (service/ensemble.py), each a normal request to its composing model under the same
-        deadline and at the same priority."""
+        deadline, at the same priority and with the same queue timeout."""
         if model.ensemble is None:
             return await model.submit(inputs, rows, deadline, request.id, marks, request.priority, request.timeout_us)
 
         async def step(s: EnsembleStep, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return await self._step(model.name, s, given, deadline, request, scope)
+            return await self._step(model, s, given, deadline, request, scope)
 
         start = time.perf_counter()
         outputs = await run_graph(model.ensemble, inputs, [spec.name for spec in model.outputs], step)
         model.stats.record_execution(rows, time.perf_counter() - start)
         return outputs
 
-    async def _step(self, ensemble: str, step: EnsembleStep, inputs: dict[str, np.ndarray], deadline: float | None,
-                    parent: InferRequest, scope: Scope | None) -> dict[str, np.ndarray]:
+    async def _step(self, ensemble: ModelVersion, step: EnsembleStep, inputs: dict[str, np.ndarray],
+                    deadline: float | None, parent: InferRequest, scope: Scope | None) -> dict[str, np.ndarray]:
         """One step: the composing model's serving version (or the one the step names) is leased for this step
-        alone, so a reload between two steps serves the next one from the new version. Its failure names it."""
+        alone, so a reload between two steps serves the next one from the new version. The step is a request of
+        the ensemble request's priority and queue timeout, its tensors in the model's batch form and back
+        (service/ensemble.py `into_step`). Its failure names it and keeps its class (a full queue's retry hint)."""
         assert self.registry is not None, "a runner serving ensembles has the registry"
         try:
             lease = (self.registry.lease(step.model_name, step.model_version) if self._lease is None
                      else await self._lease(step.model_name, step.model_version, deadline))
             with lease as model:
+                batching = model.max_batch_size > 0
+                given, done = into_step(step, ensemble.max_batch_size > 0, batching,
+                                        {s.name: s.shape[1:] if batching else s.shape for s in model.inputs}, inputs)
                 datatypes = {spec.name: spec.datatype for spec in model.inputs}
                 request = InferRequest(step.model_name, [Tensor(name, datatypes.get(name, ""), array.shape, array)
-                                                         for name, array in inputs.items()],
+                                                         for name, array in given.items()],
                                        id=parent.id, requested_outputs=tuple(k for k, _ in step.output_map),
-                                       priority=parent.priority)
-                return (await self.run(model, request, deadline, scope)).outputs
+                                       priority=parent.priority, timeout_us=parent.timeout_us)
+                return out_of_step(done, (await self.run(model, request, deadline, scope)).outputs)
         except InferenceError as e:
-            raise InferenceError(e.code, f"in ensemble '{ensemble}', {step.describe()} failed: {e.message}") from e
+            raise e.reworded(f"in ensemble '{ensemble.name}', {step.describe()} failed: {e.message}") from e
 
     def _revision(self, model: ModelVersion) -> str:
         """What a cache key holds of the version's contents: its file's digest, or for an ensemble its config's and

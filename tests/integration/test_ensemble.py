@@ -1,12 +1,14 @@
 """Triton ensembles through tritonclient, on repositories laid out as Triton users write them (config.pbtxt and an
 empty version directory): a three-step chain, a fan-out/fan-in graph, statistics, metadata and config, readiness
-that follows the composing models, a step's failure naming its model, the response cache, and every load check
-refused with the step and tensor named."""
+that follows the composing models, a step's failure naming its model, the response cache, batch dimensions added
+and stripped where the ensemble and a composing model batch differently, a route's shadow that is an ensemble,
+unload_dependents, and every load check refused with the step and tensor named."""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,10 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
+from inference_server.config.routes import parse_route
 from tests.conftest import ServerThread, server_config
 from tests.support import onnx_models
 from tests.support.server_process import free_port
@@ -54,6 +58,13 @@ CHAIN = ensemble("pipeline", [step("pre", {"x": "RAW"}, {"y": "clean"}), step("m
                               step("post", {"x": "logits"}, {"y": "SCORES"})], [("RAW", 4)], [("SCORES", 3)])
 FAN = ensemble("fan", [step("double", {"x": "RAW"}, {"y": "A"}), step("triple", {"x": "RAW"}, {"y": "B"}),
                        step("add", {"a": "A", "b": "B"}, {"sum": "SUM"})], [("RAW", 4)], [("SUM", 4)])
+# Batching that differs between the ensemble and a composing model (Triton reshapes at the step's boundary): the chain
+# in an ensemble that does not batch, and a batching ensemble over `flat_double`, a model that does not
+FLAT = CHAIN.replace('"pipeline"', '"flat"').replace("max_batch_size: 8", "max_batch_size: 0")
+OVER_FLAT = ensemble("over_flat", [step("flat_double", {"x": "RAW"}, {"y": "DOUBLED"}),
+                                   step("mlp", {"x": "DOUBLED"}, {"y": "SCORES"})], [("RAW", 4)], [("SCORES", 3)])
+SHADOWED = {"variants": [{"name": "main", "model": "pipeline", "version": 1, "weight": 1}],
+            "shadow": {"model": "pipeline_shadow", "pause_above_in_flight": 0, "pause_above_loop_busy_percent": 100}}
 
 
 def write_composing(repo: Path) -> None:
@@ -66,6 +77,8 @@ def write_composing(repo: Path) -> None:
     pbtxt_model("post", POST, pbtxt("post", 16, [("x", 3)], [("y", 3)]))
     pbtxt_model("double", onnx_models.affine(4, 2.0, 0.0), pbtxt("double", 16, [("x", 4)], [("y", 4)]))
     pbtxt_model("triple", onnx_models.affine(4, 3.0, 0.0), pbtxt("triple", 16, [("x", 4)], [("y", 4)]))
+    pbtxt_model("flat_double", onnx_models.affine(4, 2.0, 0.0, batched=False),
+                pbtxt("flat_double", 0, [("x", 4)], [("y", 4)]))
     sums = '{ name: "a" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "b" data_type: TYPE_FP32 dims: [ 4 ] }'
     pbtxt_model("add", onnx_models.add(4), f'backend: "onnxruntime"\nmax_batch_size: 16\ninput [ {sums} ]\n'
                                            'output [ { name: "sum" data_type: TYPE_FP32 dims: [ 4 ] } ]\n')
@@ -89,7 +102,11 @@ def served(tmp_path_factory):
     onnx_models.write_ensemble(repo, "fan", FAN)
     onnx_models.write_ensemble(repo, "cached", CHAIN.replace('"pipeline"', '"cached"')
                                .replace("ensemble_scheduling", "response_cache { enable: true }\nensemble_scheduling"))
-    cfg = dataclasses.replace(server_config(repo, cache="memory", http_port=free_port()), models=())
+    onnx_models.write_ensemble(repo, "flat", FLAT)
+    onnx_models.write_ensemble(repo, "over_flat", OVER_FLAT)
+    onnx_models.write_ensemble(repo, "pipeline_shadow", CHAIN.replace('"pipeline"', '"pipeline_shadow"'))
+    cfg = dataclasses.replace(server_config(repo, cache="memory", http_port=free_port()), models=(),
+                              routes=(parse_route("scores", SHADOWED),))
     server = ServerThread(cfg).start()
     yield server
     server.stop()
@@ -163,12 +180,67 @@ def test_a_request_the_ensemble_refuses_never_reaches_a_step(served):
         assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
+def test_an_ensemble_that_does_not_batch_adds_and_strips_a_batch_of_one_around_batching_models(served):
+    """`flat` (max_batch_size 0) over the batching chain: a tensor without a batch dimension goes into each step with
+    a batch of 1 and comes back without it, as Triton reshapes it."""
+    with grpcclient.InferenceServerClient(served.url) as client:
+        assert client.get_model_metadata("flat", as_json=True)["inputs"][0]["shape"] == ["4"]
+        np.testing.assert_allclose(infer(client, "flat", X[1]), chained(X[1:2])[0], rtol=1e-5)
+    with httpclient.InferenceServerClient(f"127.0.0.1:{served.app.http_port}") as http:
+        given = httpclient.InferInput("RAW", [4], "FP32")
+        given.set_data_from_numpy(X[2])
+        scores = http.infer("flat", [given]).as_numpy("SCORES")
+    assert scores.shape == (3,)
+    np.testing.assert_allclose(scores, chained(X[2:3])[0], rtol=1e-5)
+
+
+def test_a_batching_ensemble_strips_a_batch_of_one_for_a_model_that_does_not_batch_and_refuses_more(served):
+    """`over_flat` (max_batch_size 8) over `flat_double` (max_batch_size 0, x [4]) then the batching `mlp`: a batch of
+    1 loses its batch dimension into flat_double and gets it back after; a batch of 3 cannot be given to it."""
+    with grpcclient.InferenceServerClient(served.url) as client:
+        scores = infer(client, "over_flat", X[:1])
+        assert scores.shape == (1, 3)
+        np.testing.assert_allclose(scores, run(MLP, x=2 * X[:1]), rtol=1e-5)
+        with pytest.raises(InferenceServerException) as e:
+            infer(client, "over_flat", X)
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    for words in ("step 0 (model 'flat_double')", "ensemble tensor 'RAW'", "batch of 3", "does not batch"):
+        assert words in e.value.message(), e.value.message()
+
+
+def shadow_samples(server: ServerThread) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.app.metrics.port}/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name.startswith("inference_shadow_") and s.labels.get("route") == "scores"}
+
+
+def test_a_routes_shadow_may_be_an_ensemble_whose_copies_run_through_its_steps(served):
+    """Route `scores` serves `pipeline` and copies every request to the ensemble `pipeline_shadow` (the same chain):
+    each copy runs through its steps and answers what the primary answered."""
+    def outcomes() -> dict[str, float]:
+        return {labels[0][1]: v for (name, labels), v in shadow_samples(served).items()
+                if name == "inference_shadow_requests_total"}
+
+    with grpcclient.InferenceServerClient(served.url) as client:
+        shadowed_before = int(stats(client, "pipeline_shadow")["inference_stats"]["success"].get("count", 0))
+        for i in range(4):
+            np.testing.assert_allclose(infer(client, "scores", X + i), chained(X + i), rtol=1e-5)
+        wait_until(lambda: sum(outcomes().values()) >= 4, "the four shadow copies to finish")
+        assert outcomes().get("ok") == 4, outcomes()
+        assert int(stats(client, "pipeline_shadow")["inference_stats"]["success"]["count"]) == shadowed_before + 4
+    difference = shadow_samples(served)
+    key = (("output", "SCORES"), ("route", "scores"))
+    assert difference[("inference_shadow_output_difference_count", key)] == 4
+    assert difference[("inference_shadow_output_difference_sum", key)] == 0.0
+
+
 @pytest.fixture
 def explicit(tmp_path):
     repo = tmp_path / "repo"
     write_composing(repo)
     onnx_models.write_ensemble(repo, "pipeline", CHAIN)
-    cfg = dataclasses.replace(server_config(repo, model_control_mode="explicit", load_models=["pipeline"]), models=())
+    cfg = dataclasses.replace(server_config(repo, model_control_mode="explicit", load_models=["pipeline"],
+                                            http_port=free_port()), models=())
     server = ServerThread(cfg).start()
     yield server, repo
     server.stop()
@@ -187,6 +259,29 @@ def test_loading_an_ensemble_loads_its_composing_models_and_readiness_follows_th
         client.load_model("mlp")
         assert client.is_model_ready("pipeline")
         np.testing.assert_allclose(infer(client, "pipeline"), chained(X), rtol=1e-5)
+
+
+def test_unload_dependents_unloads_the_composing_models_the_ensemble_brought_in(explicit):
+    """As Triton: with unload_dependents, unloading an ensemble also unloads the composing models its load brought
+    in, except one that another loaded ensemble uses and one that a load named itself; without it, none."""
+    server, repo = explicit
+    onnx_models.write_ensemble(repo, "scores_only", ensemble("scores_only", [step("mlp", {"x": "RAW"},
+                                                                                   {"y": "SCORES"})],
+                                                             [("RAW", 4)], [("SCORES", 3)]))
+    composing = ("pre", "mlp", "post")
+    with grpcclient.InferenceServerClient(server.url) as client:
+        client.load_model("scores_only")  # mlp is its composing model too
+        client.load_model("post")  # loaded by its own name: it stays
+        client.unload_model("pipeline")  # without unload_dependents: its composing models stay
+        assert not client.is_model_ready("pipeline") and all(client.is_model_ready(m) for m in composing)
+        client.load_model("pipeline")
+        client.unload_model("pipeline", unload_dependents=True)
+        assert [client.is_model_ready(m) for m in ("pipeline", *composing)] == [False, False, True, True]
+        np.testing.assert_allclose(infer(client, "scores_only"), run(MLP, x=X), rtol=1e-5)
+    with httpclient.InferenceServerClient(f"127.0.0.1:{server.app.http_port}") as http:
+        http.unload_model("scores_only", unload_dependents=True)  # the last ensemble using mlp
+        assert [http.is_model_ready(m) for m in ("scores_only", *composing)] == [False, False, False, True]
+        assert {e["name"]: e.get("reason") for e in http.get_model_repository_index()}["mlp"] == "unloaded"
 
 
 BAD = {

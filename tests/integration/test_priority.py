@@ -8,7 +8,10 @@ its next batch (`Held`) so that requests queue behind it for as long as a test n
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -59,6 +62,9 @@ output [ { name: "y" data_type: TYPE_INT64 dims: [ 1 ] } ]
 ensemble_scheduling { step [ { model_name: "prio" model_version: -1 input_map { key: "x" value: "x" }
                                output_map { key: "y" value: "y" } } ] }
 """
+ENSEMBLES = {"prio_pipeline": ENSEMBLE,
+             "override_pipeline": ENSEMBLE.replace('"prio_pipeline"', '"override_pipeline"')
+                                          .replace('model_name: "prio"', 'model_name: "override"')}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +75,8 @@ def served(tmp_path_factory):
         (root / name / "config.pbtxt").write_text(f'name: "{name}"\n' + HEAD.format(rows=rows) + batching)
     # execution "thread": a batch holds its instance while it runs (an inline run of a request that finds the queue
     # empty takes no slot, since nothing else can run while it does; Held makes a run wait, which inline never does)
-    onnx_models.write_ensemble(root, "prio_pipeline", ENSEMBLE)
+    for name, config in ENSEMBLES.items():
+        onnx_models.write_ensemble(root, name, config)
     thread = ServerThread(server_config(root, http_port=free_port(), execution="thread")).start()
     yield thread
     thread.stop()
@@ -264,3 +271,53 @@ def test_an_ensemble_requests_steps_run_at_its_priority(served):
         answers = {**direct.wait("first", *(f"low{b}" for b in range(1, 6))), **pipeline.wait("high")}
     assert members(answers["high"]) == {20, 1, 2, 3}
     assert [members(answers[f"low{b}"]) for b in (4, 5)] == [{4, 5}, {4, 5}]
+
+
+def test_an_ensemble_requests_queue_timeout_applies_to_its_steps(served):
+    """`timeout` on an ensemble request is its steps' queue timeout (Triton sets it on every step's request): over a
+    busy composing model whose policy allows the override, it is rejected as a direct request would be."""
+    with grpcclient.InferenceServerClient(served.url) as client:
+        direct, pipeline = Calls(client, "override"), Calls(client, "override_pipeline")
+        with held(served, "override", direct):
+            direct.send("direct", 1, priority=2, timeout=1000)
+            pipeline.send("ensemble", 2, priority=2, timeout=1000)  # 1 ms, as the direct request
+            answers = {**direct.wait("direct"), **pipeline.wait("ensemble")}  # both while the batch still runs
+            assert not direct.answers.get("first")
+        assert members(direct.wait("first")["first"]) == {0}
+    for key, answer in answers.items():
+        assert isinstance(answer, InferenceServerException), (key, answer)
+        assert answer.status() == "StatusCode.UNAVAILABLE" and "Request timeout expired" in answer.message()
+    assert "step 0 (model 'override')" in answers["ensemble"].message()
+
+
+def post(server: ServerThread, model: str, body: dict[str, Any]) -> tuple[int, str | None, str]:
+    """(status, its Retry-After header, its body) of an HTTP infer request."""
+    request = urllib.request.Request(f"http://127.0.0.1:{server.app.http_port}/v2/models/{model}/infer",
+                                     data=json.dumps(body).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers.get("retry-after"), response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("retry-after"), e.read().decode()
+
+
+def test_an_ensemble_request_whose_step_finds_a_full_queue_gets_retry_after_as_a_direct_one(served):
+    """A full queue in a composing model is a full queue for the ensemble request too: 503 with Retry-After over
+    HTTP (the step's error keeps its retry hint), counted once as queue_full."""
+    body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT64", "data": [1 << 30]}],
+            "parameters": {"priority": 2}}
+    full = ("inference_rejected_requests_total", (("reason", "queue_full"),))
+    with grpcclient.InferenceServerClient(served.url) as client:
+        calls = Calls(client, "prio")
+        with held(served, "prio", calls):
+            for bit in range(1, 9):  # level 2's max_queue_size (8) reached
+                calls.send(f"low{bit}", bit, priority=2)
+                wait_until(lambda n=bit: pending(served, "prio", 2) == n, f"{bit} low-priority requests queued")
+            before = scrape(served).get(full, 0)
+            answers = {model: post(served, model, body) for model in ("prio", "prio_pipeline")}
+            assert scrape(served).get(full, 0) - before == 2  # one each: the ensemble's is its step's
+        calls.wait("first", *(f"low{b}" for b in range(1, 9)))
+    for model, (status, retry_after, text) in answers.items():
+        assert (status, retry_after) == (503, "1"), (model, status, retry_after, text)
+        assert "Exceeds maximum queue size (8) of priority level 2" in json.loads(text)["error"]
+    assert "step 0 (model 'prio')" in json.loads(answers["prio_pipeline"][2])["error"]

@@ -135,14 +135,16 @@ def batch_sum() -> onnx.ModelProto:
 
 
 def affine(width: int = 4, scale: float = 2.0, shift: float = 1.0, source: str = "x",
-           target: str = "y") -> onnx.ModelProto:
-    """FP32 `source` [N, width] -> `target` = source * scale + shift (an ensemble's preprocess or postprocess)."""
+           target: str = "y", batched: bool = True) -> onnx.ModelProto:
+    """FP32 `source` [N, width] -> `target` = source * scale + shift (an ensemble's preprocess or postprocess);
+    `batched` False: [width] -> [width], a model without a batch dimension."""
+    shape: list[str | int] = ["N", width] if batched else [width]
     consts = [numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale"),
               numpy_helper.from_array(np.array(shift, dtype=np.float32), "shift")]
     return _model([helper.make_node("Mul", [source, "scale"], ["scaled"]),
                    helper.make_node("Add", ["scaled", "shift"], [target])],
-                  [helper.make_tensor_value_info(source, TensorProto.FLOAT, ["N", width])],
-                  [helper.make_tensor_value_info(target, TensorProto.FLOAT, ["N", width])], consts)
+                  [helper.make_tensor_value_info(source, TensorProto.FLOAT, shape)],
+                  [helper.make_tensor_value_info(target, TensorProto.FLOAT, shape)], consts)
 
 
 def add(width: int = 4) -> onnx.ModelProto:

@@ -38,6 +38,16 @@ def test_only_the_in_flight_cap_and_a_full_queue_ask_for_a_retry():
     assert InferenceError(ErrorCode.RESOURCE_EXHAUSTED, "busy").retryable
 
 
+def test_a_reworded_error_keeps_its_class_code_and_retry_hint():
+    full = QueueFull("Exceeds maximum queue size")
+    said = full.reworded("in ensemble 'e', step 0 (model 'm') failed: Exceeds maximum queue size")
+    assert type(said) is QueueFull and said.retryable and said.code is ErrorCode.UNAVAILABLE
+    assert said.message == str(said) == "in ensemble 'e', step 0 (model 'm') failed: Exceeds maximum queue size"
+    assert full.message == "Exceeds maximum queue size"  # the original is unchanged
+    plain = internal("broken").reworded("step failed: broken")
+    assert type(plain) is InferenceError and plain.code is ErrorCode.INTERNAL and not plain.retryable
+
+
 def test_triton_failure_reasons():
     assert {code.name: code.failure_reason for code in ErrorCode} == {
         "UNAVAILABLE": "REJECTED", "DEADLINE_EXCEEDED": "REJECTED", "RESOURCE_EXHAUSTED": "REJECTED",

@@ -612,7 +612,7 @@ def test_load_parameters_from_tritonclient():
                                                                None)
     with pytest.raises(Sent):
         client.unload_model("m", unload_dependents=True)
-    assert codec.unload_parameters(captured["body"].encode()) is None
+    assert codec.unload_parameters(captured["body"].encode()) == (None, True)
 
 
 @pytest.mark.parametrize(("body", "fragment"), [
@@ -634,9 +634,10 @@ def test_bad_load_parameters_are_invalid_argument(body, fragment):
 
 
 def test_unload_parameters():
-    assert codec.unload_parameters(b"") is None
-    assert codec.unload_parameters(b'{"parameters": {"unload_dependents": false}}') is None
-    assert codec.unload_parameters(b'{"parameters": {"version": 4}}') == "4"
+    assert codec.unload_parameters(b"") == (None, False)
+    assert codec.unload_parameters(b'{"parameters": {"unload_dependents": false}}') == (None, False)
+    assert codec.unload_parameters(b'{"parameters": {"unload_dependents": true}}') == (None, True)
+    assert codec.unload_parameters(b'{"parameters": {"version": 4}}') == ("4", False)
     with rejects("parameter 'unload_dependents' must be a boolean"):
         codec.unload_parameters(b'{"parameters": {"unload_dependents": "yes"}}')
     with rejects("unknown parameter 'config'"):

@@ -111,15 +111,19 @@ def test_load_refusals(wire, params, message):
 
 
 def test_unload_parameters_on_both_wires():
-    assert rules.unload_version({"version": 4, "unload_dependents": False}.items(), http_codec.PARAMETERS) == "4"
-    assert rules.unload_version(grpc_params({"version": ("int64_param", 4)}), grpc_codec.PARAMETERS) == "4"
-    assert rules.unload_version([], grpc_codec.PARAMETERS) is None
-    assert refusal(rules.unload_version, {"unload_dependents": "yes"}.items(), http_codec.PARAMETERS) == (
+    assert rules.unload_parameters({"version": 4, "unload_dependents": False}.items(),
+                                   http_codec.PARAMETERS) == ("4", False)
+    assert rules.unload_parameters({"unload_dependents": True}.items(), http_codec.PARAMETERS) == (None, True)
+    assert rules.unload_parameters(grpc_params({"version": ("int64_param", 4)}), grpc_codec.PARAMETERS) == ("4", False)
+    assert rules.unload_parameters(grpc_params({"unload_dependents": ("bool_param", True)}),
+                                   grpc_codec.PARAMETERS) == (None, True)
+    assert rules.unload_parameters([], grpc_codec.PARAMETERS) == (None, False)
+    assert refusal(rules.unload_parameters, {"unload_dependents": "yes"}.items(), http_codec.PARAMETERS) == (
         ErrorCode.INVALID_ARGUMENT, "parameter 'unload_dependents' must be a boolean")
-    assert refusal(rules.unload_version, grpc_params({"unload_dependents": ("string_param", "yes")}),
+    assert refusal(rules.unload_parameters, grpc_params({"unload_dependents": ("string_param", "yes")}),
                    grpc_codec.PARAMETERS) == (ErrorCode.INVALID_ARGUMENT,
                                               "parameter 'unload_dependents' must be a bool")
-    assert refusal(rules.unload_version, {"config": "{}"}.items(), http_codec.PARAMETERS) == (
+    assert refusal(rules.unload_parameters, {"config": "{}"}.items(), http_codec.PARAMETERS) == (
         ErrorCode.INVALID_ARGUMENT, "unknown parameter 'config' (known: unload_dependents, version)")
 
 

@@ -19,8 +19,9 @@ from tests.support.waiting import until
 
 
 class Version:
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, ensemble: object = None) -> None:
         self.name, self.version, self.fail = "shadow", "1", fail
+        self.ensemble = ensemble  # an ensemble has no batcher (only the request runner runs its steps)
         self.inputs = [SimpleNamespace(name="x")]
         self.stats = ModelStats()
         self.runs = 0
@@ -91,6 +92,21 @@ async def test_failures_are_counted_and_close_drops_what_is_queued():
     assert stats.requests[("b", "dropped")] == 3  # the waiting one and the queued ones, at close
     copy(blocked, 9)  # after close: ignored
     assert stats.requests[("b", "dropped")] == 3
+
+
+async def test_a_shadow_without_a_request_runner_refuses_an_ensemble_and_counts_it_failed(caplog):
+    """An ensemble's copies run through its steps, which the request runner's run_copy does; without one a copy is
+    refused by name (FAILED_PRECONDITION), never sent to a batcher the ensemble does not have."""
+    version, stats = Version(ensemble=object()), ShadowStats()
+    shadow = Shadow("r", ShadowConfig(model="shadow", pause_above_in_flight=0, pause_above_loop_busy_percent=100),
+                    Registry(version), stats)
+    with caplog.at_level("DEBUG", logger="inference_server.routing.shadow"):
+        copy(shadow, 1)
+        await until(lambda: stats.requests[("r", "error")] == 1, "the refusal to be counted")
+    assert version.runs == 0 and version.leases == 0
+    assert any("shadow 'shadow' is an ensemble" in r.getMessage() for r in caplog.records), caplog.text
+    assert not any(r.exc_info for r in caplog.records)  # refused, not a traceback
+    await shadow.close()
 
 
 async def test_copies_wait_while_the_event_loop_is_busy(monkeypatch):
