@@ -1,4 +1,4 @@
-"""The many-models scenario (issue 27): load on demand and a budget of loaded models. First-request latency of a
+"""The many-models scenario: load on demand and a budget of loaded models. First-request latency of a
 model that is not loaded (its load on demand) against one that is, for the cheap and the compute-bound MLP;
 throughput of 8 clients over a working set that fits the budget against one three times larger (evictions on most
 requests); the server's RSS after 1,000 evictions against after the first 10. Servers on 127.0.0.1."""
