@@ -180,7 +180,7 @@ def test_the_runtime_serves_a_triton_repository_under_the_models_names(pods, tmp
 
 
 def in_flight(pod: Pod, model: str, count: int) -> tuple[list[threading.Thread], list[object]]:
-    """`count` requests for the slow model sent at once, each with its own x; their answers (or errors) land in
+    """`count` requests for the slow model sent at once, request i with x = 2**i; their answers (or errors) land in
     the list, in order."""
     answers: list[object] = [None] * count
     started = threading.Barrier(count)
@@ -188,7 +188,7 @@ def in_flight(pod: Pod, model: str, count: int) -> tuple[list[threading.Thread],
     def call(i: int) -> None:
         with httpclient.InferenceServerClient(pod.http, network_timeout=120) as client:
             x = httpclient.InferInput("x", [1, 1], "FP32")
-            x.set_data_from_numpy(np.full((1, 1), i + 1, np.float32))
+            x.set_data_from_numpy(np.full((1, 1), 2 ** i, np.float32))
             started.wait()
             try:
                 answers[i] = float(client.infer(model, [x]).as_numpy("y")[0, 0])
@@ -201,7 +201,11 @@ def in_flight(pod: Pod, model: str, count: int) -> tuple[list[threading.Thread],
     return threads, answers
 
 
-SIDE = 1024  # the slow model: y = SIDE**3 * x**2, exact in FP32 for these x; a row takes about 0.1 s
+# The slow model: y = SIDE**3 * x**2, exact in FP32 for x a power of 2 (every partial sum is a power of 2 times
+# at most SIDE**2). A row takes about 80 ms here (eight times SIDE 1024's 10 ms, with which the four requests
+# sent at once were sometimes answered before three of them were ever seen queued), so all four are admitted,
+# one executing and the others queued, well before the first is answered.
+SIDE = 2048
 
 
 def test_the_kserve_agent_sequence_load_serve_delete_unload(pods, tmp_path):
@@ -232,7 +236,7 @@ def test_the_kserve_agent_sequence_load_serve_delete_unload(pods, tmp_path):
     assert pod.post("/v2/repository/models/fraud/unload") == (200, "")
     for t in threads:
         t.join(120)
-    assert answers == [SIDE**3 * (i + 1) ** 2 for i in range(count)]  # every admitted request answered, correctly
+    assert answers == [SIDE**3 * 4**i for i in range(count)]  # every admitted request answered, correctly
 
     assert pod.ready("fraud") != 200
     with httpclient.InferenceServerClient(pod.http) as client:
