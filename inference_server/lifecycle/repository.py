@@ -183,8 +183,9 @@ def single_model(root: Path) -> bool:
     agent fills) and every reader agrees."""
     if (root / MODEL_FILE).is_file() or (root / CONFIG_PBTXT).is_file():
         return True
-    try:
-        return any(version_number(p.name) is not None and (p / MODEL_FILE).is_file() for p in root.iterdir())
+    try:  # names only (no Path per entry): asked on the request path for a model not loaded (Repository.model_dir)
+        return any(n.isdigit() and version_number(n) is not None and (root / n / MODEL_FILE).is_file()
+                   for n in os.listdir(root))
     except OSError:  # not a directory (names() says so), or gone
         return False
 
