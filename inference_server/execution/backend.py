@@ -321,9 +321,14 @@ class OnnxBackend:
             raise ModelLoadError(f"model '{self._model}': ONNX Runtime cannot load {self._path}: {e}") from e
 
     def close(self) -> None:
-        """Release the threads; never blocks the event loop on a run that outlived the drain."""
+        """Release the threads and drop the sessions (their memory is freed now, before an eviction's malloc_trim,
+        not whenever the version object goes); never blocks the event loop on a run that outlived the drain (it
+        holds its session until it returns)."""
         for executor in self._executors:
             executor.shutdown(wait=False, cancel_futures=True)
+        for instance in self.instances:
+            instance.session = None
+        self.instances = []
 
 
 BACKGROUND_NICE = 19  # the lowest priority: under contention such a thread gets about 1/70 of a normal one's share

@@ -4,7 +4,8 @@ models"). One decision, made here only; the ModelManager gathers the facts, asks
 A budget is `[server] max_loaded_models` (models loaded at once) and/or `model_memory_budget_mb` (what they take:
 each version's `model_size_bytes`, else the process's resident memory growth measured around its load). Before a
 load that would exceed it, the least recently used idle models are evicted: idle is no request leased, queued or
-waiting for the model, no load or unload under way; never a pinned model nor one named by --load-model. A load
+waiting for the model, no load or unload under way; never a pinned model nor one named by --load-model, nor a
+composing model of such an ensemble or of one the server means to serve (lifecycle/manager.py `_kept`). A load
 that could fit once busy models are idle waits (bounded by the request's deadline); one that could not fit even
 with every evictable model gone is refused with RESOURCE_EXHAUSTED naming the budget.
 
@@ -38,7 +39,7 @@ class Resident:
     size: int  # bytes it counts against model_memory_budget_mb
     last_used: int  # larger: used more recently (a lease's sequence number)
     idle: bool  # nothing leased, queued or waiting for it, no operation under way: it may be evicted
-    permanent: bool  # pinned, or named by --load-model: never evicted
+    permanent: bool  # pinned, named by --load-model, or composing a kept ensemble: never evicted
 
 
 class Budget:
@@ -99,7 +100,8 @@ class Budget:
         return victims
 
     def exhausted(self, name: str, size: int, fixed: Sequence[Resident] = ()) -> InferenceError:
-        held = f"; pinned or --load-model models hold {len(fixed)} ({_mib(sum(r.size for r in fixed))})" \
+        held = (f"; models never evicted (pinned, --load-model, an ensemble's composing models) hold {len(fixed)} "
+                f"({_mib(sum(r.size for r in fixed))})") \
             if fixed else ""
         return InferenceError(ErrorCode.RESOURCE_EXHAUSTED,
                               f"model '{name}' ({_mib(size)}) does not fit the model budget ({self.describe()})"

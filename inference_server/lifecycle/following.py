@@ -153,7 +153,10 @@ class Following:
         reload = None
         if applied is not None and found.get("") == applied.get(""):  # same config: only changed versions reload
             reload = {v for v in found if v and found[v] != applied.get(v)}
-        try:  # a model new to the repository joins the models readiness waits for once it has loaded
-            await m.owned(m.refresh(name, reload=reload, want=True))
+        # a model new to the repository joins the models readiness waits for once it has loaded; with load_on_demand
+        # a change reloads a model the server serves, and one loaded on demand stays one readiness does not wait for
+        want = not m.cfg.load_on_demand or m.wants(name)
+        try:
+            await m.owned(m.refresh(name, reload=reload, want=want))
         except Exception:  # logged where it failed; the model's index entry says why
             pass

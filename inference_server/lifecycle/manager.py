@@ -19,13 +19,15 @@ makes room under the budget, evicting the least recently used idle models (lifec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +53,13 @@ LOAD_THREADS = 2  # versions prepared at once (sessions + warmup); the machine's
 ON_DEMAND_TRIES = 3  # loads one request waits for when each is unloaded again before it takes its lease
 LOADING = 1 << 62  # a model being loaded, to the budget: used after every loaded one (and never evicted)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Purpose:
+    """Why a load runs, carried from refresh() down to the budget and to an ensemble's composing models."""
+    want: bool = False  # the server means to serve the model: an ensemble's composing models load wanted, and stay
+    on_demand: str | None = None  # the model whose requests wait for this load: it gives up once none waits
 
 
 def _close_prepared(future: Any) -> None:
@@ -90,6 +99,8 @@ class ModelManager:
         self._explicit: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._load_pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="model-load")
+        # malloc_trim after evictions: its own thread, so it never waits behind (nor delays) a load's sessions
+        self._trim_pool = ThreadPoolExecutor(1, thread_name_prefix="memory-release")
         self._ops: set[asyncio.Task[Any]] = set()  # loads, unloads and drains: owned here, never cancelled midway
         self._started = False
         self._closing = False
@@ -99,7 +110,9 @@ class ModelManager:
         self.budget = Budget.from_config(cfg.max_loaded_models, cfg.model_memory_budget_mb)
         self._backoff = Backoff()  # models whose on-demand load failed, left alone for a while
         self._pending: dict[str, asyncio.Task[None]] = {}  # on-demand loads under way: every request shares one
-        self._on_demand: set[str] = set()  # models whose load under way is on demand (it gives up with its requests)
+        self._named: set[str] = set()  # models named by --load-model (every model at start with "*"): never evicted
+        # ensembles loading for a load that wants them (or pinned, or named) -> their steps' models, kept loaded
+        self._assembling: dict[tuple[str, str], set[str]] = {}
         self._waiting: Counter[str] = Counter()  # requests waiting for a model's on-demand load (not evictable)
         self._loading: dict[str, int] = {}  # models loading under the budget -> the bytes reserved for them
         self._sizes: dict[tuple[str, str], int] = {}  # each version's size at its last load: its next estimate
@@ -109,7 +122,16 @@ class ModelManager:
     # -- start and views ------------------------------------------------------------------------
 
     def known(self) -> list[str]:
+        """Every model the server could load (lists the whole repository: not for the request path, see has())."""
         return self.sources.known()
+
+    def has(self, name: str) -> bool:
+        """Whether the model is known, without listing the repository (the request path asks this). A repository that
+        cannot be read answers UNAVAILABLE with the reason, never an error out of the request."""
+        try:
+            return self.sources.has(name)
+        except ConfigError as e:
+            raise unavailable(f"model '{name}': {e}") from None
 
     def wants(self, name: str) -> bool:
         return name in self._wanted
@@ -134,6 +156,7 @@ class ModelManager:
             self.registry.set_model_reason(name, NOT_LOADED)
         self._wanted = set(initial)
         self._explicit = set(initial)
+        self._named = set(initial) if "*" in self.cfg.load_models else set(self.cfg.load_models)
         if self.mode == "poll":
             self.following.remember(known)
         results = await asyncio.gather(*(self.refresh(name) for name in initial), return_exceptions=True)
@@ -260,7 +283,7 @@ class ModelManager:
 
     async def _unload_one(self, name: str, version: str | None) -> list[ModelVersion]:
         """Unload the model (or one version); returns the versions that left, drained."""
-        async with self._lock(name):
+        async with self._locked(name):
             serving = self.registry.serving_versions(name)
             if version:
                 if version not in serving:
@@ -268,7 +291,7 @@ class ModelManager:
                 remaining = {v: m for v, m in serving.items() if v != version}
                 self.registry.clear_status(name, version)
             else:
-                if not serving and name not in self.known():
+                if not serving and not self.has(name):
                     raise InferenceError(ErrorCode.NOT_FOUND, f"model '{name}' is not loaded")
                 remaining = {}
                 self.registry.clear_statuses(name)
@@ -280,7 +303,6 @@ class ModelManager:
             self._on_change()
             await self._drain(name, left)
             log.info("model '%s'%s unloaded", name, f" version {version}" if version else "")
-        self._notify()
         return left
 
     # -- loading --------------------------------------------------------------------------------
@@ -288,16 +310,29 @@ class ModelManager:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
+    @contextlib.asynccontextmanager
+    async def _locked(self, name: str) -> AsyncIterator[None]:
+        """Hold the model's lock for one operation; its release may make the model evictable, so a load waiting for
+        room looks again (a held lock counts the model busy in _residents)."""
+        try:
+            async with self._lock(name):
+                yield
+        finally:
+            self._notify()
+
     async def refresh(self, name: str, *, override: Mapping[str, Any] | None = None, upload: Path | None = None,
                       version: str | None = None, reload: set[str] | None = None, mlflow_version: str | None = None,
-                      want: bool = False, if_wanted: bool = False, quiet_unreachable: bool = False) -> None:
+                      want: bool = False, if_wanted: bool = False, quiet_unreachable: bool = False,
+                      on_demand: str | None = None) -> None:
         """Load (or reload) what the model's source offers. reload: only these versions of those serving
         reload (None: all). want: the model joins those the server means to serve once this load succeeds.
         if_wanted: load only if it still is one of them when this load's turn comes (a poll must not bring
-        back an unloaded model). quiet_unreachable: an outage already logged is not logged again."""
-        async with self._lock(name):
+        back an unloaded model). quiet_unreachable: an outage already logged is not logged again. on_demand:
+        the model whose requests this load is for (it gives up waiting for room once none waits)."""
+        async with self._locked(name):
             if if_wanted and name not in self._wanted:
                 return
+            purpose = Purpose(want or name in self._wanted, on_demand)
             try:
                 try:
                     available, selected = await self.sources.offer(name, override, upload, mlflow_version)
@@ -313,11 +348,13 @@ class ModelManager:
                     if version not in available:
                         raise InferenceError(ErrorCode.NOT_FOUND, f"model '{name}' has no version {version} "
                                                                   f"(available: {', '.join(available) or 'none'})")
-                    await self._apply(name, {version: available[version]}, keep_others=True, reload=reload)
+                    await self._apply(name, {version: available[version]}, keep_others=True, reload=reload,
+                                      purpose=purpose)
                 else:
                     if not selected:
                         raise self._no_version(name, available)
-                    await self._apply(name, {v: available[v] for v in selected}, keep_others=False, reload=reload)
+                    await self._apply(name, {v: available[v] for v in selected}, keep_others=False, reload=reload,
+                                      purpose=purpose)
             except ModelLoadError as e:
                 resolved = self.sources.resolved.get(name)
                 if resolved is not None and not isinstance(e, RegistryUnreachable):
@@ -341,35 +378,35 @@ class ModelManager:
         return ModelLoadError(reason)
 
     async def _apply(self, name: str, wanted: dict[str, ModelConfig], *, keep_others: bool,
-                     reload: set[str] | None) -> None:
+                     reload: set[str] | None, purpose: Purpose) -> None:
         """Load what `wanted` adds or replaces beside what serves, then publish and drain what left."""
         current = self.registry.serving_versions(name)
         to_load = {v: c for v, c in wanted.items() if v not in current or reload is None or v in reload}
         budgeted = self.budget.on and any(c.ensemble is None for c in to_load.values())  # an ensemble takes no room
-        if budgeted:
-            try:
-                await self._make_room(name, self._estimate(name, to_load, current))
-            except InferenceError as e:
-                if not current:
-                    self.registry.set_model_reason(name, e.message)
-                    self._on_change()
-                log.error("model '%s' cannot load: %s", name, e.message)
-                raise
-        try:
-            await self._load_and_publish(name, wanted, to_load, current, keep_others=keep_others)
+        try:  # the room _make_room reserves is given back whatever happens from here on (the model's lock is held)
+            if budgeted:
+                try:
+                    await self._make_room(name, self._estimate(name, to_load, current), purpose.on_demand)
+                except InferenceError as e:
+                    if not current:
+                        self.registry.set_model_reason(name, e.message)
+                        self._on_change()
+                    log.error("model '%s' cannot load: %s", name, e.message)
+                    raise
+            await self._load_and_publish(name, wanted, to_load, current, keep_others=keep_others, purpose=purpose)
         finally:
             if budgeted:
                 self._loading.pop(name, None)
                 self._notify()
 
     async def _load_and_publish(self, name: str, wanted: dict[str, ModelConfig], to_load: dict[str, ModelConfig],
-                                current: dict[str, ModelVersion], *, keep_others: bool) -> None:
+                                current: dict[str, ModelVersion], *, keep_others: bool, purpose: Purpose) -> None:
         for v in to_load:
             if v not in current:
                 self.registry.set_status(name, v, State.LOADING)
         self._on_change()
         try:
-            results = await asyncio.gather(*(self._load_version(c) for c in to_load.values()),
+            results = await asyncio.gather(*(self._load_version(c, purpose) for c in to_load.values()),
                                            return_exceptions=True)
         except BaseException:  # cancelled (the server stops): _load_version closes what still finishes
             for v in to_load:
@@ -378,6 +415,7 @@ class ModelManager:
             raise
         loaded: dict[str, ModelVersion] = {}
         errors = []
+        refused = [r for r in results if isinstance(r, InferenceError)]  # over the budget (a composing model)
         for v, result in zip(to_load, results, strict=True):
             if isinstance(result, ModelVersion):
                 loaded[v] = result
@@ -402,12 +440,14 @@ class ModelManager:
         if self.budget.max_bytes and loaded:
             self._within_bytes(name)
         await self._drain(name, left)
+        if errors and len(refused) == len(errors):  # refused, not broken: RESOURCE_EXHAUSTED as for any model
+            raise InferenceError(refused[0].code, "; ".join(errors))
         if errors:
             raise ModelLoadError("; ".join(errors))
 
-    async def _load_version(self, cfg: ModelConfig) -> ModelVersion:
+    async def _load_version(self, cfg: ModelConfig, purpose: Purpose) -> ModelVersion:
         if cfg.ensemble is not None:
-            return await self._load_ensemble(cfg)
+            return await self._load_ensemble(cfg, purpose)
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._load_pool, _measured, cfg, self._stopping)
@@ -425,29 +465,39 @@ class ModelManager:
             log.exception("model '%s' version %s failed to load", cfg.name, cfg.version)
             raise ModelLoadError(f"model '{cfg.name}' version {cfg.version}: {e}") from e
         version = ModelVersion.start(prepared, self._stats_of(cfg))
-        version.size_bytes = growth if cfg.model_size_bytes is None else cfg.model_size_bytes
+        # measured: never below an earlier load's figure (a load that reuses memory freed by an unload, and not yet
+        # given back, grows the process by less than the model takes, down to nothing)
+        version.size_bytes = (max(growth, self._sizes.get((cfg.name, cfg.version), 0))
+                              if cfg.model_size_bytes is None else cfg.model_size_bytes)
         self._sizes[(cfg.name, cfg.version)] = version.size_bytes
         if self.budget.on:
             version.on_idle = self._notify
         self.events.record_load(cfg.name, True, time.perf_counter() - start)
         return version
 
-    async def _load_ensemble(self, cfg: ModelConfig) -> ModelVersion:
+    async def _load_ensemble(self, cfg: ModelConfig, purpose: Purpose) -> ModelVersion:
         """An ensemble's version, once its composing models serve (in explicit mode, a composing model that does not
         is loaded first, as Triton loads an ensemble's dependencies) and agree with its steps (config/ensemble.py
-        `check_composing`). It has no session: nothing runs in a worker thread."""
+        `check_composing`). It has no session: nothing runs in a worker thread. The composing models of an ensemble
+        the server means to serve (or pinned, or named by --load-model) are never evicted, from their loads on."""
         assert cfg.ensemble is not None
         start = time.perf_counter()
+        key = (cfg.name, cfg.version)
+        if purpose.want or cfg.pinned or cfg.name in self._named:
+            self._assembling[key] = {step.model_name for step in cfg.ensemble.steps}
         try:
-            composing = {name: _signature(model) for name, model in (await self._composing(cfg)).items()}
+            composing = {name: _signature(model) for name, model in (await self._composing(cfg, purpose)).items()}
             own = Signature({d.name: (d.datatype, d.dims) for d in cfg.declared if d.kind == "input"},
                             {d.name: (d.datatype, d.dims) for d in cfg.declared if d.kind == "output"},
                             cfg.batching.max_batch_size or 0)
             check_composing(cfg.name, own, cfg.ensemble, composing)
-        except (ConfigError, ModelLoadError) as e:
+        except (ConfigError, ModelLoadError, InferenceError) as e:
             self.events.record_load(cfg.name, False, time.perf_counter() - start)
             log.error("ensemble '%s' version %s failed to load: %s", cfg.name, cfg.version, e)
-            raise ModelLoadError(f"ensemble '{cfg.name}' version {cfg.version}: {e}") from None
+            why = f"ensemble '{cfg.name}' version {cfg.version}: {e}"
+            raise (InferenceError(e.code, why) if isinstance(e, InferenceError) else ModelLoadError(why)) from None
+        finally:  # once published, the serving version keeps them (_kept)
+            self._assembling.pop(key, None)
         version = ModelVersion.start_ensemble(cfg, self._stats_of(cfg))
         self.events.record_load(cfg.name, True, time.perf_counter() - start)
         return version
@@ -459,9 +509,10 @@ class ModelManager:
             stats = self._stats[(cfg.name, cfg.version)] = ModelStats()
         return stats
 
-    async def _composing(self, cfg: ModelConfig) -> dict[str, ModelVersion]:
+    async def _composing(self, cfg: ModelConfig, purpose: Purpose) -> dict[str, ModelVersion]:
         """The version each step of the ensemble would run on now, by model name. A composing model being loaded is
-        waited for (models load concurrently at start); a wait that would come back to this ensemble is a cycle."""
+        waited for (models load concurrently at start); a wait that would come back to this ensemble is a cycle. One
+        that is not loaded loads for the ensemble's purpose: wanted only when the ensemble is, on demand when it is."""
         assert cfg.ensemble is not None
         found: dict[str, ModelVersion] = {}
         for step in cfg.ensemble.steps:
@@ -476,14 +527,17 @@ class ModelManager:
             self._awaiting[cfg.name] = name
             try:
                 if self._lock(name).locked():
-                    async with self._lock(name):
+                    async with self._locked(name):
                         pass
-                if not self.registry.ready(name, step.model_version) and name in self.known() \
+                if not self.registry.ready(name, step.model_version) and self.has(name) \
                         and (self.mode == "explicit" or self.cfg.load_on_demand):
-                    await self.refresh(name, want=True)
+                    await self.refresh(name, want=purpose.want, on_demand=purpose.on_demand)
                 model = self.registry.find(name, step.model_version)
             except (InferenceError, ModelLoadError) as e:
-                raise ModelLoadError(f"{step.describe()}: the composing model cannot serve: {e}") from None
+                why = f"{step.describe()}: the composing model cannot serve: {e}"
+                if isinstance(e, InferenceError) and e.code is ErrorCode.RESOURCE_EXHAUSTED:
+                    raise InferenceError(e.code, why) from None  # over the budget: refused as such, not a bad model
+                raise ModelLoadError(why) from None
             finally:
                 self._awaiting.pop(cfg.name, None)
             if name in found and found[name] is not model:
@@ -513,7 +567,7 @@ class ModelManager:
 
     async def forget(self, name: str) -> None:
         """A model gone from the repository (poll mode): unloaded and no longer listed."""
-        async with self._lock(name):
+        async with self._locked(name):
             self._wanted.discard(name)
             self._backoff.clear(name)
             left = self.registry.publish(name, {})
@@ -531,7 +585,7 @@ class ModelManager:
         try:
             return self.registry.lease(name, version)
         except InferenceError:
-            if not self.cfg.load_on_demand or self.registry.serving_versions(name) or name not in self.known():
+            if not self.cfg.load_on_demand or self.registry.serving_versions(name) or not self.has(name):
                 raise  # a version the loaded model does not serve, or no such model: nothing to load
         return await self._lease_on_demand(name, version, deadline)
 
@@ -545,9 +599,9 @@ class ModelManager:
             return True
         try:
             self._backoff.check(name, asyncio.get_running_loop().time())
+            return self.has(name)
         except InferenceError:
             return False
-        return name in self.known()
 
     async def _lease_on_demand(self, name: str, version: str, deadline: float | None) -> Lease:
         """Wait for the model's load (one for every request that asks meanwhile), then lease it. While a request
@@ -601,21 +655,19 @@ class ModelManager:
             del self._pending[name]
         if not task.cancelled():
             task.exception()  # every waiter may have gone (deadlines): retrieved here, raised to those that wait
+        self._notify()  # a model with a load pending counts busy: it may be evictable now
 
     async def _load_on_demand(self, name: str) -> None:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        self._on_demand.add(name)
-        try:
-            await self.refresh(name, reload=set())  # only what does not serve yet: a load under way is waited for
+        try:  # only what does not serve yet: a load under way is waited for
+            await self.refresh(name, reload=set(), on_demand=name)
         except ModelLoadError as e:
             self.events.record_on_demand(False, time.perf_counter() - start)
             wait_s = self._backoff.failed(name, str(e), loop.time())
             log.warning("model '%s': on-demand load failed; requests are refused for %.1fs before it is tried "
                         "again", name, wait_s)
             raise unavailable(f"model '{name}' failed to load on demand: {e}") from None
-        finally:
-            self._on_demand.discard(name)
         self._backoff.clear(name)
         self.events.record_on_demand(True, time.perf_counter() - start)
         log.info("model '%s' loaded on demand in %.3fs", name, time.perf_counter() - start)
@@ -627,28 +679,55 @@ class ModelManager:
                        for v, c in to_load.items())
         return incoming + sum(m.size_bytes for v, m in current.items() if v not in to_load)
 
+    def _kept(self) -> set[str]:
+        """The models never evicted: those named by --load-model, pinned ones, and (through nested ensembles too)
+        the composing models of an ensemble that is one of those or that the server means to serve, serving or
+        loading: evicting one would turn readiness false, and the ensemble's next step would evict another."""
+        kept = set(self._named)
+        roots = kept | self._wanted
+        steps: dict[str, set[str]] = {}
+        for model in self.registry.serving():
+            if model.config.pinned:
+                kept.add(model.name)
+                roots.add(model.name)
+            if model.ensemble is not None:
+                steps.setdefault(model.name, set()).update(s.model_name for s in model.ensemble.steps)
+        for (name, _), members in self._assembling.items():
+            steps.setdefault(name, set()).update(members)
+            roots.add(name)
+        todo = [r for r in roots if r in steps]
+        seen: set[str] = set()
+        while todo:
+            ensemble = todo.pop()
+            if ensemble not in seen:
+                seen.add(ensemble)
+                kept |= steps[ensemble]
+                todo += [m for m in steps[ensemble] if m in steps]
+        return kept
+
     def _residents(self, exclude: str | None = None) -> list[Resident]:
-        """The loaded models (and those loading) as the budget sees them; ensembles take no room."""
+        """The loaded models (and those loading) as the budget sees them; ensembles take no room. Busy (not idle)
+        while anything below holds it: each of those ends with _notify(), which a load waiting for room waits on."""
         serving: dict[str, list[ModelVersion]] = {}
         for model in self.registry.serving():
             if model.ensemble is None and model.name != exclude:
                 serving.setdefault(model.name, []).append(model)
-        permanent = set(self.known()) if "*" in self.cfg.load_models else set(self.cfg.load_models)
+        kept = self._kept()
         rows = [Resident(name, sum(m.size_bytes for m in versions), max(m.used for m in versions),
                          idle=(not any(m.leases for m in versions) and not self._waiting[name]
                                and not self._lock(name).locked() and name not in self._pending),
-                         permanent=name in permanent or any(m.config.pinned for m in versions))
+                         permanent=name in kept)
                 for name, versions in serving.items()]
-        rows += [Resident(name, size, LOADING, idle=False, permanent=False)
+        rows += [Resident(name, size, LOADING, idle=False, permanent=name in kept)
                  for name, size in self._loading.items() if name not in serving and name != exclude]
         return rows
 
-    async def _make_room(self, name: str, size: int) -> None:
+    async def _make_room(self, name: str, size: int, on_demand: str | None) -> None:
         """Evict what the budget says (least recently used idle models) so that `name` fits, and reserve its room;
-        wait while only busy models could make room (an on-demand load gives up once no request waits for it).
-        RESOURCE_EXHAUSTED when it cannot fit at all."""
+        wait while only busy models could make room (a load on demand gives up once no request waits for the model
+        it is for). RESOURCE_EXHAUSTED when it cannot fit at all."""
         while (victims := self.budget.plan(name, size, self._residents(name))) is None:
-            if name in self._on_demand and not self._waiting[name]:
+            if on_demand is not None and not self._waiting[on_demand]:
                 raise self.budget.busy(name)
             self._room_waiters.add(name)
             try:
@@ -659,7 +738,7 @@ class ModelManager:
         drains = [self._evict(victim, f"to load '{name}'") for victim in victims]
         if drains:
             await asyncio.gather(*drains)
-            await asyncio.get_running_loop().run_in_executor(self._load_pool, release_memory)
+            await asyncio.get_running_loop().run_in_executor(self._trim_pool, release_memory)
 
     def _within_bytes(self, name: str) -> None:
         """After a load measured larger than its estimate: evict idle models until the budget holds again (as far
@@ -676,6 +755,7 @@ class ModelManager:
         self.registry.clear_statuses(name)
         self.registry.set_model_reason(name, EVICTED)
         self._wanted.discard(name)
+        self._explicit.discard(name)  # loaded again, it is by whatever loads it then
         self.events.record_eviction(name)
         log.info("model '%s' evicted %s within the model budget (%s): least recently used idle model "
                  "(%.1f MiB)", name, why, self.budget.describe(), size / (1 << 20))
@@ -711,6 +791,7 @@ class ModelManager:
         names = {m.name for m in self.registry.serving()}
         await asyncio.gather(*(self._drain(name, self.registry.publish(name, {}), grace_s) for name in names))
         self._load_pool.shutdown(wait=False, cancel_futures=True)
+        self._trim_pool.shutdown(wait=False, cancel_futures=True)
         self.sources.close()
 
 

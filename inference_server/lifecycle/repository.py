@@ -94,13 +94,28 @@ class Repository:
                 "default_model_filename): rename the file or add that config.pbtxt")
 
     def model_dir(self, name: str) -> Path | None:
-        """The directory of the model's config and versions; None when the repository has no such model."""
+        """The directory of the model's config and versions; None when the repository has no such model. A name the
+        repository lacks costs one stat (it is asked on the request path: a model loaded on demand, an unknown
+        name's 404); the layout (single_model, one listing of the root's names) is looked at only for a name that
+        may be a model."""
+        model_dir: Path | None = None
+        if name and not name.startswith(".") and "/" not in name and "\\" not in name:  # never a path out of it
+            model_dir = self.root / name
+            if not model_dir.is_dir():
+                model_dir = None
+        if model_dir is None and name != self.model_name:
+            return None
         if single_model(self.root):
             return self.root if name == self.model_name else None
-        if not name or name.startswith(".") or "/" in name or "\\" in name:  # never a path out of the repository
-            return None
-        model_dir = self.root / name
-        return model_dir if model_dir.is_dir() else None
+        return model_dir
+
+    def has(self, name: str) -> bool:
+        """Whether the repository holds the model (ConfigError when the root is not a directory, as names() says)."""
+        if self.model_dir(name) is not None:
+            return True
+        if not self.root.is_dir():
+            raise ConfigError("server.model_repository", f"{self.root} is not a directory")
+        return False
 
     def read(self, name: str, override: Mapping[str, Any] | None = None) -> ModelSpec:
         """The model's config (or `override`, a Triton config as a dict) and its versions."""
@@ -168,8 +183,9 @@ def single_model(root: Path) -> bool:
     agent fills) and every reader agrees."""
     if (root / MODEL_FILE).is_file() or (root / CONFIG_PBTXT).is_file():
         return True
-    try:
-        return any(version_number(p.name) is not None and (p / MODEL_FILE).is_file() for p in root.iterdir())
+    try:  # names only (no Path per entry): asked on the request path for a model not loaded (Repository.model_dir)
+        return any(n.isdigit() and version_number(n) is not None and (root / n / MODEL_FILE).is_file()
+                   for n in os.listdir(root))
     except OSError:  # not a directory (names() says so), or gone
         return False
 

@@ -57,6 +57,12 @@ class ModelSources:
             names |= found
         return sorted(names)
 
+    def has(self, name: str) -> bool:
+        """Whether the model is known (a [[models]] entry or a repository directory) without listing the repository:
+        asked on the request path, where known() would scan every model directory (ConfigError when the repository
+        root is not a directory)."""
+        return name in self._entries or (self.repository is not None and self.repository.has(name))
+
     def in_repository(self, name: str) -> bool:
         """A model the repository provides (not a [[models]] entry): poll mode follows these."""
         return name not in self._entries

@@ -1,7 +1,10 @@
 """Many models on one server (issue 27) through tritonclient against a real server: models loaded on their first
 request, the least recently used idle model evicted under a budget (a count, or MiB with model_size_bytes), pinned
 and --load-model models kept, a model in flight never evicted, a failing model backed off, an unload racing an
-on-demand load, and ensemble members and route variants loaded on demand like any model."""
+on-demand load, and ensemble members and route variants loaded on demand like any model; the composing models of an
+ensemble the server serves kept, a load waiting for room woken whenever a model may have turned idle, an explicit
+load not taken for an on-demand one, a failed load's reserved room given back, and no repository listing on the
+request path."""
 
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from inference_server.config.routes import parse_route
+from inference_server.errors import ModelLoadError
+from inference_server.lifecycle import manager as manager_module
+from inference_server.lifecycle.repository import Repository
 from tests.conftest import ServerThread, server_config
 from tests.integration.test_ensemble import CHAIN, X as CHAIN_X, chained, write_composing
 from tests.support import onnx_models
@@ -319,5 +325,195 @@ def test_ensemble_members_and_route_variants_load_on_demand(tmp_path):
             answers = {float(infer(client, "ranked")[0, 0] - X[0, 0]) for _ in range(12)}
             assert answers <= {1.0, 2.0} and answers
             assert sum(state == "READY" for name, (state, _) in index(client).items() if name != "pipeline") <= 2
+    finally:
+        server.stop()
+
+
+def gated(monkeypatch, model: str) -> tuple[threading.Event, threading.Event]:
+    """Hold `model`'s loads in their worker thread until the test opens the gate: (entered, gate)."""
+    entered, gate = threading.Event(), threading.Event()
+    prepare = manager_module.prepare
+
+    def slow(cfg, stop):
+        if cfg.name == model:
+            entered.set()
+            gate.wait(60)
+        return prepare(cfg, stop)
+
+    monkeypatch.setattr(manager_module, "prepare", slow)
+    return entered, gate
+
+
+def test_a_load_waiting_for_room_is_woken_once_a_load_nobody_waits_for_finishes(tmp_path, monkeypatch):
+    """Budget 1: a request for m00 gives up (its deadline) during m00's slow cold load, which goes on; a request for
+    m01 with no deadline waits for room meanwhile. Once m00 is loaded, idle and its load over, m01's load evicts
+    it: the waiting load is woken when m00's lock is released and its pending load ends, not only by leases."""
+    write_models(tmp_path, 2)
+    entered, gate = gated(monkeypatch, "m00")
+    server = start(tmp_path, max_loaded_models=1)
+    manager = server.app.manager
+    try:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            with pytest.raises(InferenceServerException):
+                infer(client, "m00", timeout_s=0.05)
+            assert entered.wait(30)
+            answer: list[np.ndarray] = []
+            waiting = threading.Thread(target=lambda: answer.append(infer(client, "m01", timeout_s=None)),
+                                       daemon=True)
+            waiting.start()
+            wait_until(lambda: "m01" in manager._room_waiters, "m01's load to wait for room")
+            gate.set()
+            waiting.join(30)
+            assert answer, "the load waiting for room was never woken once m00 was idle"
+            np.testing.assert_allclose(answer[0], X + 1)
+            assert index(client)["m00"] == ("UNAVAILABLE", "evicted")
+    finally:
+        gate.set()
+        server.stop()
+
+
+def test_an_ensembles_composing_models_are_never_evicted_while_it_is_served(tmp_path):
+    """--load-model pipeline (three composing models) under a budget of 3: a request for another model is refused
+    RESOURCE_EXHAUSTED naming the budget, and the server stays ready; under a budget of 2 the start fails saying so
+    (rather than each step's load evicting another member, so that the server never becomes ready)."""
+    write_composing(tmp_path)
+    onnx_models.write_ensemble(tmp_path, "pipeline", CHAIN)
+    write_models(tmp_path, 1)
+    server = start(tmp_path, max_loaded_models=3, load_models=["pipeline"])
+    try:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            assert client.is_server_ready()
+            with pytest.raises(InferenceServerException) as e:
+                infer(client, "m00")
+            assert "RESOURCE_EXHAUSTED" in str(e.value.status()) and "max_loaded_models = 3" in e.value.message()
+            assert client.is_server_ready()
+            assert all(index(client)[name][0] == "READY" for name in ("pre", "mlp", "post", "pipeline"))
+            x = grpcclient.InferInput("RAW", list(CHAIN_X.shape), "FP32")
+            x.set_data_from_numpy(CHAIN_X)
+            np.testing.assert_allclose(client.infer("pipeline", [x]).as_numpy("SCORES"), chained(CHAIN_X), rtol=1e-5)
+        assert sum(v for (name, _), v in metrics(server).items() if name == "inference_model_evictions_total") == 0
+    finally:
+        server.stop()
+    with pytest.raises(ModelLoadError) as failed:
+        start(tmp_path, max_loaded_models=2, load_models=["pipeline"], exit_on_error=True).stop()
+    assert "does not fit the model budget (max_loaded_models = 2)" in str(failed.value)
+
+
+def test_a_poll_reload_leaves_an_on_demand_ensemble_out_of_readiness(tmp_path):
+    """Poll mode, on demand: an ensemble loaded by a request and then changed in the repository reloads, and stays
+    a model ServerReady does not wait for; its composing models stay evictable (budget 3: m00 takes one's place)."""
+    write_composing(tmp_path)
+    onnx_models.write_ensemble(tmp_path, "pipeline", CHAIN)
+    write_models(tmp_path, 1)
+    cfg = server_config(tmp_path, model_control_mode="poll", repository_poll_secs=0.1, load_on_demand=True,
+                        max_loaded_models=3)
+    server = ServerThread(dataclasses.replace(cfg, models=())).start()
+    loads = ("inference_model_loads_total", (("model", "pipeline"), ("result", "success")))
+    try:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            x = grpcclient.InferInput("RAW", list(CHAIN_X.shape), "FP32")
+            x.set_data_from_numpy(CHAIN_X)
+            np.testing.assert_allclose(client.infer("pipeline", [x], client_timeout=60).as_numpy("SCORES"),
+                                       chained(CHAIN_X), rtol=1e-5)
+            assert metrics(server)[loads] == 1
+            (tmp_path / "pipeline" / "config.pbtxt").write_text(CHAIN + "\n")  # a change the poll reloads
+            wait_until(lambda: metrics(server).get(loads) == 2, "the poll to reload the ensemble", timeout_s=30)
+            assert not server.app.manager.wants("pipeline")
+            np.testing.assert_allclose(infer(client, "m00"), X)  # evicts one of the ensemble's composing models
+            assert client.is_server_ready()
+    finally:
+        server.stop()
+
+
+def test_an_explicit_load_waiting_for_room_outlives_an_on_demand_request_for_the_same_model(tmp_path):
+    """Budget 1, m00 in flight: RepositoryModelLoad m01 waits for room; a request for m01 meanwhile starts an
+    on-demand load and gives up at its deadline. The explicit load keeps waiting (it is not on demand), and loads
+    m01 once m00 is idle."""
+    write_models(tmp_path, 2)
+    server = start(tmp_path, max_loaded_models=1)
+    manager = server.app.manager
+    try:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            infer(client, "m00")
+
+            async def take() -> object:
+                return server.app.registry.lease("m00")
+
+            lease = on_loop(server, take())
+            outcome: list[object] = []
+
+            def load() -> None:
+                try:
+                    client.load_model("m01")
+                    outcome.append("loaded")
+                except InferenceServerException as e:
+                    outcome.append(e)
+
+            loading = threading.Thread(target=load)
+            loading.start()
+            wait_until(lambda: "m01" in manager._room_waiters, "the explicit load to wait for room")
+            with pytest.raises(InferenceServerException):
+                infer(client, "m01", timeout_s=1.0)
+            wait_until(lambda: not manager._waiting, "the request to leave")
+
+            async def give_back() -> None:
+                lease.__exit__(None, None, None)
+
+            on_loop(server, give_back())
+            loading.join(60)
+            assert outcome == ["loaded"], outcome
+            np.testing.assert_allclose(infer(client, "m01"), X + 1)
+            assert index(client)["m00"] == ("UNAVAILABLE", "evicted")
+    finally:
+        server.stop()
+
+
+def test_a_load_that_fails_after_reserving_room_gives_it_back(tmp_path, monkeypatch):
+    """Budget 1: m01's load evicts m00, and the memory release after the eviction fails: m01's request fails, and
+    the room reserved for m01 is given back, so a later load (m00 again) is not left waiting behind it."""
+    write_models(tmp_path, 2)
+    failing = [True]
+    release = manager_module.release_memory
+
+    def release_once() -> None:
+        if failing.pop() if failing else False:
+            raise RuntimeError("malloc_trim failed")
+        release()
+
+    monkeypatch.setattr(manager_module, "release_memory", release_once)
+    server = start(tmp_path, max_loaded_models=1)
+    manager = server.app.manager
+    try:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            infer(client, "m00")
+            with pytest.raises(InferenceServerException):
+                infer(client, "m01")
+            wait_until(lambda: not manager._pending, "m01's load to end")
+            assert manager._loading == {}
+            np.testing.assert_allclose(infer(client, "m00", timeout_s=5), X)
+            np.testing.assert_allclose(infer(client, "m01", timeout_s=5), X + 1)
+    finally:
+        server.stop()
+
+
+def test_the_request_path_never_lists_the_repository(tmp_path, monkeypatch):
+    """A request for a model not loaded, or for no model at all, looks at that one name (a stat), never at every
+    model directory; a repository that cannot be read answers UNAVAILABLE with the reason."""
+    write_models(tmp_path / "repo", 2)
+    server = start(tmp_path / "repo", max_loaded_models=2)
+    listed: list[str] = []
+    names = Repository.names
+    monkeypatch.setattr(Repository, "names", lambda self: listed.append("names") or names(self))
+    try:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            np.testing.assert_allclose(infer(client, "m01"), X + 1)  # loaded on demand
+            with pytest.raises(InferenceServerException) as unknown:
+                infer(client, "nope")
+            assert "NOT_FOUND" in str(unknown.value.status())
+            assert listed == []
+            (tmp_path / "repo").rename(tmp_path / "gone")
+            with pytest.raises(InferenceServerException) as gone:
+                infer(client, "nope")
+            assert "UNAVAILABLE" in str(gone.value.status()) and "is not a directory" in gone.value.message()
     finally:
         server.stop()

@@ -249,6 +249,9 @@ def test_a_directory_holding_model_onnx_is_one_model_named_by_model_name(tmp_pat
     write(versions / "config.toml", "version_policy = { latest = 2 }\n")
     cfg = parse_server({"server": {"model_repository": str(versions), "model_name": "iris"}})  # [server] too
     assert list(repository(cfg).read("iris").selected()) == ["2", "3"]
+    # a directory of one model holds directories that are not models: its version directories, anything else
+    assert repository(cfg).model_dir("2") is None and not repository(cfg).has("2") and repository(cfg).has("iris")
+    assert repo.model_dir("versions") is None
     write(versions / "model.onnx", "x")
     with pytest.raises(ModelLoadError, match="itself and in version directories .*ambiguous"):
         repository(cfg).read("iris")
@@ -328,6 +331,10 @@ def test_a_repository_model_name_never_leaves_the_repository(tmp_path):
     write(tmp_path / "outside" / "1" / "model.onnx", "x")
     repo = Repository(tmp_path / "repo", parse_server({}), pbtxt_to_dict)
     assert repo.model_dir("../outside") is None and repo.model_dir(".") is None and repo.model_dir("m") is not None
+    assert repo.has("m") and not repo.has("outside") and not repo.has("../outside")
+    gone = Repository(tmp_path / "gone", parse_server({}), pbtxt_to_dict)
+    with pytest.raises(ConfigError, match="is not a directory"):
+        gone.has("m")
 
 
 def test_the_same_model_twice_is_refused(tmp_path):
