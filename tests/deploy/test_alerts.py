@@ -108,7 +108,9 @@ MUTATIONS = {
     "administrator's abort counted as rollback": ('decision="rollback"', 'decision=~"rollback|abort"'),
     "targets of other jobs": ('up{job=~".*inference-server.*"}', "up"),
     "other HPAs at their maximum": ('{horizontalpodautoscaler=~"(keda-hpa-)?inference-server"}', ""),
-    "other ScaledObjects' errors": ('{scaledObject="inference-server"}', ""),
+    "other ScaledObjects' errors": ('scaledObject="inference-server", ', ""),
+    "ScaledJobs' errors": (', type="scaledobject"', ""),
+    "the metric KEDA 2.16 removed": ("keda_scaler_detail_errors_total", "keda_scaler_errors_total"),
     "Redis and Job pods counted as Pending": ('pod=~"inference-server-[a-z0-9]+-[a-z0-9]+"', 'pod=~"inference-.*"'),
 }
 
@@ -215,7 +217,7 @@ def test_the_selector_parser_finds_every_metric():
         "inference_pending_requests", "inference_max_queue_size", "inference_cache_circuit_state",
         "inference_prediction_drift_psi", "inference_model_state", "inference_canary_decisions_total", "up",
         "kube_horizontalpodautoscaler_status_current_replicas", "kube_horizontalpodautoscaler_spec_max_replicas",
-        "keda_scaler_errors_total", "kube_pod_status_phase", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes",
+        "keda_scaler_detail_errors_total", "kube_pod_status_phase", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes",
         "inference:requests:rate5m", "inference:server_errors:rate5m", "inference:server_error_ratio:rate5m",
         "inference:request_duration_seconds:p99_5m", "inference:rejected_requests:rate5m"}
     assert promql_parse('sum by (model) (rate(x_total{code=~"A|B", le!=""}[5m])) > 1e-3 and on (job) y') == [

@@ -695,6 +695,23 @@ def test_keda_falls_back_when_prometheus_is_away_and_follows_the_load(docs):
         assert names[1] == {"nv_inference_request_duration_us"}
 
 
+# The KEDA release that introduced each ScaledObject field the components use (an older KEDA rejects it).
+KEDA_FIELD_SINCE = {"fallback.behavior": Version("2.17")}
+KEDA_COMPONENT = K8S / "overlays" / "components" / "keda" / "scaledobject.yaml"
+
+
+def test_the_documented_keda_version_has_every_field_the_scaled_object_uses():
+    """docs/deployment.md's prerequisite and the component's header name one KEDA version, at least the newest
+    that any field used needs (`fallback.behavior` is 2.17's)."""
+    scaled_object = yaml.safe_load(KEDA_COMPONENT.read_text())
+    needed = max(since for field, since in KEDA_FIELD_SINCE.items()
+                 if functools.reduce(lambda d, k: (d or {}).get(k), field.split("."), scaled_object["spec"]))
+    documented = re.findall(r"^\| KEDA >= (\d+\.\d+)", (ROOT / "docs" / "deployment.md").read_text(), re.M)
+    header = re.findall(r"^# Needs KEDA >= (\d+\.\d+)", KEDA_COMPONENT.read_text(), re.M)
+    assert len(documented) == 1 and header == documented, (documented, header)
+    assert Version(documented[0]) >= needed, (documented, needed)
+
+
 def test_models_arrive_before_the_server_starts(docs, overlay):
     """The models volume is filled by the init container (object storage) or is the shared claim (models-pvc);
     the server mounts it read-only; the emptyDirs fit the pod's ephemeral-storage request."""
