@@ -54,6 +54,7 @@ from tests.deploy.conftest import (
     render,
     server_config_text,
 )
+from tests.support import onnx_models
 from tests.support.docs import fenced
 
 K8S_VERSION = "1.33"  # the oldest Kubernetes these manifests support (lifecycle.preStop.sleep needs >= 1.30)
@@ -762,32 +763,74 @@ def parse_quantity(text: str) -> int:
 FETCH_SCRIPT = K8S / "models" / "fetch-models.sh"
 
 
-def run_fetch(tmp_path: Path, uri: str | None) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """fetch-models.sh under /bin/sh with a stand-in `rclone` that records its arguments."""
+# A stand-in for rclone over a local directory ($FAKE_SOURCE plays the bucket): `lsf -R --files-only` lists its
+# files, `copy` copies them into the destination. Like rclone, a copy with --error-on-no-transfer that finds
+# every file already there exits 9. Each call's arguments are appended to $RCLONE_ARGS, one call a line.
+FAKE_RCLONE = r"""#!/bin/sh
+printf '%s\n' "$*" >> "$RCLONE_ARGS"
+case "$1" in
+  lsf) cd "$FAKE_SOURCE" 2>/dev/null && find . -type f | sed 's|^\./||' ;;
+  copy)
+    eval "dest=\${$#}"
+    new=0
+    for f in $(cd "$FAKE_SOURCE" && find . -type f); do [ -e "$dest/$f" ] || new=1; done
+    mkdir -p "$dest" && cp -R "$FAKE_SOURCE/." "$dest/"
+    case " $* " in *" --error-on-no-transfer "*) [ "$new" = 1 ] || exit 9 ;; esac ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+def run_fetch(tmp_path: Path, uri: str | None, source: Path | None = None
+              ) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    """fetch-models.sh under /bin/sh with the stand-in `rclone` over `source` (default: an empty directory);
+    returns the result and each rclone call's arguments."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     record = tmp_path / "rclone.args"
     rclone = bin_dir / "rclone"
-    rclone.write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > {record}\n')
+    rclone.write_text(FAKE_RCLONE)
     rclone.chmod(0o755)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "MODELS_DIR": str(tmp_path / "models")}
+    if source is None:
+        source = tmp_path / "empty-bucket"
+        source.mkdir(exist_ok=True)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "MODELS_DIR": str(tmp_path / "models"), "RCLONE_ARGS": str(record),
+           "FAKE_SOURCE": str(source)}
     if uri is not None:
         env["MODEL_URI"] = uri
     done = subprocess.run(["/bin/sh", str(FETCH_SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
-    args = record.read_text().splitlines() if record.exists() else []
+    calls = [line.split() for line in record.read_text().splitlines()] if record.exists() else []
     record.unlink(missing_ok=True)
-    return done, args
+    return done, calls
 
 
 def test_the_fetch_script_copies_s3_and_gs_and_refuses_anything_else(tmp_path):
+    bucket = tmp_path / "bucket"
+    onnx_models.write_model(bucket, "ranker", onnx_models.mlp([4, 8, 2], seed=1), "[batching]\nmax_batch_size = 8\n")
+    models = tmp_path / "models"
     for uri, source in (("s3://bucket/repo/v1", ":s3:bucket/repo/v1"), ("gs://bucket/repo", ":gcs:bucket/repo")):
-        done, args = run_fetch(tmp_path, uri)
-        assert done.returncode == 0, done.stderr
-        assert args[0] == "copy" and args[-2:] == [source, str(tmp_path / "models")], args
-        assert "--error-on-no-transfer" in args  # an empty prefix fails the pod
+        shutil.rmtree(models, ignore_errors=True)
+        for attempt in ("first", "a re-run with nothing new to copy (a restarted init container, a new fill Job)"):
+            done, calls = run_fetch(tmp_path, uri, bucket)
+            assert done.returncode == 0, (uri, attempt, done.stderr)
+            lsf, copy = calls
+            assert lsf[0] == "lsf" and lsf[-1] == source, calls  # the source is listed before anything is copied
+            assert copy[0] == "copy" and copy[-2:] == [source, str(models)], calls
+            assert (models / "ranker" / "1" / "model.onnx").is_file() and (models / ".complete").is_file(), attempt
+    # an empty prefix, or one without a model, fails the pod and leaves no marker for the server pods
+    shutil.rmtree(models)
+    done, calls = run_fetch(tmp_path, "s3://bucket/typo")
+    assert done.returncode == 3 and "holds no files" in done.stderr, done.stderr
+    assert [c[0] for c in calls] == ["lsf"] and not models.exists()  # refused before copying
+    not_models = tmp_path / "not-models"
+    not_models.mkdir()
+    (not_models / "README").write_text("the repository is one level down\n")
+    done, calls = run_fetch(tmp_path, "gs://bucket", not_models)
+    assert done.returncode == 4 and "holds no model" in done.stderr, done.stderr
+    assert not (models / ".complete").exists()
     for uri in ("http://bucket/repo", "s3://", "/models", "", None):
-        done, args = run_fetch(tmp_path, uri)
-        assert done.returncode == 2 and not args and "MODEL_URI must be" in done.stderr, (uri, done.stderr)
+        done, calls = run_fetch(tmp_path, uri)
+        assert done.returncode == 2 and not calls and "MODEL_URI must be" in done.stderr, (uri, done.stderr)
 
 
 def test_every_overlay_ships_the_grafana_dashboard_for_the_sidecar(docs):
