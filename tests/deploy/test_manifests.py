@@ -726,7 +726,7 @@ def test_models_arrive_before_the_server_starts(docs, overlay):
     config_map = find(docs, "ConfigMap", "inference-server-models")
     assert config_map["data"]["MODEL_URI"].startswith(("s3://", "gs://"))
     if "persistentVolumeClaim" in volumes[models["name"]]:
-        assert not init
+        assert list(init) == ["wait-for-models"]  # the Job fills the claim; the pods wait for it to finish
         claim = find(docs, "PersistentVolumeClaim", volumes[models["name"]]["persistentVolumeClaim"]["claimName"])
         assert set(claim["spec"]["accessModes"]) <= {"ReadWriteMany", "ReadOnlyMany"}  # every node mounts it
         assert "CHANGE-ME" not in claim["spec"]["storageClassName"]
@@ -752,6 +752,39 @@ def test_models_arrive_before_the_server_starts(docs, overlay):
                  and v["emptyDir"].get("medium") != "Memory")
     requested = parse_quantity(server["resources"]["requests"]["ephemeral-storage"])
     assert requested >= limits, (requested, limits)
+
+
+def test_server_pods_on_the_shared_volume_wait_for_the_fill_job(rendered, tmp_path):
+    """hpa overlay (components/models-pvc): the fill Job and the Deployment apply together, and a server that
+    started on the empty claim would never load the files (model_control_mode "none"). The pod's init container
+    waits, read-only and in an image the manifests already pull, until the marker that fetch-models.sh writes
+    after a successful copy is there: run here against a directory, before and after the real script fills it."""
+    docs = rendered["hpa"]
+    deployment = find(docs, "Deployment", SERVER)
+    (wait,) = pod_spec(deployment).get("initContainers", [])
+    (job,) = find_all(docs, "Job")
+    assert wait["image"] == pod_spec(job)["containers"][0]["image"]
+    (mount,) = wait["volumeMounts"]
+    volume = mount_for(deployment, "/models")[1]
+    assert "persistentVolumeClaim" in volume
+    assert mount == {"name": volume["name"], "mountPath": "/models", "readOnly": True}
+    resources = wait["resources"]
+    assert resources["requests"] == resources["limits"]  # the GPU pod stays Guaranteed
+    assert wait["command"][:2] == ["/bin/sh", "-c"]
+    models = tmp_path / "models"
+    script = wait["command"][2].replace("/models", str(models))
+    waiting = subprocess.Popen(["/bin/sh", "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "wait-for-models" in waiting.stdout.readline()  # an empty volume: it waits
+        bucket = tmp_path / "bucket"
+        onnx_models.write_model(bucket, "ranker", onnx_models.mlp([4, 8, 2], seed=1))
+        done, _ = run_fetch(tmp_path, "s3://bucket/repo", bucket)
+        assert done.returncode == 0, done.stderr
+        assert waiting.wait(timeout=30) == 0  # the filled volume: it lets the server start
+    finally:
+        waiting.kill()
+        waiting.wait()
+        waiting.stdout.close()
 
 
 def parse_quantity(text: str) -> int:
