@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
+from inference_server import __version__
 from inference_server.config.cli import load_config
 from tests.deploy.conftest import KUBECTL, container
 from tests.deploy.test_manifests import (
@@ -87,6 +88,14 @@ def test_the_runtime_is_the_contract():
     http, grpc = server["ports"][:2]
     assert (http["containerPort"], grpc["containerPort"], grpc["name"]) == (8080, 9000, "h2c")
     assert all(p.get("protocol", "TCP") == "TCP" for p in server["ports"])
+
+
+def test_the_runtime_runs_the_releases_image_not_a_mutable_tag():
+    """Like the overlays (test_every_overlay_ships_the_alert_rules_and_versioned_images): `<version>-cpu`, never a
+    bare `cpu` that a rebuild moves while nodes keep the old one under IfNotPresent."""
+    (server,) = kserve.runtime()["spec"]["containers"]
+    name, _, tag = server["image"].rpartition(":")
+    assert name.rpartition("/")[2] == "inference-server" and tag == f"{__version__}-cpu", server["image"]
 
 
 def test_the_args_parse_with_the_servers_cli_into_what_kserve_uses(tmp_path):
