@@ -4,7 +4,9 @@
 # Ports: 8000 HTTP/REST, 8001 gRPC, 8002 Prometheus metrics. Models: a Triton-style repository mounted at /models,
 # or pulled from an MLflow registry at start (build with EXTRAS=cpu,tracing,mlflow and pass --config with the sources).
 # Arguments replace the whole CMD, so repeat --host 0.0.0.0 --metrics-host 0.0.0.0 when giving your own.
-# SIGTERM drains for up to 30 s (--drain-grace-s): give `docker stop -t 40` / terminationGracePeriodSeconds >= 40.
+# SIGTERM drains for up to drain_grace_s (30 s unless the config or --drain-grace-s says otherwise), then keeps
+# refusing for up to 2 s before it closes its ports: give `docker stop -t 40`. In Kubernetes the grace must cover
+# the preStop sleep + drain_grace_s + 2 s: k8s/ sets drain_grace_s = 15 and terminationGracePeriodSeconds 25.
 # Read-only root filesystem: the server writes only to /tmp and /var/cache/inference-server (the model cache);
 # both are VOLUMEs here, and in Kubernetes mount an emptyDir on each.
 

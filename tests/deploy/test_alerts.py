@@ -217,7 +217,8 @@ def test_the_selector_parser_finds_every_metric():
         "inference_pending_requests", "inference_max_queue_size", "inference_cache_circuit_state",
         "inference_prediction_drift_psi", "inference_model_state", "inference_canary_decisions_total", "up",
         "kube_horizontalpodautoscaler_status_current_replicas", "kube_horizontalpodautoscaler_spec_max_replicas",
-        "keda_scaler_detail_errors_total", "kube_pod_status_phase", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes",
+        "keda_scaler_detail_errors_total", "kube_pod_status_phase",
+        "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes",
         "inference:requests:rate5m", "inference:server_errors:rate5m", "inference:server_error_ratio:rate5m",
         "inference:request_duration_seconds:p99_5m", "inference:rejected_requests:rate5m"}
     assert promql_parse('sum by (model) (rate(x_total{code=~"A|B", le!=""}[5m])) > 1e-3 and on (job) y') == [

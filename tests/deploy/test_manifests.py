@@ -754,6 +754,14 @@ def test_models_arrive_before_the_server_starts(docs, overlay):
     assert requested >= limits, (requested, limits)
 
 
+def test_an_s3_model_uri_comes_with_its_region(rendered):
+    """rclone reads RCLONE_S3_REGION, never AWS_REGION: the eks overlay names the bucket's region explicitly in
+    the ConfigMap the fetcher reads, instead of leaving it to a commented example."""
+    data = find(rendered["eks"], "ConfigMap", "inference-server-models")["data"]
+    assert data["MODEL_URI"].startswith("s3://")
+    assert re.fullmatch(r"[a-z]{2}(-gov)?-[a-z]+-\d", data.get("RCLONE_S3_REGION", "")), data
+
+
 def test_server_pods_on_the_shared_volume_wait_for_the_fill_job(rendered, tmp_path):
     """hpa overlay (components/models-pvc): the fill Job and the Deployment apply together, and a server that
     started on the empty claim would never load the files (model_control_mode "none"). The pod's init container
