@@ -14,6 +14,8 @@ import dataclasses
 import random
 import threading
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,25 @@ def evictions(server: ServerThread, model: str) -> float:
 def on_loop(server: ServerThread, coroutine) -> object:
     assert server.loop is not None
     return asyncio.run_coroutine_threadsafe(coroutine, server.loop).result(30)
+
+
+@contextmanager
+def in_flight(server: ServerThread, model: str) -> Iterator[None]:
+    """What a request in flight holds, a lease on the model's serving version: taken on the server's loop, and given
+    back there when the block ends."""
+
+    async def take() -> object:
+        return server.app.registry.lease(model)
+
+    lease = on_loop(server, take())
+
+    async def give_back() -> None:
+        lease.__exit__(None, None, None)
+
+    try:
+        yield
+    finally:
+        on_loop(server, give_back())
 
 
 def test_twelve_models_eight_clients_a_budget_of_four(tmp_path):
@@ -171,25 +192,16 @@ def test_a_model_in_flight_is_not_evicted(tmp_path):
     try:
         with grpcclient.InferenceServerClient(server.url) as client:
             infer(client, "m00")
-
-            async def take() -> object:  # what a request in flight holds: a lease on the version
-                return server.app.registry.lease("m00")
-
-            lease = on_loop(server, take())
-            # m01 cannot load while m00 is in flight: with a short deadline, RESOURCE_EXHAUSTED naming the budget
-            with pytest.raises(InferenceServerException) as e:
-                infer(client, "m01", timeout_s=1.0)
-            assert "max_loaded_models = 1" in e.value.message() and "in flight" in e.value.message()
             answer: list[np.ndarray] = []
             waiting = threading.Thread(target=lambda: answer.append(infer(client, "m01")))
-            waiting.start()
-            wait_until(lambda: "m01" in manager._room_waiters, "m01's load to wait for room")
-            assert index(client)["m00"][0] == "READY" and evictions(server, "m00") == 0
-
-            async def give_back() -> None:
-                lease.__exit__(None, None, None)
-
-            on_loop(server, give_back())
+            with in_flight(server, "m00"):
+                # m01 cannot load while m00 is in flight: with a short deadline, RESOURCE_EXHAUSTED naming the budget
+                with pytest.raises(InferenceServerException) as e:
+                    infer(client, "m01", timeout_s=1.0)
+                assert "max_loaded_models = 1" in e.value.message() and "in flight" in e.value.message()
+                waiting.start()
+                wait_until(lambda: "m01" in manager._room_waiters, "m01's load to wait for room")
+                assert index(client)["m00"][0] == "READY" and evictions(server, "m00") == 0
             waiting.join(60)
             np.testing.assert_allclose(answer[0], X + 1)
             assert index(client)["m00"] == ("UNAVAILABLE", "evicted") and evictions(server, "m00") == 1
@@ -435,11 +447,6 @@ def test_an_explicit_load_waiting_for_room_outlives_an_on_demand_request_for_the
     try:
         with grpcclient.InferenceServerClient(server.url) as client:
             infer(client, "m00")
-
-            async def take() -> object:
-                return server.app.registry.lease("m00")
-
-            lease = on_loop(server, take())
             outcome: list[object] = []
 
             def load() -> None:
@@ -450,16 +457,12 @@ def test_an_explicit_load_waiting_for_room_outlives_an_on_demand_request_for_the
                     outcome.append(e)
 
             loading = threading.Thread(target=load)
-            loading.start()
-            wait_until(lambda: "m01" in manager._room_waiters, "the explicit load to wait for room")
-            with pytest.raises(InferenceServerException):
-                infer(client, "m01", timeout_s=1.0)
-            wait_until(lambda: not manager._waiting, "the request to leave")
-
-            async def give_back() -> None:
-                lease.__exit__(None, None, None)
-
-            on_loop(server, give_back())
+            with in_flight(server, "m00"):
+                loading.start()
+                wait_until(lambda: "m01" in manager._room_waiters, "the explicit load to wait for room")
+                with pytest.raises(InferenceServerException):
+                    infer(client, "m01", timeout_s=1.0)
+                wait_until(lambda: not manager._waiting, "the request to leave")
             loading.join(60)
             assert outcome == ["loaded"], outcome
             np.testing.assert_allclose(infer(client, "m01"), X + 1)
